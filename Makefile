@@ -1,0 +1,29 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up, then run the main job on the built-in default model
+#   make test   set up, then run the whole test suite (CI runs this)
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: demo test setup clean
+
+setup: $(VENV)/.installed
+
+# torch first and pinned: any other resolution downloads a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: setup
+	mkdir -p out
+	$(BIN)/hrmc run --policy q-halt --batch 8 -o out/tiny-outputs.npz
+
+# The default `pytest` skips the sudoku-size cases (marker `heavy`); this runs them too.
+test: setup
+	$(BIN)/python -m pytest -m "heavy or not heavy"
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -1,0 +1,15 @@
+"""The PyTorch reference HRM (ACT v1, upstream-compatible): the truth every target is checked against.
+
+Entry points: `build_preset` / `load_checkpoint` give a model, `random_batch` / `load_batch` its
+inputs, and `act.step` / `act.run` execute it.
+"""
+
+from hrm_ref.act import POLICIES, Batch, Carry, initial_carry, run, step
+from hrm_ref.batch import load_batch, make_batch, random_batch
+from hrm_ref.checkpoint import load_checkpoint, save_checkpoint
+from hrm_ref.config import HRMConfig
+from hrm_ref.model import HRM
+from hrm_ref.presets import PRESETS, build_preset
+
+__all__ = ["POLICIES", "PRESETS", "Batch", "Carry", "HRM", "HRMConfig", "build_preset", "initial_carry",
+           "load_batch", "load_checkpoint", "make_batch", "random_batch", "run", "save_checkpoint", "step"]

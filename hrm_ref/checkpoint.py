@@ -1,0 +1,117 @@
+"""Load HRM weights: upstream `step_N` checkpoints (with `all_config.yaml` beside) or safetensors.
+
+Upstream saves the state_dict of its ACT loss head, usually `torch.compile`d, so keys look like
+`_orig_mod.model.inner.H_level.…` or `model.inner.…`; we accept those and bare `inner.…`.
+Every mismatch between the file and the model ends in one `CheckpointError` naming the keys.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any, Mapping
+
+import safetensors
+import safetensors.torch
+import torch
+import yaml
+
+from hrm_ref.config import arch_section, config_from_weights
+from hrm_ref.model import HRM
+from hrmc.errors import CheckpointError
+
+KEY_PREFIXES = ("_orig_mod.model.", "model.", "")
+UPSTREAM_CONFIG_NAME = "all_config.yaml"
+SAFETENSORS_ARCH_KEY = "hrmc.arch"  # safetensors metadata holding the arch section as JSON
+
+
+def strip_key_prefix(state: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Map upstream key layouts onto ours (`inner.…`)."""
+    for prefix in KEY_PREFIXES:
+        if state and all(key.startswith(prefix + "inner.") for key in state):
+            return {key[len(prefix):]: value for key, value in state.items()}
+    stray = next((k for k in state if not any(k.startswith(p + "inner.") for p in KEY_PREFIXES)), None)
+    if stray is None:  # every key fits some prefix, but not all the same one
+        raise CheckpointError(f"{source}: keys mix the prefixes {', '.join(repr(p + 'inner.') for p in KEY_PREFIXES)}")
+    raise CheckpointError(
+        f"{source}: key {stray!r} does not start with _orig_mod.model.inner., model.inner. or inner.: "
+        f"not an HRM checkpoint")
+
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors of a checkpoint file and, for safetensors, its metadata."""
+    if path.suffix == ".safetensors":
+        try:
+            with safetensors.safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            return safetensors.torch.load_file(str(path)), metadata
+        except (safetensors.SafetensorError, OSError) as err:
+            raise CheckpointError(f"cannot read safetensors checkpoint {path}: {err}") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {first_line}") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} is not a state_dict (a mapping of names to tensors)")
+    return dict(state), {}
+
+
+def _read_arch(path: Path, config_path: Path | None, metadata: Mapping[str, str]) -> tuple[dict[str, Any], str]:
+    """The arch section: from --config, else `all_config.yaml` beside the file, else safetensors metadata."""
+    candidate = config_path or path.parent / UPSTREAM_CONFIG_NAME
+    if config_path is not None or candidate.exists():
+        if not candidate.is_file():
+            raise CheckpointError(f"config not found: {candidate}")
+        try:
+            parsed = yaml.safe_load(candidate.read_text())
+        except yaml.YAMLError as err:
+            raise CheckpointError(f"cannot parse config {candidate}: {str(err).splitlines()[0]}") from None
+        return arch_section(parsed, str(candidate)), str(candidate)
+    if SAFETENSORS_ARCH_KEY in metadata:
+        return arch_section(json.loads(metadata[SAFETENSORS_ARCH_KEY]), f"{path} metadata"), f"{path} metadata"
+    raise CheckpointError(f"no {UPSTREAM_CONFIG_NAME} beside {path}: pass the architecture with --config")
+
+
+def _check_keys(model: HRM, weights: Mapping[str, torch.Tensor], source: str) -> None:
+    expected = model.state_dict()
+
+    def listing(keys: list[str]) -> str:
+        return ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing:
+        raise CheckpointError(f"{source}: missing keys {listing(missing)}")
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected keys {listing(unexpected)} (does the config match?)")
+    misfits = [f"{k} {tuple(weights[k].shape)} (model {tuple(v.shape)})"
+               for k, v in expected.items() if weights[k].shape != v.shape]
+    if misfits:
+        raise CheckpointError(f"{source}: shape mismatch {listing(misfits)}")
+
+
+def load_checkpoint(path: str | Path, config_path: str | Path | None = None,
+                    forward_dtype: str = "float32") -> HRM:
+    """An eval-mode HRM with the weights of `path`, running in `forward_dtype`."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory: give the step_N or .safetensors file")
+    raw, metadata = _read_weights(path)
+    weights = strip_key_prefix(raw, str(path))
+    arch, config_source = _read_arch(path, Path(config_path) if config_path else None, metadata)
+    config = config_from_weights(arch, weights, f"{path} with {config_source}").replace(forward_dtype=forward_dtype)
+    model = HRM(config)
+    _check_keys(model, weights, str(path))
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
+
+
+def save_checkpoint(model: HRM, path: str | Path) -> None:
+    """Write `model` as one safetensors file that carries its arch config in the metadata."""
+    arch = {k: v for k, v in model.config.to_arch_dict().items() if v is not None}
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    safetensors.torch.save_file(tensors, str(path), metadata={SAFETENSORS_ARCH_KEY: json.dumps(arch)})

@@ -1,0 +1,154 @@
+"""The HRM ACT v1 architecture config, read from upstream's `all_config.yaml` (`arch:` section).
+
+Upstream stores only the architecture in the yaml; the vocabulary size, the number of puzzle
+identifiers and (for learned positions) the sequence length come from the dataset, so we
+infer them from the weights' shapes (`config_from_weights`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from hrmc.errors import ConfigError
+
+FORWARD_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+POS_ENCODINGS = ("rope", "learned")
+
+
+def _find_multiple(a: int, b: int) -> int:
+    return -(a // -b) * b
+
+
+@dataclass(frozen=True)
+class HRMConfig:
+    """Everything that fixes the shapes and the arithmetic of one HRM."""
+
+    vocab_size: int
+    hidden_size: int = 512
+    num_heads: int = 8
+    H_cycles: int = 2
+    L_cycles: int = 2
+    H_layers: int = 4
+    L_layers: int = 4
+    expansion: float = 4.0
+    puzzle_emb_ndim: int = 0
+    num_puzzle_identifiers: int = 1
+    pos_encodings: str = "rope"
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    halt_max_steps: int = 16
+    forward_dtype: str = "float32"
+    # Needed only for learned positions (its table has seq_len + puzzle_emb_len rows) and for
+    # generating a random batch; with RoPE the sequence length comes from the inputs.
+    seq_len: int | None = None
+
+    def __post_init__(self) -> None:
+        positive = ("vocab_size", "hidden_size", "num_heads", "H_cycles", "L_cycles",
+                    "H_layers", "L_layers", "halt_max_steps", "num_puzzle_identifiers")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config {name} must be at least 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"config hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ConfigError(f"config head dim {self.hidden_size // self.num_heads} must be even for RoPE")
+        if self.puzzle_emb_ndim < 0:
+            raise ConfigError(f"config puzzle_emb_ndim must be >= 0, got {self.puzzle_emb_ndim}")
+        if self.pos_encodings not in POS_ENCODINGS:
+            raise ConfigError(f"config pos_encodings {self.pos_encodings!r} is not one of {', '.join(POS_ENCODINGS)}")
+        if self.forward_dtype not in FORWARD_DTYPES:
+            raise ConfigError(
+                f"config forward_dtype {self.forward_dtype!r} is not one of {', '.join(FORWARD_DTYPES)}")
+        if self.pos_encodings == "learned" and self.seq_len is None:
+            raise ConfigError("config with learned positions needs seq_len")
+
+    @property
+    def puzzle_emb_len(self) -> int:
+        """Positions the puzzle embedding takes in front of the tokens (ceil(ndim / hidden))."""
+        return -(self.puzzle_emb_ndim // -self.hidden_size)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def intermediate_size(self) -> int:
+        """SwiGLU width: round(expansion · hidden · 2/3) rounded up to a multiple of 256."""
+        return _find_multiple(round(self.expansion * self.hidden_size * 2 / 3), 256)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return FORWARD_DTYPES[self.forward_dtype]
+
+    def replace(self, **changes: Any) -> "HRMConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_arch_dict(self) -> dict[str, Any]:
+        """The `arch:` section upstream would write for this model (plus the inferred sizes)."""
+        return dataclasses.asdict(self)
+
+
+# Keys of upstream's `arch:` section that we read; the rest (name, loss, exploration) is training-only.
+_ARCH_KEYS = {f.name for f in dataclasses.fields(HRMConfig)} - {"vocab_size", "num_puzzle_identifiers"}
+_INTERPOLATION = re.compile(r"^\$\{\.(\w+)\}$")
+
+
+def arch_section(yaml_dict: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The architecture keys of an upstream yaml: `all_config.yaml` (under `arch:`) or an arch yaml.
+
+    Resolves hydra's sibling references such as `puzzle_emb_ndim: ${.hidden_size}`.
+    """
+    if not isinstance(yaml_dict, Mapping):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    arch = yaml_dict.get("arch", yaml_dict)
+    if not isinstance(arch, Mapping):
+        raise ConfigError(f"{source}: 'arch' is not a mapping")
+    resolved = {}
+    for key, value in arch.items():
+        if isinstance(value, str) and (match := _INTERPOLATION.match(value)):
+            if match.group(1) not in arch:
+                raise ConfigError(f"{source}: arch.{key} refers to missing key {match.group(1)!r}")
+            value = arch[match.group(1)]
+        resolved[key] = value
+    if "hidden_size" not in resolved:
+        raise ConfigError(f"{source}: no arch.hidden_size: not an HRM config")
+    return {k: v for k, v in resolved.items() if k in _ARCH_KEYS}
+
+
+def config_from_weights(arch: Mapping[str, Any], weights: Mapping[str, torch.Tensor], source: str) -> HRMConfig:
+    """Complete an `arch:` section with the sizes only the weights know (keys without prefix)."""
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in weights:
+            raise ConfigError(f"{source}: missing key inner.{key}, needed to infer the model size")
+        return tuple(weights[key].shape)
+
+    vocab_size, hidden = shape("inner.embed_tokens.embedding_weight")
+    arch = dict(arch)
+    if arch.get("hidden_size", hidden) != hidden:
+        raise ConfigError(
+            f"{source}: arch.hidden_size is {arch['hidden_size']} but inner.embed_tokens.embedding_weight "
+            f"has width {hidden}")
+    extra: dict[str, Any] = {"vocab_size": vocab_size}
+    if arch.get("puzzle_emb_ndim", 0) > 0:
+        n_ids, ndim = shape("inner.puzzle_emb.weights")
+        if ndim != arch["puzzle_emb_ndim"]:
+            raise ConfigError(
+                f"{source}: arch.puzzle_emb_ndim is {arch['puzzle_emb_ndim']} but inner.puzzle_emb.weights "
+                f"has width {ndim}")
+        extra["num_puzzle_identifiers"] = n_ids
+    if arch.get("pos_encodings", "rope") == "learned":
+        positions, _ = shape("inner.embed_pos.embedding_weight")
+        seq_len = positions - -(arch.get("puzzle_emb_ndim", 0) // -hidden)
+        if arch.pop("seq_len", seq_len) != seq_len:
+            raise ConfigError(f"{source}: arch.seq_len does not match the {positions} learned positions")
+        extra["seq_len"] = seq_len
+    try:
+        return HRMConfig(**arch, **extra)
+    except TypeError as err:  # a value of the wrong type in the yaml
+        raise ConfigError(f"{source}: {err}") from None

@@ -1,0 +1,128 @@
+"""Transformer pieces of HRM ACT v1, numerically as upstream's `models/layers.py`.
+
+Parameters are float32 and cast to the activations' dtype at use ("casted" layers), as
+upstream does. Norms and RoPE compute in float32, or in float64 when the model runs in float64
+(the noise-floor reference), never below float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision for norms, RoPE and the q head: float32, or float64 for a float64 model."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def rms_norm(hidden_states: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm without weight, computed in float32 (float64 for float64 inputs)."""
+    input_dtype = hidden_states.dtype
+    hidden_states = hidden_states.to(compute_dtype(input_dtype))
+    variance = hidden_states.square().mean(-1, keepdim=True)
+    return (hidden_states * torch.rsqrt(variance + eps)).to(input_dtype)
+
+
+def rotary_tables(head_dim: int, positions: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [positions, head_dim] in the `cat((freqs, freqs))` layout upstream uses."""
+    table_dtype = compute_dtype(dtype)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=table_dtype) / head_dim))
+    freqs = torch.outer(torch.arange(positions, dtype=table_dtype), inv_freq)
+    angles = torch.cat((freqs, freqs), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [batch, seq, heads, head_dim] in the tables' precision, return it in x's dtype."""
+    rotated = x.to(cos.dtype)
+    rotated = rotated * cos.unsqueeze(-2) + rotate_half(rotated) * sin.unsqueeze(-2)
+    return rotated.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE tables, not saved in the state_dict (as upstream); cached per length and dtype."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.theta = theta
+        self._cache: dict[tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def forward(self, positions: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (positions, compute_dtype(dtype))
+        if key not in self._cache:
+            self._cache[key] = rotary_tables(self.head_dim, positions, self.theta, dtype)
+        return self._cache[key]
+
+
+class CastedLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.linear(x, self.weight.to(x.dtype), bias)
+
+
+class CastedEmbedding(nn.Module):
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.embedding_weight = nn.Parameter(torch.zeros(num_embeddings, embedding_dim))
+
+    def forward(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return F.embedding(ids, self.embedding_weight.to(dtype))
+
+
+class PuzzleEmbedding(nn.Module):
+    """Upstream's CastedSparseEmbedding at inference: a saved buffer `weights` [ids, ndim]."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.weights = nn.Buffer(torch.zeros(num_embeddings, embedding_dim), persistent=True)
+
+    def forward(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.weights[ids].to(dtype)
+
+
+class Attention(nn.Module):
+    """Non-causal multi-head attention over packed qkv [q heads | k heads | v heads], no mask."""
+
+    def __init__(self, hidden_size: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.qkv_proj = CastedLinear(hidden_size, 3 * hidden_size, bias=False)
+        self.o_proj = CastedLinear(hidden_size, hidden_size, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        batch, seq, hidden = hidden_states.shape
+        qkv = self.qkv_proj(hidden_states).view(batch, seq, 3 * self.num_heads, self.head_dim)
+        query, key, value = qkv.split(self.num_heads, dim=2)
+        if cos_sin is not None:
+            query, key = apply_rotary(query, *cos_sin), apply_rotary(key, *cos_sin)
+        query, key, value = (t.transpose(1, 2) for t in (query, key, value))
+        scores = torch.matmul(query, key.transpose(-2, -1)) * self.head_dim ** -0.5
+        # Softmax at >= float32 as flash attention does for bfloat16; exact no-op in float32.
+        weights = torch.softmax(scores, dim=-1, dtype=compute_dtype(scores.dtype)).to(value.dtype)
+        attended = torch.matmul(weights, value).transpose(1, 2).reshape(batch, seq, hidden)
+        return self.o_proj(attended)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.gate_up_proj = CastedLinear(hidden_size, 2 * intermediate_size, bias=False)
+        self.down_proj = CastedLinear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)

@@ -1,0 +1,55 @@
+"""Built-in models with seeded random weights, so every command works without a download.
+
+Upstream initialises the q head to (0, -5) and the puzzle embeddings to zero, which hides both
+paths from any test; here every weight is random (truncated LeCun normal, as upstream's
+`trunc_normal_init_` for linear layers) with zero biases, so under `q-halt` samples halt at
+varied steps (tiny, 64 random samples: about half before the budget, none at step 1).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hrm_ref.config import HRMConfig
+from hrm_ref.model import HRM
+from hrmc.errors import ConfigError
+
+PRESETS: dict[str, HRMConfig] = {
+    # Small enough for property tests; puzzle_emb_ndim 96 > hidden 64 exercises the padding path.
+    "tiny": HRMConfig(vocab_size=11, hidden_size=64, num_heads=4, H_cycles=2, L_cycles=2, H_layers=2, L_layers=2,
+                      expansion=4.0, puzzle_emb_ndim=96, num_puzzle_identifiers=8, halt_max_steps=8, seq_len=16),
+    # Upstream's default arch (config/arch/hrm_v1.yaml) on Sudoku-Extreme: 27,275,266 parameters.
+    "sudoku": HRMConfig(vocab_size=11, hidden_size=512, num_heads=8, H_cycles=2, L_cycles=2, H_layers=4, L_layers=4,
+                        expansion=4.0, puzzle_emb_ndim=512, num_puzzle_identifiers=1, halt_max_steps=16, seq_len=81),
+}
+PRESET_SEED = 20250626
+
+
+def _truncated_normal(shape: torch.Size, std: float, generator: torch.Generator) -> torch.Tensor:
+    tensor = torch.empty(shape)
+    return torch.nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std, generator=generator)
+
+
+@torch.no_grad()
+def randomize_weights(model: HRM, seed: int) -> HRM:
+    """Fill every weight and buffer of `model` from `seed` (same seed, same bits, any machine)."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden_std = model.config.hidden_size ** -0.5
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.endswith("_init"):
+            std = 1.0
+        elif name.endswith(("embedding_weight", "puzzle_emb.weights")):
+            std = hidden_std  # upstream's embedding init, later scaled by √hidden
+        elif name.endswith("bias"):
+            continue
+        else:
+            std = tensor.shape[-1] ** -0.5  # LeCun: 1/√fan_in
+        tensor.copy_(_truncated_normal(tensor.shape, std, generator))
+    return model
+
+
+def build_preset(name: str, forward_dtype: str = "float32") -> HRM:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    model = HRM(PRESETS[name].replace(forward_dtype=forward_dtype))
+    return randomize_weights(model, PRESET_SEED).eval()

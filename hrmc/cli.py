@@ -1,0 +1,104 @@
+"""The `hrmc` command line. Commands read as the pipeline: run → export → lower → parity → bench.
+
+Exit codes: 0 ok; 1 a parity or gate failure; 2 bad input or usage, with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from typing import Any, Callable
+
+import click
+
+import hrm_ref
+from hrmc import __version__, pipeline
+from hrmc.errors import HrmcError
+
+FORWARD_DTYPES = ("float32", "float64", "bfloat16")
+
+
+def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every command that takes a model shares."""
+    options = [
+        click.option("--checkpoint", type=click.Path(dir_okay=True), help="Upstream step_N checkpoint or .safetensors file."),
+        click.option("--config", "config_path", type=click.Path(), help="Arch yaml for --checkpoint (default: all_config.yaml beside it)."),
+        click.option("--preset", type=click.Choice(sorted(hrm_ref.PRESETS)), help=f"Built-in model (default: {pipeline.DEFAULT_PRESET})."),
+        click.option("--policy", type=click.Choice(hrm_ref.POLICIES), default="max-steps", show_default=True, help="ACT halting policy."),
+        click.option("--budget", type=int, help="ACT step budget (default: the model's halt_max_steps)."),
+        click.option("--batch", "batch_size", type=int, default=4, show_default=True, help="Random batch size."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random batch."),
+        click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout."),
+    ]
+    return functools.reduce(lambda wrapped, option: option(wrapped), reversed(options), command)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hrmc")
+def cli() -> None:
+    """hrmc: compile a Hierarchical Reasoning Model for Core ML (ANE) and MLX, provably unchanged."""
+
+
+@cli.command()
+@model_options
+@click.option("--inputs", type=click.Path(), help="npz with 'inputs' [B, L] and 'puzzle_identifiers' [B].")
+@click.option("--seq-len", type=int, help="Sequence length of the random batch (default: the preset's).")
+@click.option("--dtype", type=click.Choice(FORWARD_DTYPES), default="float32", show_default=True, help="Forward dtype.")
+@click.option("-o", "--out", type=click.Path(), help="Write the per-step outputs to this .npz file.")
+def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, inputs, seq_len, dtype, out) -> None:
+    """Run the reference model (eager PyTorch ACT) and save every step's outputs."""
+    model = pipeline.load_model(checkpoint, preset, config_path, dtype)
+    batch = pipeline.load_inputs(model, inputs, batch_size, seed, seq_len)
+    budget = budget or model.config.halt_max_steps
+
+    def progress(step: int, carry: hrm_ref.Carry) -> None:
+        active = int((~carry.halted).sum())
+        click.echo(f"  step {step}/{budget}: {active} of {len(carry.halted)} samples still running", err=True)
+
+    started = time.perf_counter()
+    outputs = pipeline.run_model(model, batch, policy, budget, progress)
+    seconds = time.perf_counter() - started
+    if out:
+        pipeline.save_npz(outputs, out)
+    steps = outputs["steps"][-1]
+    report = {
+        "model": checkpoint or preset or pipeline.DEFAULT_PRESET,
+        "parameters": model.num_parameters(),
+        "dtype": dtype, "policy": policy, "budget": budget,
+        "batch": int(batch.inputs.shape[0]), "seq_len": int(batch.inputs.shape[1]),
+        "steps_run": int(outputs["steps"].shape[0]), "halting_steps": steps.tolist(),
+        "seconds": round(seconds, 3), "out": out,
+    }
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(f"model {report['model']}: {report['parameters']:,} parameters, {dtype}")
+    click.echo(f"batch {report['batch']} × {report['seq_len']} tokens, policy {policy}, budget {budget}")
+    click.echo(f"ran {report['steps_run']} ACT steps in {seconds:.2f} s; halting steps per sample: {steps.tolist()}")
+    if out:
+        click.echo(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user mistakes end in one line on stderr, never a traceback."""
+    try:
+        result = cli.main(args=argv, prog_name="hrmc", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as err:
+        click.echo(err.ctx.get_help(), err=True)
+        return 2
+    except click.ClickException as err:
+        click.echo(f"hrmc: error: {err.format_message()}", err=True)
+        return 2
+    except click.Abort:
+        click.echo("hrmc: aborted", err=True)
+        return 130
+    except HrmcError as err:
+        click.echo(f"hrmc: error: {err}", err=True)
+        return err.exit_code
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The pipeline driver: what each CLI command does, as plain functions the CLI calls in order.
+
+Each stage package keeps one entry point; this module only wires them together and owns the
+file handling that every command shares (atomic writes, output folders).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+import hrm_ref
+from hrm_ref import HRM, Batch
+from hrmc.errors import InputError
+
+DEFAULT_PRESET = "tiny"
+
+
+def load_model(checkpoint: str | None, preset: str | None, config: str | None, dtype: str = "float32") -> HRM:
+    """The model a command works on: a checkpoint, a preset, or the default preset."""
+    if checkpoint and preset:
+        raise InputError("give either --checkpoint or --preset, not both")
+    if config and not checkpoint:
+        raise InputError("--config describes a checkpoint: use it with --checkpoint")
+    if checkpoint:
+        return hrm_ref.load_checkpoint(checkpoint, config, forward_dtype=dtype)
+    return hrm_ref.build_preset(preset or DEFAULT_PRESET, forward_dtype=dtype)
+
+
+def load_inputs(model: HRM, inputs: str | None, batch_size: int, seed: int, seq_len: int | None) -> Batch:
+    if inputs:
+        return hrm_ref.load_batch(model.config, inputs)
+    return hrm_ref.random_batch(model.config, batch_size, seed, seq_len)
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"output folder does not exist: {path.parent}")
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def run_model(model: HRM, batch: Batch, policy: str, budget: int | None,
+              on_step: Callable[[int, hrm_ref.Carry], None] | None = None) -> dict[str, np.ndarray]:
+    """`hrmc run`: the eager ACT inference, as the arrays the output npz holds."""
+    trajectory = hrm_ref.run(model, batch, policy, budget, on_step)
+    return {
+        "logits": trajectory["logits"].float().numpy(),
+        "q_halt_logits": trajectory["q_halt_logits"].float().numpy(),
+        "q_continue_logits": trajectory["q_continue_logits"].float().numpy(),
+        "halted": trajectory["halted"].numpy(),
+        "steps": trajectory["steps"].numpy().astype(np.int32),
+        "inputs": batch.inputs.numpy(),
+        "puzzle_identifiers": batch.puzzle_identifiers.numpy(),
+    }
+
+
+def save_npz(arrays: dict[str, np.ndarray], path: str | Path) -> None:
+    if not str(path).endswith(".npz"):
+        raise InputError(f"output {path} must end in .npz")
+    with atomic_output(path) as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **arrays)
+
+

@@ -1,0 +1,52 @@
+"""Shared fixtures: built-in models and checkpoints written in upstream's exact layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import hrm_ref
+from hrm_ref import HRM
+
+
+def upstream_arch(model: HRM) -> dict:
+    """The `arch:` section upstream's pretrain.py dumps for this model (training keys included)."""
+    c = model.config
+    return {
+        "name": "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1",
+        "loss": {"name": "losses@ACTLossHead", "loss_type": "stablemax_cross_entropy"},
+        "halt_exploration_prob": 0.1, "halt_max_steps": c.halt_max_steps,
+        "H_cycles": c.H_cycles, "L_cycles": c.L_cycles, "H_layers": c.H_layers, "L_layers": c.L_layers,
+        "hidden_size": c.hidden_size, "num_heads": c.num_heads, "expansion": c.expansion,
+        "puzzle_emb_ndim": c.puzzle_emb_ndim, "pos_encodings": c.pos_encodings,
+    }
+
+
+def write_upstream_checkpoint(model: HRM, folder: Path, prefix: str = "_orig_mod.model.", step: int = 52080) -> Path:
+    """`step_N` plus `all_config.yaml` as upstream's training writes them (bfloat16 H_init/L_init)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for key, value in model.state_dict().items():
+        state[prefix + key] = value.to(torch.bfloat16) if key.endswith("_init") else value.clone()
+    torch.save(state, folder / f"step_{step}")
+    config = {"arch": upstream_arch(model), "data_path": "data/sudoku-extreme-1k-aug-1000", "global_batch_size": 768,
+              "epochs": 20000, "lr": 1e-4, "lr_min_ratio": 1.0, "lr_warmup_steps": 2000, "weight_decay": 0.1,
+              "beta1": 0.9, "beta2": 0.95, "puzzle_emb_lr": 1e-4, "puzzle_emb_weight_decay": 0.1,
+              "project_name": "Sudoku-extreme-1k-aug-1000 ACT-torch", "run_name": "HierarchicalReasoningModel_ACTV1 x",
+              "checkpoint_path": str(folder), "seed": 0, "checkpoint_every_eval": True, "eval_interval": 2000,
+              "eval_save_outputs": []}
+    (folder / "all_config.yaml").write_text(yaml.dump(config))
+    return folder / f"step_{step}"
+
+
+@pytest.fixture(scope="session")
+def tiny() -> HRM:
+    return hrm_ref.build_preset("tiny")
+
+
+@pytest.fixture
+def upstream_checkpoint(tiny: HRM, tmp_path: Path) -> Path:
+    return write_upstream_checkpoint(tiny, tmp_path / "run")

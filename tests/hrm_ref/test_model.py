@@ -1,0 +1,121 @@
+"""hrm_ref against upstream: state_dict keys, parameter counts, and outputs of every ACT step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hrm_ref
+from hrm_ref import HRM, HRMConfig
+from hrm_ref.presets import randomize_weights
+from tests.hrm_ref.upstream_oracle import UpstreamOracle
+
+ATOL = RTOL = 1e-5  # the fidelity contract's step tolerance (DESIGN.md section 4)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    excess = (actual.double() - expected.double()).abs() - (ATOL + RTOL * expected.double().abs())
+    assert excess.max() <= 0, f"{what}: max |a-b| {(actual - expected).abs().max():.3g} over tolerance"
+
+
+def oracle_for(model: HRM) -> UpstreamOracle:
+    c = model.config
+    arch = {"hidden_size": c.hidden_size, "num_heads": c.num_heads, "H_cycles": c.H_cycles, "L_cycles": c.L_cycles,
+            "H_layers": c.H_layers, "L_layers": c.L_layers, "puzzle_emb_ndim": c.puzzle_emb_ndim,
+            "pos_encodings": c.pos_encodings, "halt_max_steps": c.halt_max_steps}
+    return UpstreamOracle(model.state_dict(), arch)
+
+
+def expected_q_halt(reference: dict[str, torch.Tensor], budget: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Upstream outputs frozen at each row's first step with q_halt > q_continue (or the budget)."""
+    wants_halt = reference["q_halt_logits"] > reference["q_continue_logits"]
+    wants_halt[budget - 1] = True
+    halting_step = wants_halt.int().argmax(0)  # 0-based step of the first halt
+    steps = int(halting_step.max()) + 1
+    index = torch.minimum(torch.arange(steps)[:, None], halting_step[None, :])
+    frozen = {name: value[index, torch.arange(value.shape[1])] for name, value in reference.items()}
+    return frozen, halting_step + 1
+
+
+def test_state_dict_keys_are_upstreams(tiny: HRM) -> None:
+    expected = {"inner.H_init", "inner.L_init", "inner.embed_tokens.embedding_weight", "inner.lm_head.weight",
+                "inner.q_head.weight", "inner.q_head.bias", "inner.puzzle_emb.weights"}
+    for level, layers in (("H_level", tiny.config.H_layers), ("L_level", tiny.config.L_layers)):
+        for i in range(layers):
+            expected |= {f"inner.{level}.layers.{i}.{name}.weight" for name in
+                         ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")}
+    assert set(tiny.state_dict()) == expected
+
+
+def test_learned_positions_add_the_position_table() -> None:
+    model = HRM(HRMConfig(vocab_size=5, hidden_size=32, num_heads=2, pos_encodings="learned", seq_len=6,
+                          puzzle_emb_ndim=40, H_layers=1, L_layers=1))
+    assert model.state_dict()["inner.embed_pos.embedding_weight"].shape == (6 + 2, 32)
+
+
+def test_swiglu_width_and_parameter_count_follow_upstream() -> None:
+    sudoku = hrm_ref.PRESETS["sudoku"]
+    assert sudoku.intermediate_size == 1536  # round(4·512·2/3) = 1365, up to a multiple of 256
+    assert HRM(sudoku).num_parameters() == 27_275_266
+
+
+@pytest.mark.parametrize("policy", hrm_ref.POLICIES)
+def test_every_step_matches_upstream(tiny: HRM, policy: str) -> None:
+    batch = hrm_ref.random_batch(tiny.config, 32, seed=1)
+    ours = hrm_ref.run(tiny, batch, policy)
+    reference = oracle_for(tiny).evaluate(batch.inputs, batch.puzzle_identifiers)
+    if policy == "max-steps":
+        expected, halting = reference, torch.full((32,), tiny.config.halt_max_steps)
+    else:
+        expected, halting = expected_q_halt(reference, tiny.config.halt_max_steps)
+        assert 1 < len(set(halting.tolist())), "the preset should halt samples at different steps"
+    assert torch.equal(ours["steps"][-1], halting.to(torch.int32))
+    assert ours["logits"].shape[0] == expected["logits"].shape[0]
+    for name in ("logits", "q_halt_logits", "q_continue_logits", "z_H", "z_L"):
+        assert_close(ours[name], expected[name], name)
+
+
+small_configs = st.builds(
+    HRMConfig, vocab_size=st.integers(2, 12), hidden_size=st.sampled_from([16, 32]), num_heads=st.sampled_from([1, 2, 4]),
+    H_cycles=st.integers(1, 3), L_cycles=st.integers(1, 3), H_layers=st.integers(1, 2), L_layers=st.integers(1, 2),
+    expansion=st.sampled_from([1.0, 2.5, 4.0]), puzzle_emb_ndim=st.sampled_from([0, 8, 32, 48]),
+    num_puzzle_identifiers=st.integers(1, 3), pos_encodings=st.sampled_from(["rope", "learned"]),
+    halt_max_steps=st.integers(1, 4), seq_len=st.integers(1, 9))
+
+
+@settings(max_examples=25, deadline=None)
+@given(config=small_configs, batch_size=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_random_configs_match_upstream(config: HRMConfig, batch_size: int, seed: int) -> None:
+    model = randomize_weights(HRM(config), seed).eval()
+    batch = hrm_ref.random_batch(config, batch_size, seed)
+    ours = hrm_ref.run(model, batch, "max-steps")
+    reference = oracle_for(model).evaluate(batch.inputs, batch.puzzle_identifiers)
+    for name in ("logits", "q_halt_logits", "q_continue_logits", "z_H", "z_L"):
+        assert_close(ours[name], reference[name], name)
+
+
+def test_float64_twin_stays_within_float32_rounding_after_one_step(tiny: HRM) -> None:
+    batch = hrm_ref.random_batch(tiny.config, 8, seed=2)
+    twin = tiny.with_dtype("float64")
+    carry = hrm_ref.initial_carry(tiny, batch)
+    _, ours = hrm_ref.step(tiny, carry, batch, "max-steps", 8)
+    carry64 = hrm_ref.initial_carry(twin, batch)
+    _, exact = hrm_ref.step(twin, carry64, batch, "max-steps", 8)
+    assert exact["logits"].dtype == torch.float64
+    drift = (ours["logits"].double() - exact["logits"]).abs().max()
+    assert 0 < drift < 1e-4  # float32 rounding, not a different function
+
+
+def test_bfloat16_forward_runs_close_to_float32(tiny: HRM) -> None:
+    batch = hrm_ref.random_batch(tiny.config, 4, seed=3)
+    carry = hrm_ref.initial_carry(tiny, batch)
+    _, full = hrm_ref.step(tiny, carry, batch, "max-steps", 8)
+    half = tiny.with_dtype("bfloat16")
+    _, low = hrm_ref.step(half, hrm_ref.initial_carry(half, batch), batch, "max-steps", 8)
+    assert low["logits"].dtype == torch.bfloat16 and low["q_halt_logits"].dtype == torch.float32
+    scale = full["logits"].abs().max()
+    assert np.isfinite(low["logits"].float().numpy()).all()
+    assert (low["logits"].float() - full["logits"]).abs().max() < 0.1 * scale
