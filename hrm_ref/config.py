@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
-from hrmc.errors import ConfigError
+from hrmc.errors import CheckpointError, ConfigError
 
 FORWARD_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 POS_ENCODINGS = ("rope", "learned")
@@ -125,7 +125,7 @@ def config_from_weights(arch: Mapping[str, Any], weights: Mapping[str, torch.Ten
     """Complete an `arch:` section with the sizes only the weights know (keys without prefix)."""
     def shape(key: str) -> tuple[int, ...]:
         if key not in weights:
-            raise ConfigError(f"{source}: missing key inner.{key}, needed to infer the model size")
+            raise CheckpointError(f"{source}: missing key {key}, needed to infer the model size")
         return tuple(weights[key].shape)
 
     vocab_size, hidden = shape("inner.embed_tokens.embedding_weight")

@@ -51,7 +51,7 @@ def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_js
     """Run the reference model (eager PyTorch ACT) and save every step's outputs."""
     model = pipeline.load_model(checkpoint, preset, config_path, dtype)
     batch = pipeline.load_inputs(model, inputs, batch_size, seed, seq_len)
-    budget = budget or model.config.halt_max_steps
+    budget = model.config.halt_max_steps if budget is None else budget
 
     def progress(step: int, carry: hrm_ref.Carry) -> None:
         active = int((~carry.halted).sum())

@@ -1,0 +1,119 @@
+"""Loading upstream checkpoints and safetensors; every mismatch ends in one CheckpointError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import hrm_ref
+from hrm_ref import HRM, HRMConfig
+from hrm_ref.presets import randomize_weights
+from hrmc.errors import CheckpointError, HrmcError
+from tests.conftest import upstream_arch, write_upstream_checkpoint
+
+
+def same_weights(a: HRM, b: HRM) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k].float(), sb[k].float()) for k in sa)
+
+
+@pytest.mark.parametrize("prefix", ["_orig_mod.model.", "model.", ""])
+def test_upstream_checkpoint_loads_with_every_key_prefix(tiny: HRM, tmp_path: Path, prefix: str) -> None:
+    path = write_upstream_checkpoint(tiny, tmp_path / "run", prefix=prefix)
+    loaded = hrm_ref.load_checkpoint(path)
+    assert loaded.config == tiny.config.replace(seq_len=None)  # seq_len is not in upstream's yaml
+    # H_init/L_init come back at bfloat16 precision, as upstream saved them.
+    assert torch.equal(loaded.inner.H_init, tiny.inner.H_init.to(torch.bfloat16).float())
+    assert torch.equal(loaded.inner.H_level.layers[1].mlp.down_proj.weight, tiny.inner.H_level.layers[1].mlp.down_proj.weight)
+
+
+def test_arch_yaml_with_hydra_reference_resolves(tmp_path: Path) -> None:
+    """upstream's config/arch/hrm_v1.yaml says `puzzle_emb_ndim: ${.hidden_size}`."""
+    model = randomize_weights(HRM(HRMConfig(vocab_size=5, hidden_size=32, num_heads=2, puzzle_emb_ndim=32,
+                                            H_layers=1, L_layers=1)), seed=0)
+    path = write_upstream_checkpoint(model, tmp_path / "run")
+    (tmp_path / "arch.yaml").write_text(yaml.dump(upstream_arch(model) | {"puzzle_emb_ndim": "${.hidden_size}"}))
+    assert hrm_ref.load_checkpoint(path, tmp_path / "arch.yaml").config.puzzle_emb_ndim == 32
+
+
+def test_config_that_contradicts_the_weights_is_named(tiny: HRM, upstream_checkpoint: Path, tmp_path: Path) -> None:
+    (tmp_path / "arch.yaml").write_text(yaml.dump(upstream_arch(tiny) | {"puzzle_emb_ndim": 64}))
+    with pytest.raises(HrmcError, match="arch.puzzle_emb_ndim is 64 but inner.puzzle_emb.weights has width 96"):
+        hrm_ref.load_checkpoint(upstream_checkpoint, tmp_path / "arch.yaml")
+    (tmp_path / "arch.yaml").write_text(yaml.dump(upstream_arch(tiny) | {"hidden_size": 48}))
+    with pytest.raises(HrmcError, match="arch.hidden_size is 48 but inner.embed_tokens.embedding_weight has width 64"):
+        hrm_ref.load_checkpoint(upstream_checkpoint, tmp_path / "arch.yaml")
+
+
+def test_safetensors_round_trip_carries_its_config(tiny: HRM, tmp_path: Path) -> None:
+    hrm_ref.save_checkpoint(tiny, tmp_path / "tiny.safetensors")
+    loaded = hrm_ref.load_checkpoint(tmp_path / "tiny.safetensors")
+    assert loaded.config == tiny.config and same_weights(loaded, tiny)
+
+
+def test_forward_dtype_is_chosen_at_load(upstream_checkpoint: Path) -> None:
+    assert hrm_ref.load_checkpoint(upstream_checkpoint, forward_dtype="float64").config.forward_dtype == "float64"
+
+
+def rewrite(path: Path, change) -> None:
+    state = torch.load(path, weights_only=True)
+    change(state)
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.pop("_orig_mod.model.inner.L_level.layers.1.mlp.down_proj.weight"),
+     r"missing keys inner\.L_level\.layers\.1\.mlp\.down_proj\.weight"),
+    (lambda s: s.__setitem__("_orig_mod.model.inner.L_level.layers.2.mlp.down_proj.weight", torch.zeros(1)),
+     r"unexpected keys inner\.L_level\.layers\.2\.mlp\.down_proj\.weight"),
+    (lambda s: s.__setitem__("_orig_mod.model.inner.q_head.weight", torch.zeros(3, 64)),
+     r"shape mismatch inner\.q_head\.weight \(3, 64\) \(model \(2, 64\)\)"),
+    (lambda s: s.__setitem__("inner.lm_head.weight", torch.zeros(1)),
+     r"keys mix the prefixes"),
+    (lambda s: s.__setitem__("module.encoder.weight", torch.zeros(1)),
+     r"key 'module\.encoder\.weight' does not start with"),
+    (lambda s: s.pop("_orig_mod.model.inner.embed_tokens.embedding_weight"),
+     r"missing key inner\.embed_tokens\.embedding_weight"),
+])
+def test_bad_keys_are_named(upstream_checkpoint: Path, change, message: str) -> None:
+    rewrite(upstream_checkpoint, change)
+    with pytest.raises(CheckpointError, match=message):
+        hrm_ref.load_checkpoint(upstream_checkpoint)
+
+
+def test_unreadable_files_are_named(tmp_path: Path, upstream_checkpoint: Path) -> None:
+    with pytest.raises(CheckpointError, match="checkpoint not found: .*nope"):
+        hrm_ref.load_checkpoint(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="is a directory"):
+        hrm_ref.load_checkpoint(tmp_path)
+    garbage = upstream_checkpoint.parent / "step_1"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=f"cannot read checkpoint {garbage}"):
+        hrm_ref.load_checkpoint(garbage)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 16)
+    with pytest.raises(CheckpointError, match="cannot read safetensors checkpoint"):
+        hrm_ref.load_checkpoint(broken)
+
+
+def test_a_pickled_object_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "all_config.yaml").write_text("arch: {hidden_size: 8}")
+    torch.save({"inner.x": torch.nn.Linear(2, 2)}, tmp_path / "step_0")  # weights_only=True refuses modules
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        hrm_ref.load_checkpoint(tmp_path / "step_0")
+
+
+def test_missing_or_bad_config_is_named(upstream_checkpoint: Path) -> None:
+    config = upstream_checkpoint.parent / "all_config.yaml"
+    config.write_text("arch: [unclosed")
+    with pytest.raises(CheckpointError, match="cannot parse config .*all_config.yaml"):
+        hrm_ref.load_checkpoint(upstream_checkpoint)
+    config.write_text(yaml.dump({"arch": {"name": "x"}}))
+    with pytest.raises(HrmcError, match="all_config.yaml: no arch.hidden_size"):
+        hrm_ref.load_checkpoint(upstream_checkpoint)
+    config.unlink()
+    with pytest.raises(CheckpointError, match="no all_config.yaml beside .*pass the architecture with --config"):
+        hrm_ref.load_checkpoint(upstream_checkpoint)

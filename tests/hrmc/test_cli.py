@@ -1,0 +1,112 @@
+"""`hrmc run` as a user drives it: outputs, reports, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hrmc import pipeline
+from hrmc.cli import main
+from tests.conftest import write_upstream_checkpoint
+
+
+def hrmc(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    lines = [line for line in err.splitlines() if not line.startswith("  step ")]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("hrmc: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_run_writes_every_step(capsys, tmp_path: Path) -> None:
+    code, out, err = hrmc(capsys, "run", "--policy", "q-halt", "--batch", "6", "-o", str(tmp_path / "o.npz"))
+    assert code == 0 and "263,682 parameters" in out and "step 1/8" in err
+    with np.load(tmp_path / "o.npz") as data:
+        steps = data["steps"].shape[0]
+        assert data["logits"].shape == (steps, 6, 16, 11) and data["logits"].dtype == np.float32
+        assert data["q_halt_logits"].shape == data["q_continue_logits"].shape == (steps, 6)
+        assert data["halted"].dtype == bool and data["halted"][-1].all()
+        assert data["steps"].dtype == np.int32 and data["steps"][-1].max() == steps
+        assert data["inputs"].shape == (6, 16) and data["puzzle_identifiers"].shape == (6,)
+
+
+def test_run_is_bit_identical_across_runs(capsys, tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        assert hrmc(capsys, "run", "--seed", "3", "-o", str(tmp_path / f"{name}.npz"))[0] == 0
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+
+
+def test_run_json_report_and_budget(capsys) -> None:
+    code, out, _ = hrmc(capsys, "run", "--budget", "2", "--batch", "3", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["steps_run"] == 2 and report["halting_steps"] == [2, 2, 2]
+    assert report["parameters"] == 263_682 and report["model"] == "tiny"
+
+
+def test_run_from_an_upstream_checkpoint_and_inputs(capsys, tiny, tmp_path: Path) -> None:
+    checkpoint = write_upstream_checkpoint(tiny, tmp_path / "run")
+    np.savez(tmp_path / "in.npz", inputs=np.ones((2, 81), np.int64), puzzle_identifiers=np.array([1, 2]))
+    code, out, _ = hrmc(capsys, "run", "--checkpoint", str(checkpoint), "--inputs", str(tmp_path / "in.npz"), "--json")
+    assert code == 0 and json.loads(out)["seq_len"] == 81  # RoPE: any length
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["run", "--checkpoint", "no/such/step_1"], ["checkpoint not found: no/such/step_1"]),
+    (["run", "--preset", "huge"], ["'huge' is not one of"]),
+    (["run", "--checkpoint", "x", "--preset", "tiny"], ["either --checkpoint or --preset"]),
+    (["run", "--policy", "sometimes"], ["--policy"]),
+    (["run", "--budget", "0"], ["--budget must be at least 1"]),
+    (["run", "-o", "no/such/folder/o.npz"], ["output folder does not exist: no/such/folder"]),
+    (["run", "-o", "o.txt"], ["must end in .npz"]),
+    (["frobnicate"], ["No such command 'frobnicate'"]),
+])
+def test_usage_errors_are_one_line(capsys, argv: list[str], fragments: list[str]) -> None:
+    assert_one_line_error(*hrmc(capsys, *argv)[::2], *fragments)
+
+
+@pytest.mark.parametrize("arrays, fragment", [
+    ({"inputs": np.full((2, 16), 12), "puzzle_identifiers": np.zeros(2, int)}, "token id 12 at inputs[0, 0]"),
+    ({"inputs": np.zeros((2, 16), int), "puzzle_identifiers": np.array([9, 0])}, "puzzle id 9 at puzzle_identifiers[0]"),
+    ({"x": np.zeros(2)}, "missing key 'inputs'"),
+])
+def test_bad_inputs_leave_no_output(capsys, tmp_path: Path, arrays: dict, fragment: str) -> None:
+    np.savez(tmp_path / "in.npz", **arrays)
+    code, _, err = hrmc(capsys, "run", "--inputs", str(tmp_path / "in.npz"), "-o", str(tmp_path / "o.npz"))
+    assert_one_line_error(code, err, str(tmp_path / "in.npz"), fragment)
+    assert list(tmp_path.iterdir()) == [tmp_path / "in.npz"]
+
+
+def test_bad_checkpoint_keys_are_one_line(capsys, tiny, tmp_path: Path) -> None:
+    checkpoint = write_upstream_checkpoint(tiny, tmp_path / "run", prefix="encoder.")
+    assert_one_line_error(*hrmc(capsys, "run", "--checkpoint", str(checkpoint))[::2], "does not start with")
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError):
+        with pipeline.atomic_output(tmp_path / "o.npz") as temporary:
+            temporary.write_text("half")
+            raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_console_script_prints_no_traceback(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("hrmc")
+    result = subprocess.run([str(script), "run", "--checkpoint", str(tmp_path / "missing")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr == f"hrmc: error: checkpoint not found: {tmp_path / 'missing'}\n"
+
+
+@pytest.mark.heavy
+def test_sudoku_preset_runs_and_reports_its_size(capsys) -> None:
+    code, out, err = hrmc(capsys, "run", "--preset", "sudoku", "--policy", "max-steps", "--batch", "1")
+    assert code == 0 and "27,275,266 parameters" in out and "step 16/16" in err
