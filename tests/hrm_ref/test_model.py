@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hrm_ref
 from hrm_ref import HRM, HRMConfig
 from hrm_ref.presets import randomize_weights
+from tests.conftest import upstream_arch
 from tests.hrm_ref.upstream_oracle import UpstreamOracle
 
 ATOL = RTOL = 1e-5  # the fidelity contract's step tolerance (DESIGN.md section 4)
@@ -22,11 +26,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> Non
 
 
 def oracle_for(model: HRM) -> UpstreamOracle:
-    c = model.config
-    arch = {"hidden_size": c.hidden_size, "num_heads": c.num_heads, "H_cycles": c.H_cycles, "L_cycles": c.L_cycles,
-            "H_layers": c.H_layers, "L_layers": c.L_layers, "puzzle_emb_ndim": c.puzzle_emb_ndim,
-            "pos_encodings": c.pos_encodings, "halt_max_steps": c.halt_max_steps}
-    return UpstreamOracle(model.state_dict(), arch)
+    return UpstreamOracle(model.state_dict(), upstream_arch(model))
 
 
 def expected_q_halt(reference: dict[str, torch.Tensor], budget: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -63,17 +63,24 @@ def test_swiglu_width_and_parameter_count_follow_upstream() -> None:
 
 
 @pytest.mark.parametrize("policy", hrm_ref.POLICIES)
-def test_every_step_matches_upstream(tiny: HRM, policy: str) -> None:
-    batch = hrm_ref.random_batch(tiny.config, 32, seed=1)
-    ours = hrm_ref.run(tiny, batch, policy)
-    reference = oracle_for(tiny).evaluate(batch.inputs, batch.puzzle_identifiers)
+def test_upstream_checkpoint_matches_upstream_on_every_step(upstream_checkpoint: Path, policy: str) -> None:
+    """The checkpoint as upstream writes it (compiled-model keys, bfloat16 H_init, all_config.yaml)."""
+    model = hrm_ref.load_checkpoint(upstream_checkpoint)
+    raw = torch.load(upstream_checkpoint, weights_only=True)
+    weights = {key.removeprefix("_orig_mod.model."): value.float() for key, value in raw.items()}
+    arch = yaml.safe_load((upstream_checkpoint.parent / "all_config.yaml").read_text())["arch"]
+    budget = arch["halt_max_steps"]
+    batch = hrm_ref.random_batch(model.config, 32, seed=1, seq_len=16)
+    ours = hrm_ref.run(model, batch, policy)
+    reference = UpstreamOracle(weights, arch).evaluate(batch.inputs, batch.puzzle_identifiers)
     if policy == "max-steps":
-        expected, halting = reference, torch.full((32,), tiny.config.halt_max_steps)
+        expected, halting = reference, torch.full((32,), budget)
     else:
-        expected, halting = expected_q_halt(reference, tiny.config.halt_max_steps)
+        expected, halting = expected_q_halt(reference, budget)
         assert 1 < len(set(halting.tolist())), "the preset should halt samples at different steps"
     assert torch.equal(ours["steps"][-1], halting.to(torch.int32))
     assert ours["logits"].shape[0] == expected["logits"].shape[0]
+    assert expected["logits"].shape[0] == budget or policy == "q-halt"
     for name in ("logits", "q_halt_logits", "q_continue_logits", "z_H", "z_L"):
         assert_close(ours[name], expected[name], name)
 
