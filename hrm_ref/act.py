@@ -6,6 +6,7 @@ Halting policies:
   and outputs stay frozen while the others go on.
 
 `step` is the unit every parity check compares: the carry goes in and out explicitly.
+A model without ACT (fixed N×T mode, the denoiser) runs exactly one step.
 """
 
 from __future__ import annotations
@@ -15,17 +16,10 @@ from typing import Callable
 
 import torch
 
-from hrm_ref.model import HRM
+from hrm_ref.model import HRM, Batch
 from hrmc.errors import InputError
 
 POLICIES = ("max-steps", "q-halt")
-STEP_OUTPUTS = ("logits", "q_halt_logits", "q_continue_logits")
-
-
-@dataclass
-class Batch:
-    inputs: torch.Tensor  # [batch, seq] token ids
-    puzzle_identifiers: torch.Tensor  # [batch] puzzle ids
 
 
 @dataclass
@@ -36,16 +30,27 @@ class Carry:
     halted: torch.Tensor  # [batch] bool
 
 
-def check_policy(policy: str, budget: int) -> None:
+def resolve_budget(model: HRM, policy: str, budget: int | None) -> int:
+    """The ACT step budget for `policy`: --budget, else halt_max_steps; 1 for a model without ACT."""
     if policy not in POLICIES:
         raise InputError(f"unknown halting policy {policy!r}: choose one of {', '.join(POLICIES)}")
+    if not model.config.act:
+        if policy == "q-halt" or (budget or 1) != 1:
+            raise InputError("this model has no ACT (fixed N×T mode): it runs one step, without --policy q-halt or --budget")
+        return 1
+    budget = model.config.halt_max_steps if budget is None else budget
     if budget < 1:
         raise InputError(f"--budget must be at least 1, got {budget}")
+    return budget
+
+
+def batch_size(batch: Batch) -> int:
+    return next(iter(batch.values())).shape[0]
 
 
 def initial_carry(model: HRM, batch: Batch) -> Carry:
-    size = batch.inputs.shape[0]
-    z_H, z_L = model.inner.initial_state(size, model.config.puzzle_emb_len + batch.inputs.shape[1])
+    size = batch_size(batch)
+    z_H, z_L = model.inner.initial_state(size, model.inner.positions(batch))
     return Carry(z_H, z_L, torch.zeros(size, dtype=torch.int32), torch.zeros(size, dtype=torch.bool))
 
 
@@ -62,15 +67,15 @@ def freeze(halted: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.
 @torch.no_grad()
 def step(model: HRM, carry: Carry, batch: Batch, policy: str, budget: int) -> tuple[Carry, dict[str, torch.Tensor]]:
     """One ACT step. Outputs are those computed from `carry` for every row (halted rows included)."""
-    z_H, z_L, logits, q_halt, q_continue = model.inner(carry.z_H, carry.z_L, batch.inputs, batch.puzzle_identifiers)
+    z_H, z_L, outputs = model.inner(carry.z_H, carry.z_L, batch)
     active = ~carry.halted
     steps = carry.steps + active.to(torch.int32)
     halt_now = steps >= budget
     if policy == "q-halt":
-        halt_now = halt_now | (q_halt > q_continue)
+        halt_now = halt_now | (outputs["q_halt_logits"] > outputs["q_continue_logits"])
     new_carry = Carry(freeze(carry.halted, carry.z_H, z_H), freeze(carry.halted, carry.z_L, z_L),
                       steps, carry.halted | halt_now)
-    return new_carry, {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue}
+    return new_carry, outputs
 
 
 @torch.no_grad()
@@ -78,12 +83,12 @@ def run(model: HRM, batch: Batch, policy: str = "max-steps", budget: int | None 
         on_step: Callable[[int, Carry], None] | None = None) -> dict[str, torch.Tensor]:
     """Run ACT steps until every sample has halted.
 
-    Returns per-step arrays stacked on a leading step axis S (steps actually run):
-    logits [S, B, L, V], q_halt_logits / q_continue_logits [S, B], halted / steps [S, B] after each
-    step, and the carry after each step (z_H, z_L [S, B, P+L, H]). Halted rows repeat their last values.
+    Returns per-step arrays stacked on a leading step axis S (steps actually run): every head's
+    output (logits [S, B, L, V], q_halt_logits / q_continue_logits [S, B], …), halted / steps [S, B]
+    after each step, and the carry after each step (z_H, z_L [S, B, P+L, H]). Halted rows repeat
+    their last values.
     """
-    budget = model.config.halt_max_steps if budget is None else budget
-    check_policy(policy, budget)
+    budget = resolve_budget(model, policy, budget)
     carry = initial_carry(model, batch)
     history: dict[str, list[torch.Tensor]] = {}
     previous: dict[str, torch.Tensor] = {}
@@ -99,3 +104,10 @@ def run(model: HRM, batch: Batch, policy: str = "max-steps", budget: int | None 
         if on_step is not None:
             on_step(len(history["steps"]), carry)
     return {name: torch.stack(values) for name, values in history.items()}
+
+
+@torch.no_grad()
+def denoise(model: HRM, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    """εθ(x_t, t, cond) of a denoiser model: one forward from the initial carry."""
+    batch = {"x_t": x_t, "t": t} | ({} if cond is None else {"cond": cond})
+    return step(model, initial_carry(model, batch), batch, "max-steps", 1)[1]["eps"]

@@ -1,47 +1,80 @@
-"""Model inputs: read from an npz file, or a seeded random batch; validated against the config."""
+"""Model inputs: read from an npz file, or a seeded random batch; validated against the config.
+
+Keys: `inputs` [B, L] token or byte ids and `puzzle_identifiers` [B] (tokens and bytes models),
+or `x_t` [B, L, H] float, `t` [B] integer timesteps and optionally `cond` [B, L, H] (denoiser).
+"""
 
 from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
 
-from hrm_ref.act import Batch
 from hrm_ref.config import HRMConfig
+from hrm_ref.model import Batch
 from hrmc.errors import InputError
 
+RANDOM_TIMESTEPS = 1000  # random batches draw denoiser timesteps from [0, 1000)
 
-def make_batch(config: HRMConfig, inputs: np.ndarray, puzzle_identifiers: np.ndarray | None, source: str) -> Batch:
-    """Check shapes and id ranges, and wrap the arrays as a `Batch`."""
+
+def _integer_ids(array: np.ndarray, key: str, shape: tuple[int, ...], upper: int, what: str, source: str) -> np.ndarray:
+    """`array` must be integers of `shape` in [0, upper); the first bad id is named."""
+    dims = ", ".join(map(str, shape))
+    if array.shape != shape or not np.issubdtype(array.dtype, np.integer):
+        raise InputError(f"{source}: '{key}' must be an integer array [{dims}], got {array.dtype} {list(array.shape)}")
+    bad = np.argwhere((array < 0) | (array >= upper))
+    if len(bad):
+        where = ", ".join(map(str, bad[0]))
+        raise InputError(f"{source}: {what} {array[tuple(bad[0])]} at {key}[{where}] is outside [0, {upper})")
+    return array.astype(np.int32)
+
+
+def _latent_batch(config: HRMConfig, arrays: Mapping[str, np.ndarray], source: str) -> Batch:
+    x_t = arrays["x_t"]
+    if x_t.ndim != 3 or x_t.shape[-1] != config.hidden_size or 0 in x_t.shape or not np.issubdtype(x_t.dtype, np.floating):
+        raise InputError(f"{source}: 'x_t' must be a float array [batch, seq, {config.hidden_size}], "
+                         f"got {x_t.dtype} {list(x_t.shape)}")
+    if "t" not in arrays:
+        raise InputError(f"{source}: missing key 't' (the denoiser's timesteps)")
+    batch = {"x_t": torch.from_numpy(x_t.astype(np.float32)),
+             "t": torch.from_numpy(_integer_ids(arrays["t"], "t", x_t.shape[:1], np.iinfo(np.int32).max, "timestep", source))}
+    if "cond" in arrays:
+        if arrays["cond"].shape != x_t.shape:
+            raise InputError(f"{source}: 'cond' must have the shape of x_t {list(x_t.shape)}, got {list(arrays['cond'].shape)}")
+        batch["cond"] = torch.from_numpy(arrays["cond"].astype(np.float32))
+    return batch
+
+
+def make_batch(config: HRMConfig, arrays: Mapping[str, np.ndarray], source: str) -> Batch:
+    """Check keys, shapes and id ranges, and turn the arrays into a `Batch` of tensors."""
+    main_key = "x_t" if config.input_mode == "latent" else "inputs"
+    if main_key not in arrays:
+        raise InputError(f"{source}: missing key '{main_key}' (found: {', '.join(arrays) or 'nothing'})")
+    if config.input_mode == "latent":
+        return _latent_batch(config, arrays, source)
+    inputs = arrays["inputs"]
     if inputs.ndim != 2 or not np.issubdtype(inputs.dtype, np.integer) or 0 in inputs.shape:
         raise InputError(f"{source}: 'inputs' must be a non-empty integer array [batch, seq], "
                          f"got {inputs.dtype} {list(inputs.shape)}")
-    batch_size, seq_len = inputs.shape
-    if config.pos_encodings == "learned" and seq_len != config.seq_len:
-        raise InputError(f"{source}: 'inputs' has {seq_len} positions, the model's learned positions fit {config.seq_len}")
-    bad = np.argwhere((inputs < 0) | (inputs >= config.vocab_size))
-    if len(bad):
-        b, l = bad[0]
-        raise InputError(f"{source}: token id {inputs[b, l]} at inputs[{b}, {l}] is outside the vocabulary "
-                         f"[0, {config.vocab_size})")
-    if puzzle_identifiers is None:
-        if config.puzzle_emb_ndim > 0:
+    if config.pos_encodings == "learned" and inputs.shape[1] != config.seq_len:
+        raise InputError(f"{source}: 'inputs' has {inputs.shape[1]} positions, "
+                         f"the model's learned positions fit {config.seq_len}")
+    batch = {"inputs": torch.from_numpy(_integer_ids(inputs, "inputs", inputs.shape, config.vocab_size,
+                                                     "token id", source))}
+    if config.puzzle_emb_ndim > 0:
+        if "puzzle_identifiers" not in arrays:
             raise InputError(f"{source}: missing key 'puzzle_identifiers' (the model has a puzzle embedding)")
-        puzzle_identifiers = np.zeros(batch_size, dtype=np.int32)
-    if puzzle_identifiers.shape != (batch_size,) or not np.issubdtype(puzzle_identifiers.dtype, np.integer):
-        raise InputError(f"{source}: 'puzzle_identifiers' must be an integer array [{batch_size}], "
-                         f"got {puzzle_identifiers.dtype} {list(puzzle_identifiers.shape)}")
-    bad = np.flatnonzero((puzzle_identifiers < 0) | (puzzle_identifiers >= config.num_puzzle_identifiers))
-    if len(bad):
-        raise InputError(f"{source}: puzzle id {puzzle_identifiers[bad[0]]} at puzzle_identifiers[{bad[0]}] is "
-                         f"outside [0, {config.num_puzzle_identifiers})")
-    return Batch(torch.from_numpy(inputs.astype(np.int32)), torch.from_numpy(puzzle_identifiers.astype(np.int32)))
+        batch["puzzle_identifiers"] = torch.from_numpy(_integer_ids(
+            arrays["puzzle_identifiers"], "puzzle_identifiers", inputs.shape[:1], config.num_puzzle_identifiers,
+            "puzzle id", source))
+    return batch
 
 
 def load_batch(config: HRMConfig, path: str | Path) -> Batch:
-    """A batch from an npz with keys `inputs` [B, L] and `puzzle_identifiers` [B]."""
+    """A batch from an npz file (keys above)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"inputs file not found: {path}")
@@ -50,19 +83,21 @@ def load_batch(config: HRMConfig, path: str | Path) -> Batch:
             arrays = {key: data[key] for key in data.files}
     except (zipfile.BadZipFile, ValueError, OSError) as err:
         raise InputError(f"cannot read inputs {path} as npz: {err}") from None
-    if "inputs" not in arrays:
-        raise InputError(f"{path}: missing key 'inputs' (found: {', '.join(arrays) or 'nothing'})")
-    return make_batch(config, arrays["inputs"], arrays.get("puzzle_identifiers"), str(path))
+    return make_batch(config, arrays, str(path))
 
 
 def random_batch(config: HRMConfig, batch_size: int, seed: int, seq_len: int | None = None) -> Batch:
-    """Seeded uniform token ids and puzzle ids (numpy's PCG64, identical on every machine)."""
+    """Seeded random inputs (numpy's PCG64, identical on every machine)."""
     seq_len = seq_len or config.seq_len
     if seq_len is None:
         raise InputError("the model does not fix a sequence length: pass --seq-len or --inputs")
     if batch_size < 1 or seq_len < 1:
         raise InputError(f"--batch and --seq-len must be at least 1, got {batch_size} and {seq_len}")
     rng = np.random.default_rng(seed)
-    inputs = rng.integers(0, config.vocab_size, size=(batch_size, seq_len), dtype=np.int32)
-    puzzle_identifiers = rng.integers(0, config.num_puzzle_identifiers, size=batch_size, dtype=np.int32)
-    return make_batch(config, inputs, puzzle_identifiers, "random batch")
+    if config.input_mode == "latent":
+        arrays = {"x_t": rng.standard_normal((batch_size, seq_len, config.hidden_size), dtype=np.float32),
+                  "t": rng.integers(0, RANDOM_TIMESTEPS, size=batch_size, dtype=np.int32)}
+    else:
+        arrays = {"inputs": rng.integers(0, config.vocab_size, size=(batch_size, seq_len), dtype=np.int32),
+                  "puzzle_identifiers": rng.integers(0, config.num_puzzle_identifiers, size=batch_size, dtype=np.int32)}
+    return make_batch(config, arrays, "random batch")

@@ -18,6 +18,13 @@ from hrmc.errors import CheckpointError, ConfigError
 
 FORWARD_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 POS_ENCODINGS = ("rope", "learned")
+# tokens: upstream's token ids; bytes: byte/split-nibble front end; latent: the DDIM denoiser's x_t.
+INPUT_MODES = ("tokens", "bytes", "latent")
+HEX_SYMBOLS = {"sha1": 40, "sha256": 64}  # hex digits of each digest
+OUTPUT_NORMS = ("softmax", "stablemax")
+# Fixed N×T reasoning depths (H cycles × L cycles per forward) for models without ACT.
+REASONING_DEPTHS = {"fast": (1, 1), "normal": (2, 2), "deep": (3, 2), "extreme": (6, 4)}
+MAX_ACCUMULATORS = 16  # one per nibble difference (hi - lo) mod 16
 
 
 def _find_multiple(a: int, b: int) -> int:
@@ -46,13 +53,25 @@ class HRMConfig:
     # Needed only for learned positions (its table has seq_len + puzzle_emb_len rows) and for
     # generating a random batch; with RoPE the sequence length comes from the inputs.
     seq_len: int | None = None
+    # Variants (hrmc's design documents); the defaults are upstream's model, bit for bit.
+    input_mode: str = "tokens"
+    nibble_index: str = "high"  # bytes: the 4-bit stream that indexes the FiLM
+    dead_energy_accumulators: int = 0  # bytes: saturating counters of rare nibble-pair events
+    film_dim: int = 32  # bytes: width of the FiLM conditioning vector
+    hex_head: str | None = None  # sha1 | sha256: a hex-digest classifier read from z_H
+    hex_prefix_suffix: bool = False  # the hex head outputs only the first and last 8 symbols
+    free_energy_head: bool = False  # sigmoid(linear(z_H)) per token
+    act: bool = True  # False: fixed N×T mode, one forward and no q head
+    output_norm: str | None = None  # softmax | stablemax: adds normalised "probs"
 
     def __post_init__(self) -> None:
-        positive = ("vocab_size", "hidden_size", "num_heads", "H_cycles", "L_cycles",
+        positive = ("hidden_size", "num_heads", "H_cycles", "L_cycles",
                     "H_layers", "L_layers", "halt_max_steps", "num_puzzle_identifiers")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"config {name} must be at least 1, got {getattr(self, name)}")
+        if self.vocab_size < 1 and self.input_mode != "latent":
+            raise ConfigError(f"config vocab_size must be at least 1, got {self.vocab_size}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(
                 f"config hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
@@ -67,6 +86,24 @@ class HRMConfig:
                 f"config forward_dtype {self.forward_dtype!r} is not one of {', '.join(FORWARD_DTYPES)}")
         if self.pos_encodings == "learned" and self.seq_len is None:
             raise ConfigError("config with learned positions needs seq_len")
+        self._check_variants()
+
+    def _check_variants(self) -> None:
+        def one_of(name: str, allowed) -> None:
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"config {name} {getattr(self, name)!r} is not one of {', '.join(map(str, allowed))}")
+
+        one_of("input_mode", INPUT_MODES)
+        one_of("nibble_index", ("high", "low"))
+        one_of("hex_head", (None, *HEX_SYMBOLS))
+        one_of("output_norm", (None, *OUTPUT_NORMS))
+        if not 0 <= self.dead_energy_accumulators <= MAX_ACCUMULATORS:
+            raise ConfigError(f"config dead_energy_accumulators must be in [0, {MAX_ACCUMULATORS}], "
+                              f"got {self.dead_energy_accumulators}")
+        if self.input_mode == "bytes" and self.vocab_size != 256:
+            raise ConfigError(f"config input_mode 'bytes' needs vocab_size 256, got {self.vocab_size}")
+        if self.input_mode == "latent" and (self.puzzle_emb_ndim or self.output_norm or self.act):
+            raise ConfigError("config input_mode 'latent' (denoiser) takes no puzzle embedding, output_norm or ACT")
 
     @property
     def puzzle_emb_len(self) -> int:
@@ -85,6 +122,13 @@ class HRMConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         return FORWARD_DTYPES[self.forward_dtype]
+
+    def with_depth(self, depth: str) -> "HRMConfig":
+        """The same model reasoning N×T cycles per forward (`fast`, `normal`, `deep`, `extreme`)."""
+        if depth not in REASONING_DEPTHS:
+            raise ConfigError(f"unknown reasoning depth {depth!r}: choose one of {', '.join(REASONING_DEPTHS)}")
+        H_cycles, L_cycles = REASONING_DEPTHS[depth]
+        return self.replace(H_cycles=H_cycles, L_cycles=L_cycles)
 
     def replace(self, **changes: Any) -> "HRMConfig":
         return dataclasses.replace(self, **changes)
@@ -128,12 +172,16 @@ def config_from_weights(arch: Mapping[str, Any], weights: Mapping[str, torch.Ten
             raise CheckpointError(f"{source}: missing key {key}, needed to infer the model size")
         return tuple(weights[key].shape)
 
-    vocab_size, hidden = shape("inner.embed_tokens.embedding_weight")
     arch = dict(arch)
+    if arch.get("input_mode") == "latent":  # the denoiser has no vocabulary
+        width_key = "inner.latent.in_proj.weight"
+        hidden, vocab_size = shape(width_key)[0], 0
+    else:
+        width_key = "inner.embed_tokens.embedding_weight"
+        vocab_size, hidden = shape(width_key)
     if arch.get("hidden_size", hidden) != hidden:
         raise ConfigError(
-            f"{source}: arch.hidden_size is {arch['hidden_size']} but inner.embed_tokens.embedding_weight "
-            f"has width {hidden}")
+            f"{source}: arch.hidden_size is {arch['hidden_size']} but {width_key} has width {hidden}")
     extra: dict[str, Any] = {"vocab_size": vocab_size}
     if arch.get("puzzle_emb_ndim", 0) > 0:
         n_ids, ndim = shape("inner.puzzle_emb.weights")

@@ -2,7 +2,9 @@
 
 `HRM.state_dict()` keys are upstream's without the loss-head prefix: `inner.H_level.layers.0.…`.
 One call of `HRMInner.forward` is one ACT step's worth of reasoning (H_cycles × L_cycles L-steps
-and H_cycles H-steps); the ACT loop and halting live in `hrm_ref.act`.
+and H_cycles H-steps); the ACT loop and halting live in `hrm_ref.act`. The variants of the design
+documents (byte front end, hex and free-energy heads, N×T mode, denoiser) are config options of
+this one model; with none enabled it is upstream's model, bit for bit.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hrm_ref.config import HRMConfig
+from hrm_ref.config import HEX_SYMBOLS, HRMConfig
+from hrm_ref.frontends import ByteFiLM, LatentFrontEnd
+from hrm_ref.heads import FreeEnergyHead, HexHead, normalise
 from hrm_ref.layers import (Attention, CastedEmbedding, CastedLinear, PuzzleEmbedding, RotaryEmbedding, SwiGLU,
                             compute_dtype, rms_norm)
 
 CosSin = tuple[torch.Tensor, torch.Tensor] | None
+# Named input tensors: `inputs` and `puzzle_identifiers` (tokens, bytes) or `x_t`, `t`, `cond` (latent).
+Batch = dict[str, torch.Tensor]
 
 
 class Block(nn.Module):
@@ -49,13 +55,27 @@ class ReasoningModule(nn.Module):
 
 
 class HRMInner(nn.Module):
+    """Front end → H/L reasoning → heads. Which front end and heads exist is set by the config."""
+
     def __init__(self, config: HRMConfig) -> None:
         super().__init__()
         self.config = config
         self.embed_scale = math.sqrt(config.hidden_size)
-        self.embed_tokens = CastedEmbedding(config.vocab_size, config.hidden_size)
-        self.lm_head = CastedLinear(config.hidden_size, config.vocab_size, bias=False)
-        self.q_head = CastedLinear(config.hidden_size, 2, bias=True)
+        if config.input_mode == "latent":
+            self.latent = LatentFrontEnd(config.hidden_size)
+            self.eps_head = CastedLinear(config.hidden_size, config.hidden_size, bias=True)
+        else:
+            self.embed_tokens = CastedEmbedding(config.vocab_size, config.hidden_size)
+            self.lm_head = CastedLinear(config.hidden_size, config.vocab_size, bias=False)
+        if config.input_mode == "bytes":
+            self.byte_film = ByteFiLM(config.hidden_size, config.film_dim, config.dead_energy_accumulators,
+                                      config.nibble_index)
+        if config.act:
+            self.q_head = CastedLinear(config.hidden_size, 2, bias=True)
+        if config.hex_head:
+            self.hex_head = HexHead(config.hidden_size, HEX_SYMBOLS[config.hex_head], config.hex_prefix_suffix)
+        if config.free_energy_head:
+            self.free_energy_head = FreeEnergyHead(config.hidden_size)
         if config.puzzle_emb_ndim > 0:
             self.puzzle_emb = PuzzleEmbedding(config.num_puzzle_identifiers, config.puzzle_emb_ndim)
         if config.pos_encodings == "rope":
@@ -72,12 +92,22 @@ class HRMInner(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.config.torch_dtype
 
-    def input_embeddings(self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor) -> torch.Tensor:
-        """Token (and puzzle) embeddings [batch, puzzle_emb_len + seq, hidden], times √hidden."""
+    def positions(self, batch: Batch) -> int:
+        """Sequence positions of the carry: the puzzle embedding's, then one per input token."""
+        if self.config.input_mode == "latent":
+            return batch["x_t"].shape[1]
+        return self.config.puzzle_emb_len + batch["inputs"].shape[1]
+
+    def input_embeddings(self, batch: Batch) -> torch.Tensor:
+        """The injection [batch, positions, hidden] that every L-step adds to z_H."""
         config = self.config
-        embedding = self.embed_tokens(inputs.to(torch.int32), self.dtype)
+        if config.input_mode == "latent":
+            return self.latent(batch["x_t"].to(self.dtype), batch["t"], batch.get("cond"))
+        embedding = self.embed_tokens(batch["inputs"].to(torch.int32), self.dtype)
+        if config.input_mode == "bytes":
+            embedding = self.byte_film(embedding, batch["inputs"].to(torch.int32))
         if config.puzzle_emb_ndim > 0:
-            puzzle = self.puzzle_emb(puzzle_identifiers, self.dtype)
+            puzzle = self.puzzle_emb(batch["puzzle_identifiers"], self.dtype)
             pad = config.puzzle_emb_len * config.hidden_size - puzzle.shape[-1]
             if pad > 0:
                 puzzle = F.pad(puzzle, (0, pad))
@@ -103,18 +133,30 @@ class HRMInner(nn.Module):
             z_H = self.H_level(z_H, z_L, cos_sin)
         return z_H, z_L
 
-    def heads(self, z_H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """logits [batch, seq, vocab] and the q values (halt, continue) [batch] read from z_H."""
-        logits = self.lm_head(z_H)[:, self.config.puzzle_emb_len:]
-        q_logits = self.q_head(z_H[:, 0]).to(compute_dtype(self.dtype))
-        return logits, q_logits[..., 0], q_logits[..., 1]
+    def heads(self, z_H: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every output the config asks for, read from z_H."""
+        config = self.config
+        if config.input_mode == "latent":
+            return {"eps": self.eps_head(z_H)}
+        tokens = z_H[:, config.puzzle_emb_len:]
+        outputs = {"logits": self.lm_head(tokens)}
+        if config.act:
+            q_logits = self.q_head(z_H[:, 0]).to(compute_dtype(self.dtype))
+            outputs |= {"q_halt_logits": q_logits[..., 0], "q_continue_logits": q_logits[..., 1]}
+        if config.output_norm:
+            outputs["probs"] = normalise(outputs["logits"], config.output_norm, compute_dtype(self.dtype))
+        if config.hex_head:
+            outputs["hex_logits"] = self.hex_head(tokens)
+        if config.free_energy_head:
+            outputs["free_energy"] = self.free_energy_head(tokens)
+        return outputs
 
-    def forward(self, z_H: torch.Tensor, z_L: torch.Tensor, inputs: torch.Tensor,
-                puzzle_identifiers: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """One ACT step from carry (z_H, z_L): returns z_H, z_L, logits, q_halt, q_continue."""
-        injection = self.input_embeddings(inputs, puzzle_identifiers)
+    def forward(self, z_H: torch.Tensor, z_L: torch.Tensor,
+                batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """One ACT step from carry (z_H, z_L): the new z_H, z_L and the heads' outputs."""
+        injection = self.input_embeddings(batch)
         z_H, z_L = self.reason(z_H, z_L, injection, self.cos_sin(injection.shape[1]))
-        return (z_H, z_L, *self.heads(z_H))
+        return z_H, z_L, self.heads(z_H)
 
 
 class HRM(nn.Module):

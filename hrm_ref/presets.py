@@ -22,6 +22,17 @@ PRESETS: dict[str, HRMConfig] = {
     "sudoku": HRMConfig(vocab_size=11, hidden_size=512, num_heads=8, H_cycles=2, L_cycles=2, H_layers=4, L_layers=4,
                         expansion=4.0, puzzle_emb_ndim=512, num_puzzle_identifiers=1, halt_max_steps=16, seq_len=81),
 }
+# The variants of the design documents, each on the tiny core.
+_TINY_CORE = dict(hidden_size=64, num_heads=4, H_cycles=2, L_cycles=2, H_layers=2, L_layers=2, expansion=4.0)
+PRESETS |= {
+    "nibble": HRMConfig(vocab_size=256, input_mode="bytes", dead_energy_accumulators=2, free_energy_head=True,
+                        halt_max_steps=8, seq_len=32, **_TINY_CORE),
+    "hex": HRMConfig(vocab_size=256, input_mode="bytes", dead_energy_accumulators=1, hex_head="sha256",
+                     halt_max_steps=8, seq_len=32, **_TINY_CORE),
+    "nxt": HRMConfig(vocab_size=11, act=False, output_norm="stablemax", puzzle_emb_ndim=64,
+                     num_puzzle_identifiers=4, seq_len=16, **_TINY_CORE).with_depth("normal"),
+    "denoiser": HRMConfig(vocab_size=0, input_mode="latent", act=False, seq_len=16, **_TINY_CORE),
+}
 PRESET_SEED = 20250626
 
 

@@ -14,6 +14,9 @@ from typing import Any, Callable
 import click
 
 import hrm_ref
+from hrm_ref.act import batch_size as batch_size_of
+from hrm_ref.act import resolve_budget
+from hrm_ref.config import REASONING_DEPTHS
 from hrmc import __version__, pipeline
 from hrmc.errors import HrmcError
 
@@ -46,19 +49,22 @@ def cli() -> None:
 @click.option("--inputs", type=click.Path(), help="npz with 'inputs' [B, L] and 'puzzle_identifiers' [B].")
 @click.option("--seq-len", type=int, help="Sequence length of the random batch (default: the preset's).")
 @click.option("--dtype", type=click.Choice(FORWARD_DTYPES), default="float32", show_default=True, help="Forward dtype.")
+@click.option("--depth", type=click.Choice(list(REASONING_DEPTHS)), help="Fixed N×T cycles per forward (fast 1×1 … extreme 6×4).")
+@click.option("--ddim-steps", type=int, default=10, show_default=True, help="Denoiser models: DDIM steps of the sample.")
 @click.option("-o", "--out", type=click.Path(), help="Write the per-step outputs to this .npz file.")
-def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, inputs, seq_len, dtype, out) -> None:
+def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, inputs, seq_len, dtype, depth,
+        ddim_steps, out) -> None:
     """Run the reference model (eager PyTorch ACT) and save every step's outputs."""
-    model = pipeline.load_model(checkpoint, preset, config_path, dtype)
+    model = pipeline.load_model(checkpoint, preset, config_path, dtype, depth)
     batch = pipeline.load_inputs(model, inputs, batch_size, seed, seq_len)
-    budget = model.config.halt_max_steps if budget is None else budget
+    budget = resolve_budget(model, policy, budget)
 
     def progress(step: int, carry: hrm_ref.Carry) -> None:
         active = int((~carry.halted).sum())
         click.echo(f"  step {step}/{budget}: {active} of {len(carry.halted)} samples still running", err=True)
 
     started = time.perf_counter()
-    outputs = pipeline.run_model(model, batch, policy, budget, progress)
+    outputs = pipeline.run_model(model, batch, policy, budget, seed, ddim_steps, progress)
     seconds = time.perf_counter() - started
     if out:
         pipeline.save_npz(outputs, out)
@@ -67,7 +73,7 @@ def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_js
         "model": checkpoint or preset or pipeline.DEFAULT_PRESET,
         "parameters": model.num_parameters(),
         "dtype": dtype, "policy": policy, "budget": budget,
-        "batch": int(batch.inputs.shape[0]), "seq_len": int(batch.inputs.shape[1]),
+        "batch": batch_size_of(batch), "seq_len": int(model.inner.positions(batch) - model.config.puzzle_emb_len),
         "steps_run": int(outputs["steps"].shape[0]), "halting_steps": steps.tolist(),
         "seconds": round(seconds, 3), "out": out,
     }

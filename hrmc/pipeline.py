@@ -16,20 +16,32 @@ import numpy as np
 
 import hrm_ref
 from hrm_ref import HRM, Batch
+from hrm_ref.act import denoise
+from hrm_ref.ddim import DDIMScheduler
 from hrmc.errors import InputError
 
 DEFAULT_PRESET = "tiny"
 
 
-def load_model(checkpoint: str | None, preset: str | None, config: str | None, dtype: str = "float32") -> HRM:
-    """The model a command works on: a checkpoint, a preset, or the default preset."""
+def load_model(checkpoint: str | None, preset: str | None, config: str | None, dtype: str = "float32",
+               depth: str | None = None) -> HRM:
+    """The model a command works on: a checkpoint, a preset, or the default preset.
+
+    `depth` (fast, normal, deep, extreme) sets its N×T cycles per forward; the weights do not change.
+    """
     if checkpoint and preset:
         raise InputError("give either --checkpoint or --preset, not both")
     if config and not checkpoint:
         raise InputError("--config describes a checkpoint: use it with --checkpoint")
     if checkpoint:
-        return hrm_ref.load_checkpoint(checkpoint, config, forward_dtype=dtype)
-    return hrm_ref.build_preset(preset or DEFAULT_PRESET, forward_dtype=dtype)
+        model = hrm_ref.load_checkpoint(checkpoint, config, forward_dtype=dtype)
+    else:
+        model = hrm_ref.build_preset(preset or DEFAULT_PRESET, forward_dtype=dtype)
+    if depth is None:
+        return model
+    deeper = HRM(model.config.with_depth(depth))
+    deeper.load_state_dict(model.state_dict())
+    return deeper.eval()
 
 
 def load_inputs(model: HRM, inputs: str | None, batch_size: int, seed: int, seq_len: int | None) -> Batch:
@@ -54,19 +66,22 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
             os.remove(temporary)
 
 
-def run_model(model: HRM, batch: Batch, policy: str, budget: int | None,
+def run_model(model: HRM, batch: Batch, policy: str, budget: int | None, seed: int = 0, ddim_steps: int = 10,
               on_step: Callable[[int, hrm_ref.Carry], None] | None = None) -> dict[str, np.ndarray]:
-    """`hrmc run`: the eager ACT inference, as the arrays the output npz holds."""
+    """`hrmc run`: the eager inference, as the arrays the output npz holds.
+
+    Every head's output per step (float32), `halted` and `steps` per step, the inputs echoed and,
+    for a denoiser, a DDIM `sample` of the inputs' shape drawn from `seed`.
+    """
     trajectory = hrm_ref.run(model, batch, policy, budget, on_step)
-    return {
-        "logits": trajectory["logits"].float().numpy(),
-        "q_halt_logits": trajectory["q_halt_logits"].float().numpy(),
-        "q_continue_logits": trajectory["q_continue_logits"].float().numpy(),
-        "halted": trajectory["halted"].numpy(),
-        "steps": trajectory["steps"].numpy().astype(np.int32),
-        "inputs": batch.inputs.numpy(),
-        "puzzle_identifiers": batch.puzzle_identifiers.numpy(),
-    }
+    arrays = {name: value.float().numpy() if value.is_floating_point() else value.numpy()
+              for name, value in trajectory.items() if name not in ("z_H", "z_L")}
+    arrays |= {name: value.numpy() for name, value in batch.items()}
+    if model.config.input_mode == "latent":
+        sample = DDIMScheduler().sample(ddim_steps, tuple(batch["x_t"].shape),
+                                        lambda x, t, cond: denoise(model, x, t, cond), batch.get("cond"), seed)
+        arrays["sample"] = sample.numpy()
+    return arrays
 
 
 def save_npz(arrays: dict[str, np.ndarray], path: str | Path) -> None:

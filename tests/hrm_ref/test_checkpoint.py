@@ -48,10 +48,12 @@ def test_config_that_contradicts_the_weights_is_named(tiny: HRM, upstream_checkp
         hrm_ref.load_checkpoint(upstream_checkpoint, tmp_path / "arch.yaml")
 
 
-def test_safetensors_round_trip_carries_its_config(tiny: HRM, tmp_path: Path) -> None:
-    hrm_ref.save_checkpoint(tiny, tmp_path / "tiny.safetensors")
-    loaded = hrm_ref.load_checkpoint(tmp_path / "tiny.safetensors")
-    assert loaded.config == tiny.config and same_weights(loaded, tiny)
+@pytest.mark.parametrize("preset", ["tiny", "nibble", "hex", "nxt", "denoiser"])
+def test_safetensors_round_trip_carries_its_config(tmp_path: Path, preset: str) -> None:
+    model = hrm_ref.build_preset(preset)
+    hrm_ref.save_checkpoint(model, tmp_path / "model.safetensors")
+    loaded = hrm_ref.load_checkpoint(tmp_path / "model.safetensors")
+    assert loaded.config == model.config and same_weights(loaded, model)
 
 
 def test_forward_dtype_is_chosen_at_load(upstream_checkpoint: Path) -> None:

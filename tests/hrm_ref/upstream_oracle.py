@@ -87,8 +87,10 @@ class UpstreamOracle:
         return z_H, z_L, F.linear(z_H, self.w["inner.lm_head.weight"])[:, self.puzzle_len:], q[..., 0], q[..., 1]
 
     @torch.no_grad()
-    def evaluate(self, inputs: torch.Tensor, puzzle_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    def evaluate(self, inputs: torch.Tensor, puzzle_ids: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Upstream's eval loop (`while not all_finish`), outputs stacked per step."""
+        if puzzle_ids is None:  # a model without puzzle embedding ignores them
+            puzzle_ids = torch.zeros(inputs.shape[0], dtype=torch.int32)
         batch = {"inputs": inputs, "puzzle_identifiers": puzzle_ids}
         size, positions = inputs.shape[0], inputs.shape[1] + self.puzzle_len
         z_H = torch.empty(size, positions, self.hidden)

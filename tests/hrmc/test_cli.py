@@ -110,3 +110,31 @@ def test_console_script_prints_no_traceback(tmp_path: Path) -> None:
 def test_sudoku_preset_runs_and_reports_its_size(capsys) -> None:
     code, out, err = hrmc(capsys, "run", "--preset", "sudoku", "--policy", "max-steps", "--batch", "1")
     assert code == 0 and "27,275,266 parameters" in out and "step 16/16" in err
+
+
+@pytest.mark.parametrize("preset, outputs", [("nibble", {"free_energy"}), ("hex", {"hex_logits"}),
+                                             ("nxt", {"probs"}), ("denoiser", {"eps", "sample", "x_t", "t"})])
+def test_every_variant_runs_bit_identically(capsys, tmp_path: Path, preset: str, outputs: set[str]) -> None:
+    for name in ("a", "b"):
+        assert hrmc(capsys, "run", "--preset", preset, "--batch", "2", "-o", str(tmp_path / f"{name}.npz"))[0] == 0
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    with np.load(tmp_path / "a.npz") as data:
+        assert outputs <= set(data.files)
+        if preset == "denoiser":
+            assert data["sample"].shape == data["x_t"].shape == (2, 16, 64)
+
+
+def test_depth_option_changes_the_reasoning(capsys, tmp_path: Path) -> None:
+    for depth in ("fast", "extreme"):
+        assert hrmc(capsys, "run", "--preset", "nxt", "--depth", depth, "-o", str(tmp_path / f"{depth}.npz"))[0] == 0
+    with np.load(tmp_path / "fast.npz") as fast, np.load(tmp_path / "extreme.npz") as extreme:
+        assert not np.array_equal(fast["logits"], extreme["logits"])
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--preset", "denoiser", "--ddim-steps", "2000"], "DDIM steps must be in [1, 1000]"),
+    (["--preset", "nxt", "--policy", "q-halt"], "no ACT (fixed N×T mode)"),
+    (["--depth", "bottomless"], "'bottomless' is not one of"),
+])
+def test_bad_variant_options_are_one_line(capsys, argv: list[str], fragment: str) -> None:
+    assert_one_line_error(*hrmc(capsys, "run", *argv)[::2], fragment)
