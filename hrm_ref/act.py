@@ -64,9 +64,12 @@ def freeze(halted: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.
     return torch.where(_rows(halted, new), old, new)
 
 
-@torch.no_grad()
 def step(model: HRM, carry: Carry, batch: Batch, policy: str, budget: int) -> tuple[Carry, dict[str, torch.Tensor]]:
-    """One ACT step. Outputs are those computed from `carry` for every row (halted rows included)."""
+    """One ACT step. Outputs are those computed from `carry` for every row (halted rows included).
+
+    Not wrapped in no_grad (callers are): a grad-mode switch inside an exported loop body breaks
+    torch.export.
+    """
     z_H, z_L, outputs = model.inner(carry.z_H, carry.z_L, batch)
     active = ~carry.halted
     steps = carry.steps + active.to(torch.int32)

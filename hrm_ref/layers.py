@@ -47,19 +47,16 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE tables, not saved in the state_dict (as upstream); cached per length and dtype."""
+    """RoPE tables, not saved in the state_dict (as upstream). Computed per call, with no cache:
+    a cache would be a side effect inside exported loops, and export folds the tables to constants."""
 
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
         self.head_dim = head_dim
         self.theta = theta
-        self._cache: dict[tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, positions: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (positions, compute_dtype(dtype))
-        if key not in self._cache:
-            self._cache[key] = rotary_tables(self.head_dim, positions, self.theta, dtype)
-        return self._cache[key]
+        return rotary_tables(self.head_dim, positions, self.theta, dtype)
 
 
 class CastedLinear(nn.Module):
@@ -90,7 +87,7 @@ class PuzzleEmbedding(nn.Module):
         self.weights = nn.Buffer(torch.zeros(num_embeddings, embedding_dim), persistent=True)
 
     def forward(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return self.weights[ids].to(dtype)
+        return F.embedding(ids.to(torch.int64), self.weights).to(dtype)  # a Gather, as upstream's indexing
 
 
 class Attention(nn.Module):

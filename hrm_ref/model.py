@@ -162,10 +162,10 @@ class HRMInner(nn.Module):
 class HRM(nn.Module):
     """The ACT model as upstream's loss head sees it: `model.inner` holds every weight."""
 
-    def __init__(self, config: HRMConfig) -> None:
+    def __init__(self, config: HRMConfig, inner: type[HRMInner] = HRMInner) -> None:
         super().__init__()
         self.config = config
-        self.inner = HRMInner(config)
+        self.inner = inner(config)
 
     def num_parameters(self) -> int:
         """Trainable parameters, as upstream counts them (buffers such as puzzle_emb excluded)."""

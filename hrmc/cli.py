@@ -17,6 +17,8 @@ import hrm_ref
 from hrm_ref.act import batch_size as batch_size_of
 from hrm_ref.act import resolve_budget
 from hrm_ref.config import REASONING_DEPTHS
+import lowering
+import parity
 from hrmc import __version__, pipeline
 from hrmc.errors import HrmcError
 
@@ -44,6 +46,10 @@ def cli() -> None:
     """hrmc: compile a Hierarchical Reasoning Model for Core ML (ANE) and MLX, provably unchanged."""
 
 
+def progress(message: str) -> None:
+    click.echo(f"  {message}", err=True)
+
+
 @cli.command()
 @model_options
 @click.option("--inputs", type=click.Path(), help="npz with 'inputs' [B, L] and 'puzzle_identifiers' [B].")
@@ -59,12 +65,11 @@ def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_js
     batch = pipeline.load_inputs(model, inputs, batch_size, seed, seq_len)
     budget = resolve_budget(model, policy, budget)
 
-    def progress(step: int, carry: hrm_ref.Carry) -> None:
-        active = int((~carry.halted).sum())
-        click.echo(f"  step {step}/{budget}: {active} of {len(carry.halted)} samples still running", err=True)
+    def step_done(step: int, carry: hrm_ref.Carry) -> None:
+        progress(f"step {step}/{budget}: {int((~carry.halted).sum())} of {len(carry.halted)} samples still running")
 
     started = time.perf_counter()
-    outputs = pipeline.run_model(model, batch, policy, budget, seed, ddim_steps, progress)
+    outputs = pipeline.run_model(model, batch, policy, budget, seed, ddim_steps, step_done)
     seconds = time.perf_counter() - started
     if out:
         pipeline.save_npz(outputs, out)
@@ -85,6 +90,54 @@ def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_js
     click.echo(f"ran {report['steps_run']} ACT steps in {seconds:.2f} s; halting steps per sample: {steps.tolist()}")
     if out:
         click.echo(f"wrote {out}")
+
+
+@cli.command()
+@model_options
+@click.option("--inputs", type=click.Path(), help="npz whose sequence length the export fixes (default: the preset's).")
+@click.option("--seq-len", type=int, help="Sequence length to export for (default: the preset's).")
+@click.option("-o", "--out", type=click.Path(), required=True, help="The .onnx file; NAME.step.onnx is written beside it.")
+def export(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, inputs, seq_len, out) -> None:
+    """Export to ONNX with the ACT loop and H/L cycles kept as ONNX Loops (plus the one-step model)."""
+    model = pipeline.load_model(checkpoint, preset, config_path)
+    batch = pipeline.load_inputs(model, inputs, batch_size, seed, seq_len)
+    source = checkpoint or f"preset:{preset or pipeline.DEFAULT_PRESET}"
+    result = lowering.export_onnx(model, out, policy, budget, batch, source, progress)
+    report = {"out": str(result.act_path), "step_model": str(result.step_path), "seconds": round(result.seconds, 1),
+              "file_bytes": result.file_bytes, "parameter_bytes": result.parameter_bytes,
+              "loops": lowering.read_metadata(result.act_path)["loops"]}
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(f"wrote {result.act_path} and {result.step_path} in {result.seconds:.1f} s")
+    click.echo(f"{result.file_bytes:,} bytes for {result.parameter_bytes:,} bytes of float32 weights "
+               f"({result.file_bytes / result.parameter_bytes:.3f}×)")
+    for loop in report["loops"]:
+        trips = "until every sample halted" if loop["trip_count"] is None else f"{loop['trip_count']} trips"
+        click.echo(f"{'  ' * loop['depth']}Loop {loop['kind']}: {trips}")
+
+
+@cli.command("parity")
+@click.argument("a", type=click.Choice(list(parity.EXECUTORS)))
+@click.argument("b", type=click.Choice(list(parity.EXECUTORS)))
+@model_options
+@click.option("--mode", type=click.Choice(parity.MODES), default="step", show_default=True,
+              help="step: teacher-forced, every output of every step (the gate); trajectory: whole runs vs the noise floor.")
+@click.option("--atol", type=float, default=parity.ATOL, show_default=True, help="Absolute tolerance.")
+@click.option("--rtol", type=float, default=parity.RTOL, show_default=True, help="Relative tolerance.")
+@click.option("--onnx-model", type=click.Path(), help="Use this exported file for the onnx executor.")
+@click.option("--inputs", type=click.Path(), help="npz inputs (default: a seeded random batch).")
+@click.option("--seq-len", type=int, help="Sequence length of the random batch.")
+def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, mode, atol, rtol,
+                   onnx_model, inputs, seq_len) -> int:
+    """Run executors A and B on the same inputs and gate the drift (exit 1 on failure)."""
+    model = pipeline.load_model(checkpoint, preset, config_path)
+    batch = pipeline.load_inputs(model, inputs, batch_size, seed, seq_len)
+    report = parity.check_parity(a, b, model, batch, policy=policy, budget=budget, mode=mode, atol=atol, rtol=rtol,
+                                 seed=seed, model_name=checkpoint or preset or pipeline.DEFAULT_PRESET,
+                                 onnx_model=onnx_model, progress=progress)
+    click.echo(json.dumps(report.to_dict()) if as_json else parity.format_report(report))
+    return 0 if report.passed else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,64 @@
-"""Parity suites: run two executors on the same inputs, report drift, gate (DESIGN.md section 4).
+"""Parity suites: run two executors on the same inputs, report the drift, gate (DESIGN.md section 4).
 
-Not built yet (issue #4); `hrmc parity` arrives with it.
+Entry point: `check_parity(...) -> Report`; `format_report` renders it for people.
 """
+
+from __future__ import annotations
+
+from typing import Callable
+
+from hrm_ref import HRM, Batch
+from hrm_ref.act import batch_size, resolve_budget
+from parity.executors import EXECUTORS, TorchExecutor, make_executor
+from parity.gate import ATOL, RTOL, Report, step_parity, trajectory_parity
+
+MODES = ("step", "trajectory")
+
+
+def check_parity(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget: int | None, mode: str = "step",
+                 atol: float = ATOL, rtol: float = RTOL, seed: int = 0, model_name: str = "",
+                 onnx_model: str | None = None, progress: Callable[[str], None] = lambda _: None) -> Report:
+    budget = resolve_budget(model, policy, budget)
+    executors = [make_executor(name, onnx_model=onnx_model) for name in (a, b)]
+    for executor in executors:
+        progress(f"preparing executor {executor.name}")
+        executor.prepare(model, policy, budget, batch)
+    progress(f"comparing in {mode} mode")
+    reference = TorchExecutor("float32")
+    reference.prepare(model, policy, budget, batch)
+    report = Report(mode, [e.describe() for e in executors], model_name, policy, budget, batch_size(batch), seed,
+                    atol, rtol)
+    if mode == "step":
+        return step_parity(*executors, reference, batch, report)
+    exact = TorchExecutor("float64")
+    exact.prepare(model, policy, budget, batch)
+    return trajectory_parity(*executors, reference, exact, batch, report)
+
+
+def format_report(report: Report) -> str:
+    lines = [f"parity {report.mode} mode: A = {report.executors[0]}", f"{' ' * (len(report.mode) + 13)}B = {report.executors[1]}",
+             f"model {report.model}, policy {report.policy}, budget {report.budget}, batch {report.batch}, "
+             f"seed {report.seed}, tolerance |a−b| ≤ {report.atol:g} + {report.rtol:g}·|b|",
+             f"{'output':<20}{'step':>5}{'max|a−b|':>12}{'max rel':>12}{'needed':>12}{'limit':>12}"
+             + (f"{'floor':>12}" if report.mode == "trajectory" else "") + "  ok"]
+    for row in report.rows:
+        floor = f"{row.floor:>12.3g}" if row.floor is not None else ""
+        lines.append(f"{row.output:<20}{row.step:>5}{row.max_abs:>12.3g}{row.max_rel:>12.3g}{row.needed:>12.3g}"
+                     f"{row.limit:>12.3g}{floor}  {'✓' if row.passed else '✗'}")
+    halting = report.halting
+    lines.append(f"halting decisions: {halting.get('mismatched', 0)} mismatched, {halting.get('ambiguous', 0)} ambiguous "
+                 "(a close call of the reference: reported, not failed)")
+    lines += [f"note: {note}" for note in report.notes]
+    if report.passed:
+        lines.append("PASS")
+    else:
+        worst = {}
+        for row in report.failures():
+            worst.setdefault(row.output, row)
+        detail = "; ".join(f"{row.output} from step {row.step} (max |a−b| {row.max_abs:.3g} > {row.limit:.3g})"
+                           for row in worst.values())
+        lines.append(f"FAIL: {detail or 'halting decisions differ'}")
+    return "\n".join(lines)
+
+
+__all__ = ["EXECUTORS", "MODES", "Report", "check_parity", "format_report"]

@@ -50,3 +50,13 @@ def tiny() -> HRM:
 @pytest.fixture
 def upstream_checkpoint(tiny: HRM, tmp_path: Path) -> Path:
     return write_upstream_checkpoint(tiny, tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny: HRM, tmp_path_factory) -> Path:
+    """tiny, q-halt, exported once per test session (an export takes about a minute)."""
+    from lowering import export_onnx
+
+    path = tmp_path_factory.mktemp("export") / "tiny.onnx"
+    export_onnx(tiny, path, "q-halt")
+    return path

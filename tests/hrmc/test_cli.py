@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 
+import lowering
 from hrmc import pipeline
 from hrmc.cli import main
 from tests.conftest import write_upstream_checkpoint
@@ -22,7 +25,7 @@ def hrmc(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    lines = [line for line in err.splitlines() if not line.startswith("  step ")]
+    lines = [line for line in err.splitlines() if not line.startswith("  ")]  # progress lines are indented
     assert code == 2 and len(lines) == 1 and lines[0].startswith("hrmc: error: "), err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
@@ -138,3 +141,49 @@ def test_depth_option_changes_the_reasoning(capsys, tmp_path: Path) -> None:
 ])
 def test_bad_variant_options_are_one_line(capsys, argv: list[str], fragment: str) -> None:
     assert_one_line_error(*hrmc(capsys, "run", *argv)[::2], fragment)
+
+
+def perturbed_copy(export: Path, folder: Path, initializer: str, amount: float) -> Path:
+    """The exported pair with one weight nudged, as a broken or tampered artifact would be."""
+    for source in (export, lowering.step_path_for(export)):
+        proto = onnx.load(source)
+        weight = next(init for init in proto.graph.initializer if init.name == initializer)
+        values = onnx.numpy_helper.to_array(weight) + amount
+        weight.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float32), initializer))
+        onnx.save(proto, folder / source.name)
+    return folder / export.name
+
+
+def test_parity_gates_the_shipped_artifact(capsys, tiny_export: Path) -> None:
+    code, out, _ = hrmc(capsys, "parity", "torch", "onnx", "--onnx-model", str(tiny_export), "--policy", "q-halt",
+                        "--batch", "6", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["passed"] and report["mode"] == "step" and report["batch"] == 6
+    assert report["executors"][1].startswith("onnx (tiny.onnx: structured graph with Loops")
+
+
+def test_parity_fails_on_a_tampered_weight_and_names_the_output(capsys, tiny_export: Path, tmp_path: Path) -> None:
+    tampered = perturbed_copy(tiny_export, tmp_path, "model.inner.q_head.weight", 1e-3)
+    code, out, _ = hrmc(capsys, "parity", "torch", "onnx", "--onnx-model", str(tampered), "--policy", "q-halt")
+    verdict = out.strip().splitlines()[-1]
+    assert code == 1 and verdict.startswith("FAIL: ") and "q_halt_logits" in verdict and "logits from" not in verdict.replace("q_halt_logits", "").replace("q_continue_logits", "")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--policy", "max-steps"], "was exported with policy q-halt, not max-steps"),
+    (["--preset", "nibble"], "exported from other weights"),
+    (["--seq-len", "20"], "was exported with sequence length 16, not 20"),
+])
+def test_parity_refuses_an_artifact_that_does_not_fit(capsys, tiny_export: Path, argv: list[str], fragment: str) -> None:
+    assert_one_line_error(*hrmc(capsys, "parity", "torch", "onnx", "--onnx-model", str(tiny_export),
+                                "--policy", "q-halt", *argv)[::2], fragment)
+
+
+def test_parity_usage_errors(capsys, tmp_path: Path) -> None:
+    assert_one_line_error(*hrmc(capsys, "parity", "torch", "abacus")[::2], "'abacus' is not one of")
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [])), tmp_path / "other.onnx")
+    assert_one_line_error(*hrmc(capsys, "parity", "torch", "onnx", "--onnx-model", str(tmp_path / "other.onnx"))[::2],
+                          "not made by hrmc export")
+    assert_one_line_error(*hrmc(capsys, "export", "-o", str(tmp_path / "no" / "m.onnx"))[::2],
+                          "output folder does not exist")
+    assert list(tmp_path.iterdir()) == [tmp_path / "other.onnx"]

@@ -1,0 +1,191 @@
+"""`hrmc export`: hrm_ref → two ONNX models that keep their control flow, checked and labelled.
+
+- `NAME.onnx`, the whole inference: the ACT step loop, H cycles and L cycles are nested ONNX
+  Loops. The ACT loop stops on its data-dependent condition: every sample halted, or the budget.
+- `NAME.step.onnx`, one ACT step with the carry as inputs and outputs (z_H, z_L, steps, halted):
+  what step parity compares.
+
+The batch dimension is dynamic; the sequence length is fixed at export, because the RoPE tables
+are folded to constants. Model-level metadata records hrmc's version, the config, the policy and
+budget, the sha256 of the source weights, and every Loop (kind and trip count). Each Loop node
+also carries `hrmc.loop` and `hrmc.trip_count`, so passes read them rather than pattern-match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import onnx
+import torch
+
+import hrm_ref
+from hrm_ref import HRM, Batch
+from hrm_ref.act import resolve_budget
+from hrmc import __version__
+from hrmc.errors import HrmcError, InputError
+from hrmc.pipeline import atomic_output
+from lowering.graph import CARRY_NAMES, ACTGraph, StepGraph
+
+META_PREFIX = "hrmc."
+EXAMPLE_BATCH = 2  # traced with 2 rows: a batch of 1 would let the exporter specialise the batch dimension
+LOOP_KINDS_BY_DEPTH = {"act": ("act", "h_cycles", "l_cycles"), "step": ("h_cycles", "l_cycles")}
+
+
+class ExportError(HrmcError):
+    """The model could not be exported or the exported graph failed its checks."""
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    act_path: Path
+    step_path: Path
+    seconds: float
+    file_bytes: int
+    parameter_bytes: int
+
+
+def step_path_for(path: str | Path) -> Path:
+    """`model.onnx` → `model.step.onnx` beside it."""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".onnx") + ".step.onnx")
+
+
+def weights_sha256(model: HRM) -> str:
+    """A digest of every weight and buffer by name, independent of the file it came from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def output_names(model: HRM, batch: Batch) -> list[str]:
+    """The heads' outputs in the order `HRMInner.heads` returns them."""
+    with torch.no_grad():
+        start = hrm_ref.initial_carry(model, batch)
+        return list(model.inner.heads(start.z_H))
+
+
+def _trace(module: torch.nn.Module, args: tuple, input_names: list[str], outputs: list[str],
+           dynamic_shapes: Any) -> onnx.ModelProto:
+    """torch.onnx's dynamo exporter, quietly; its chatter would drown hrmc's own progress lines."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, args, dynamo=True, input_names=input_names, output_names=outputs,
+                                        dynamic_shapes=dynamic_shapes)
+    finally:
+        logger.setLevel(level)
+    return program.model_proto
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [attribute.g for attribute in node.attribute if attribute.type == onnx.AttributeProto.GRAPH]
+
+
+def _label_loops(graph: onnx.GraphProto, kinds: tuple[str, ...], trip_counts: dict[str, int | None],
+                 found: list[dict[str, Any]], depth: int = 0) -> None:
+    """Strip the exporter's per-node debug metadata and tag each Loop with its kind and trip count."""
+    for node in graph.node:
+        del node.metadata_props[:]
+        if node.op_type == "Loop":
+            if depth >= len(kinds):
+                raise ExportError(f"unexpected Loop {node.name} nested {depth + 1} deep")
+            kind = kinds[depth]
+            trip = trip_counts[kind]
+            node.metadata_props.add(key=META_PREFIX + "loop", value=kind)
+            node.metadata_props.add(key=META_PREFIX + "trip_count", value="" if trip is None else str(trip))
+            found.append({"node": node.name, "kind": kind, "trip_count": trip, "depth": depth})
+        for subgraph in _subgraphs(node):
+            _label_loops(subgraph, kinds, trip_counts, found, depth + (node.op_type == "Loop"))
+
+
+def _finish(proto: onnx.ModelProto, kind: str, model: HRM, policy: str, budget: int, sha: str,
+            seq_len: int, outputs: list[str], source: str) -> onnx.ModelProto:
+    loops: list[dict[str, Any]] = []
+    trip_counts = {"act": None, "h_cycles": model.config.H_cycles, "l_cycles": model.config.L_cycles}
+    _label_loops(proto.graph, LOOP_KINDS_BY_DEPTH[kind], trip_counts, loops)
+    metadata = {"version": __version__, "kind": kind, "config": json.dumps(dataclasses.asdict(model.config)),
+                "policy": policy, "budget": str(budget), "seq_len": str(seq_len), "outputs": json.dumps(outputs),
+                "loops": json.dumps(loops), "weights_sha256": sha, "source": source}
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=META_PREFIX + key, value=value)
+    proto.producer_name, proto.producer_version = "hrmc", __version__
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise ExportError(f"exported {kind} graph fails onnx's checks: {str(err).splitlines()[0]}") from None
+    return proto
+
+
+def export_onnx(model: HRM, out: str | Path, policy: str = "max-steps", budget: int | None = None,
+                batch: Batch | None = None, source: str = "", progress: Callable[[str], None] = lambda _: None,
+                ) -> ExportedModel:
+    """Write `out` (the whole ACT inference) and its `.step.onnx` sibling; both or neither."""
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise InputError(f"output {out} must end in .onnx")
+    if not out.parent.is_dir():  # checked before a minute of tracing, not after
+        raise InputError(f"output folder does not exist: {out.parent}")
+    if model.config.forward_dtype != "float32":
+        raise InputError(f"export takes a float32 model, got forward dtype {model.config.forward_dtype}")
+    budget = resolve_budget(model, policy, budget)
+    started = time.perf_counter()
+    batch = batch or hrm_ref.random_batch(model.config, EXAMPLE_BATCH, seed=0)
+    batch = {name: value[:1].expand(EXAMPLE_BATCH, *value.shape[1:]).contiguous() for name, value in batch.items()}
+    names, outputs = list(batch), output_names(model, batch)
+    seq_len = model.inner.positions(batch) - model.config.puzzle_emb_len
+    sha = weights_sha256(model)
+    rows = torch.export.Dim("batch", min=1, max=65536)
+    batch_dims = tuple({0: rows} for _ in names)
+
+    progress(f"tracing the whole ACT inference ({policy}, budget {budget}) as nested ONNX Loops")
+    act = _trace(ACTGraph(model, policy, budget, names), tuple(batch.values()), names,
+                 [*outputs, "halted", "steps", "steps_run"], (batch_dims,))
+    act = _finish(act, "act", model, policy, budget, sha, seq_len, outputs, source)
+
+    progress("tracing the one-step model (carry in, carry out)")
+    start = hrm_ref.initial_carry(model, batch)
+    carry = (start.z_H.contiguous(), start.z_L.contiguous(), start.steps, start.halted)
+    step = _trace(StepGraph(model, policy, budget, names), (*carry, *batch.values()), [*CARRY_NAMES, *names],
+                  [*(f"{name}_next" for name in CARRY_NAMES), *outputs], ({0: rows},) * 4 + (batch_dims,))
+    step = _finish(step, "step", model, policy, budget, sha, seq_len, outputs, source)
+
+    step_out = step_path_for(out)
+    with atomic_output(out) as act_tmp, atomic_output(step_out) as step_tmp:
+        onnx.save(act, act_tmp)
+        onnx.save(step, step_tmp)
+    parameter_bytes = sum(t.numel() * 4 for t in model.state_dict().values())
+    return ExportedModel(out, step_out, time.perf_counter() - started, out.stat().st_size, parameter_bytes)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The hrmc metadata of an exported file; an error if the file was not made by hrmc."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"ONNX model not found: {path}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # onnx raises DecodeError and others for non-ONNX bytes
+        raise InputError(f"cannot read {path} as ONNX: {type(err).__name__}") from None
+    props = {p.key.removeprefix(META_PREFIX): p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)}
+    if "config" not in props:
+        raise InputError(f"{path} was not made by hrmc export (no hrmc metadata)")
+    return props | {"config": json.loads(props["config"]), "budget": int(props["budget"]),
+                    "seq_len": int(props["seq_len"]), "outputs": json.loads(props["outputs"]),
+                    "loops": json.loads(props["loops"])}

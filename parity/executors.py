@@ -1,0 +1,94 @@
+"""The executor interface every backend implements, and the registry `hrmc parity` reads names from.
+
+An executor runs one model on seeded inputs in its own way, with numpy arrays as the common
+currency:
+- `prepare(model, policy, budget, batch)`: build whatever it runs (an export, a session, a package).
+- `step(carry, batch)`: one ACT step from the given carry. Returns every head output plus the
+  next carry (`z_H`, `z_L`, `steps`, `halted`).
+- `run(batch)`: the whole inference. Returns per-step outputs [S, B, …] plus `halted` and `steps`
+  [S, B], with S the number of steps actually run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+import hrm_ref
+from hrm_ref import HRM, Batch, Carry
+from hrm_ref.act import resolve_budget
+
+Arrays = dict[str, np.ndarray]
+
+
+def to_numpy(tensors: dict[str, torch.Tensor]) -> Arrays:
+    return {name: value.detach().numpy() for name, value in tensors.items()}
+
+
+def carry_arrays(carry: Carry) -> Arrays:
+    return to_numpy({"z_H": carry.z_H, "z_L": carry.z_L, "steps": carry.steps, "halted": carry.halted})
+
+
+class Executor:
+    """Base class: subclasses set `name` and implement `prepare`, `step` and `run`."""
+
+    name = ""
+    policy = "max-steps"
+    budget = 1
+
+    def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def step(self, carry: Carry, batch: Batch) -> Arrays:
+        raise NotImplementedError
+
+    def run(self, batch: Batch) -> Arrays:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for reports: what exactly ran."""
+        return self.name
+
+
+class TorchExecutor(Executor):
+    """hrm_ref in eager PyTorch: the reference. `dtype` float64 gives the noise-floor reference."""
+
+    name = "torch"
+
+    def __init__(self, dtype: str = "float32") -> None:
+        self.dtype = dtype
+
+    def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
+        self.model = model.with_dtype(self.dtype)
+        self.policy, self.budget = policy, resolve_budget(model, policy, budget)
+
+    def step(self, carry: Carry, batch: Batch) -> Arrays:
+        dtype = self.model.config.torch_dtype
+        carry = Carry(carry.z_H.to(dtype), carry.z_L.to(dtype), carry.steps, carry.halted)
+        with torch.no_grad():
+            new_carry, outputs = hrm_ref.step(self.model, carry, batch, self.policy, self.budget)
+        return to_numpy(outputs) | carry_arrays(new_carry)
+
+    def run(self, batch: Batch) -> Arrays:
+        return to_numpy(hrm_ref.run(self.model, batch, self.policy, self.budget))
+
+    def describe(self) -> str:
+        return f"torch (hrm_ref eager, {self.dtype}, CPU)"
+
+
+def _onnx_executor(**options: Any) -> Executor:
+    from targets.onnx import OnnxExecutor  # onnxruntime loads only when asked for
+
+    return OnnxExecutor(options.get("onnx_model"))
+
+
+EXECUTORS: dict[str, Callable[..., Executor]] = {
+    "torch": lambda **options: TorchExecutor(),
+    "onnx": _onnx_executor,
+}
+
+
+def make_executor(name: str, **options: Any) -> Executor:
+    return EXECUTORS[name](**options)

@@ -1,0 +1,154 @@
+"""The fidelity contract of DESIGN.md section 4, as two comparisons and one report.
+
+- step mode (the gate): both executors run one ACT step from the *same* carry, the reference's
+  carry before step s (teacher forcing), for every step s of the reference trajectory. Every
+  output must satisfy |a − b| ≤ atol + rtol·|b|.
+- trajectory mode: both executors run the whole inference. The drift per step is set beside the
+  reference's own fp32 rounding noise (hrm_ref in float64 vs float32 on the same inputs) and is
+  gated at max(1e-5, 10 × noise floor). A halting decision is compared only where the
+  reference's q margin exceeds its own noise; closer calls are reported as ambiguous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from hrm_ref import Batch, Carry
+from hrm_ref.act import initial_carry
+from parity.executors import Arrays, Executor, TorchExecutor
+
+ATOL = RTOL = 1e-5
+FLOOR_FACTOR = 10  # trajectory gate: drift ≤ max(ATOL, FLOOR_FACTOR × noise floor)
+CARRY_OUTPUTS = ("z_H", "z_L")
+DECISIONS = ("halted", "steps")
+
+
+@dataclass
+class Row:
+    """One output at one step."""
+
+    output: str
+    step: int
+    max_abs: float
+    max_rel: float
+    needed: float  # the smallest atol that passes (step mode: with the given rtol)
+    limit: float  # the atol it had to meet
+    passed: bool
+    floor: float | None = None  # trajectory mode: the reference's float64-vs-float32 drift
+
+
+@dataclass
+class Report:
+    mode: str
+    executors: list[str]
+    model: str
+    policy: str
+    budget: int
+    batch: int
+    seed: int
+    atol: float
+    rtol: float
+    rows: list[Row] = field(default_factory=list)
+    halting: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(row.passed for row in self.rows) and not self.halting.get("mismatched", 0)
+
+    def failures(self) -> list[Row]:
+        return [row for row in self.rows if not row.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"passed": self.passed}
+
+
+def _compare(a: np.ndarray, b: np.ndarray, rtol: float) -> tuple[float, float, float]:
+    """max |a−b|, max |a−b|/|b|, and the atol that |a−b| ≤ atol + rtol·|b| needs."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return np.inf, np.inf, np.inf
+    difference = np.abs(a - b)
+    if difference.size == 0:
+        return 0.0, 0.0, 0.0
+    relative = difference / np.maximum(np.abs(b), np.finfo(np.float64).tiny)
+    return float(difference.max()), float(relative.max()), float(max((difference - rtol * np.abs(b)).max(), 0.0))
+
+
+def _carry_at(trajectory: Arrays, model_start: Carry, step: int) -> Carry:
+    """The reference's carry before `step` (0-based): the start, or the carry after step - 1."""
+    if step == 0:
+        return model_start
+    return Carry(*(torch.from_numpy(np.ascontiguousarray(trajectory[name][step - 1]))
+                   for name in ("z_H", "z_L", "steps", "halted")))
+
+
+def q_margin(outputs: Arrays) -> np.ndarray | None:
+    if "q_halt_logits" not in outputs:
+        return None
+    return np.asarray(outputs["q_halt_logits"], np.float64) - np.asarray(outputs["q_continue_logits"], np.float64)
+
+
+def step_parity(a: Executor, b: Executor, reference: TorchExecutor, batch: Batch, report: Report) -> Report:
+    """Teacher-forced: every step of the reference trajectory, from the reference's carry."""
+    trajectory = reference.run(batch)
+    start = initial_carry(reference.model, batch)
+    mismatched = ambiguous = 0
+    for s in range(trajectory["steps"].shape[0]):
+        carry = _carry_at(trajectory, start, s)
+        out_a, out_b = a.step(carry, batch), b.step(carry, batch)
+        for name in [n for n in out_b if n in out_a and n not in DECISIONS]:
+            max_abs, max_rel, needed = _compare(out_a[name], out_b[name], report.rtol)
+            report.rows.append(Row(name, s + 1, max_abs, max_rel, needed, report.atol, needed <= report.atol))
+        # A halting decision may differ only where the q values are within tolerance of a tie.
+        differs = (out_a["halted"] != out_b["halted"]) | (out_a["steps"] != out_b["steps"])
+        margin = q_margin(out_b)
+        close = np.zeros_like(differs) if margin is None else np.abs(margin) <= 2 * (report.atol + report.rtol * np.abs(out_b["q_halt_logits"]))
+        mismatched += int((differs & ~close).sum())
+        ambiguous += int((differs & close).sum())
+    report.halting = {"mismatched": mismatched, "ambiguous": ambiguous}
+    report.notes.append("step mode: both executors start every step from the reference's (torch float32) carry")
+    return report
+
+
+def _pad(trajectory: Arrays, steps: int) -> Arrays:
+    """Repeat the last step up to `steps`: after every sample halted, nothing changes."""
+    return {name: np.concatenate([value, np.repeat(value[-1:], steps - len(value), axis=0)])
+            for name, value in trajectory.items()}
+
+
+def trajectory_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: TorchExecutor, batch: Batch,
+                      report: Report) -> Report:
+    """Whole runs, drift per step, gated against the reference's float64-vs-float32 noise floor."""
+    runs = [a.run(batch), b.run(batch), reference.run(batch), exact.run(batch)]
+    length = max(run["steps"].shape[0] for run in runs)
+    run_a, run_b, ref32, ref64 = (_pad(run, length) for run in runs)
+    halting_a, halting_b = run_a["steps"][-1], run_b["steps"][-1]
+    # A sample is a close call if the reference's q margin, at some step up to its halting, is
+    # within FLOOR_FACTOR × its own float64-vs-float32 noise.
+    margin32, margin64 = q_margin(ref32), q_margin(ref64)
+    if margin64 is None:
+        close = np.zeros(halting_a.shape, bool)
+    else:
+        noise = np.abs(margin64 - margin32)
+        close = (np.abs(margin64) <= np.maximum(FLOOR_FACTOR * noise, report.atol)).any(axis=0)
+    close |= ref32["steps"][-1] != ref64["steps"][-1]
+    differs = halting_a != halting_b
+    report.halting = {"mismatched": int((differs & ~close).sum()), "ambiguous": int((differs & close).sum()),
+                      "steps_a": halting_a.tolist(), "steps_b": halting_b.tolist()}
+    compared = ~(differs & close) & (ref32["steps"][-1] == ref64["steps"][-1])
+    for name in [n for n in run_b if n in run_a and n in ref64 and n not in DECISIONS + CARRY_OUTPUTS]:
+        for s in range(length):
+            max_abs, max_rel, _ = _compare(run_a[name][s][compared], run_b[name][s][compared], report.rtol)
+            floor, _, _ = _compare(ref32[name][s][compared], ref64[name][s][compared], 0.0)
+            limit = max(report.atol, FLOOR_FACTOR * floor)
+            report.rows.append(Row(name, s + 1, max_abs, max_rel, max_abs, limit, max_abs <= limit, floor))
+    report.notes.append(f"trajectory mode: drift gated at max({report.atol:g}, {FLOOR_FACTOR} × noise floor); "
+                        "noise floor = hrm_ref float64 vs float32 on the same inputs")
+    if (~compared).any():
+        report.notes.append(f"{int((~compared).sum())} sample(s) with a close halting call left out of the drift rows")
+    return report

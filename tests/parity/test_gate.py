@@ -1,0 +1,88 @@
+"""The fidelity contract: step and trajectory gates on real executions, and that they can fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hrm_ref
+from hrm_ref import HRM, Batch, Carry
+from parity import check_parity
+from parity.executors import EXECUTORS, Arrays, TorchExecutor
+from parity.gate import _compare
+
+
+class Nudged(TorchExecutor):
+    """torch, with `amount` added to one output from step `after` on: a stand-in for a broken backend."""
+
+    def __init__(self, output: str, amount: float, after: int = 1) -> None:
+        super().__init__()
+        self.output, self.amount, self.after = output, amount, after
+
+    def step(self, carry: Carry, batch: Batch) -> Arrays:
+        outputs = super().step(carry, batch)
+        if int(carry.steps.max()) + 1 >= self.after:
+            outputs[self.output] = outputs[self.output] + self.amount
+        return outputs
+
+    def run(self, batch: Batch) -> Arrays:
+        outputs = super().run(batch)
+        outputs[self.output][self.after - 1:] += self.amount
+        return outputs
+
+
+@pytest.fixture
+def nudged(monkeypatch):
+    def install(output: str, amount: float, after: int = 1) -> None:
+        monkeypatch.setitem(EXECUTORS, "nudged", lambda **_: Nudged(output, amount, after))
+    return install
+
+
+@pytest.fixture(scope="module")
+def batch(tiny: HRM) -> Batch:
+    return hrm_ref.random_batch(tiny.config, 8, seed=0)
+
+
+def test_compare_reports_the_tolerance_needed() -> None:
+    a, b = np.array([1.0, 10.0]), np.array([1.0 + 2e-5, 10.0 + 1e-4])
+    max_abs, max_rel, needed = _compare(a, b, rtol=1e-5)
+    assert max_abs == pytest.approx(1e-4) and max_rel == pytest.approx(2e-5, rel=1e-3)
+    assert needed == pytest.approx(2e-5 - 1e-5 * (1 + 2e-5))  # the first element is the tight one
+
+
+@pytest.mark.parametrize("mode", ["step", "trajectory"])
+def test_torch_against_itself_is_exact(tiny: HRM, batch: Batch, mode: str) -> None:
+    report = check_parity("torch", "torch", tiny, batch, policy="q-halt", budget=None, mode=mode)
+    assert report.passed and max(row.max_abs for row in report.rows) == 0
+
+
+@pytest.mark.parametrize("mode", ["step", "trajectory"])
+def test_a_drift_above_tolerance_fails_and_is_named(tiny: HRM, batch: Batch, nudged, mode: str) -> None:
+    nudged("logits", 1e-3, after=3)
+    report = check_parity("torch", "nudged", tiny, batch, policy="max-steps", budget=None, mode=mode)
+    assert not report.passed
+    assert {row.output for row in report.failures()} == {"logits"}
+    assert min(row.step for row in report.failures()) == 3
+
+
+def test_a_drift_within_tolerance_passes(tiny: HRM, batch: Batch, nudged) -> None:
+    nudged("logits", 5e-6)
+    assert check_parity("torch", "nudged", tiny, batch, policy="max-steps", budget=None, mode="step").passed
+
+
+def test_trajectory_gate_scales_with_the_noise_floor(tiny: HRM, batch: Batch) -> None:
+    report = check_parity("torch", "torch", tiny, batch, policy="max-steps", budget=None, mode="trajectory")
+    floors = [row.floor for row in report.rows if row.output == "logits"]
+    assert 0 < floors[0] < floors[-1]  # the recurrence amplifies rounding noise step by step
+    assert all(row.limit == max(1e-5, 10 * row.floor) for row in report.rows)
+
+
+@pytest.mark.parametrize("mode", ["step", "trajectory"])
+def test_torch_and_onnx_agree(tiny: HRM, tiny_export: Path, mode: str) -> None:
+    batch = hrm_ref.random_batch(tiny.config, 16, seed=1)
+    report = check_parity("torch", "onnx", tiny, batch, policy="q-halt", budget=None, mode=mode, onnx_model=str(tiny_export))
+    assert report.passed, [row for row in report.failures()]
+    assert {row.output for row in report.rows} >= {"logits", "q_halt_logits", "q_continue_logits"}
+    assert 0 < max(row.max_abs for row in report.rows) < 1e-4  # different op order: close, not identical
