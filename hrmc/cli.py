@@ -8,7 +8,9 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -19,10 +21,12 @@ from hrm_ref.act import resolve_budget
 from hrm_ref.config import REASONING_DEPTHS
 import lowering
 import parity
-from hrmc import __version__, pipeline
-from hrmc.errors import HrmcError
+from hrmc import __version__
+from hrmc import pipeline as driver
+from hrmc.errors import HrmcError, InputError
 
 FORWARD_DTYPES = ("float32", "float64", "bfloat16")
+LOWER_TARGETS = ("onnx",)  # mlx, coreml and ane arrive with their target modules
 
 
 def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -30,7 +34,7 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--checkpoint", type=click.Path(dir_okay=True), help="Upstream step_N checkpoint or .safetensors file."),
         click.option("--config", "config_path", type=click.Path(), help="Arch yaml for --checkpoint (default: all_config.yaml beside it)."),
-        click.option("--preset", type=click.Choice(sorted(hrm_ref.PRESETS)), help=f"Built-in model (default: {pipeline.DEFAULT_PRESET})."),
+        click.option("--preset", type=click.Choice(sorted(hrm_ref.PRESETS)), help=f"Built-in model (default: {driver.DEFAULT_PRESET})."),
         click.option("--policy", type=click.Choice(hrm_ref.POLICIES), default="max-steps", show_default=True, help="ACT halting policy."),
         click.option("--budget", type=int, help="ACT step budget (default: the model's halt_max_steps)."),
         click.option("--batch", "batch_size", type=int, default=4, show_default=True, help="Random batch size."),
@@ -61,21 +65,21 @@ def progress(message: str) -> None:
 def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, inputs, seq_len, dtype, depth,
         ddim_steps, out) -> None:
     """Run the reference model (eager PyTorch ACT) and save every step's outputs."""
-    model = pipeline.load_model(checkpoint, preset, config_path, dtype, depth)
-    batch = pipeline.load_inputs(model, inputs, batch_size, seed, seq_len)
+    model = driver.load_model(checkpoint, preset, config_path, dtype, depth)
+    batch = driver.load_inputs(model, inputs, batch_size, seed, seq_len)
     budget = resolve_budget(model, policy, budget)
 
     def step_done(step: int, carry: hrm_ref.Carry) -> None:
         progress(f"step {step}/{budget}: {int((~carry.halted).sum())} of {len(carry.halted)} samples still running")
 
     started = time.perf_counter()
-    outputs = pipeline.run_model(model, batch, policy, budget, seed, ddim_steps, step_done)
+    outputs = driver.run_model(model, batch, policy, budget, seed, ddim_steps, step_done)
     seconds = time.perf_counter() - started
     if out:
-        pipeline.save_npz(outputs, out)
+        driver.save_npz(outputs, out)
     steps = outputs["steps"][-1]
     report = {
-        "model": checkpoint or preset or pipeline.DEFAULT_PRESET,
+        "model": checkpoint or preset or driver.DEFAULT_PRESET,
         "parameters": model.num_parameters(),
         "dtype": dtype, "policy": policy, "budget": budget,
         "batch": batch_size_of(batch), "seq_len": int(model.inner.positions(batch) - model.config.puzzle_emb_len),
@@ -99,9 +103,9 @@ def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_js
 @click.option("-o", "--out", type=click.Path(), required=True, help="The .onnx file; NAME.step.onnx is written beside it.")
 def export(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, inputs, seq_len, out) -> None:
     """Export to ONNX with the ACT loop and H/L cycles kept as ONNX Loops (plus the one-step model)."""
-    model = pipeline.load_model(checkpoint, preset, config_path)
-    batch = pipeline.load_inputs(model, inputs, batch_size, seed, seq_len)
-    source = checkpoint or f"preset:{preset or pipeline.DEFAULT_PRESET}"
+    model = driver.load_model(checkpoint, preset, config_path)
+    batch = driver.load_inputs(model, inputs, batch_size, seed, seq_len)
+    source = checkpoint or f"preset:{preset or driver.DEFAULT_PRESET}"
     result = lowering.export_onnx(model, out, policy, budget, batch, source, progress)
     report = {"out": str(result.act_path), "step_model": str(result.step_path), "seconds": round(result.seconds, 1),
               "file_bytes": result.file_bytes, "parameter_bytes": result.parameter_bytes,
@@ -117,6 +121,57 @@ def export(checkpoint, config_path, preset, policy, budget, batch_size, seed, as
         click.echo(f"{'  ' * loop['depth']}Loop {loop['kind']}: {trips}")
 
 
+@cli.command("passes")
+def list_passes() -> None:
+    """List the graph passes and the named pipelines."""
+    import passes
+
+    click.echo("passes:")
+    for name in passes.PASSES:
+        click.echo(f"  {name:<22}{passes.describe(name)}")
+    click.echo("pipelines (hrmc lower --pipeline NAME):")
+    for name, steps in passes.PIPELINES.items():
+        click.echo(f"  {name:<22}{' → '.join(steps)}")
+
+
+@cli.command()
+@model_options
+@click.option("--target", type=click.Choice(LOWER_TARGETS), default="onnx", show_default=True, help="Backend to lower to.")
+@click.option("--pipeline", default="default", show_default=True, help="Named pass pipeline (see `hrmc passes`).")
+@click.option("--dump-after", help="Also write the graph right after this pass (OUT.after-PASS.onnx).")
+@click.option("--strip", help="Comma-separated outputs to remove (strip-heads), e.g. hex_logits,free_energy.")
+@click.option("--chunk", type=int, help="Also write a K-step chunk graph with the carry in and out (OUT.chunkK.onnx).")
+@click.option("--onnx-model", type=click.Path(), help="Start from this exported file instead of exporting afresh.")
+@click.option("--seq-len", type=int, help="Sequence length to export for (default: the preset's).")
+@click.option("-o", "--out", type=click.Path(), required=True, help="The lowered .onnx (NAME.step.onnx beside it).")
+def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, target, pipeline, dump_after, strip,
+          chunk, onnx_model, seq_len, out) -> None:
+    """Lower to a static graph (no Loop or If) for a target, through a named pass pipeline."""
+    import passes
+
+    if pipeline not in passes.PIPELINES:
+        raise InputError(f"unknown pipeline {pipeline!r}: choose one of {', '.join(passes.PIPELINES)}")
+    model = driver.load_model(checkpoint, preset, config_path)
+    batch = driver.load_inputs(model, None, batch_size, seed, seq_len)
+    with tempfile.TemporaryDirectory(prefix="hrmc-lower-") as folder:
+        structured = onnx_model
+        if structured is None:
+            progress("exporting the structured graph first")
+            structured = lowering.export_onnx(model, Path(folder) / "model.onnx", policy, budget, batch,
+                                              checkpoint or "preset", progress).act_path
+        progress(f"running pipeline {pipeline}")
+        lowered = passes.lower_onnx(structured, out, pipeline, strip=tuple(filter(None, (strip or "").split(","))),
+                                    chunk=chunk, dump_after=dump_after)
+    written = [p for p in (lowered.static_path, lowered.step_path, lowered.chunk_path) if p is not None]
+    if as_json:
+        click.echo(json.dumps({"target": target, "pipeline": pipeline, "files": [str(p) for p in written],
+                               "seconds": round(lowered.seconds, 2)}))
+        return
+    for path in written:
+        click.echo(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    click.echo(f"pipeline {pipeline} ran in {lowered.seconds:.1f} s")
+
+
 @cli.command("parity")
 @click.argument("a", type=click.Choice(list(parity.EXECUTORS)))
 @click.argument("b", type=click.Choice(list(parity.EXECUTORS)))
@@ -125,17 +180,18 @@ def export(checkpoint, config_path, preset, policy, budget, batch_size, seed, as
               help="step: teacher-forced, every output of every step (the gate); trajectory: whole runs vs the noise floor.")
 @click.option("--atol", type=float, default=parity.ATOL, show_default=True, help="Absolute tolerance.")
 @click.option("--rtol", type=float, default=parity.RTOL, show_default=True, help="Relative tolerance.")
-@click.option("--onnx-model", type=click.Path(), help="Use this exported file for the onnx executor.")
+@click.option("--onnx-model", type=click.Path(), help="The structured export the onnx, static and chunked executors use.")
+@click.option("--chunk", type=int, help="Steps per graph call of the chunked executor (default 4).")
 @click.option("--inputs", type=click.Path(), help="npz inputs (default: a seeded random batch).")
 @click.option("--seq-len", type=int, help="Sequence length of the random batch.")
 def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, mode, atol, rtol,
-                   onnx_model, inputs, seq_len) -> int:
+                   onnx_model, chunk, inputs, seq_len) -> int:
     """Run executors A and B on the same inputs and gate the drift (exit 1 on failure)."""
-    model = pipeline.load_model(checkpoint, preset, config_path)
-    batch = pipeline.load_inputs(model, inputs, batch_size, seed, seq_len)
+    model = driver.load_model(checkpoint, preset, config_path)
+    batch = driver.load_inputs(model, inputs, batch_size, seed, seq_len)
     report = parity.check_parity(a, b, model, batch, policy=policy, budget=budget, mode=mode, atol=atol, rtol=rtol,
-                                 seed=seed, model_name=checkpoint or preset or pipeline.DEFAULT_PRESET,
-                                 onnx_model=onnx_model, progress=progress)
+                                 seed=seed, model_name=checkpoint or preset or driver.DEFAULT_PRESET,
+                                 onnx_model=onnx_model, chunk=chunk, progress=progress)
     click.echo(json.dumps(report.to_dict()) if as_json else parity.format_report(report))
     return 0 if report.passed else 1
 

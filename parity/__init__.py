@@ -17,9 +17,10 @@ MODES = ("step", "trajectory")
 
 def check_parity(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget: int | None, mode: str = "step",
                  atol: float = ATOL, rtol: float = RTOL, seed: int = 0, model_name: str = "",
-                 onnx_model: str | None = None, progress: Callable[[str], None] = lambda _: None) -> Report:
+                 onnx_model: str | None = None, chunk: int | None = None,
+                 progress: Callable[[str], None] = lambda _: None) -> Report:
     budget = resolve_budget(model, policy, budget)
-    executors = [make_executor(name, onnx_model=onnx_model) for name in (a, b)]
+    executors = [make_executor(name, onnx_model=onnx_model, chunk=chunk) for name in (a, b)]
     for executor in executors:
         progress(f"preparing executor {executor.name}")
         executor.prepare(model, policy, budget, batch)

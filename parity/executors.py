@@ -78,15 +78,21 @@ class TorchExecutor(Executor):
         return f"torch (hrm_ref eager, {self.dtype}, CPU)"
 
 
-def _onnx_executor(**options: Any) -> Executor:
-    from targets.onnx import OnnxExecutor  # onnxruntime loads only when asked for
+def _onnxruntime(kind: str) -> Callable[..., Executor]:
+    def make(**options: Any) -> Executor:
+        from targets import onnx  # onnxruntime loads only when asked for
 
-    return OnnxExecutor(options.get("onnx_model"))
+        if kind == "chunked":
+            return onnx.ChunkedExecutor(options.get("onnx_model"), options.get("chunk") or onnx.DEFAULT_CHUNK)
+        return {"onnx": onnx.OnnxExecutor, "static": onnx.StaticExecutor}[kind](options.get("onnx_model"))
+    return make
 
 
 EXECUTORS: dict[str, Callable[..., Executor]] = {
     "torch": lambda **options: TorchExecutor(),
-    "onnx": _onnx_executor,
+    "onnx": _onnxruntime("onnx"),
+    "static": _onnxruntime("static"),
+    "chunked": _onnxruntime("chunked"),
 }
 
 

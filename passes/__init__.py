@@ -1,4 +1,120 @@
 """Stage 3 of the pipeline: onnx-ir passes that turn the structured graph into a static one.
 
-Not built yet (issue #5); `hrmc passes` and `hrmc lower --target onnx` arrive with it.
+Passes are registered by name (`PASSES`) and composed into named pipelines (`PIPELINES`).
+Entry point: `lower_onnx(structured, out, pipeline)` lowers the whole-inference graph and its
+one-step sibling. The step graph also gets `chunk-budget 1` (and, on request, a k-step chunk).
 """
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import NameFixPass
+
+from hrmc.errors import InputError
+from hrmc.pipeline import atomic_output
+from lowering import read_metadata, step_path_for
+from passes._loops import PassInputError
+from passes.act_to_masked_budget import ActToMaskedBudgetPass
+from passes.chunk_budget import ChunkBudgetPass
+from passes.cleanup import CleanupPass
+from passes.strip_heads import StripHeadsPass
+from passes.unroll_cycles import UnrollCyclesPass
+
+PASSES: dict[str, type[ir.passes.PassBase]] = {
+    "unroll-cycles": UnrollCyclesPass,
+    "act-to-masked-budget": ActToMaskedBudgetPass,
+    "cleanup": CleanupPass,
+    "strip-heads": StripHeadsPass,
+    "chunk-budget": ChunkBudgetPass,
+}
+# Named pipelines, as ordered pass names; `strip-heads` and `chunk-budget` are added on request.
+PIPELINES: dict[str, tuple[str, ...]] = {
+    "default": ("unroll-cycles", "act-to-masked-budget", "cleanup"),
+}
+Dump = Callable[[str, ir.Model], None]
+
+
+@dataclass(frozen=True)
+class LoweredModel:
+    static_path: Path  # the whole inference, no Loop or If
+    step_path: Path  # chunk-budget 1: the one-step model every target's step parity uses
+    chunk_path: Path | None  # chunk-budget k, when asked for
+    seconds: float
+
+
+def describe(name: str) -> str:
+    """The first line of a pass's docstring (for `hrmc passes`)."""
+    module = __import__(PASSES[name].__module__, fromlist=["__doc__"])
+    return (module.__doc__ or "").strip().splitlines()[0]
+
+
+def run_pipeline(model: ir.Model, pipeline: str, *, strip: tuple[str, ...] = (), chunk: int | None = None,
+                 dump_after: str | None = None, dump: Dump = lambda name, model: None) -> ir.Model:
+    """Run the named pipeline in place, then strip-heads and chunk-budget if asked for."""
+    if pipeline not in PIPELINES:
+        raise InputError(f"unknown pipeline {pipeline!r}: choose one of {', '.join(PIPELINES)}")
+    steps: list[tuple[str, ir.passes.PassBase]] = [(name, PASSES[name]()) for name in PIPELINES[pipeline]]
+    if strip:
+        steps.append(("strip-heads", StripHeadsPass(strip)))
+    if chunk is not None:
+        steps += [("chunk-budget", ChunkBudgetPass(chunk)), ("cleanup", CleanupPass())]
+    if dump_after is not None and dump_after not in [name for name, _ in steps]:
+        raise InputError(f"--dump-after {dump_after}: not a pass of this pipeline ({', '.join(n for n, _ in steps)})")
+    for name, instance in steps:
+        try:
+            instance(model)
+        except ir.passes.PreconditionError as err:
+            raise PassInputError(f"{name}: {err}") from None
+        model.metadata_props["hrmc.passes"] = json.dumps(json.loads(model.metadata_props.get("hrmc.passes", "[]")) + [name])
+        if name == dump_after:
+            dump(name, model)
+    return model
+
+
+def _load(path: Path) -> ir.Model:
+    read_metadata(path)  # refuses files hrmc did not make
+    return ir.load(str(path))
+
+
+def _save(model: ir.Model, path: Path) -> None:
+    NameFixPass()(model)  # a graph dumped between passes may still repeat names across scopes
+    with atomic_output(path) as temporary:
+        proto = ir.to_proto(model)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, temporary)
+
+
+def lower_onnx(structured: str | Path, out: str | Path, pipeline: str = "default", *, strip: tuple[str, ...] = (),
+               chunk: int | None = None, dump_after: str | None = None) -> LoweredModel:
+    """Lower `structured` (and its .step.onnx) to `out` (static), `out.step.onnx` and maybe `out.chunkK.onnx`."""
+    started = time.perf_counter()
+    structured, out = Path(structured), Path(out)
+    if out.suffix != ".onnx":
+        raise InputError(f"output {out} must end in .onnx")
+    if not out.parent.is_dir():
+        raise InputError(f"output folder does not exist: {out.parent}")
+
+    def dump(suffix: str) -> Dump:
+        return lambda name, model: _save(model, out.with_name(f"{out.stem}.{suffix}after-{name}.onnx"))
+
+    static = run_pipeline(_load(structured), pipeline, strip=strip, dump_after=dump_after, dump=dump(""))
+    step = run_pipeline(_load(step_path_for(structured)), pipeline, strip=strip, chunk=1)
+    chunked = None
+    if chunk is not None and chunk > 1:
+        chunked = run_pipeline(_load(step_path_for(structured)), pipeline, strip=strip, chunk=chunk)
+    _save(static, out)
+    _save(step, step_path_for(out))
+    chunk_path = out.with_name(f"{out.stem}.chunk{chunk}.onnx") if chunked is not None else None
+    if chunked is not None:
+        _save(chunked, chunk_path)
+    return LoweredModel(out, step_path_for(out), chunk_path, time.perf_counter() - started)
+
+
+__all__ = ["PASSES", "PIPELINES", "LoweredModel", "describe", "lower_onnx", "run_pipeline"]

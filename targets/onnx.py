@@ -1,7 +1,14 @@
-"""The onnxruntime backend: runs hrmc's exported ONNX models (CPU; CUDA where present).
+"""The onnxruntime backend: runs hrmc's ONNX models (CPU; CUDA where present).
 
-Executor `onnx`: the structured graphs of `hrmc export` (ACT and cycles as Loops), as exported
-afresh or as given with `--onnx-model` (the CI use: gate the artifact you ship).
+Executors:
+- `onnx`: the structured graphs of `hrmc export` (ACT and cycles as Loops).
+- `static`: the same after the `default` pass pipeline (no Loop or If). Its step model is
+  chunk-budget 1.
+- `chunked`: a k-step static graph with the carry in and out, driven by a host loop that stops
+  once every sample has halted.
+
+Each takes `--onnx-model` as its structured source (the CI use: gate the artifact you ship),
+or exports afresh.
 """
 
 from __future__ import annotations
@@ -13,16 +20,19 @@ import numpy as np
 import onnxruntime as ort
 
 from hrm_ref import HRM, Batch, Carry
-from hrm_ref.act import resolve_budget
+from hrm_ref.act import initial_carry, resolve_budget
 from hrmc.errors import InputError
 from lowering.export import export_onnx, read_metadata, step_path_for, weights_sha256
 from lowering.graph import CARRY_NAMES
-from parity.executors import Arrays, Executor
+from parity.executors import Arrays, Executor, carry_arrays
+
+DEFAULT_CHUNK = 4
 
 
 def session(path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # ORT warns about every constant it drops; errors still show
     return ort.InferenceSession(str(path), options, providers=ort.get_available_providers())
 
 
@@ -38,40 +48,120 @@ def check_artifact(path: Path, model: HRM, policy: str, budget: int, seq_len: in
     return meta
 
 
+def run_named(graph: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return dict(zip([output.name for output in graph.get_outputs()], graph.run(None, feed)))
+
+
+def carry_feed(carry: Carry | Arrays, batch: Batch) -> dict[str, np.ndarray]:
+    arrays = carry_arrays(carry) if isinstance(carry, Carry) else carry
+    return {"z_H": arrays["z_H"].astype(np.float32), "z_L": arrays["z_L"].astype(np.float32),
+            "steps": arrays["steps"], "halted": arrays["halted"]} | {k: v.numpy() for k, v in batch.items()}
+
+
+def split_step(values: dict[str, np.ndarray], chunked: bool) -> Arrays:
+    """One step's outputs under the executor interface's names (carry without `_next`)."""
+    outputs = {}
+    for name, value in values.items():
+        if name.endswith("_per_step"):
+            continue
+        if name.removesuffix("_next") in CARRY_NAMES:
+            outputs[name.removesuffix("_next")] = value
+        else:
+            outputs[name] = value[0] if chunked else value
+    return outputs
+
+
 class OnnxExecutor(Executor):
     name = "onnx"
+    kind = "structured graph with Loops"
 
     def __init__(self, onnx_model: str | Path | None = None) -> None:
         self.onnx_model = Path(onnx_model) if onnx_model else None
 
-    def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
-        self.policy, self.budget = policy, resolve_budget(model, policy, budget)
+    def structured(self, model: HRM, policy: str, batch: Batch) -> Path:
+        """The structured export to start from: the given file, checked, or a fresh export."""
         seq_len = model.inner.positions(batch) - model.config.puzzle_emb_len
         path = self.onnx_model
         if path is None:
             self._folder = tempfile.TemporaryDirectory(prefix="hrmc-onnx-")
             path = Path(self._folder.name) / "model.onnx"
             export_onnx(model, path, policy, self.budget, batch)
-        self.meta = check_artifact(path, model, policy, self.budget, seq_len)
+        check_artifact(path, model, policy, self.budget, seq_len)
         if not step_path_for(path).is_file():
             raise InputError(f"{step_path_for(path)} (the one-step model beside {path}) not found")
+        return path
+
+    def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
+        self.policy, self.budget = policy, resolve_budget(model, policy, budget)
+        self.open(self.structured(model, policy, batch))
+
+    def open(self, path: Path) -> None:
         self.path = path
         self.act, self.one_step = session(path), session(step_path_for(path))
+        self.chunked_step = read_metadata(step_path_for(path)).get("kind") == "chunk"
 
     def step(self, carry: Carry, batch: Batch) -> Arrays:
-        feed = {"z_H": carry.z_H.float().numpy(), "z_L": carry.z_L.float().numpy(),
-                "steps": carry.steps.numpy(), "halted": carry.halted.numpy()}
-        feed |= {name: value.numpy() for name, value in batch.items()}
-        names = [output.name for output in self.one_step.get_outputs()]
-        values = dict(zip(names, self.one_step.run(None, feed)))
-        return {name.removesuffix("_next") if name.removesuffix("_next") in CARRY_NAMES else name: value
-                for name, value in values.items()}
+        return split_step(run_named(self.one_step, carry_feed(carry, batch)), self.chunked_step)
 
     def run(self, batch: Batch) -> Arrays:
-        names = [output.name for output in self.act.get_outputs()]
-        values = dict(zip(names, self.act.run(None, {name: value.numpy() for name, value in batch.items()})))
+        values = run_named(self.act, {name: value.numpy() for name, value in batch.items()})
         steps_run = int(values.pop("steps_run"))
         return {name: np.asarray(value)[:steps_run] for name, value in values.items()}
 
     def describe(self) -> str:
-        return f"onnx ({self.path.name}: structured graph with Loops, onnxruntime {ort.__version__}, CPU)"
+        return f"{self.name} ({self.path.name}: {self.kind}, onnxruntime {ort.__version__}, CPU)"
+
+
+class StaticExecutor(OnnxExecutor):
+    name = "static"
+    kind = "after the default pass pipeline, no Loop or If"
+    chunk: int | None = None
+
+    def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
+        from passes import lower_onnx  # onnx-ir loads only when asked for
+
+        self.policy, self.budget = policy, resolve_budget(model, policy, budget)
+        structured = self.structured(model, policy, batch)
+        self._lowered = tempfile.TemporaryDirectory(prefix="hrmc-static-")
+        lowered = lower_onnx(structured, Path(self._lowered.name) / "model.onnx", chunk=self.chunk)
+        self.open(lowered.static_path)
+        self.lowered = lowered
+        self.start = carry_arrays(initial_carry(model, batch))
+
+
+class ChunkedExecutor(StaticExecutor):
+    """A host loop over the k-step graph: stops as soon as every sample has halted."""
+
+    name = "chunked"
+
+    def __init__(self, onnx_model: str | Path | None = None, chunk: int = DEFAULT_CHUNK) -> None:
+        super().__init__(onnx_model)
+        self.chunk = chunk
+        self.graph_calls = 0
+        self.kind = f"{chunk}-step chunks of the static graph, host loop"
+
+    def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
+        super().prepare(model, policy, budget, batch)
+        self.chunk_graph = session(self.lowered.chunk_path) if self.lowered.chunk_path else self.one_step
+
+    def run(self, batch: Batch) -> Arrays:
+        carry, history, last = dict(self.start), {}, None
+        self.graph_calls = 0
+        while not carry["halted"].all():
+            values = run_named(self.chunk_graph, carry_feed(carry, batch))
+            self.graph_calls += 1
+            halted_before = carry["halted"]
+            for j in range(self.chunk):
+                if halted_before.all():
+                    break
+                outputs = {name: value[j] for name, value in values.items()
+                           if not name.endswith("_next") and not name.endswith("_per_step")}
+                if last is not None:  # halted samples keep their last outputs, as hrm_ref.run does
+                    outputs = {name: np.where(halted_before.reshape((-1,) + (1,) * (v.ndim - 1)), last[name], v)
+                               for name, v in outputs.items()}
+                outputs |= {"halted": values["halted_per_step"][j], "steps": values["steps_per_step"][j]}
+                for name, value in outputs.items():
+                    history.setdefault(name, []).append(value)
+                last, halted_before = outputs, values["halted_per_step"][j]
+            carry = {name: values[f"{name}_next"] for name in CARRY_NAMES}
+        return {name: np.stack(values) for name, values in history.items()}

@@ -13,6 +13,7 @@ import onnx.numpy_helper
 import pytest
 
 import lowering
+import hrm_ref
 from hrmc import pipeline
 from hrmc.cli import main
 from tests.conftest import write_upstream_checkpoint
@@ -187,3 +188,57 @@ def test_parity_usage_errors(capsys, tmp_path: Path) -> None:
     assert_one_line_error(*hrmc(capsys, "export", "-o", str(tmp_path / "no" / "m.onnx"))[::2],
                           "output folder does not exist")
     assert list(tmp_path.iterdir()) == [tmp_path / "other.onnx"]
+
+
+def test_passes_lists_passes_and_pipelines(capsys) -> None:
+    code, out, _ = hrmc(capsys, "passes")
+    assert code == 0 and "unroll-cycles" in out and "default               unroll-cycles → act-to-masked-budget" in out
+
+
+def test_lower_writes_static_step_and_chunk_graphs(capsys, tiny_export: Path, tmp_path: Path) -> None:
+    code, out, _ = hrmc(capsys, "lower", "--target", "onnx", "--onnx-model", str(tiny_export), "--policy", "q-halt",
+                        "--chunk", "3", "--dump-after", "unroll-cycles", "-o", str(tmp_path / "s.onnx"))
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.after-unroll-cycles.onnx", "s.chunk3.onnx", "s.onnx",
+                                                         "s.step.onnx"]
+    static = onnx.load(tmp_path / "s.onnx")
+    assert not {n.op_type for n in static.graph.node} & {"Loop", "If"}
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--target", "mlx"], "'--target': 'mlx' is not 'onnx'"),
+    (["--pipeline", "turbo"], "unknown pipeline 'turbo'"),
+    (["--dump-after", "fuse"], "--dump-after fuse: not a pass of this pipeline"),
+    (["--strip", "halted"], "is the carry or a halting decision"),
+])
+def test_lower_errors_are_one_line(capsys, tiny_export: Path, tmp_path: Path, argv: list[str], fragment: str) -> None:
+    code, _, err = hrmc(capsys, "lower", "--onnx-model", str(tiny_export), "--policy", "q-halt", *argv,
+                        "-o", str(tmp_path / "s.onnx"))
+    assert_one_line_error(code, err, fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("pair", [("onnx", "static"), ("torch", "chunked")])
+def test_static_and_chunked_executors_pass_the_gate(capsys, tiny_export: Path, pair: tuple[str, str]) -> None:
+    for mode in ("step", "trajectory"):
+        code, out, _ = hrmc(capsys, "parity", *pair, "--onnx-model", str(tiny_export), "--policy", "q-halt",
+                            "--batch", "8", "--mode", mode)
+        assert code == 0 and out.rstrip().endswith("PASS"), out
+
+
+def test_chunked_stops_once_every_sample_halted(tiny, tiny_export: Path) -> None:
+    from parity.executors import make_executor
+
+    batch = hrm_ref.random_batch(tiny.config, 8, seed=0)
+    full = make_executor("chunked", onnx_model=str(tiny_export), chunk=1)
+    full.prepare(tiny, "q-halt", None, batch)
+    steps_taken = full.run(batch)["steps"].shape[0]
+    assert full.graph_calls == steps_taken
+    assert hrm_ref.run(tiny, batch, "q-halt")["steps"].shape[0] == steps_taken
+    # the first seeded single sample that halts early under q-halt
+    early, halting_step = next((b, int(hrm_ref.run(tiny, b, "q-halt")["steps"][-1, 0]))
+                               for b in (hrm_ref.random_batch(tiny.config, 1, seed=s) for s in range(50))
+                               if hrm_ref.run(tiny, b, "q-halt")["steps"][-1, 0] < tiny.config.halt_max_steps)
+    full.prepare(tiny, "q-halt", None, early)
+    full.run(early)
+    assert full.graph_calls == halting_step < tiny.config.halt_max_steps
