@@ -69,6 +69,17 @@ def _short(name: str | None) -> str:
     return (name or "").split("_while_loop")[0]
 
 
+def clone_nodes(nodes: list[ir.Node], value_map: dict[ir.Value, ir.Value | None], tag: str) -> list[ir.Node]:
+    """Copies of `nodes` reading `value_map`'s values, named `tag/…`; other inputs (weights) are shared."""
+    cloner = _cloner.Cloner(attr_map={}, value_map=value_map, metadata_props={}, allow_outer_scope_values=True)
+    copies = [cloner.clone_node(node) for node in nodes]
+    for index, copy in enumerate(copies):
+        copy.name = f"{tag}/{_short(copy.name) or f'{copy.op_type}_{index}'}"
+        for output in copy.outputs:
+            output.name = f"{tag}/{_short(output.name)}"
+    return copies
+
+
 def inline_iteration(loop: ir.Node, iteration: int, cond: ir.Value, values: list[ir.Value]) -> Iteration:
     """Insert one copy of `loop`'s body before it, with the body inputs bound as given."""
     graph = loop.graph
@@ -76,13 +87,7 @@ def inline_iteration(loop: ir.Node, iteration: int, cond: ir.Value, values: list
     tag = f"{loop.metadata_props[LOOP_KIND][0]}{iteration}"  # a3, h1, l0: short, names add up over 10k nodes
     counter = constant(graph, loop, np.array(iteration, dtype=np.int64), f"{tag}.iteration")
     value_map: dict[ir.Value, ir.Value | None] = dict(zip(body.inputs, [counter, cond, *values]))
-    cloner = _cloner.Cloner(attr_map={}, value_map=value_map, metadata_props={}, allow_outer_scope_values=True)
-    copies = [cloner.clone_node(node) for node in body]
-    for index, copy in enumerate(copies):
-        copy.name = f"{tag}/{_short(copy.name) or f'{copy.op_type}_{index}'}"
-        for output in copy.outputs:
-            output.name = f"{tag}/{_short(output.name)}"
-    graph.insert_before(loop, copies)
+    graph.insert_before(loop, clone_nodes(list(body), value_map, tag))
     cond_out, *values_out = (value_map[output] for output in body.outputs)
     return Iteration(cond_out, values_out)
 

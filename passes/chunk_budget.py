@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir import _cloner
 
-from passes._loops import PassInputError
+from passes._loops import PassInputError, clone_nodes
 
 CARRY = ("z_H", "z_L", "steps", "halted")
 
@@ -53,13 +52,7 @@ class ChunkBudgetPass(ir.passes.InPlacePass):
         per_step = [[*carry_out, *heads]]
         for copy in range(1, self.steps):
             value_map: dict[ir.Value, ir.Value | None] = dict(zip(carry_in, per_step[-1][:len(CARRY)]))
-            cloner = _cloner.Cloner(attr_map={}, value_map=value_map, metadata_props={}, allow_outer_scope_values=True)
-            clones = [cloner.clone_node(node) for node in body]
-            for index, clone in enumerate(clones):
-                clone.name = f"k{copy}/{clone.name or f'{clone.op_type}_{index}'}"
-                for output in clone.outputs:
-                    output.name = f"k{copy}/{output.name}"
-            graph.extend(clones)
+            graph.extend(clone_nodes(body, value_map, f"k{copy}"))
             per_step.append([value_map[value] for value in per_step[0]])
         axis = ir.node("Constant", [], {"value": ir.tensor(np.array([0], dtype=np.int64), name="chunk_axis")})
         graph.append(axis)
