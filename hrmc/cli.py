@@ -50,6 +50,11 @@ def cli() -> None:
     """hrmc: compile a Hierarchical Reasoning Model for Core ML (ANE) and MLX, provably unchanged."""
 
 
+def model_source(checkpoint: str | None, preset: str | None) -> str:
+    """What the model came from, as reports and export metadata name it."""
+    return checkpoint or f"preset:{preset or driver.DEFAULT_PRESET}"
+
+
 def progress(message: str) -> None:
     click.echo(f"  {message}", err=True)
 
@@ -79,7 +84,7 @@ def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_js
         driver.save_npz(outputs, out)
     steps = outputs["steps"][-1]
     report = {
-        "model": checkpoint or preset or driver.DEFAULT_PRESET,
+        "model": model_source(checkpoint, preset),
         "parameters": model.num_parameters(),
         "dtype": dtype, "policy": policy, "budget": budget,
         "batch": batch_size_of(batch), "seq_len": int(model.inner.positions(batch) - model.config.puzzle_emb_len),
@@ -105,7 +110,7 @@ def export(checkpoint, config_path, preset, policy, budget, batch_size, seed, as
     """Export to ONNX with the ACT loop and H/L cycles kept as ONNX Loops (plus the one-step model)."""
     model = driver.load_model(checkpoint, preset, config_path)
     batch = driver.load_inputs(model, inputs, batch_size, seed, seq_len)
-    source = checkpoint or f"preset:{preset or driver.DEFAULT_PRESET}"
+    source = model_source(checkpoint, preset)
     result = lowering.export_onnx(model, out, policy, budget, batch, source, progress)
     report = {"out": str(result.act_path), "step_model": str(result.step_path), "seconds": round(result.seconds, 1),
               "file_bytes": result.file_bytes, "parameter_bytes": result.parameter_bytes,
@@ -158,7 +163,7 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
         if structured is None:
             progress("exporting the structured graph first")
             structured = lowering.export_onnx(model, Path(folder) / "model.onnx", policy, budget, batch,
-                                              checkpoint or "preset", progress).act_path
+                                              model_source(checkpoint, preset), progress).act_path
         progress(f"running pipeline {pipeline}")
         lowered = passes.lower_onnx(structured, out, pipeline, strip=tuple(filter(None, (strip or "").split(","))),
                                     chunk=chunk, dump_after=dump_after)
@@ -190,7 +195,7 @@ def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_
     model = driver.load_model(checkpoint, preset, config_path)
     batch = driver.load_inputs(model, inputs, batch_size, seed, seq_len)
     report = parity.check_parity(a, b, model, batch, policy=policy, budget=budget, mode=mode, atol=atol, rtol=rtol,
-                                 seed=seed, model_name=checkpoint or preset or driver.DEFAULT_PRESET,
+                                 seed=seed, model_name=model_source(checkpoint, preset),
                                  onnx_model=onnx_model, chunk=chunk, progress=progress)
     click.echo(json.dumps(report.to_dict()) if as_json else parity.format_report(report))
     return 0 if report.passed else 1

@@ -35,8 +35,8 @@ class Executor:
     """Base class: subclasses set `name` and implement `prepare`, `step` and `run`."""
 
     name = ""
-    policy = "max-steps"
-    budget = 1
+    policy: str  # set by prepare
+    budget: int
 
     def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
         raise NotImplementedError

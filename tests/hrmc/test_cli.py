@@ -54,7 +54,7 @@ def test_run_json_report_and_budget(capsys) -> None:
     code, out, _ = hrmc(capsys, "run", "--budget", "2", "--batch", "3", "--json")
     report = json.loads(out)
     assert code == 0 and report["steps_run"] == 2 and report["halting_steps"] == [2, 2, 2]
-    assert report["parameters"] == 263_682 and report["model"] == "tiny"
+    assert report["parameters"] == 263_682 and report["model"] == "preset:tiny"
 
 
 def test_run_from_an_upstream_checkpoint_and_inputs(capsys, tiny, tmp_path: Path) -> None:

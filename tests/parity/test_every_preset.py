@@ -1,4 +1,8 @@
-"""`hrmc parity torch onnx` for every preset and policy, in both modes (heavy: one export each)."""
+"""Every executor pair the stages so far add, for every preset and policy, in both modes.
+
+Heavy: one export per case (about a minute, two for sudoku), then torch–onnx (the export),
+onnx–static (the passes) and torch–chunked (the chunk graph and its host loop).
+"""
 
 from __future__ import annotations
 
@@ -19,15 +23,19 @@ CASES = [("tiny", "max-steps"), ("sudoku", "max-steps"), ("sudoku", "q-halt"), (
          ("nibble", "q-halt"), ("hex", "max-steps"), ("hex", "q-halt"), ("nxt", "max-steps"), ("denoiser", "max-steps")]
 
 
+PAIRS = [("torch", "onnx"), ("onnx", "static"), ("torch", "chunked")]
+
+
 @pytest.mark.heavy
 @pytest.mark.parametrize("preset, policy", CASES)
-def test_torch_and_onnx_agree_in_both_modes(preset: str, policy: str, tmp_path: Path, capsys) -> None:
-    model = ["--preset", preset, "--policy", policy, "--batch", "2"]
+def test_every_executor_pair_agrees_in_both_modes(preset: str, policy: str, tmp_path: Path, capsys) -> None:
+    model = ["--preset", preset, "--policy", policy, "--batch", "1" if preset == "sudoku" else "3"]
     assert main(["export", *model, "-o", str(tmp_path / "m.onnx")]) == 0
-    for mode in ("step", "trajectory"):
-        code = main(["parity", "torch", "onnx", *model, "--mode", mode, "--onnx-model", str(tmp_path / "m.onnx")])
-        report = capsys.readouterr().out
-        assert code == 0 and report.rstrip().endswith("PASS"), report
+    for pair in PAIRS:
+        for mode in ("step", "trajectory"):
+            code = main(["parity", *pair, *model, "--mode", mode, "--onnx-model", str(tmp_path / "m.onnx")])
+            report = capsys.readouterr().out
+            assert code == 0 and report.rstrip().endswith("PASS"), f"{pair} {mode}\n{report}"
 
 
 small_configs = st.builds(
@@ -45,7 +53,8 @@ def test_random_configs_export_faithfully(tmp_path: Path, config: HRMConfig, bat
     model: HRM = randomize_weights(HRM(config), seed).eval()
     export_onnx(model, tmp_path / "m.onnx", policy)
     batch = hrm_ref.random_batch(config, batch_size, seed)
-    for mode in ("step", "trajectory"):
-        report = check_parity("torch", "onnx", model, batch, policy=policy, budget=None, mode=mode,
-                              onnx_model=str(tmp_path / "m.onnx"))
-        assert report.passed, report.failures()
+    for pair in PAIRS:
+        for mode in ("step", "trajectory"):
+            report = check_parity(*pair, model, batch, policy=policy, budget=None, mode=mode,
+                                  onnx_model=str(tmp_path / "m.onnx"))
+            assert report.passed, (pair, mode, report.failures())
