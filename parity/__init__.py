@@ -29,10 +29,10 @@ def check_parity(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budge
     reference.prepare(model, policy, budget, batch)
     report = Report(mode, [e.describe() for e in executors], model_name, policy, budget, batch_size(batch), seed,
                     atol, rtol)
-    if mode == "step":
-        return step_parity(*executors, reference, batch, report)
     exact = TorchExecutor("float64")
     exact.prepare(model, policy, budget, batch)
+    if mode == "step":
+        return step_parity(*executors, reference, exact, batch, report)
     return trajectory_parity(*executors, reference, exact, batch, report)
 
 
@@ -40,8 +40,7 @@ def format_report(report: Report) -> str:
     lines = [f"parity {report.mode} mode: A = {report.executors[0]}", f"{' ' * (len(report.mode) + 13)}B = {report.executors[1]}",
              f"model {report.model}, policy {report.policy}, budget {report.budget}, batch {report.batch}, "
              f"seed {report.seed}, tolerance |a−b| ≤ {report.atol:g} + {report.rtol:g}·|b|",
-             f"{'output':<20}{'step':>5}{'max|a−b|':>12}{'max rel':>12}{'needed':>12}{'limit':>12}"
-             + (f"{'floor':>12}" if report.mode == "trajectory" else "") + "  ok"]
+             f"{'output':<20}{'step':>5}{'max|a−b|':>12}{'max rel':>12}{'needed':>12}{'limit':>12}{'floor':>12}  ok"]
     for row in report.rows:
         floor = f"{row.floor:>12.3g}" if row.floor is not None else ""
         lines.append(f"{row.output:<20}{row.step:>5}{row.max_abs:>12.3g}{row.max_rel:>12.3g}{row.needed:>12.3g}"

@@ -38,7 +38,7 @@ class Row:
     needed: float  # the smallest atol that passes (step mode: with the given rtol)
     limit: float  # the atol it had to meet
     passed: bool
-    floor: float | None = None  # trajectory mode: the reference's float64-vs-float32 drift
+    floor: float | None = None  # the reference's own float64-vs-float32 drift (its rounding noise)
 
 
 @dataclass
@@ -93,17 +93,24 @@ def q_margin(outputs: Arrays) -> np.ndarray | None:
     return np.asarray(outputs["q_halt_logits"], np.float64) - np.asarray(outputs["q_continue_logits"], np.float64)
 
 
-def step_parity(a: Executor, b: Executor, reference: TorchExecutor, batch: Batch, report: Report) -> Report:
-    """Teacher-forced: every step of the reference trajectory, from the reference's carry."""
+def step_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: TorchExecutor, batch: Batch,
+                report: Report) -> Report:
+    """Teacher-forced: every step of the reference trajectory, from the reference's carry.
+
+    Beside each row: the reference's own one-step rounding noise (float64 vs float32 from the same
+    carry). It does not change the verdict; it says whether a failure sits at the model's edge.
+    """
     trajectory = reference.run(batch)
     start = initial_carry(reference.model, batch)
     mismatched = ambiguous = 0
     for s in range(trajectory["steps"].shape[0]):
         carry = _carry_at(trajectory, start, s)
         out_a, out_b = a.step(carry, batch), b.step(carry, batch)
+        out_32, out_64 = reference.step(carry, batch), exact.step(carry, batch)
         for name in [n for n in out_b if n in out_a and n not in DECISIONS]:
             max_abs, max_rel, needed = _compare(out_a[name], out_b[name], report.rtol)
-            report.rows.append(Row(name, s + 1, max_abs, max_rel, needed, report.atol, needed <= report.atol))
+            floor = _compare(out_32[name], out_64[name], 0.0)[0]
+            report.rows.append(Row(name, s + 1, max_abs, max_rel, needed, report.atol, needed <= report.atol, floor))
         # A halting decision may differ only where the q values are within tolerance of a tie.
         differs = (out_a["halted"] != out_b["halted"]) | (out_a["steps"] != out_b["steps"])
         margin = q_margin(out_b)
@@ -111,7 +118,8 @@ def step_parity(a: Executor, b: Executor, reference: TorchExecutor, batch: Batch
         mismatched += int((differs & ~close).sum())
         ambiguous += int((differs & close).sum())
     report.halting = {"mismatched": mismatched, "ambiguous": ambiguous}
-    report.notes.append("step mode: both executors start every step from the reference's (torch float32) carry")
+    report.notes.append("step mode: both executors start every step from the reference's (torch float32) carry; "
+                        "floor = hrm_ref float64 vs float32 on that step, for information")
     return report
 
 

@@ -56,6 +56,7 @@ def test_compare_reports_the_tolerance_needed() -> None:
 def test_torch_against_itself_is_exact(tiny: HRM, batch: Batch, mode: str) -> None:
     report = check_parity("torch", "torch", tiny, batch, policy="q-halt", budget=None, mode=mode)
     assert report.passed and max(row.max_abs for row in report.rows) == 0
+    assert all(row.floor is not None for row in report.rows) and max(row.floor for row in report.rows) > 0
 
 
 @pytest.mark.parametrize("mode", ["step", "trajectory"])
