@@ -17,9 +17,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The pipeline as far as it is built, on the default model: run → export → lower → parity gate.
 demo: setup
 	mkdir -p out
 	$(BIN)/hrmc run --policy q-halt --batch 8 -o out/tiny-outputs.npz
+	$(BIN)/hrmc export --policy q-halt -o out/tiny.onnx
+	$(BIN)/hrmc lower --target onnx --policy q-halt --onnx-model out/tiny.onnx --chunk 4 -o out/tiny.static.onnx
+	$(BIN)/hrmc parity torch static --policy q-halt --onnx-model out/tiny.onnx --mode trajectory
 
 # The default `pytest` skips the sudoku-size cases (marker `heavy`); this runs them too.
 test: setup
