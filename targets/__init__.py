@@ -1,4 +1,6 @@
-"""Stage 4 of the pipeline: one module per backend (Core ML / ANE, MLX, onnxruntime).
+"""Stage 4 of the pipeline: one module per backend.
 
-Not built yet (issues #6 and #7).
+- `targets.onnx`: onnxruntime, with executors `onnx` (structured graph), `static` (after the passes)
+  and `chunked` (k-step graph plus host loop).
+- MLX (issue #6) and Core ML / ANE (issue #7) are still to come.
 """
