@@ -166,6 +166,7 @@ class HRM(nn.Module):
         super().__init__()
         self.config = config
         self.inner = inner(config)
+        self.requires_grad_(False)  # an inference reference: hrmc never trains, and step() runs without no_grad
 
     def num_parameters(self) -> int:
         """Trainable parameters, as upstream counts them (buffers such as puzzle_emb excluded)."""
