@@ -23,43 +23,30 @@ def labelled_loop(name: str, inputs: list[str], outputs: list[str], body: onnx.G
     return node
 
 
-def _counter_body(prefix: str, trips: int, update: list[onnx.NodeProto], x_in: str, x_out: str) -> list:
-    """Nodes that count i → i + 1 and set cond_out = i + 1 < trips, around `update`."""
-    return [const(f"{prefix}one", np.int64(1)), const(f"{prefix}trips", np.int64(trips)),
-            helper.make_node("Add", [f"{prefix}i", f"{prefix}one"], [f"{prefix}i_next"]),
-            helper.make_node("Less", [f"{prefix}i_next", f"{prefix}trips"], [f"{prefix}cond_out"]), *update]
+def _cycle_body(prefix: str, trips: int, update: list[onnx.NodeProto]) -> onnx.GraphProto:
+    """A loop body (iter, cond, i, x) → (i + 1 < trips, i + 1, x_next) around `update`, which sets x_next."""
+    nodes = [const(f"{prefix}one", np.int64(1)), const(f"{prefix}trips", np.int64(trips)),
+             helper.make_node("Add", [f"{prefix}i", f"{prefix}one"], [f"{prefix}i_next"]),
+             helper.make_node("Less", [f"{prefix}i_next", f"{prefix}trips"], [f"{prefix}cond_out"]), *update]
+    inputs = [helper.make_tensor_value_info(f"{prefix}{name}", dtype, shape) for name, dtype, shape in
+              (("iter", TensorProto.INT64, []), ("cond", TensorProto.BOOL, []), ("i", TensorProto.INT64, []),
+               ("x", TensorProto.FLOAT, [2, 3]))]
+    outputs = [helper.make_tensor_value_info(f"{prefix}{name}", dtype, shape) for name, dtype, shape in
+               (("cond_out", TensorProto.BOOL, []), ("i_next", TensorProto.INT64, []), ("x_next", TensorProto.FLOAT, [2, 3]))]
+    return helper.make_graph(nodes, f"{prefix}body", inputs, outputs)
 
 
 def cycles_model(h_trips: int, l_trips: int, a: float, b: float, c: float) -> ir.Model:
     """x → Loop[h_cycles](Loop[l_cycles](x = tanh(a·x + b)); x = c·x + 0.1) → y."""
-    scalar_i64 = helper.make_tensor_value_info("", TensorProto.INT64, [])
-    l_nodes = _counter_body("l_", l_trips, [
+    l_body = _cycle_body("l_", l_trips, [
         const("l_a", np.float32(a)), const("l_b", np.float32(b)),
         helper.make_node("Mul", ["l_x", "l_a"], ["l_ax"]), helper.make_node("Add", ["l_ax", "l_b"], ["l_axb"]),
-        helper.make_node("Tanh", ["l_axb"], ["l_x_next"])], "l_x", "l_x_next")
-    l_body = helper.make_graph(l_nodes, "l_body",
-                               [helper.make_tensor_value_info("l_iter", TensorProto.INT64, []),
-                                helper.make_tensor_value_info("l_cond", TensorProto.BOOL, []),
-                                helper.make_tensor_value_info("l_i", TensorProto.INT64, []),
-                                helper.make_tensor_value_info("l_x", TensorProto.FLOAT, [2, 3])],
-                               [helper.make_tensor_value_info("l_cond_out", TensorProto.BOOL, []),
-                                helper.make_tensor_value_info("l_i_next", TensorProto.INT64, []),
-                                helper.make_tensor_value_info("l_x_next", TensorProto.FLOAT, [2, 3])])
-    h_nodes = _counter_body("h_", h_trips, [
+        helper.make_node("Tanh", ["l_axb"], ["l_x_next"])])
+    h_body = _cycle_body("h_", h_trips, [
         const("h_zero", np.int64(0)), const("h_true", np.bool_(True)),
         labelled_loop("inner", ["", "h_true", "h_zero", "h_x"], ["h_j", "h_xl"], l_body, "l_cycles", l_trips),
         const("h_c", np.float32(c)), const("h_tenth", np.float32(0.1)),
-        helper.make_node("Mul", ["h_xl", "h_c"], ["h_cx"]), helper.make_node("Add", ["h_cx", "h_tenth"], ["h_x_next"])],
-        "h_x", "h_x_next")
-    h_body = helper.make_graph(h_nodes, "h_body",
-                               [helper.make_tensor_value_info("h_iter", TensorProto.INT64, []),
-                                helper.make_tensor_value_info("h_cond", TensorProto.BOOL, []),
-                                helper.make_tensor_value_info("h_i", TensorProto.INT64, []),
-                                helper.make_tensor_value_info("h_x", TensorProto.FLOAT, [2, 3])],
-                               [helper.make_tensor_value_info("h_cond_out", TensorProto.BOOL, []),
-                                helper.make_tensor_value_info("h_i_next", TensorProto.INT64, []),
-                                helper.make_tensor_value_info("h_x_next", TensorProto.FLOAT, [2, 3])])
-    del scalar_i64
+        helper.make_node("Mul", ["h_xl", "h_c"], ["h_cx"]), helper.make_node("Add", ["h_cx", "h_tenth"], ["h_x_next"])])
     graph = helper.make_graph(
         [const("zero", np.int64(0)), const("yes", np.bool_(True)),
          labelled_loop("outer", ["", "yes", "zero", "x"], ["count", "y"], h_body, "h_cycles", h_trips)],
