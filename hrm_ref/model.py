@@ -172,10 +172,14 @@ class HRM(nn.Module):
         """Trainable parameters, as upstream counts them (buffers such as puzzle_emb excluded)."""
         return sum(p.numel() for p in self.parameters())
 
+    def twin(self, config: HRMConfig | None = None, inner: type[HRMInner] = HRMInner) -> "HRM":
+        """An eval-mode model with these weights and another config (same shapes) or inner module."""
+        twin = HRM(config or self.config, inner)
+        twin.load_state_dict(self.state_dict())
+        return twin.eval()
+
     def with_dtype(self, forward_dtype: str) -> "HRM":
         """The same weights running in another forward dtype (float64 for the noise floor)."""
         if forward_dtype == self.config.forward_dtype:
             return self
-        twin = HRM(self.config.replace(forward_dtype=forward_dtype))
-        twin.load_state_dict(self.state_dict())
-        return twin.eval()
+        return self.twin(self.config.replace(forward_dtype=forward_dtype))

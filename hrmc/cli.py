@@ -154,13 +154,15 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
     """Lower to a static graph (no Loop or If) for a target, through a named pass pipeline."""
     import passes
 
+    # Checked here too, because an export of a minute may come before the pipeline runs.
     if pipeline not in passes.PIPELINES:
         raise InputError(f"unknown pipeline {pipeline!r}: choose one of {', '.join(passes.PIPELINES)}")
-    model = driver.load_model(checkpoint, preset, config_path)
-    batch = driver.load_inputs(model, None, batch_size, seed, seq_len)
+    driver.check_output(out, ".onnx")
     with tempfile.TemporaryDirectory(prefix="hrmc-lower-") as folder:
         structured = onnx_model
-        if structured is None:
+        if structured is None:  # the model is needed only to export it
+            model = driver.load_model(checkpoint, preset, config_path)
+            batch = driver.load_inputs(model, None, batch_size, seed, seq_len)
             progress("exporting the structured graph first")
             structured = lowering.export_onnx(model, Path(folder) / "model.onnx", policy, budget, batch,
                                               model_source(checkpoint, preset), progress).act_path

@@ -37,17 +37,23 @@ def load_model(checkpoint: str | None, preset: str | None, config: str | None, d
         model = hrm_ref.load_checkpoint(checkpoint, config, forward_dtype=dtype)
     else:
         model = hrm_ref.build_preset(preset or DEFAULT_PRESET, forward_dtype=dtype)
-    if depth is None:
-        return model
-    deeper = HRM(model.config.with_depth(depth))
-    deeper.load_state_dict(model.state_dict())
-    return deeper.eval()
+    return model if depth is None else model.twin(model.config.with_depth(depth))
 
 
 def load_inputs(model: HRM, inputs: str | None, batch_size: int, seed: int, seq_len: int | None) -> Batch:
     if inputs:
         return hrm_ref.load_batch(model.config, inputs)
     return hrm_ref.random_batch(model.config, batch_size, seed, seq_len)
+
+
+def check_output(path: str | Path, suffix: str) -> Path:
+    """An output path must have `suffix` and an existing folder: checked before any long work."""
+    path = Path(path)
+    if path.suffix != suffix:
+        raise InputError(f"output {path} must end in {suffix}")
+    if not path.parent.is_dir():
+        raise InputError(f"output folder does not exist: {path.parent}")
+    return path
 
 
 @contextmanager
@@ -85,9 +91,7 @@ def run_model(model: HRM, batch: Batch, policy: str, budget: int | None, seed: i
 
 
 def save_npz(arrays: dict[str, np.ndarray], path: str | Path) -> None:
-    if not str(path).endswith(".npz"):
-        raise InputError(f"output {path} must end in .npz")
-    with atomic_output(path) as temporary:
+    with atomic_output(check_output(path, ".npz")) as temporary:
         with open(temporary, "wb") as handle:
             np.savez(handle, **arrays)
 

@@ -33,7 +33,7 @@ from hrm_ref import HRM, Batch
 from hrm_ref.act import resolve_budget
 from hrmc import __version__
 from hrmc.errors import HrmcError, InputError
-from hrmc.pipeline import atomic_output
+from hrmc.pipeline import atomic_output, check_output
 from lowering.graph import CARRY_NAMES, ACTGraph, StepGraph
 
 META_PREFIX = "hrmc."
@@ -137,11 +137,7 @@ def export_onnx(model: HRM, out: str | Path, policy: str = "max-steps", budget: 
                 batch: Batch | None = None, source: str = "", progress: Callable[[str], None] = lambda _: None,
                 ) -> ExportedModel:
     """Write `out` (the whole ACT inference) and its `.step.onnx` sibling; both or neither."""
-    out = Path(out)
-    if out.suffix != ".onnx":
-        raise InputError(f"output {out} must end in .onnx")
-    if not out.parent.is_dir():  # checked before a minute of tracing, not after
-        raise InputError(f"output folder does not exist: {out.parent}")
+    out = check_output(out, ".onnx")  # before a minute of tracing, not after
     if model.config.forward_dtype != "float32":
         raise InputError(f"export takes a float32 model, got forward dtype {model.config.forward_dtype}")
     budget = resolve_budget(model, policy, budget)

@@ -54,9 +54,7 @@ class LoopedInner(HRMInner):
 
 def looped(model: HRM) -> HRM:
     """The same model and weights with looped cycles."""
-    twin = HRM(model.config, inner=LoopedInner)
-    twin.load_state_dict(model.state_dict())
-    return twin.eval()
+    return model.twin(inner=LoopedInner)
 
 
 class StepGraph(nn.Module):

@@ -18,7 +18,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import NameFixPass
 
 from hrmc.errors import InputError
-from hrmc.pipeline import atomic_output
+from hrmc.pipeline import atomic_output, check_output
 from lowering import read_metadata, step_path_for
 from passes._loops import PassInputError
 from passes.act_to_masked_budget import ActToMaskedBudgetPass
@@ -95,11 +95,7 @@ def lower_onnx(structured: str | Path, out: str | Path, pipeline: str = "default
                chunk: int | None = None, dump_after: str | None = None) -> LoweredModel:
     """Lower `structured` (and its .step.onnx) to `out` (static), `out.step.onnx` and maybe `out.chunkK.onnx`."""
     started = time.perf_counter()
-    structured, out = Path(structured), Path(out)
-    if out.suffix != ".onnx":
-        raise InputError(f"output {out} must end in .onnx")
-    if not out.parent.is_dir():
-        raise InputError(f"output folder does not exist: {out.parent}")
+    structured, out = Path(structured), check_output(out, ".onnx")
 
     def dump(suffix: str) -> Dump:
         return lambda name, model: _save(model, out.with_name(f"{out.stem}.{suffix}after-{name}.onnx"))
