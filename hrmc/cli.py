@@ -26,7 +26,6 @@ from hrmc import pipeline as driver
 from hrmc.errors import HrmcError, InputError
 
 FORWARD_DTYPES = ("float32", "float64", "bfloat16")
-LOWER_TARGETS = ("onnx",)  # mlx, coreml and ane arrive with their target modules
 
 
 def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -141,23 +140,26 @@ def list_passes() -> None:
 
 @cli.command()
 @model_options
-@click.option("--target", type=click.Choice(LOWER_TARGETS), default="onnx", show_default=True, help="Backend to lower to.")
-@click.option("--pipeline", default="default", show_default=True, help="Named pass pipeline (see `hrmc passes`).")
+@click.option("--target", type=click.Choice(list(driver.TARGETS)), default="onnx", show_default=True,
+              help="Backend to lower to.")
+@click.option("--pipeline", help="Named pass pipeline (see `hrmc passes`; default: the target's own).")
 @click.option("--dump-after", help="Also write the graph right after this pass (OUT.after-PASS.onnx).")
 @click.option("--strip", help="Comma-separated outputs to remove (strip-heads), e.g. hex_logits,free_energy.")
-@click.option("--chunk", type=int, help="Also write a K-step chunk graph with the carry in and out (OUT.chunkK.onnx).")
+@click.option("--chunk", type=int, help="Also lower a K-step chunk graph with the carry in and out.")
 @click.option("--onnx-model", type=click.Path(), help="Start from this exported file instead of exporting afresh.")
 @click.option("--seq-len", type=int, help="Sequence length to export for (default: the preset's).")
-@click.option("-o", "--out", type=click.Path(), required=True, help="The lowered .onnx (NAME.step.onnx beside it).")
+@click.option("-o", "--out", type=click.Path(), required=True,
+              help="onnx: OUT.onnx (OUT.step.onnx beside it); mlx: a folder; coreml, ane: OUT.mlpackage.")
 def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, target, pipeline, dump_after, strip,
           chunk, onnx_model, seq_len, out) -> None:
     """Lower to a static graph (no Loop or If) for a target, through a named pass pipeline."""
     import passes
 
+    pipeline = pipeline or driver.TARGETS[target].pipeline
     # Checked here too, because an export of a minute may come before the pipeline runs.
     if pipeline not in passes.PIPELINES:
         raise InputError(f"unknown pipeline {pipeline!r}: choose one of {', '.join(passes.PIPELINES)}")
-    driver.check_output(out, ".onnx")
+    driver.check_target_output(target, out)
     with tempfile.TemporaryDirectory(prefix="hrmc-lower-") as folder:
         structured = onnx_model
         if structured is None:  # the model is needed only to export it
@@ -166,17 +168,16 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
             progress("exporting the structured graph first")
             structured = lowering.export_onnx(model, Path(folder) / "model.onnx", policy, budget, batch,
                                               model_source(checkpoint, preset), progress).act_path
-        progress(f"running pipeline {pipeline}")
-        lowered = passes.lower_onnx(structured, out, pipeline, strip=tuple(filter(None, (strip or "").split(","))),
-                                    chunk=chunk, dump_after=dump_after)
-    written = [p for p in (lowered.static_path, lowered.step_path, lowered.chunk_path) if p is not None]
+        result = driver.lower_target(structured, out, target, pipeline, Path(folder), progress=progress,
+                                     strip=tuple(filter(None, (strip or "").split(","))), chunk=chunk,
+                                     dump_after=dump_after)
     if as_json:
-        click.echo(json.dumps({"target": target, "pipeline": pipeline, "files": [str(p) for p in written],
-                               "seconds": round(lowered.seconds, 2)}))
+        click.echo(json.dumps({"target": target, "pipeline": pipeline, "files": [str(p) for p in result.written],
+                               "seconds": round(result.seconds, 2)}))
         return
-    for path in written:
-        click.echo(f"wrote {path} ({path.stat().st_size:,} bytes)")
-    click.echo(f"pipeline {pipeline} ran in {lowered.seconds:.1f} s")
+    for path in result.written:
+        click.echo(f"wrote {path} ({driver.size_of(path):,} bytes)")
+    click.echo(f"lowered for {target} (pipeline {pipeline}) in {result.seconds:.1f} s")
 
 
 @cli.command("parity")

@@ -7,8 +7,11 @@ file handling that every command shares (atomic writes, output folders).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -70,6 +73,82 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; it replaces `path` (a folder) only if the block succeeds."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"output folder does not exist: {path.parent}")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"output {path} exists and is not a folder")
+    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        yield temporary
+        if path.exists():  # swap, so a failure in between never leaves no folder at all
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / "previous")
+            os.replace(temporary, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(temporary, path)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Target:
+    pipeline: str  # the pass pipeline it lowers from
+    suffix: str  # of its output ("" for a folder)
+
+
+TARGETS = {"onnx": Target("default", ".onnx"), "mlx": Target("mlx", "")}
+
+
+@dataclass(frozen=True)
+class Lowered:
+    written: list[Path]
+    seconds: float
+
+
+def check_target_output(target: str, out: str | Path) -> Path:
+    suffix = TARGETS[target].suffix
+    if suffix:
+        return check_output(out, suffix)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {out} exists and is not a folder (--target {target} writes a folder)")
+    if not out.parent.is_dir():
+        raise InputError(f"output folder does not exist: {out.parent}")
+    return out
+
+
+def size_of(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def lower_target(structured: str | Path, out: str | Path, target: str, pipeline: str, work: Path, *,
+                 progress: Callable[[str], None], strip: tuple[str, ...] = (), chunk: int | None = None,
+                 dump_after: str | None = None) -> Lowered:
+    """`hrmc lower`: the pass pipeline (stage 3), then the target's own lowering (stage 4)."""
+    import passes
+
+    started = time.perf_counter()
+    progress(f"running pipeline {pipeline}")
+    if target == "onnx":
+        lowered = passes.lower_onnx(structured, out, pipeline, strip=strip, chunk=chunk, dump_after=dump_after)
+        return Lowered([p for p in (lowered.static_path, lowered.step_path, lowered.chunk_path) if p],
+                       time.perf_counter() - started)
+    dumped = Path(out).with_name(Path(out).name + ".onnx") if dump_after else work / "static.onnx"
+    lowered = passes.lower_onnx(structured, dumped, pipeline, strip=strip, chunk=chunk, dump_after=dump_after)
+    graphs = {"static": lowered.static_path, "step": lowered.step_path}
+    graphs |= {"chunk": lowered.chunk_path} if lowered.chunk_path else {}
+    progress(f"lowering to {target}")
+    from targets.mlx import lower_mlx
+
+    package = lower_mlx(graphs, out, Path(structured).name)
+    return Lowered([package.folder], time.perf_counter() - started)
 
 
 def run_model(model: HRM, batch: Batch, policy: str, budget: int | None, seed: int = 0, ddim_steps: int = 10,

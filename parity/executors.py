@@ -21,6 +21,7 @@ from hrm_ref import HRM, Batch, Carry
 from hrm_ref.act import resolve_budget
 
 Arrays = dict[str, np.ndarray]
+DEFAULT_CHUNK = 4  # steps per graph call of the chunked executors
 
 
 def to_numpy(tensors: dict[str, torch.Tensor]) -> Arrays:
@@ -83,8 +84,17 @@ def _onnxruntime(kind: str) -> Callable[..., Executor]:
         from targets import onnx  # onnxruntime loads only when asked for
 
         if kind == "chunked":
-            return onnx.ChunkedExecutor(options.get("onnx_model"), options.get("chunk") or onnx.DEFAULT_CHUNK)
+            return onnx.ChunkedExecutor(options.get("onnx_model"), options.get("chunk") or DEFAULT_CHUNK)
         return {"onnx": onnx.OnnxExecutor, "static": onnx.StaticExecutor}[kind](options.get("onnx_model"))
+    return make
+
+
+def _mlx(chunked: bool) -> Callable[..., Executor]:
+    def make(**options: Any) -> Executor:
+        from targets.mlx import MlxExecutor  # mlx loads only when asked for
+
+        chunk = (options.get("chunk") or DEFAULT_CHUNK) if chunked else None
+        return MlxExecutor(options.get("onnx_model"), chunk)
     return make
 
 
@@ -93,6 +103,8 @@ EXECUTORS: dict[str, Callable[..., Executor]] = {
     "onnx": _onnxruntime("onnx"),
     "static": _onnxruntime("static"),
     "chunked": _onnxruntime("chunked"),
+    "mlx": _mlx(chunked=False),
+    "mlx-chunked": _mlx(chunked=True),
 }
 
 

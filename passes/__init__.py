@@ -24,6 +24,8 @@ from passes._loops import PassInputError
 from passes.act_to_masked_budget import ActToMaskedBudgetPass
 from passes.chunk_budget import ChunkBudgetPass
 from passes.cleanup import CleanupPass
+from passes.fp16 import Float16Pass
+from passes.fuse import FusePass
 from passes.strip_heads import StripHeadsPass
 from passes.unroll_cycles import UnrollCyclesPass
 
@@ -33,10 +35,14 @@ PASSES: dict[str, type[ir.passes.PassBase]] = {
     "cleanup": CleanupPass,
     "strip-heads": StripHeadsPass,
     "chunk-budget": ChunkBudgetPass,
+    "fuse": FusePass,
+    "fp16": Float16Pass,
 }
 # Named pipelines, as ordered pass names; `strip-heads` and `chunk-budget` are added on request.
 PIPELINES: dict[str, tuple[str, ...]] = {
     "default": ("unroll-cycles", "act-to-masked-budget", "cleanup"),
+    "mlx": ("unroll-cycles", "act-to-masked-budget", "cleanup", "fuse", "cleanup"),  # float32, fused primitives
+    "ane": ("unroll-cycles", "act-to-masked-budget", "cleanup", "fuse", "fp16", "cleanup"),
 }
 Dump = Callable[[str, ir.Model], None]
 

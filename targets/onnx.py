@@ -23,10 +23,8 @@ from hrm_ref import HRM, Batch, Carry
 from hrm_ref.act import initial_carry, resolve_budget
 from hrmc.errors import InputError
 from lowering.export import export_onnx, read_metadata, step_path_for, weights_sha256
-from lowering.graph import CARRY_NAMES
 from parity.executors import Arrays, Executor, carry_arrays
-
-DEFAULT_CHUNK = 4
+from targets.host_loop import carry_feed, run_chunks, split_step
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -48,27 +46,22 @@ def check_artifact(path: Path, model: HRM, policy: str, budget: int, seq_len: in
     return meta
 
 
+def structured_source(onnx_model: Path | None, folder: Path, model: HRM, policy: str, budget: int,
+                      batch: Batch) -> Path:
+    """The structured export every ONNX-based executor starts from: the given file, checked, or a fresh export."""
+    seq_len = model.inner.positions(batch) - model.config.puzzle_emb_len
+    path = onnx_model
+    if path is None:
+        path = folder / "model.onnx"
+        export_onnx(model, path, policy, budget, batch)
+    check_artifact(path, model, policy, budget, seq_len)
+    if not step_path_for(path).is_file():
+        raise InputError(f"{step_path_for(path)} (the one-step model beside {path}) not found")
+    return path
+
+
 def run_named(graph: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return dict(zip([output.name for output in graph.get_outputs()], graph.run(None, feed)))
-
-
-def carry_feed(carry: Carry | Arrays, batch: Batch) -> dict[str, np.ndarray]:
-    arrays = carry_arrays(carry) if isinstance(carry, Carry) else carry
-    return {"z_H": arrays["z_H"].astype(np.float32), "z_L": arrays["z_L"].astype(np.float32),
-            "steps": arrays["steps"], "halted": arrays["halted"]} | {k: v.numpy() for k, v in batch.items()}
-
-
-def split_step(values: dict[str, np.ndarray], chunked: bool) -> Arrays:
-    """One step's outputs under the executor interface's names (carry without `_next`)."""
-    outputs = {}
-    for name, value in values.items():
-        if name.endswith("_per_step"):
-            continue
-        if name.removesuffix("_next") in CARRY_NAMES:
-            outputs[name.removesuffix("_next")] = value
-        else:
-            outputs[name] = value[0] if chunked else value
-    return outputs
 
 
 class OnnxExecutor(Executor):
@@ -79,17 +72,8 @@ class OnnxExecutor(Executor):
         self.onnx_model = Path(onnx_model) if onnx_model else None
 
     def structured(self, model: HRM, policy: str, batch: Batch) -> Path:
-        """The structured export to start from: the given file, checked, or a fresh export."""
-        seq_len = model.inner.positions(batch) - model.config.puzzle_emb_len
-        path = self.onnx_model
-        if path is None:
-            self._folder = tempfile.TemporaryDirectory(prefix="hrmc-onnx-")
-            path = Path(self._folder.name) / "model.onnx"
-            export_onnx(model, path, policy, self.budget, batch)
-        check_artifact(path, model, policy, self.budget, seq_len)
-        if not step_path_for(path).is_file():
-            raise InputError(f"{step_path_for(path)} (the one-step model beside {path}) not found")
-        return path
+        self._folder = tempfile.TemporaryDirectory(prefix="hrmc-onnx-")
+        return structured_source(self.onnx_model, Path(self._folder.name), model, policy, self.budget, batch)
 
     def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
         self.policy, self.budget = policy, resolve_budget(model, policy, budget)
@@ -134,7 +118,7 @@ class ChunkedExecutor(StaticExecutor):
 
     name = "chunked"
 
-    def __init__(self, onnx_model: str | Path | None = None, chunk: int = DEFAULT_CHUNK) -> None:
+    def __init__(self, onnx_model: str | Path | None, chunk: int) -> None:
         super().__init__(onnx_model)
         self.chunk = chunk
         self.graph_calls = 0
@@ -145,23 +129,6 @@ class ChunkedExecutor(StaticExecutor):
         self.chunk_graph = session(self.lowered.chunk_path) if self.lowered.chunk_path else self.one_step
 
     def run(self, batch: Batch) -> Arrays:
-        carry, history, last = dict(self.start), {}, None
-        self.graph_calls = 0
-        while not carry["halted"].all():
-            values = run_named(self.chunk_graph, carry_feed(carry, batch))
-            self.graph_calls += 1
-            halted_before = carry["halted"]
-            for j in range(self.chunk):
-                if halted_before.all():
-                    break
-                outputs = {name: value[j] for name, value in values.items()
-                           if not name.endswith("_next") and not name.endswith("_per_step")}
-                if last is not None:  # halted samples keep their last outputs, as hrm_ref.run does
-                    outputs = {name: np.where(halted_before.reshape((-1,) + (1,) * (v.ndim - 1)), last[name], v)
-                               for name, v in outputs.items()}
-                outputs |= {"halted": values["halted_per_step"][j], "steps": values["steps_per_step"][j]}
-                for name, value in outputs.items():
-                    history.setdefault(name, []).append(value)
-                last, halted_before = outputs, values["halted_per_step"][j]
-            carry = {name: values[f"{name}_next"] for name in CARRY_NAMES}
-        return {name: np.stack(values) for name, values in history.items()}
+        trajectory, self.graph_calls = run_chunks(lambda feed: run_named(self.chunk_graph, feed), self.start, batch,
+                                                  self.chunk)
+        return trajectory

@@ -205,8 +205,19 @@ def test_lower_writes_static_step_and_chunk_graphs(capsys, tiny_export: Path, tm
     assert not {n.op_type for n in static.graph.node} & {"Loop", "If"}
 
 
+def test_the_ane_pipeline_leaves_no_control_flow_and_fuses(capsys, tiny_export: Path, tmp_path: Path) -> None:
+    code, _, _ = hrmc(capsys, "lower", "--onnx-model", str(tiny_export), "--policy", "q-halt", "--pipeline", "ane",
+                      "-o", str(tmp_path / "a.onnx"))
+    static = onnx.load(tmp_path / "a.onnx")
+    ops = {(n.domain, n.op_type) for n in static.graph.node}
+    assert code == 0 and not {op for _, op in ops} & {"Loop", "If"}
+    assert {("hrmc", "RMSNorm"), ("hrmc", "Rope"), ("hrmc", "Attention"), ("hrmc", "SwiGLU")} <= ops
+    assert {t.data_type for t in static.graph.initializer if t.dims and t.name.startswith("model.")} == {
+        onnx.TensorProto.FLOAT16}
+
+
 @pytest.mark.parametrize("argv, fragment", [
-    (["--target", "mlx"], "'--target': 'mlx' is not 'onnx'"),
+    (["--target", "tpu"], "'--target': 'tpu' is not one of"),
     (["--pipeline", "turbo"], "unknown pipeline 'turbo'"),
     (["--dump-after", "fuse"], "--dump-after fuse: not a pass of this pipeline"),
     (["--strip", "halted"], "is the carry or a halting decision"),

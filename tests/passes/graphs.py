@@ -117,3 +117,59 @@ def execute(model: ir.Model, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 def op_types(model: ir.Model) -> set[str]:
     return {node.op_type for node in ir.traversal.RecursiveGraphIterator(model.graph)}
+
+
+def block_model(batch: int, seq: int, heads: int, head_dim: int, inter: int, seed: int) -> ir.Model:
+    """One post-norm transformer block written the way the exporter writes hrm_ref's (rope, attention, SwiGLU).
+
+    x [batch, seq, heads·head_dim] → y, with random weights and rope tables from `seed`.
+    """
+    rng = np.random.default_rng(seed)
+    width, half = heads * head_dim, head_dim // 2
+    angles = np.arange(seq)[:, None] * (1e4 ** (-np.arange(half) / half))[None, :]
+    tables = {"cos": np.cos(np.concatenate([angles, angles], -1))[:, None, :],
+              "sin": np.sin(np.concatenate([angles, angles], -1))[:, None, :]}
+    weights = {"w_qkv": (width, 3 * width), "w_o": (width, width), "w_gu": (width, 2 * inter), "w_down": (inter, width)}
+    arrays = {name: rng.standard_normal(shape) / np.sqrt(shape[0]) for name, shape in weights.items()} | tables
+    initializers = [onnx.numpy_helper.from_array(np.asarray(a, np.float32), name) for name, a in arrays.items()]
+    small = {"two": np.float32(2.0), "eps": np.float32(1e-5), "scale": np.float32(head_dim ** -0.5),
+             "last": np.array([-1], np.int64), "heads_shape": np.array([-1, seq, 3 * heads, head_dim], np.int64),
+             "flat_shape": np.array([-1, seq, width], np.int64), "half": np.array([half], np.int64),
+             "end": np.array([2**63 - 1], np.int64), "zero": np.array([0], np.int64),
+             "axis3": np.array([3], np.int64), "step1": np.array([1], np.int64)}
+    node = helper.make_node
+    nodes = [const(name, value) for name, value in small.items()]
+
+    def rms(x: str, out: str) -> None:
+        nodes.extend([node("Pow", [x, "two"], [f"{out}_sq"]),
+                      node("ReduceMean", [f"{out}_sq", "last"], [f"{out}_ms"], keepdims=1, noop_with_empty_axes=0),
+                      node("Add", [f"{out}_ms", "eps"], [f"{out}_shift"]), node("Sqrt", [f"{out}_shift"], [f"{out}_rms"]),
+                      node("Reciprocal", [f"{out}_rms"], [f"{out}_inv"]), node("Mul", [x, f"{out}_inv"], [out])])
+
+    def rope(x: str, out: str) -> None:
+        nodes.extend([node("Mul", [x, "cos"], [f"{out}_cos"]),
+                      node("Slice", [x, "half", "end", "axis3", "step1"], [f"{out}_back"]),
+                      node("Neg", [f"{out}_back"], [f"{out}_neg"]),
+                      node("Slice", [x, "zero", "half", "axis3", "step1"], [f"{out}_front"]),
+                      node("Concat", [f"{out}_neg", f"{out}_front"], [f"{out}_rot"], axis=-1),
+                      node("Mul", [f"{out}_rot", "sin"], [f"{out}_sin"]),
+                      node("Add", [f"{out}_cos", f"{out}_sin"], [out])])
+
+    nodes += [node("MatMul", ["x", "w_qkv"], ["qkv"]), node("Reshape", ["qkv", "heads_shape"], ["qkv_heads"]),
+              node("Split", ["qkv_heads"], ["q", "k", "v"], axis=2, num_outputs=3)]
+    rope("q", "q_rot"), rope("k", "k_rot")
+    nodes += [node("Transpose", ["q_rot"], ["q_t"], perm=[0, 2, 1, 3]), node("Transpose", ["v"], ["v_t"], perm=[0, 2, 1, 3]),
+              node("Transpose", ["k_rot"], ["k_t"], perm=[0, 2, 3, 1]), node("MatMul", ["q_t", "k_t"], ["scores"]),
+              node("Mul", ["scores", "scale"], ["scaled"]), node("Softmax", ["scaled"], ["probs"], axis=-1),
+              node("MatMul", ["probs", "v_t"], ["heads_out"]), node("Transpose", ["heads_out"], ["attn"], perm=[0, 2, 1, 3]),
+              node("Reshape", ["attn", "flat_shape"], ["attn_flat"]), node("MatMul", ["attn_flat", "w_o"], ["o"]),
+              node("Add", ["x", "o"], ["h"])]
+    rms("h", "n")
+    nodes += [node("MatMul", ["n", "w_gu"], ["gu"]), node("Split", ["gu"], ["gate", "up"], axis=2, num_outputs=2),
+              node("Sigmoid", ["gate"], ["sig"]), node("Mul", ["gate", "sig"], ["silu"]), node("Mul", ["silu", "up"], ["m"]),
+              node("MatMul", ["m", "w_down"], ["down"]), node("Add", ["n", "down"], ["h2"])]
+    rms("h2", "y")
+    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, seq, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, seq, width])], initializers)
+    proto = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]))
+    return ir.from_proto(proto)

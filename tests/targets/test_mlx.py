@@ -1,0 +1,115 @@
+"""The MLX target: the emitted folder, its op table's errors, and parity against the reference."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hrm_ref
+from hrmc.cli import main
+from lowering import step_path_for
+from targets import mlx as mlx_target
+from tests.hrmc.test_cli import assert_one_line_error, hrmc
+
+
+def lower(capsys, tiny_export: Path, out: Path, *extra: str) -> tuple[int, str, str]:
+    return hrmc(capsys, "lower", "--target", "mlx", "--onnx-model", str(tiny_export), "--policy", "q-halt", *extra,
+                "-o", str(out))
+
+
+def test_lower_writes_a_self_contained_folder(capsys, tiny, tiny_export: Path, tmp_path: Path) -> None:
+    code, out, _ = lower(capsys, tiny_export, tmp_path / "tiny-mlx", "--chunk", "2")
+    folder = tmp_path / "tiny-mlx"
+    assert code == 0 and sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "hrm_mlx.py",
+                                                                     "weights.safetensors"]
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny-mlx"]  # no temporary folder left beside it
+    code_text = (folder / "hrm_mlx.py").read_text()
+    assert "mx.fast.rms_norm" in code_text and "mx.fast.scaled_dot_product_attention" in code_text
+    assert "class Inference" in code_text and "class Step" in code_text and "class Chunk" in code_text
+    config = json.loads((folder / "config.json").read_text())
+    assert config["policy"] == "q-halt" and config["graphs"] == {"static": "inference", "step": "step", "chunk": "chunk"}
+    parameter_bytes = 4 * tiny.num_parameters()
+    assert parameter_bytes <= (folder / "weights.safetensors").stat().st_size <= 1.05 * parameter_bytes
+
+
+def test_a_missing_op_mapping_fails_at_lower_time_and_leaves_nothing(capsys, tiny_export: Path, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    monkeypatch.delitem(mlx_target.OPS, "hrmc.SwiGLU")
+    code, _, err = lower(capsys, tiny_export, tmp_path / "m")
+    assert_one_line_error(code, err, "no MLX mapping for op 'hrmc.SwiGLU'", "node '")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_graph_with_loops_is_refused(tiny_export: Path, tmp_path: Path) -> None:
+    graphs = {"static": tiny_export, "step": step_path_for(tiny_export)}
+    with pytest.raises(mlx_target.LowerError, match=r"is a Loop: the MLX lowering takes a static graph"):
+        mlx_target.lower_mlx(graphs, tmp_path / "m", "tiny.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("executor", ["mlx", "mlx-chunked"])
+def test_mlx_passes_the_gate_in_both_modes(capsys, tiny_export: Path, executor: str) -> None:
+    for mode in ("step", "trajectory"):
+        code, out, _ = hrmc(capsys, "parity", "torch", executor, "--onnx-model", str(tiny_export), "--policy", "q-halt",
+                            "--batch", "8", "--mode", mode)
+        assert code == 0 and out.rstrip().endswith("PASS") and "mlx" in out, out
+
+
+def test_mlx_chunked_stops_once_every_sample_halted(tiny, tiny_export: Path) -> None:
+    from parity.executors import make_executor
+
+    batch = hrm_ref.random_batch(tiny.config, 4, seed=3)
+    executor = make_executor("mlx-chunked", onnx_model=str(tiny_export), chunk=1)
+    executor.prepare(tiny, "q-halt", None, batch)
+    steps_taken = executor.run(batch)["steps"].shape[0]
+    assert executor.graph_calls == steps_taken == hrm_ref.run(tiny, batch, "q-halt")["steps"].shape[0]
+
+
+SNIPPET = """
+import sys, numpy as np, mlx.core as mx
+sys.path.insert(0, sys.argv[1])
+import hrm_mlx
+config, graphs = hrm_mlx.load()
+feed = dict(np.load(sys.argv[2]))
+outputs = graphs["inference"](**{k: mx.array(v) for k, v in feed.items()})
+np.savez(sys.argv[3], **{k: np.array(v) for k, v in outputs.items()})
+"""
+
+
+@pytest.mark.heavy
+def test_the_folder_runs_with_only_mlx_and_numpy(capsys, tiny, tiny_export: Path, tmp_path: Path) -> None:
+    """A fresh virtual environment with `mlx[cpu]` and `numpy` only, as the README snippet promises."""
+    assert lower(capsys, tiny_export, tmp_path / "m")[0] == 0
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "mlx[cpu]", "numpy"], check=True,
+                   env=os.environ | {"PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    listed = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], check=True, capture_output=True,
+                            text=True).stdout
+    assert "torch" not in listed and "onnx" not in listed
+    batch = hrm_ref.random_batch(tiny.config, 2, seed=5)
+    np.savez(tmp_path / "in.npz", **{k: v.numpy() for k, v in batch.items()})
+    (tmp_path / "snippet.py").write_text(SNIPPET)
+    subprocess.run([str(python), str(tmp_path / "snippet.py"), str(tmp_path / "m"), str(tmp_path / "in.npz"),
+                    str(tmp_path / "out.npz")], check=True, cwd=tmp_path)
+    fresh = np.load(tmp_path / "out.npz")
+    _, graphs = mlx_target.load_package(tmp_path / "m")
+    import mlx.core as mx
+
+    here = graphs["inference"](**{k: mx.array(v.numpy()) for k, v in batch.items()})
+    for name, value in here.items():
+        assert np.array_equal(fresh[name], np.array(value)), name
+
+
+@pytest.mark.heavy  # exports afresh: a minute
+def test_parity_torch_mlx_with_no_arguments_is_the_headline(capsys) -> None:
+    assert main(["parity", "torch", "mlx", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and report["mode"] == "step"
