@@ -170,7 +170,7 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
                                               model_source(checkpoint, preset), progress).act_path
         result = driver.lower_target(structured, out, target, pipeline, Path(folder), progress=progress,
                                      strip=tuple(filter(None, (strip or "").split(","))), chunk=chunk,
-                                     dump_after=dump_after)
+                                     dump_after=dump_after, batch=batch_size)
     if as_json:
         click.echo(json.dumps({"target": target, "pipeline": pipeline, "files": [str(p) for p in result.written],
                                "seconds": round(result.seconds, 2)}))

@@ -103,7 +103,9 @@ class Target:
     suffix: str  # of its output ("" for a folder)
 
 
-TARGETS = {"onnx": Target("default", ".onnx"), "mlx": Target("mlx", "")}
+# coreml and ane lower the fused float32 graph; Core ML's own fp16 pass makes the ane flavour.
+TARGETS = {"onnx": Target("default", ".onnx"), "mlx": Target("mlx", ""), "coreml": Target("mlx", ".mlpackage"),
+           "ane": Target("mlx", ".mlpackage")}
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ def size_of(path: Path) -> int:
 
 def lower_target(structured: str | Path, out: str | Path, target: str, pipeline: str, work: Path, *,
                  progress: Callable[[str], None], strip: tuple[str, ...] = (), chunk: int | None = None,
-                 dump_after: str | None = None) -> Lowered:
+                 dump_after: str | None = None, batch: int = 1) -> Lowered:
     """`hrmc lower`: the pass pipeline (stage 3), then the target's own lowering (stage 4)."""
     import passes
 
@@ -145,10 +147,21 @@ def lower_target(structured: str | Path, out: str | Path, target: str, pipeline:
     graphs = {"static": lowered.static_path, "step": lowered.step_path}
     graphs |= {"chunk": lowered.chunk_path} if lowered.chunk_path else {}
     progress(f"lowering to {target}")
-    from targets.mlx import lower_mlx
+    if target == "mlx":
+        from targets.mlx import lower_mlx
 
-    package = lower_mlx(graphs, out, Path(structured).name)
-    return Lowered([package.folder], time.perf_counter() - started)
+        package = lower_mlx(graphs, out, Path(structured).name)
+        return Lowered([package.folder], time.perf_counter() - started)
+    from targets.coreml import lower_coreml
+
+    out = Path(out)
+    names = {"static": out, "step": out.with_name(f"{out.stem}.step.mlpackage"),
+             "chunk": out.with_name(f"{out.stem}.chunk{chunk}.mlpackage")}
+    written = []
+    for kind, graph in graphs.items():
+        progress(f"converting the {kind} graph (batch {batch})")
+        written.append(lower_coreml(graph, names[kind], target, batch, Path(structured).name).path)
+    return Lowered(written, time.perf_counter() - started)
 
 
 def run_model(model: HRM, batch: Batch, policy: str, budget: int | None, seed: int = 0, ddim_steps: int = 10,

@@ -10,7 +10,7 @@ from typing import Callable
 from hrm_ref import HRM, Batch
 from hrm_ref.act import batch_size, resolve_budget
 from parity.executors import EXECUTORS, TorchExecutor, make_executor
-from parity.gate import ATOL, RTOL, Report, step_parity, trajectory_parity
+from parity.gate import ATOL, PSNR_DB, RTOL, Report, step_parity, trajectory_parity
 
 MODES = ("step", "trajectory")
 
@@ -43,6 +43,7 @@ def format_report(report: Report) -> str:
              f"{'output':<20}{'step':>5}{'max|a−b|':>12}{'max rel':>12}{'needed':>12}{'limit':>12}{'floor':>12}  ok"]
     for row in report.rows:
         floor = f"{row.floor:>12.3g}" if row.floor is not None else ""
+        floor += f"  psnr {row.psnr:.1f} dB" if row.psnr is not None else ""
         lines.append(f"{row.output:<20}{row.step:>5}{row.max_abs:>12.3g}{row.max_rel:>12.3g}{row.needed:>12.3g}"
                      f"{row.limit:>12.3g}{floor}  {'✓' if row.passed else '✗'}")
     halting = report.halting
@@ -55,8 +56,9 @@ def format_report(report: Report) -> str:
         worst = {}
         for row in report.failures():
             worst.setdefault(row.output, row)
-        detail = "; ".join(f"{row.output} from step {row.step} (max |a−b| {row.max_abs:.3g} > {row.limit:.3g})"
-                           for row in worst.values())
+        detail = "; ".join(f"{row.output} from step {row.step} " + (
+            f"(PSNR {row.psnr:.1f} dB < {PSNR_DB:g} dB)" if row.psnr is not None
+            else f"(max |a−b| {row.max_abs:.3g} > {row.limit:.3g})") for row in worst.values())
         lines.append(f"FAIL: {detail or 'halting decisions differ'}")
     return "\n".join(lines)
 

@@ -98,6 +98,14 @@ def _mlx(chunked: bool) -> Callable[..., Executor]:
     return make
 
 
+def _coreml(flavour: str) -> Callable[..., Executor]:
+    def make(**options: Any) -> Executor:
+        from targets.coreml import CoreMLExecutor  # coremltools loads only when asked for
+
+        return CoreMLExecutor(flavour, options.get("onnx_model"))
+    return make
+
+
 EXECUTORS: dict[str, Callable[..., Executor]] = {
     "torch": lambda **options: TorchExecutor(),
     "onnx": _onnxruntime("onnx"),
@@ -105,6 +113,8 @@ EXECUTORS: dict[str, Callable[..., Executor]] = {
     "chunked": _onnxruntime("chunked"),
     "mlx": _mlx(chunked=False),
     "mlx-chunked": _mlx(chunked=True),
+    "coreml": _coreml("coreml"),
+    "ane": _coreml("ane"),
 }
 
 

@@ -22,6 +22,8 @@ from hrm_ref.act import initial_carry
 from parity.executors import Arrays, Executor, TorchExecutor
 
 ATOL = RTOL = 1e-5
+PSNR_DB = 60.0  # float16 executors (the ANE): step-mode gate, DESIGN.md section 4
+FP16_ATOL = 1e-2  # float16 executors: the relaxed tolerance for calling a halting decision a close call
 FLOOR_FACTOR = 10  # trajectory gate: drift ≤ max(ATOL, FLOOR_FACTOR × noise floor)
 CARRY_OUTPUTS = ("z_H", "z_L")
 DECISIONS = ("halted", "steps")
@@ -39,6 +41,7 @@ class Row:
     limit: float  # the atol it had to meet
     passed: bool
     floor: float | None = None  # the reference's own float64-vs-float32 drift (its rounding noise)
+    psnr: float | None = None  # float16 executors: gated on this (dB) instead of the atol
 
 
 @dataclass
@@ -79,6 +82,14 @@ def _compare(a: np.ndarray, b: np.ndarray, rtol: float) -> tuple[float, float, f
     return float(difference.max()), float(relative.max()), float(max((difference - rtol * np.abs(b)).max(), 0.0))
 
 
+def psnr(a: np.ndarray, reference: np.ndarray) -> float:
+    """20·log10(max|reference| / RMSE), in dB; inf when equal."""
+    a, reference = np.asarray(a, np.float64), np.asarray(reference, np.float64)
+    rmse = float(np.sqrt(np.mean((a - reference) ** 2))) if a.size else 0.0
+    peak = float(np.abs(reference).max()) if reference.size else 0.0
+    return float("inf") if rmse == 0 else 20 * np.log10(max(peak, np.finfo(np.float64).tiny) / rmse)
+
+
 def _carry_at(trajectory: Arrays, model_start: Carry, step: int) -> Carry:
     """The reference's carry before `step` (0-based): the start, or the carry after step - 1."""
     if step == 0:
@@ -103,6 +114,8 @@ def step_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: Torch
     trajectory = reference.run(batch)
     start = initial_carry(reference.model, batch)
     mismatched = ambiguous = 0
+    half = any(getattr(executor, "precision", "float32") == "float16" for executor in (a, b))
+    atol = FP16_ATOL if half else report.atol
     for s in range(trajectory["steps"].shape[0]):
         carry = _carry_at(trajectory, start, s)
         out_a, out_b = a.step(carry, batch), b.step(carry, batch)
@@ -110,14 +123,21 @@ def step_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: Torch
         for name in [n for n in out_b if n in out_a and n not in DECISIONS]:
             max_abs, max_rel, needed = _compare(out_a[name], out_b[name], report.rtol)
             floor = _compare(out_32[name], out_64[name], 0.0)[0]
-            report.rows.append(Row(name, s + 1, max_abs, max_rel, needed, report.atol, needed <= report.atol, floor))
+            if half:
+                db = psnr(out_a[name], out_b[name])
+                report.rows.append(Row(name, s + 1, max_abs, max_rel, needed, report.atol, bool(db >= PSNR_DB), floor, float(db)))
+            else:
+                report.rows.append(Row(name, s + 1, max_abs, max_rel, needed, report.atol, needed <= report.atol, floor))
         # A halting decision may differ only where the q values are within tolerance of a tie.
         differs = (out_a["halted"] != out_b["halted"]) | (out_a["steps"] != out_b["steps"])
         margin = q_margin(out_b)
-        close = np.zeros_like(differs) if margin is None else np.abs(margin) <= 2 * (report.atol + report.rtol * np.abs(out_b["q_halt_logits"]))
+        close = np.zeros_like(differs) if margin is None else np.abs(margin) <= 2 * (atol + report.rtol * np.abs(out_b["q_halt_logits"]))
         mismatched += int((differs & ~close).sum())
         ambiguous += int((differs & close).sum())
     report.halting = {"mismatched": mismatched, "ambiguous": ambiguous}
+    if half:
+        report.notes.append(f"float16 executor: every output gated on PSNR ≥ {PSNR_DB:g} dB (column psnr); "
+                            f"halting calls within {FP16_ATOL:g} of a tie count as close calls")
     report.notes.append("step mode: both executors start every step from the reference's (torch float32) carry; "
                         "floor = hrm_ref float64 vs float32 on that step, for information")
     return report

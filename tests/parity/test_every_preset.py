@@ -1,7 +1,7 @@
 """Every executor pair the stages so far add, for every preset and policy, in both modes.
 
 Heavy: one export per case (about a minute, two for sudoku), then torch–onnx (the export),
-onnx–static (the passes) and torch–chunked (the chunk graph and its host loop).
+onnx–static (the passes), torch–chunked (the chunk graph and its host loop) and torch–mlx.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ CASES = [("tiny", "max-steps"), ("sudoku", "max-steps"), ("sudoku", "q-halt"), (
          ("nibble", "q-halt"), ("hex", "max-steps"), ("hex", "q-halt"), ("nxt", "max-steps"), ("denoiser", "max-steps")]
 
 
-PAIRS = [("torch", "onnx"), ("onnx", "static"), ("torch", "chunked")]
+PAIRS = [("torch", "onnx"), ("onnx", "static"), ("torch", "chunked"), ("torch", "mlx")]
 
 
 @pytest.mark.heavy

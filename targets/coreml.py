@@ -1,0 +1,437 @@
+"""The Core ML backend: the post-pass graph, op by op, as a MIL program → `.mlpackage` (mlprogram).
+
+`lower_coreml(graph, out, flavour)` builds the MIL program with coremltools' Builder (`OPS` is the
+op-mapping table; a node without an entry fails at lower time naming the op and the node), then
+`ct.convert(..., convert_to="mlprogram")` and saves atomically. Two flavours:
+
+- `coreml`: float32 compute precision, CPU_ONLY: parity grade.
+- `ane`: float16 compute precision, CPU_AND_NE, fixed shapes and no control flow (the static graph).
+
+Core ML packages have fixed shapes here (the ANE wants them): the batch is fixed at lower time,
+int64 becomes int32, and bool inputs and outputs travel as int32 (Core ML I/O has no bool).
+
+On Linux `predict()` does not exist, so the `coreml` and `ane` executors replay the *saved* package:
+its MIL program is read back and every op is rebuilt from numpy constants, so that coremltools'
+own `value_inference` computes it (`FALLBACK` covers ops without one). That checks the lowering
+against MIL's reference semantics, not Core ML's runtime kernels: every report says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx_ir as ir
+
+from hrm_ref import HRM, Batch, Carry
+from hrm_ref.act import resolve_budget
+from hrmc import __version__
+from hrmc.errors import InputError
+from hrmc.pipeline import atomic_folder
+from parity.executors import Arrays, Executor
+from targets.host_loop import carry_feed, split_step
+
+logging.getLogger("coremltools").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", module="coremltools")
+with open(os.devnull, "w") as _quiet, __import__("contextlib").redirect_stderr(_quiet):
+    import coremltools as ct  # prints "Failed to load _MLModelProxy" lines off macOS
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import Function, Program
+    from coremltools.converters.mil.mil import types as mil_types
+
+INT64_MAX = 2**62
+MIL_DTYPES = {ir.DataType.FLOAT: "fp32", ir.DataType.FLOAT16: "fp16", ir.DataType.INT64: "int32",
+              ir.DataType.INT32: "int32", ir.DataType.BOOL: "bool"}
+IO_DTYPES = {ir.DataType.FLOAT: mil_types.fp32, ir.DataType.FLOAT16: mil_types.fp32, ir.DataType.INT64: mil_types.int32,
+             ir.DataType.INT32: mil_types.int32, ir.DataType.BOOL: mil_types.int32}
+LABEL = "MIL reference semantics (coremltools value_inference replay on Linux, not Core ML's runtime kernels)"
+
+
+@dataclass(frozen=True)
+class Flavour:
+    precision: object
+    compute_units: object
+    description: str
+    # coremltools' default pass pipeline takes minutes on an unrolled graph; the passes already ran on ONNX
+    passes: tuple[str, ...]
+
+
+FP16_PASSES = ("common::add_fp16_cast", "common::cast_optimization", "common::const_elimination",
+               "common::const_deduplication", "common::dead_code_elimination")
+FLAVOURS = {"coreml": Flavour(ct.precision.FLOAT32, ct.ComputeUnit.CPU_ONLY, "float32, CPU_ONLY", ()),
+            "ane": Flavour(ct.precision.FLOAT16, ct.ComputeUnit.CPU_AND_NE, "float16, CPU_AND_NE", FP16_PASSES)}
+
+
+class LowerError(InputError):
+    """A graph the Core ML lowering cannot take: names the node and the op."""
+
+
+class Builder:
+    """Maps one ONNX graph's nodes to MIL ops inside the current Function; `env` holds the MIL vars."""
+
+    def __init__(self, source: str) -> None:
+        self.source, self.env, self.node = source, {}, None
+
+    def fail(self, message: str) -> LowerError:
+        return LowerError(f"{self.source}: node {self.node.name!r} ({self.node.op_type}): {message}")
+
+    def const(self, value: ir.Value | None) -> np.ndarray | None:
+        if value is None:
+            return None
+        producer = value.producer()
+        if value.const_value is None and producer is not None and producer.op_type == "Constant":
+            return producer.attributes["value"].value.numpy()
+        if value.const_value is not None:
+            return value.const_value.numpy()
+        var = self.env.get(value.name)
+        return None if var is None or var.val is None else np.asarray(var.val)  # value-inferred (shapes)
+
+    def var(self, value: ir.Value):
+        array = self.const(value)
+        if value.name in self.env:
+            return self.env[value.name]
+        if array is None:
+            raise self.fail(f"input {value.name!r} is not defined")
+        # one const per initializer, however many unrolled steps read it: weights are never copied
+        self.env[value.name] = mb.const(val=_mil_array(array))
+        return self.env[value.name]
+
+    def ints(self, value: ir.Value | None, what: str) -> list[int]:
+        array = self.const(value)
+        if array is None:
+            raise self.fail(f"{what} must be a constant")
+        return [int(v) for v in np.ravel(array)]
+
+    def attr(self, name: str, default=None):
+        attribute = self.node.attributes.get(name)
+        return default if attribute is None else attribute.value
+
+    def rank(self, value: ir.Value) -> int:
+        return self.var(value).rank
+
+    def emit(self, node: ir.Node) -> None:
+        self.node = node
+        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        if key not in OPS:
+            raise self.fail(f"no MIL lowering for op {key!r}")
+        results = OPS[key](self, node)
+        results = results if isinstance(results, (list, tuple)) else [results]
+        for output, result in zip(node.outputs, results):
+            self.env[output.name] = result
+
+
+def _mil_array(array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array)
+    return array.astype(np.int32) if array.dtype == np.int64 else array
+
+
+def _binary(function: str) -> Callable[[Builder, ir.Node], object]:
+    return lambda b, n: getattr(mb, function)(x=b.var(n.inputs[0]), y=b.var(n.inputs[1]))
+
+
+def _unary(function: str) -> Callable[[Builder, ir.Node], object]:
+    return lambda b, n: getattr(mb, function)(x=b.var(n.inputs[0]))
+
+
+def _div(b: Builder, n: ir.Node):
+    x, y = b.var(n.inputs[0]), b.var(n.inputs[1])
+    return mb.real_div(x=x, y=y) if mil_types.is_float(x.dtype) else mb.floor_div(x=x, y=y)
+
+
+def _slice(b: Builder, n: ir.Node):
+    x = b.var(n.inputs[0])
+    rank = x.rank
+    starts, ends = b.ints(n.inputs[1], "starts"), b.ints(n.inputs[2], "ends")
+    axes = b.ints(n.inputs[3], "axes") if len(n.inputs) > 3 and n.inputs[3] is not None else list(range(len(starts)))
+    steps = b.ints(n.inputs[4], "steps") if len(n.inputs) > 4 and n.inputs[4] is not None else [1] * len(starts)
+    begin, end, stride = [0] * rank, [0] * rank, [1] * rank
+    begin_mask, end_mask = [True] * rank, [True] * rank
+    for start, stop, axis, step in zip(starts, ends, axes, steps):
+        axis %= rank
+        begin[axis], stride[axis], begin_mask[axis] = start, step, False
+        if abs(stop) < INT64_MAX:
+            end[axis], end_mask[axis] = stop, False
+    return mb.slice_by_index(x=x, begin=begin, end=end, stride=stride, begin_mask=begin_mask, end_mask=end_mask)
+
+
+def _reshape(b: Builder, n: ir.Node):
+    x, dims = b.var(n.inputs[0]), b.ints(n.inputs[1], "the shape")
+    if not b.attr("allowzero", 0):
+        dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+    return mb.reshape(x=x, shape=np.array(dims, np.int32))
+
+
+def _split(b: Builder, n: ir.Node):
+    x, axis = b.var(n.inputs[0]), b.attr("axis", 0)
+    if len(n.inputs) > 1 and n.inputs[1] is not None:
+        return mb.split(x=x, split_sizes=np.array(b.ints(n.inputs[1], "split sizes"), np.int32), axis=axis)
+    return mb.split(x=x, num_splits=len(n.outputs), axis=axis)
+
+
+def _gemm(b: Builder, n: ir.Node):
+    if b.attr("alpha", 1.0) != 1.0 or b.attr("beta", 1.0) != 1.0 or b.attr("transA", 0):
+        raise b.fail("only Gemm with alpha = beta = 1 and no transA is mapped")
+    y = mb.matmul(x=b.var(n.inputs[0]), y=b.var(n.inputs[1]), transpose_y=bool(b.attr("transB", 0)))
+    return y if len(n.inputs) < 3 or n.inputs[2] is None else mb.add(x=y, y=b.var(n.inputs[2]))
+
+
+def _pad(b: Builder, n: ir.Node):
+    pads = b.ints(n.inputs[1], "pads")
+    half = len(pads) // 2
+    fill = b.const(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None else np.float32(0)
+    pairs = [v for axis in range(half) for v in (pads[axis], pads[half + axis])]
+    return mb.pad(x=b.var(n.inputs[0]), pad=np.array(pairs, np.int32), mode="constant", constant_val=float(fill))
+
+
+def _expand(b: Builder, n: ir.Node):
+    x, shape = b.var(n.inputs[0]), b.ints(n.inputs[1], "the shape")
+    target = np.broadcast_shapes(tuple(x.shape), tuple(shape))
+    if x.rank < len(target):
+        x = mb.expand_dims(x=x, axes=list(range(len(target) - x.rank)))
+    reps = [t // s for t, s in zip(target, x.shape)]
+    return x if all(r == 1 for r in reps) else mb.tile(x=x, reps=reps)
+
+
+def _reduce(function: str) -> Callable[[Builder, ir.Node], object]:
+    def lower(b: Builder, n: ir.Node):
+        axes = b.ints(n.inputs[1], "axes") if len(n.inputs) > 1 and n.inputs[1] is not None else None
+        return getattr(mb, function)(x=b.var(n.inputs[0]), axes=axes, keep_dims=bool(b.attr("keepdims", 1)))
+    return lower
+
+
+def _cast(b: Builder, n: ir.Node):
+    to = ir.DataType(b.attr("to"))
+    if to not in MIL_DTYPES:
+        raise b.fail(f"cast to {to.name} has no MIL type")
+    return mb.cast(x=b.var(n.inputs[0]), dtype=MIL_DTYPES[to])
+
+
+def _shape(b: Builder, n: ir.Node):
+    shape = np.array(b.var(n.inputs[0]).shape[b.attr("start", 0):b.attr("end")], np.int32)
+    return mb.const(val=shape)
+
+
+def _rms_norm(b: Builder, n: ir.Node):
+    """Explicit ops with the graph's own eps: Core ML's fused rms_norm rescales (DESIGN.md section 3)."""
+    x, epsilon = b.var(n.inputs[0]), float(b.const(n.inputs[1]))
+    mean = mb.reduce_mean(x=mb.mul(x=x, y=x), axes=[-1], keep_dims=True)
+    return mb.real_div(x=x, y=mb.sqrt(x=mb.add(x=mean, y=np.float32(epsilon))))
+
+
+def _rope(b: Builder, n: ir.Node):
+    x = b.var(n.inputs[0])
+    front, back = mb.split(x=x, num_splits=2, axis=-1)
+    rotated = mb.concat(values=[mb.mul(x=back, y=np.float32(-1)), front], axis=-1)
+    return mb.add(x=mb.mul(x=x, y=b.var(n.inputs[1])), y=mb.mul(x=rotated, y=b.var(n.inputs[2])))
+
+
+def _attention(b: Builder, n: ir.Node):
+    q, k, v = (mb.transpose(x=b.var(value), perm=[0, 2, 1, 3]) for value in n.inputs[:3])
+    scores = mb.mul(x=mb.matmul(x=q, y=k, transpose_y=True), y=b.var(n.inputs[3]))
+    heads = mb.matmul(x=mb.softmax(x=scores, axis=-1), y=v)
+    return mb.transpose(x=heads, perm=[0, 2, 1, 3])
+
+
+# The op-mapping table: every op the `mlx` / `ane` pipelines emit for hrmc's models.
+OPS: dict[str, Callable[[Builder, ir.Node], object]] = {
+    "Add": _binary("add"), "Sub": _binary("sub"), "Mul": _binary("mul"), "Div": _div, "Pow": _binary("pow"),
+    "Max": _binary("maximum"), "Min": _binary("minimum"), "MatMul": _binary("matmul"), "Mod": _binary("mod"),
+    "Equal": _binary("equal"), "Greater": _binary("greater"), "GreaterOrEqual": _binary("greater_equal"),
+    "Less": _binary("less"), "LessOrEqual": _binary("less_equal"),
+    "And": _binary("logical_and"), "Or": _binary("logical_or"), "Not": _unary("logical_not"),
+    "Sqrt": _unary("sqrt"), "Exp": _unary("exp"), "Tanh": _unary("tanh"), "Sigmoid": _unary("sigmoid"),
+    "Abs": _unary("abs"), "Sin": _unary("sin"), "Cos": _unary("cos"), "Floor": _unary("floor"),
+    "Neg": lambda b, n: mb.mul(x=b.var(n.inputs[0]), y=np.float32(-1)),
+    "Reciprocal": lambda b, n: mb.inverse(x=b.var(n.inputs[0]), epsilon=0.0),
+    "Identity": lambda b, n: mb.identity(x=b.var(n.inputs[0])),
+    "Cast": _cast, "Shape": _shape, "Expand": _expand, "Slice": _slice, "Reshape": _reshape, "Split": _split,
+    "Gemm": _gemm, "Pad": _pad,
+    "Constant": lambda b, n: mb.const(val=_mil_array(b.const(n.outputs[0]))),
+    "Where": lambda b, n: mb.select(cond=b.var(n.inputs[0]), a=b.var(n.inputs[1]), b=b.var(n.inputs[2])),
+    "Concat": lambda b, n: mb.concat(values=[b.var(v) for v in n.inputs], axis=b.attr("axis")),
+    "Gather": lambda b, n: mb.gather(x=b.var(n.inputs[0]), indices=b.var(n.inputs[1]), axis=b.attr("axis", 0)),
+    "Unsqueeze": lambda b, n: mb.expand_dims(x=b.var(n.inputs[0]), axes=b.ints(n.inputs[1], "axes")),
+    "Squeeze": lambda b, n: mb.squeeze(x=b.var(n.inputs[0]), axes=b.ints(n.inputs[1], "axes")),
+    "Transpose": lambda b, n: mb.transpose(x=b.var(n.inputs[0]), perm=list(b.attr("perm"))),
+    "Softmax": lambda b, n: mb.softmax(x=b.var(n.inputs[0]), axis=b.attr("axis", -1)),
+    "ReduceMin": _reduce("reduce_min"), "ReduceMax": _reduce("reduce_max"), "ReduceSum": _reduce("reduce_sum"),
+    "ReduceMean": _reduce("reduce_mean"),
+    "hrmc.RMSNorm": _rms_norm, "hrmc.Rope": _rope, "hrmc.Attention": _attention,
+    "hrmc.SwiGLU": lambda b, n: mb.mul(x=mb.silu(x=b.var(n.inputs[0])), y=b.var(n.inputs[1])),
+}
+
+
+def build_program(model: ir.Model, batch: int, source: str) -> Program:
+    """The MIL program of a static ONNX graph at a fixed batch size (int64 → int32, bool I/O as int32)."""
+    graph = model.graph
+    for node in graph:
+        if node.op_type in ("Loop", "If", "Scan"):
+            raise LowerError(f"{source}: node {node.name!r} is a {node.op_type}: the Core ML lowering takes a static "
+                             "graph (lower with a pipeline first)")
+    specs = {}
+    for value in graph.inputs:
+        dims = [batch if not isinstance(d, int) else d for d in value.shape]
+        specs[value.name] = mb.placeholder(shape=dims, dtype=IO_DTYPES[value.dtype])
+    builder = Builder(source)
+    with Function(specs, opset_version=ct.target.iOS17) as function:
+        for value in graph.inputs:
+            var = function.inputs[value.name]
+            builder.env[value.name] = var if value.dtype in (ir.DataType.FLOAT, ir.DataType.INT32, ir.DataType.INT64) \
+                else mb.cast(x=var, dtype=MIL_DTYPES[value.dtype])
+        for node in graph:
+            builder.emit(node)
+        outputs = []
+        for value in graph.outputs:
+            var = builder.env[value.name]
+            if var.dtype == mil_types.bool:
+                var = mb.cast(x=var, dtype="int32")
+            outputs.append(mb.identity(x=var, name=value.name))
+        function.set_outputs(outputs)
+    program = Program()
+    program.add_function("main", function)
+    return program
+
+
+@dataclass(frozen=True)
+class CoreMLPackage:
+    path: Path
+    flavour: str
+    batch: int
+
+
+def lower_coreml(graph: Path, out: str | Path, flavour: str, batch: int, source: str) -> CoreMLPackage:
+    """Build, convert and save `out` (.mlpackage) atomically from the static ONNX `graph`."""
+    model = ir.load(str(graph))
+    program = build_program(model, batch, f"{source} ({graph.name})")
+    chosen = FLAVOURS[flavour]
+    with open(os.devnull, "w") as quiet, __import__("contextlib").redirect_stderr(quiet):
+        package = ct.convert(program, convert_to="mlprogram", compute_precision=chosen.precision,
+                             compute_units=chosen.compute_units, minimum_deployment_target=ct.target.iOS17,
+                             pass_pipeline=ct.PassPipeline(list(chosen.passes), "hrmc"))
+    meta = {key.removeprefix("hrmc."): value for key, value in model.metadata_props.items()}
+    package.short_description = f"HRM lowered by hrmc {__version__} ({flavour}: {chosen.description}) from {source}"
+    package.version = __version__
+    package.user_defined_metadata.update({"hrmc.version": __version__, "hrmc.flavour": flavour, "hrmc.batch": str(batch),
+                                          **{f"hrmc.{k}": v for k, v in meta.items()}})
+    for value in model.graph.inputs:
+        package.input_description[value.name] = f"{value.name} ({value.dtype.name.lower()} in the ONNX graph)"
+    for value in model.graph.outputs:
+        package.output_description[value.name] = f"{value.name} ({value.dtype.name.lower()} in the ONNX graph)"
+    with atomic_folder(out) as temporary:
+        package.save(str(temporary / "model.mlpackage"))
+        os.replace(temporary / "model.mlpackage", Path(str(temporary) + ".ready"))
+        os.rmdir(temporary)
+        os.replace(Path(str(temporary) + ".ready"), temporary)
+    return CoreMLPackage(Path(out), flavour, batch)
+
+
+def op_counts(package: str | Path) -> dict[str, int]:
+    """How many ops of each type the saved package's main function has (the start of an ANE-readiness report)."""
+    spec = ct.models.MLModel(str(package), skip_model_load=True).get_spec()
+    counts: dict[str, int] = {}
+    for block in spec.mlProgram.functions["main"].block_specializations.values():
+        for op in block.operations:
+            counts[op.type] = counts.get(op.type, 0) + 1
+    return counts
+
+
+FALLBACK: dict[str, Callable[..., np.ndarray]] = {
+    "silu": lambda x: x / (1 + np.exp(-x)),  # MIL's silu has no value_inference
+}
+
+
+def replay(package: str | Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run the saved package's MIL program op by op with numpy values (MIL reference semantics)."""
+    from coremltools.converters.mil.frontend.milproto.load import load as load_milproto
+
+    model = ct.models.MLModel(str(package), skip_model_load=True)
+    spec = model.get_spec()
+    program = load_milproto(spec, spec.specificationVersion, model.weights_dir)
+    main = program.functions["main"]
+    values = {name: _mil_array(feed[name]) for name in main.inputs}
+    with Function({}, opset_version=main.opset_version):
+        for op in main.operations:
+            if op.op_type == "const":
+                values[op.outputs[0].name] = op.outputs[0].val
+                continue
+            arguments = {name: _replay_value(var, values) for name, var in op.inputs.items()}
+            if op.op_type in FALLBACK:
+                results = [FALLBACK[op.op_type](**arguments)]
+            else:
+                built = getattr(mb, op.op_type)(**arguments)
+                results = [var.val for var in (built if isinstance(built, (list, tuple)) else [built])]
+            for output, result in zip(op.outputs, results):
+                values[output.name] = np.asarray(result)
+    return {var.name: values[var.name] for var in main.outputs}
+
+
+def _replay_value(var, values):
+    if isinstance(var, (list, tuple)):
+        return [_replay_value(v, values) for v in var]
+    value = values[var.name] if var.name in values else var.val  # strings (modes) stay Python strings
+    # numpy scalars as Python scalars: MIL's value_inference passes them to numpy as `keepdims` and the like
+    scalar = isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0 and np.asarray(value).dtype.kind in "biu"
+    return value.item() if scalar else value
+
+
+class CoreMLExecutor(Executor):
+    """Lowers the `mlx`-pipeline graphs to packages of one flavour and runs them (predict on macOS, else replay)."""
+
+    def __init__(self, flavour: str, onnx_model: str | Path | None = None) -> None:
+        self.flavour, self.name = flavour, flavour
+        self.precision = "float16" if flavour == "ane" else "float32"
+        self.onnx_model = Path(onnx_model) if onnx_model else None
+
+    def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
+        from passes import lower_onnx
+        from targets.onnx import structured_source
+
+        self.policy, self.budget = policy, resolve_budget(model, policy, budget)
+        self._folder = tempfile.TemporaryDirectory(prefix="hrmc-coreml-")
+        work = Path(self._folder.name)
+        structured = structured_source(self.onnx_model, work, model, policy, self.budget, batch)
+        lowered = lower_onnx(structured, work / "static.onnx", "mlx")
+        self.graphs, self.packages = {"static": lowered.static_path, "step": lowered.step_path}, {}
+        self.size, self.source = next(iter(batch.values())).shape[0], structured.name
+        self.on_macos = platform.system() == "Darwin"
+
+    def package(self, kind: str) -> Path:
+        """Each package is built when first needed: step mode never converts the whole inference."""
+        if kind not in self.packages:
+            path = Path(self._folder.name) / f"{kind}.mlpackage"
+            self.packages[kind] = lower_coreml(self.graphs[kind], path, self.flavour, self.size, self.source).path
+        return self.packages[kind]
+
+    def call(self, kind: str, feed: dict[str, np.ndarray]) -> Arrays:
+        feed = {name: (value.astype(np.int32) if value.dtype in (np.int64, np.bool_) else value)
+                for name, value in feed.items()}
+        if self.on_macos:
+            package = ct.models.MLModel(str(self.package(kind)), compute_units=FLAVOURS[self.flavour].compute_units)
+            return package.predict(feed)
+        return replay(self.package(kind), feed)
+
+    def step(self, carry: Carry, batch: Batch) -> Arrays:
+        values = split_step(self.call("step", carry_feed(carry, batch)), chunked=True)
+        values["halted"] = values["halted"].astype(bool)
+        return values
+
+    def run(self, batch: Batch) -> Arrays:
+        values = self.call("static", {name: value.numpy() for name, value in batch.items()})
+        steps_run = int(values.pop("steps_run"))
+        values["halted"] = values["halted"].astype(bool)
+        return {name: np.asarray(value)[:steps_run] for name, value in values.items()}
+
+    def describe(self) -> str:
+        how = "Core ML predict" if platform.system() == "Darwin" else LABEL
+        return f"{self.name} (mlprogram, {FLAVOURS[self.flavour].description}, coremltools {ct.__version__}; {how})"
+
+
+__all__ = ["FLAVOURS", "LABEL", "OPS", "CoreMLExecutor", "CoreMLPackage", "LowerError", "lower_coreml", "op_counts",
+           "replay"]

@@ -1,0 +1,57 @@
+"""The Core ML target: packages, the op table's errors, and parity through the MIL replay (Linux)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from targets import coreml
+from tests.hrmc.test_cli import assert_one_line_error, hrmc
+
+
+def test_lower_writes_packages_without_control_flow(capsys, tiny_export: Path, tmp_path: Path) -> None:
+    code, out, _ = hrmc(capsys, "lower", "--target", "coreml", "--onnx-model", str(tiny_export), "--policy", "q-halt",
+                        "--batch", "2", "-o", str(tmp_path / "t.mlpackage"))
+    assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["t.mlpackage", "t.step.mlpackage"]
+    ops = coreml.op_counts(tmp_path / "t.mlpackage")
+    assert ops["matmul"] > 0 and not {"while_loop", "cond"} & set(ops)
+    model = coreml.ct.models.MLModel(str(tmp_path / "t.mlpackage"), skip_model_load=True)
+    assert model.user_defined_metadata["hrmc.flavour"] == "coreml" and model.user_defined_metadata["hrmc.batch"] == "2"
+    assert json.loads(model.user_defined_metadata["hrmc.outputs"])[0] == "logits"
+
+
+def test_a_missing_op_lowering_names_the_op_and_leaves_nothing(capsys, tiny_export: Path, tmp_path: Path,
+                                                               monkeypatch) -> None:
+    monkeypatch.delitem(coreml.OPS, "hrmc.Rope")
+    code, _, err = hrmc(capsys, "lower", "--target", "ane", "--onnx-model", str(tiny_export), "--policy", "q-halt",
+                        "-o", str(tmp_path / "t.mlpackage"))
+    assert_one_line_error(code, err, "no MIL lowering for op 'hrmc.Rope'", "node '")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_coreml_passes_the_step_gate_under_mil_semantics(capsys, tiny_export: Path) -> None:
+    code, out, _ = hrmc(capsys, "parity", "torch", "coreml", "--onnx-model", str(tiny_export), "--policy", "q-halt",
+                        "--batch", "2")
+    assert code == 0 and out.rstrip().endswith("PASS") and "MIL reference semantics" in out, out
+
+
+@pytest.mark.heavy  # a minute and a half
+def test_ane_is_float16_and_gated_on_psnr(capsys, tiny_export: Path) -> None:
+    """The verdict follows the PSNR column: every row passes exactly when its PSNR reaches 60 dB."""
+    code, out, _ = hrmc(capsys, "parity", "torch", "ane", "--onnx-model", str(tiny_export), "--policy", "q-halt",
+                        "--batch", "2", "--json")
+    report = json.loads(out)
+    assert "float16" in report["executors"][1] and "MIL reference semantics" in report["executors"][1]
+    rows = report["rows"]
+    assert rows and all(row["psnr"] is not None and row["passed"] == (row["psnr"] >= 60) for row in rows)
+    assert max(row["max_abs"] for row in rows) > 1e-5  # float16 really ran: float32 would be within 1e-5
+    assert code == (0 if report["passed"] else 1)
+
+
+@pytest.mark.heavy
+def test_coreml_passes_the_trajectory_gate(capsys, tiny_export: Path) -> None:
+    code, out, _ = hrmc(capsys, "parity", "torch", "coreml", "--onnx-model", str(tiny_export), "--policy", "q-halt",
+                        "--batch", "2", "--mode", "trajectory")
+    assert code == 0 and out.rstrip().endswith("PASS"), out
