@@ -44,7 +44,8 @@ MODULE, WEIGHTS, CONFIG = "hrm_mlx.py", "weights.safetensors", "config.json"
 INT64_MAX = 2**62  # ONNX writes "to the end" as INT64_MAX
 DTYPES = {ir.DataType.FLOAT: "float32", ir.DataType.FLOAT16: "float16", ir.DataType.BFLOAT16: "bfloat16",
           ir.DataType.INT64: "int64", ir.DataType.INT32: "int32", ir.DataType.INT8: "int8",
-          ir.DataType.UINT8: "uint8", ir.DataType.BOOL: "bool_"}
+          ir.DataType.UINT8: "uint8", ir.DataType.UINT32: "uint32", ir.DataType.UINT16: "uint16",
+          ir.DataType.INT16: "int16", ir.DataType.BOOL: "bool_"}
 CLASSES = {"static": ("Inference", "The whole inference: `budget` masked ACT steps."),
            "step": ("Step", "One ACT step, with the carry in and out (chunk-budget 1)."),
            "chunk": ("Chunk", "A chunk of ACT steps, with the carry in and out (for a host loop).")}
