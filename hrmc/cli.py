@@ -180,6 +180,32 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
     click.echo(f"lowered for {target} (pipeline {pipeline}) in {result.seconds:.1f} s")
 
 
+@cli.command()
+@click.argument("package", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect(package, as_json) -> None:
+    """ANE-readiness report of a Core ML package: op counts, what keeps work off the ANE, tensors, weights."""
+    path = Path(package)
+    if path.suffix != ".mlpackage" or not path.is_dir():
+        raise InputError(f"{path}: expected an .mlpackage folder (from hrmc lower --target coreml|ane)")
+    from targets.coreml import readiness
+
+    report = readiness(path)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(f"{path}: flavour {report['flavour']}, {sum(report['ops'].values()):,} ops, "
+               f"{report['weight_bytes']:,} weight bytes")
+    click.echo("ops: " + ", ".join(f"{op} {count}" for op, count in report["ops"].items()))
+    click.echo("kept off the ANE: " + ("; ".join(f"{what} ×{count}" for what, count in report["not_on_ane"].items())
+                                       or "nothing found"))
+    click.echo(f"largest activations (last axis vs the ANE's {64}-byte alignment):")
+    for tensor in report["largest_tensors"]:
+        click.echo(f"  {tensor['name']:<24}{str(tensor['shape']):<20}{tensor['last_axis_bytes']:>6} B  "
+                   f"{'aligned' if tensor['aligned'] else 'padded'}")
+    click.echo(f"compute plan: {report['compute_plan']}")
+
+
 @cli.command("parity")
 @click.argument("a", type=click.Choice(list(parity.EXECUTORS)))
 @click.argument("b", type=click.Choice(list(parity.EXECUTORS)))

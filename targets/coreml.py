@@ -18,10 +18,12 @@ against MIL's reference semantics, not Core ML's runtime kernels: every report s
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
 import tempfile
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,17 +58,15 @@ LABEL = "MIL reference semantics (coremltools value_inference replay on Linux, n
 
 @dataclass(frozen=True)
 class Flavour:
-    precision: object
+    float_type: str  # the MIL type every float tensor inside the program has
     compute_units: object
     description: str
-    # coremltools' default pass pipeline takes minutes on an unrolled graph; the passes already ran on ONNX
-    passes: tuple[str, ...]
 
 
-FP16_PASSES = ("common::add_fp16_cast", "common::cast_optimization", "common::const_elimination",
-               "common::const_deduplication", "common::dead_code_elimination")
-FLAVOURS = {"coreml": Flavour(ct.precision.FLOAT32, ct.ComputeUnit.CPU_ONLY, "float32, CPU_ONLY", ()),
-            "ane": Flavour(ct.precision.FLOAT16, ct.ComputeUnit.CPU_AND_NE, "float16, CPU_AND_NE", FP16_PASSES)}
+# The program is built in its final precision, so ct.convert runs no pass pipeline: coremltools'
+# passes (its fp16 pass above all) take minutes on an unrolled graph, and ours already ran on ONNX.
+FLAVOURS = {"coreml": Flavour("fp32", ct.ComputeUnit.CPU_ONLY, "float32, CPU_ONLY"),
+            "ane": Flavour("fp16", ct.ComputeUnit.CPU_AND_NE, "float16, CPU_AND_NE")}
 
 
 class LowerError(InputError):
@@ -76,8 +76,19 @@ class LowerError(InputError):
 class Builder:
     """Maps one ONNX graph's nodes to MIL ops inside the current Function; `env` holds the MIL vars."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, float_type: str = "fp32") -> None:
         self.source, self.env, self.node = source, {}, None
+        self.float_type = float_type
+        self.float_dtype = np.float16 if float_type == "fp16" else np.float32
+
+    def scalar(self, value: float) -> np.ndarray:
+        """A float constant in the program's float type."""
+        return self.float_dtype(value)
+
+    def array(self, array: np.ndarray) -> np.ndarray:
+        """A constant as MIL takes it: int64 as int32, floats in the program's float type."""
+        array = _mil_array(array)
+        return array.astype(self.float_dtype) if array.dtype.kind == "f" else array
 
     def fail(self, message: str) -> LowerError:
         return LowerError(f"{self.source}: node {self.node.name!r} ({self.node.op_type}): {message}")
@@ -100,7 +111,7 @@ class Builder:
         if array is None:
             raise self.fail(f"input {value.name!r} is not defined")
         # one const per initializer, however many unrolled steps read it: weights are never copied
-        self.env[value.name] = mb.const(val=_mil_array(array))
+        self.env[value.name] = mb.const(val=self.array(array))
         return self.env[value.name]
 
     def ints(self, value: ir.Value | None, what: str) -> list[int]:
@@ -185,9 +196,11 @@ def _gemm(b: Builder, n: ir.Node):
 def _pad(b: Builder, n: ir.Node):
     pads = b.ints(n.inputs[1], "pads")
     half = len(pads) // 2
-    fill = b.const(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None else np.float32(0)
+    fill = b.const(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None else 0.0
     pairs = [v for axis in range(half) for v in (pads[axis], pads[half + axis])]
-    return mb.pad(x=b.var(n.inputs[0]), pad=np.array(pairs, np.int32), mode="constant", constant_val=float(fill))
+    x = b.var(n.inputs[0])
+    fill = b.scalar(float(fill)) if mil_types.is_float(x.dtype) else np.int32(fill)
+    return mb.pad(x=x, pad=np.array(pairs, np.int32), mode="constant", constant_val=fill)
 
 
 def _expand(b: Builder, n: ir.Node):
@@ -210,7 +223,8 @@ def _cast(b: Builder, n: ir.Node):
     to = ir.DataType(b.attr("to"))
     if to not in MIL_DTYPES:
         raise b.fail(f"cast to {to.name} has no MIL type")
-    return mb.cast(x=b.var(n.inputs[0]), dtype=MIL_DTYPES[to])
+    dtype = b.float_type if to in (ir.DataType.FLOAT, ir.DataType.FLOAT16) else MIL_DTYPES[to]
+    return mb.cast(x=b.var(n.inputs[0]), dtype=dtype)
 
 
 def _shape(b: Builder, n: ir.Node):
@@ -222,13 +236,13 @@ def _rms_norm(b: Builder, n: ir.Node):
     """Explicit ops with the graph's own eps: Core ML's fused rms_norm rescales (DESIGN.md section 3)."""
     x, epsilon = b.var(n.inputs[0]), float(b.const(n.inputs[1]))
     mean = mb.reduce_mean(x=mb.mul(x=x, y=x), axes=[-1], keep_dims=True)
-    return mb.real_div(x=x, y=mb.sqrt(x=mb.add(x=mean, y=np.float32(epsilon))))
+    return mb.real_div(x=x, y=mb.sqrt(x=mb.add(x=mean, y=b.scalar(epsilon))))
 
 
 def _rope(b: Builder, n: ir.Node):
     x = b.var(n.inputs[0])
     front, back = mb.split(x=x, num_splits=2, axis=-1)
-    rotated = mb.concat(values=[mb.mul(x=back, y=np.float32(-1)), front], axis=-1)
+    rotated = mb.concat(values=[mb.mul(x=back, y=b.scalar(-1)), front], axis=-1)
     return mb.add(x=mb.mul(x=x, y=b.var(n.inputs[1])), y=mb.mul(x=rotated, y=b.var(n.inputs[2])))
 
 
@@ -248,12 +262,12 @@ OPS: dict[str, Callable[[Builder, ir.Node], object]] = {
     "And": _binary("logical_and"), "Or": _binary("logical_or"), "Not": _unary("logical_not"),
     "Sqrt": _unary("sqrt"), "Exp": _unary("exp"), "Tanh": _unary("tanh"), "Sigmoid": _unary("sigmoid"),
     "Abs": _unary("abs"), "Sin": _unary("sin"), "Cos": _unary("cos"), "Floor": _unary("floor"),
-    "Neg": lambda b, n: mb.mul(x=b.var(n.inputs[0]), y=np.float32(-1)),
+    "Neg": lambda b, n: mb.mul(x=b.var(n.inputs[0]), y=b.scalar(-1)),
     "Reciprocal": lambda b, n: mb.inverse(x=b.var(n.inputs[0]), epsilon=0.0),
     "Identity": lambda b, n: mb.identity(x=b.var(n.inputs[0])),
     "Cast": _cast, "Shape": _shape, "Expand": _expand, "Slice": _slice, "Reshape": _reshape, "Split": _split,
     "Gemm": _gemm, "Pad": _pad,
-    "Constant": lambda b, n: mb.const(val=_mil_array(b.const(n.outputs[0]))),
+    "Constant": lambda b, n: mb.const(val=b.array(b.const(n.outputs[0]))),
     "Where": lambda b, n: mb.select(cond=b.var(n.inputs[0]), a=b.var(n.inputs[1]), b=b.var(n.inputs[2])),
     "Concat": lambda b, n: mb.concat(values=[b.var(v) for v in n.inputs], axis=b.attr("axis")),
     "Gather": lambda b, n: mb.gather(x=b.var(n.inputs[0]), indices=b.var(n.inputs[1]), axis=b.attr("axis", 0)),
@@ -268,8 +282,12 @@ OPS: dict[str, Callable[[Builder, ir.Node], object]] = {
 }
 
 
-def build_program(model: ir.Model, batch: int, source: str) -> Program:
-    """The MIL program of a static ONNX graph at a fixed batch size (int64 → int32, bool I/O as int32)."""
+def build_program(model: ir.Model, batch: int, source: str, float_type: str = "fp32") -> Program:
+    """The MIL program of a static ONNX graph at a fixed batch size.
+
+    int64 becomes int32; bool inputs and outputs travel as int32 and float ones as float32, cast to
+    and from `float_type` inside.
+    """
     graph = model.graph
     for node in graph:
         if node.op_type in ("Loop", "If", "Scan"):
@@ -279,12 +297,12 @@ def build_program(model: ir.Model, batch: int, source: str) -> Program:
     for value in graph.inputs:
         dims = [batch if not isinstance(d, int) else d for d in value.shape]
         specs[value.name] = mb.placeholder(shape=dims, dtype=IO_DTYPES[value.dtype])
-    builder = Builder(source)
+    builder = Builder(source, float_type)
     with Function(specs, opset_version=ct.target.iOS17) as function:
         for value in graph.inputs:
-            var = function.inputs[value.name]
-            builder.env[value.name] = var if value.dtype in (ir.DataType.FLOAT, ir.DataType.INT32, ir.DataType.INT64) \
-                else mb.cast(x=var, dtype=MIL_DTYPES[value.dtype])
+            var, inside = function.inputs[value.name], MIL_DTYPES[value.dtype]
+            inside = float_type if inside in ("fp32", "fp16") else inside
+            builder.env[value.name] = var if inside in ("fp32", "int32") else mb.cast(x=var, dtype=inside)
         for node in graph:
             builder.emit(node)
         outputs = []
@@ -292,6 +310,8 @@ def build_program(model: ir.Model, batch: int, source: str) -> Program:
             var = builder.env[value.name]
             if var.dtype == mil_types.bool:
                 var = mb.cast(x=var, dtype="int32")
+            elif var.dtype == mil_types.fp16:
+                var = mb.cast(x=var, dtype="fp32")
             outputs.append(mb.identity(x=var, name=value.name))
         function.set_outputs(outputs)
     program = Program()
@@ -309,12 +329,12 @@ class CoreMLPackage:
 def lower_coreml(graph: Path, out: str | Path, flavour: str, batch: int, source: str) -> CoreMLPackage:
     """Build, convert and save `out` (.mlpackage) atomically from the static ONNX `graph`."""
     model = ir.load(str(graph))
-    program = build_program(model, batch, f"{source} ({graph.name})")
     chosen = FLAVOURS[flavour]
+    program = build_program(model, batch, f"{source} ({graph.name})", chosen.float_type)
     with open(os.devnull, "w") as quiet, __import__("contextlib").redirect_stderr(quiet):
-        package = ct.convert(program, convert_to="mlprogram", compute_precision=chosen.precision,
+        package = ct.convert(program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT32,
                              compute_units=chosen.compute_units, minimum_deployment_target=ct.target.iOS17,
-                             pass_pipeline=ct.PassPipeline(list(chosen.passes), "hrmc"))
+                             pass_pipeline=ct.PassPipeline.EMPTY)
     meta = {key.removeprefix("hrmc."): value for key, value in model.metadata_props.items()}
     package.short_description = f"HRM lowered by hrmc {__version__} ({flavour}: {chosen.description}) from {source}"
     package.version = __version__
@@ -326,20 +346,104 @@ def lower_coreml(graph: Path, out: str | Path, flavour: str, batch: int, source:
         package.output_description[value.name] = f"{value.name} ({value.dtype.name.lower()} in the ONNX graph)"
     with atomic_folder(out) as temporary:
         package.save(str(temporary / "model.mlpackage"))
+        _make_reproducible(temporary / "model.mlpackage")
         os.replace(temporary / "model.mlpackage", Path(str(temporary) + ".ready"))
         os.rmdir(temporary)
         os.replace(Path(str(temporary) + ".ready"), temporary)
     return CoreMLPackage(Path(out), flavour, batch)
 
 
+def _make_reproducible(package: Path) -> None:
+    """Same input, same bytes: coremltools writes random manifest ids and protobuf maps in hash order."""
+    manifest_path = package / "Manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    ids = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, entry["path"])) for old, entry in manifest["itemInfoEntries"].items()}
+    manifest["itemInfoEntries"] = {ids[old]: entry for old, entry in sorted(manifest["itemInfoEntries"].items(),
+                                                                               key=lambda item: item[1]["path"])}
+    manifest["rootModelIdentifier"] = ids[manifest["rootModelIdentifier"]]
+    manifest_path.write_text(json.dumps(manifest, indent=4))
+    spec_path = package / "Data" / "com.apple.CoreML" / "model.mlmodel"
+    spec = ct.proto.Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
+
+
+def _main_block(package: str | Path):
+    path = Path(package)
+    if not (path / "Manifest.json").is_file():
+        raise InputError(f"{path} is not an .mlpackage (no Manifest.json)")
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    if spec.WhichOneof("Type") != "mlProgram":
+        raise InputError(f"{path} is not an mlprogram package")
+    function = spec.mlProgram.functions["main"]
+    return spec, function.block_specializations[function.opset]
+
+
 def op_counts(package: str | Path) -> dict[str, int]:
-    """How many ops of each type the saved package's main function has (the start of an ANE-readiness report)."""
-    spec = ct.models.MLModel(str(package), skip_model_load=True).get_spec()
+    """How many ops of each type the saved package's main function has."""
     counts: dict[str, int] = {}
-    for block in spec.mlProgram.functions["main"].block_specializations.values():
-        for op in block.operations:
-            counts[op.type] = counts.get(op.type, 0) + 1
-    return counts
+    for op in _main_block(package)[1].operations:
+        counts[op.type] = counts.get(op.type, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
+# Ops the Neural Engine never runs (apple/ml-ane-transformers, DESIGN.md section 3).
+ANE_NEVER = {"while_loop": "control flow", "cond": "control flow"}
+LOOKUPS = ("gather", "gather_nd")  # on a constant table: an embedding lookup, which falls back to CPU
+ANE_ALIGNMENT_BYTES = 64  # the ANE pads a tensor's last axis to 64 bytes
+FLOAT32, FLOAT16 = ct.proto.MIL_pb2.DataType.Value("FLOAT32"), ct.proto.MIL_pb2.DataType.Value("FLOAT16")
+ELEMENT_BYTES = {FLOAT32: 4, FLOAT16: 2}
+
+
+def readiness(package: str | Path) -> dict:
+    """The ANE-readiness report of `hrmc inspect`: what in this package keeps work off the Neural Engine."""
+    spec, block = _main_block(package)
+    findings: dict[str, int] = {}
+    tensors = []
+    constants = {output.name for op in block.operations if op.type == "const" for output in op.outputs}
+
+    def note(finding: str) -> None:
+        findings[finding] = findings.get(finding, 0) + 1
+
+    for op in block.operations:
+        if op.type in ANE_NEVER:
+            note(f"{op.type}: {ANE_NEVER[op.type]}")
+        if op.type in LOOKUPS and op.inputs["x"].arguments[0].name in constants:
+            note(f"{op.type} on a constant table: an embedding lookup, falls back to CPU")
+        for output in op.outputs:
+            tensor = output.type.tensorType
+            dims = [d.constant.size if d.HasField("constant") else None for d in tensor.dimensions]
+            if None in dims:
+                note("dynamic shapes")
+            elif op.type != "const" and tensor.dataType == FLOAT32:
+                note("float32 tensors (CPU/GPU only)")
+            if op.type != "const" and None not in dims and dims and tensor.dataType in ELEMENT_BYTES:
+                tensors.append((int(np.prod(dims)), output.name, dims, ELEMENT_BYTES[tensor.dataType]))
+    largest = [{"name": name, "shape": dims,
+                "last_axis_bytes": dims[-1] * width, "aligned": dims[-1] * width % ANE_ALIGNMENT_BYTES == 0}
+               for _, name, dims, width in sorted(tensors, reverse=True)[:8]]
+    weights = Path(package) / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    meta = dict(spec.description.metadata.userDefined)
+    return {"package": str(package), "flavour": meta.get("hrmc.flavour"), "ops": op_counts(package),
+            "not_on_ane": findings, "largest_tensors": largest,
+            "weight_bytes": weights.stat().st_size if weights.is_file() else 0,
+            "compute_plan": _compute_plan(package)}
+
+
+def _compute_plan(package: str | Path) -> dict[str, int] | str:
+    """On macOS, Core ML's own plan: how many ops each device would run. Elsewhere, why not."""
+    if platform.system() != "Darwin":
+        return "needs macOS (coremltools' MLComputePlan)"
+    from coremltools.models.compute_plan import MLComputePlan
+
+    compiled = ct.models.MLModel(str(package)).get_compiled_model_path()
+    plan = MLComputePlan.load_from_path(compiled, compute_units=ct.ComputeUnit.ALL)
+    devices: dict[str, int] = {}
+    for operation in plan.model_structure.program.functions["main"].block.operations:
+        usage = plan.get_compute_device_usage_for_mlprogram_operation(operation)
+        device = type(usage.preferred_compute_device).__name__ if usage else "none"
+        devices[device] = devices.get(device, 0) + 1
+    return devices
 
 
 FALLBACK: dict[str, Callable[..., np.ndarray]] = {
@@ -434,4 +538,4 @@ class CoreMLExecutor(Executor):
 
 
 __all__ = ["FLAVOURS", "LABEL", "OPS", "CoreMLExecutor", "CoreMLPackage", "LowerError", "lower_coreml", "op_counts",
-           "replay"]
+           "readiness", "replay"]

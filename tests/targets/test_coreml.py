@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx_ir as ir
 import pytest
 
 from targets import coreml
@@ -55,3 +56,32 @@ def test_coreml_passes_the_trajectory_gate(capsys, tiny_export: Path) -> None:
     code, out, _ = hrmc(capsys, "parity", "torch", "coreml", "--onnx-model", str(tiny_export), "--policy", "q-halt",
                         "--batch", "2", "--mode", "trajectory")
     assert code == 0 and out.rstrip().endswith("PASS"), out
+
+
+@pytest.fixture(scope="module")
+def step_graph(tiny_export: Path, tmp_path_factory) -> Path:
+    """tiny's one-step graph after the `mlx` pipeline: what the Core ML lowering starts from."""
+    from passes import lower_onnx
+
+    return lower_onnx(tiny_export, tmp_path_factory.mktemp("lowered") / "t.onnx", "mlx").step_path
+
+
+def test_two_lowerings_give_byte_identical_packages(step_graph: Path, tmp_path: Path) -> None:
+    contents = []
+    for name in ("a", "b"):
+        package = coreml.lower_coreml(step_graph, tmp_path / f"{name}.mlpackage", "ane", 1, "t.onnx").path
+        contents.append({p.relative_to(package): p.read_bytes() for p in sorted(package.rglob("*")) if p.is_file()})
+    assert contents[0] == contents[1] and len(contents[0]) == 3
+
+
+def test_inspect_reports_ane_readiness(capsys, step_graph: Path, tmp_path: Path) -> None:
+    package = coreml.lower_coreml(step_graph, tmp_path / "s.mlpackage", "ane", 2, "t.onnx").path
+    code, out, _ = hrmc(capsys, "inspect", str(package), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["flavour"] == "ane" and report["ops"]["matmul"] > 0
+    assert "while_loop" not in report["ops"] and not any("dynamic" in k for k in report["not_on_ane"])
+    assert any("embedding lookup" in k for k in report["not_on_ane"])  # the token embedding
+    fp16_parameters = 2 * sum(t.const_value.size for t in ir.load(str(step_graph)).graph.initializers.values())
+    assert fp16_parameters * 0.95 <= report["weight_bytes"] <= fp16_parameters * 1.05
+    code, _, err = hrmc(capsys, "inspect", str(tmp_path / "missing.mlpackage"))
+    assert_one_line_error(code, err, "expected an .mlpackage")

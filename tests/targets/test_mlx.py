@@ -113,3 +113,26 @@ def test_parity_torch_mlx_with_no_arguments_is_the_headline(capsys) -> None:
     assert main(["parity", "torch", "mlx", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] and report["mode"] == "step"
+
+
+@pytest.mark.heavy  # exports the denoiser: a minute
+def test_denoiser_ddim_sample_is_bit_identical_across_mlx_runs(capsys, tmp_path: Path) -> None:
+    from hrm_ref.act import denoise
+    from hrm_ref.ddim import DDIMScheduler
+    from parity.ddim import sample
+    from parity.executors import make_executor
+
+    model = hrm_ref.build_preset("denoiser")
+    batch = hrm_ref.random_batch(model.config, 2, seed=0)
+    assert main(["export", "--preset", "denoiser", "-o", str(tmp_path / "d.onnx")]) == 0
+    code = main(["parity", "torch", "mlx", "--preset", "denoiser", "--batch", "2", "--onnx-model", str(tmp_path / "d.onnx")])
+    assert code == 0 and capsys.readouterr().out.rstrip().endswith("PASS")
+    shape = tuple(batch["x_t"].shape)
+    samples = []
+    for _ in range(2):  # two executors, each lowering and compiling afresh
+        executor = make_executor("mlx", onnx_model=str(tmp_path / "d.onnx"))
+        executor.prepare(model, "max-steps", None, batch)
+        samples.append(sample(executor, model, shape, steps=5, seed=7))
+    assert samples[0].dtype == np.float32 and np.array_equal(samples[0], samples[1])
+    reference = DDIMScheduler().sample(5, shape, lambda x, t, c: denoise(model, x, t, c), None, 7)
+    assert np.abs(samples[0] - reference.numpy()).max() < 1e-3  # five steps of step-parity drift, not another model
