@@ -181,6 +181,31 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
 
 
 @cli.command()
+@model_options
+@click.option("--executors", default="torch,static,chunked", show_default=True,
+              help=f"Comma-separated executors to time ({', '.join(parity.EXECUTORS)}).")
+@click.option("--runs", type=int, default=5, show_default=True, help="Timed runs per executor (after one warm-up).")
+@click.option("--onnx-model", type=click.Path(), help="The structured export the ONNX-based executors start from.")
+def bench(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, executors, runs,
+          onnx_model) -> None:
+    """Time the whole inference on each executor, with GFLOP/s against this machine's matmul peak."""
+    import bench as benchmarks
+
+    names = [name for name in executors.split(",") if name]
+    unknown = [name for name in names if name not in parity.EXECUTORS]
+    if unknown or not names:
+        raise InputError(f"--executors: unknown executor {', '.join(unknown) or '(none given)'}; "
+                         f"choose from {', '.join(parity.EXECUTORS)}")
+    if runs < 1:
+        raise InputError(f"--runs must be at least 1, got {runs}")
+    model = driver.load_model(checkpoint, preset, config_path)
+    batch = driver.load_inputs(model, None, batch_size, seed, None)
+    report = benchmarks.run_bench(model, batch, names, policy=policy, budget=budget, runs=runs,
+                                  preset=model_source(checkpoint, preset), onnx_model=onnx_model, progress=progress)
+    click.echo(json.dumps(report.to_dict()) if as_json else benchmarks.format_bench(report))
+
+
+@cli.command()
 @click.argument("package", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def inspect(package, as_json) -> None:

@@ -1,0 +1,39 @@
+"""The roofline half of `hrmc bench`: FLOPs per ACT step from the config, and this machine's matmul peak.
+
+Only matrix products are counted (2·m·n·k each): projections, attention's two products and the
+heads. Norms, rope and softmax are a few percent on top and are left out, so GFLOP/s figures are
+slightly conservative.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from hrm_ref import HRMConfig
+
+
+def flops_per_step(config: HRMConfig, batch: int, positions: int) -> int:
+    """Matmul FLOPs of one ACT step at `batch` samples of `positions` positions (puzzle embedding included)."""
+    h, inter = config.hidden_size, config.intermediate_size
+    tokens = batch * positions
+    per_layer = (2 * tokens * h * 3 * h  # qkv projection
+                 + 2 * 2 * batch * positions * positions * h  # q·kᵀ and p·v over all heads
+                 + 2 * tokens * h * h  # output projection
+                 + 2 * tokens * h * 2 * inter + 2 * tokens * inter * h)  # SwiGLU
+    layers = config.H_cycles * (config.L_cycles * config.L_layers + config.H_layers)
+    heads_flops = 2 * tokens * h * max(config.vocab_size, 1) + 2 * batch * h * 2  # lm head, q head
+    return layers * per_layer + heads_flops
+
+
+def matmul_peak(size: int = 1024, seconds: float = 1.0) -> float:
+    """This machine's float32 matmul GFLOP/s, measured with torch (the best of repeated size³ products)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)  # warm up the BLAS threads
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9

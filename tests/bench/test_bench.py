@@ -1,0 +1,33 @@
+"""The bench code itself: `hrmc bench` on tiny in seconds, and its FLOP count."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hrm_ref
+from bench.roofline import flops_per_step
+from tests.hrmc.test_cli import assert_one_line_error, hrmc
+
+
+def test_bench_reports_every_executor(capsys, tiny_export: Path) -> None:
+    code, out, _ = hrmc(capsys, "bench", "--executors", "torch,static", "--runs", "2", "--policy", "q-halt",
+                        "--onnx-model", str(tiny_export), "--batch", "2", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["peak_gflops"] > 0 and report["versions"]["torch"]
+    assert [row["executor"] for row in report["rows"]] == ["torch", "static"]
+    for row in report["rows"]:
+        assert row["runs"] == 2 and 0 < row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] and row["gflops"] > 0
+
+
+def test_flops_per_step_counts_the_sudoku_arch() -> None:
+    config = hrm_ref.build_preset("sudoku").config
+    # 24 layer applications × (qkv 3h² + o h² + SwiGLU 3·h·inter) per token, attention 2·S²·h, heads
+    h, inter, positions = 512, 1536, 82
+    layer = 2 * positions * (4 * h * h + 3 * h * inter) + 4 * positions * positions * h
+    assert flops_per_step(config, 1, positions) == 24 * layer + 2 * positions * h * 11 + 2 * h * 2
+
+
+def test_bench_refuses_an_unknown_executor(capsys) -> None:
+    code, _, err = hrmc(capsys, "bench", "--executors", "torch,gpu")
+    assert_one_line_error(code, err, "unknown executor gpu")
