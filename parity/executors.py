@@ -98,11 +98,12 @@ def _mlx(chunked: bool) -> Callable[..., Executor]:
     return make
 
 
-def _coreml(flavour: str) -> Callable[..., Executor]:
+def _coreml(flavour: str, chunked: bool = False) -> Callable[..., Executor]:
     def make(**options: Any) -> Executor:
         from targets.coreml import CoreMLExecutor  # coremltools loads only when asked for
 
-        return CoreMLExecutor(flavour, options.get("onnx_model"))
+        chunk = (options.get("chunk") or DEFAULT_CHUNK) if chunked else None
+        return CoreMLExecutor(flavour, options.get("onnx_model"), chunk)
     return make
 
 
@@ -115,6 +116,7 @@ EXECUTORS: dict[str, Callable[..., Executor]] = {
     "mlx-chunked": _mlx(chunked=True),
     "coreml": _coreml("coreml"),
     "ane": _coreml("ane"),
+    "coreml-chunked": _coreml("coreml", chunked=True),
 }
 
 

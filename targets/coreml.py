@@ -33,12 +33,12 @@ import numpy as np
 import onnx_ir as ir
 
 from hrm_ref import HRM, Batch, Carry
-from hrm_ref.act import resolve_budget
+from hrm_ref.act import initial_carry, resolve_budget
 from hrmc import __version__
 from hrmc.errors import InputError
 from hrmc.pipeline import atomic_folder
-from parity.executors import Arrays, Executor
-from targets.host_loop import carry_feed, split_step
+from parity.executors import Arrays, Executor, carry_arrays
+from targets.host_loop import carry_feed, run_chunks, split_step
 
 logging.getLogger("coremltools").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", module="coremltools")
@@ -488,8 +488,9 @@ def _replay_value(var, values):
 class CoreMLExecutor(Executor):
     """Lowers the `mlx`-pipeline graphs to packages of one flavour and runs them (predict on macOS, else replay)."""
 
-    def __init__(self, flavour: str, onnx_model: str | Path | None = None) -> None:
-        self.flavour, self.name = flavour, flavour
+    def __init__(self, flavour: str, onnx_model: str | Path | None = None, chunk: int | None = None) -> None:
+        self.flavour, self.chunk, self.graph_calls = flavour, chunk, 0
+        self.name = flavour if chunk is None else f"{flavour}-chunked"
         self.precision = "float16" if flavour == "ane" else "float32"
         self.onnx_model = Path(onnx_model) if onnx_model else None
 
@@ -501,8 +502,10 @@ class CoreMLExecutor(Executor):
         self._folder = tempfile.TemporaryDirectory(prefix="hrmc-coreml-")
         work = Path(self._folder.name)
         structured = structured_source(self.onnx_model, work, model, policy, self.budget, batch)
-        lowered = lower_onnx(structured, work / "static.onnx", "mlx")
+        lowered = lower_onnx(structured, work / "static.onnx", "mlx", chunk=self.chunk)
         self.graphs, self.packages = {"static": lowered.static_path, "step": lowered.step_path}, {}
+        self.graphs["chunk"] = lowered.chunk_path or lowered.step_path
+        self.start = carry_arrays(initial_carry(model, batch))
         self.size, self.source = next(iter(batch.values())).shape[0], structured.name
         self.on_macos = platform.system() == "Darwin"
 
@@ -527,6 +530,15 @@ class CoreMLExecutor(Executor):
         return values
 
     def run(self, batch: Batch) -> Arrays:
+        if self.chunk is not None:
+            def call(feed: dict[str, np.ndarray]) -> Arrays:
+                values = self.call("chunk", feed)
+                for name in ("halted_next", "halted_per_step"):
+                    values[name] = values[name].astype(bool)
+                return values
+
+            trajectory, self.graph_calls = run_chunks(call, self.start, batch, self.chunk)
+            return trajectory
         values = self.call("static", {name: value.numpy() for name, value in batch.items()})
         steps_run = int(values.pop("steps_run"))
         values["halted"] = values["halted"].astype(bool)
@@ -534,7 +546,9 @@ class CoreMLExecutor(Executor):
 
     def describe(self) -> str:
         how = "Core ML predict" if platform.system() == "Darwin" else LABEL
-        return f"{self.name} (mlprogram, {FLAVOURS[self.flavour].description}, coremltools {ct.__version__}; {how})"
+        chunks = f", {self.chunk}-step chunks with a host loop" if self.chunk else ""
+        return (f"{self.name} (mlprogram, {FLAVOURS[self.flavour].description}{chunks}, coremltools {ct.__version__}; "
+                f"{how})")
 
 
 __all__ = ["FLAVOURS", "LABEL", "OPS", "CoreMLExecutor", "CoreMLPackage", "LowerError", "lower_coreml", "op_counts",

@@ -85,3 +85,17 @@ def test_inspect_reports_ane_readiness(capsys, step_graph: Path, tmp_path: Path)
     assert fp16_parameters * 0.95 <= report["weight_bytes"] <= fp16_parameters * 1.05
     code, _, err = hrmc(capsys, "inspect", str(tmp_path / "missing.mlpackage"))
     assert_one_line_error(code, err, "expected an .mlpackage")
+
+
+@pytest.mark.heavy  # a chunk package per step: a minute
+def test_coreml_chunked_runs_only_the_chunks_needed(tiny, tiny_export: Path) -> None:
+    import hrm_ref
+    from parity.executors import make_executor
+
+    batch = hrm_ref.random_batch(tiny.config, 4, seed=3)
+    executor = make_executor("coreml-chunked", onnx_model=str(tiny_export), chunk=1)
+    executor.prepare(tiny, "q-halt", None, batch)
+    trajectory = executor.run(batch)
+    reference = hrm_ref.run(tiny, batch, "q-halt")
+    assert executor.graph_calls == trajectory["steps"].shape[0] == reference["steps"].shape[0]
+    assert (trajectory["steps"][-1] == reference["steps"][-1].numpy()).all()
