@@ -140,12 +140,9 @@ def lower_target(structured: str | Path, out: str | Path, target: str, pipeline:
     progress(f"running pipeline {pipeline}")
     if target == "onnx":
         lowered = passes.lower_onnx(structured, out, pipeline, strip=strip, chunk=chunk, dump_after=dump_after)
-        return Lowered([p for p in (lowered.static_path, lowered.step_path, lowered.chunk_path) if p],
-                       time.perf_counter() - started)
+        return Lowered(list(lowered.graphs.values()), time.perf_counter() - started)
     dumped = Path(out).with_name(Path(out).name + ".onnx") if dump_after else work / "static.onnx"
-    lowered = passes.lower_onnx(structured, dumped, pipeline, strip=strip, chunk=chunk, dump_after=dump_after)
-    graphs = {"static": lowered.static_path, "step": lowered.step_path}
-    graphs |= {"chunk": lowered.chunk_path} if lowered.chunk_path else {}
+    graphs = passes.lower_onnx(structured, dumped, pipeline, strip=strip, chunk=chunk, dump_after=dump_after).graphs
     progress(f"lowering to {target}")
     if target == "mlx":
         from targets.mlx import lower_mlx

@@ -54,6 +54,12 @@ class LoweredModel:
     chunk_path: Path | None  # chunk-budget k, when asked for
     seconds: float
 
+    @property
+    def graphs(self) -> dict[str, Path]:
+        """{"static": …, "step": …} and "chunk" when there is one: what target lowerings take."""
+        return {"static": self.static_path, "step": self.step_path} | (
+            {"chunk": self.chunk_path} if self.chunk_path else {})
+
 
 def describe(name: str) -> str:
     """The first line of a pass's docstring (for `hrmc passes`)."""

@@ -495,16 +495,14 @@ class CoreMLExecutor(Executor):
         self.onnx_model = Path(onnx_model) if onnx_model else None
 
     def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
-        from passes import lower_onnx
-        from targets.onnx import structured_source
+        from targets.onnx import lowered_source
 
         self.policy, self.budget = policy, resolve_budget(model, policy, budget)
         self._folder = tempfile.TemporaryDirectory(prefix="hrmc-coreml-")
-        work = Path(self._folder.name)
-        structured = structured_source(self.onnx_model, work, model, policy, self.budget, batch)
-        lowered = lower_onnx(structured, work / "static.onnx", "mlx", chunk=self.chunk)
-        self.graphs, self.packages = {"static": lowered.static_path, "step": lowered.step_path}, {}
-        self.graphs["chunk"] = lowered.chunk_path or lowered.step_path
+        structured, self.graphs = lowered_source(self.onnx_model, Path(self._folder.name), model, policy, self.budget,
+                                                 batch, "mlx", self.chunk)
+        self.graphs.setdefault("chunk", self.graphs["step"])
+        self.packages: dict[str, Path] = {}
         self.start = carry_arrays(initial_carry(model, batch))
         self.size, self.source = next(iter(batch.values())).shape[0], structured.name
         self.on_macos = platform.system() == "Darwin"

@@ -454,16 +454,12 @@ class MlxExecutor(Executor):
             self.name = "mlx-chunked"
 
     def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
-        from passes import lower_onnx
-        from targets.onnx import structured_source
+        from targets.onnx import lowered_source
 
         self.policy, self.budget = policy, resolve_budget(model, policy, budget)
         self._folder = tempfile.TemporaryDirectory(prefix="hrmc-mlx-")
         work = Path(self._folder.name)
-        structured = structured_source(self.onnx_model, work, model, policy, self.budget, batch)
-        lowered = lower_onnx(structured, work / "static.onnx", "mlx", chunk=self.chunk)
-        graphs = {"static": lowered.static_path, "step": lowered.step_path}
-        graphs |= {"chunk": lowered.chunk_path} if lowered.chunk_path else {}
+        structured, graphs = lowered_source(self.onnx_model, work, model, policy, self.budget, batch, "mlx", self.chunk)
         lower_mlx(graphs, work / "mlx", structured.name)
         self.config, self.graphs = load_package(work / "mlx")
         self.start = carry_arrays(initial_carry(model, batch))

@@ -60,6 +60,15 @@ def structured_source(onnx_model: Path | None, folder: Path, model: HRM, policy:
     return path
 
 
+def lowered_source(onnx_model: Path | None, work: Path, model: HRM, policy: str, budget: int, batch: Batch,
+                   pipeline: str, chunk: int | None = None) -> tuple[Path, dict[str, Path]]:
+    """The structured source (given or exported into `work`) and its graphs after `pipeline`, for a target."""
+    from passes import lower_onnx  # onnx-ir loads only when asked for
+
+    structured = structured_source(onnx_model, work, model, policy, budget, batch)
+    return structured, lower_onnx(structured, work / "static.onnx", pipeline, chunk=chunk).graphs
+
+
 def run_named(graph: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return dict(zip([output.name for output in graph.get_outputs()], graph.run(None, feed)))
 
