@@ -100,10 +100,10 @@ def run_bench(model: HRM, batch: Batch, executors: list[str], *, policy: str, bu
 def format_bench(report: BenchReport) -> str:
     lines = [f"{report.machine['cpus']} CPUs, {report.machine['machine']}; float32 matmul peak "
              f"{report.peak_gflops:.1f} GFLOP/s (measured now)",
-             f"{'executor':<14}{'preset':<10}{'batch':>6}{'p50 ms':>10}{'p90 ms':>10}{'min ms':>10}{'runs':>6}"
+             f"{'executor':<16}{'model':<14}{'batch':>6}{'p50 ms':>10}{'p90 ms':>10}{'min ms':>10}{'runs':>6}"
              f"{'steps':>7}{'GFLOP/s':>10}{'of peak':>9}"]
     for row in report.rows:
-        lines.append(f"{row.executor:<14}{row.preset:<10}{row.batch:>6}{row.p50_ms:>10.2f}{row.p90_ms:>10.2f}"
+        lines.append(f"{row.executor:<16}{row.preset:<14}{row.batch:>6}{row.p50_ms:>10.2f}{row.p90_ms:>10.2f}"
                      f"{row.min_ms:>10.2f}{row.runs:>6}{row.steps:>7}{row.gflops:>10.2f}{row.of_peak:>9.1%}")
     if any(row.executor.startswith("mlx") for row in report.rows) and report.machine["system"] == "Linux":
         lines.append("note: MLX on Linux uses a reference BLAS: correctness only, not a speed figure")
