@@ -215,7 +215,11 @@ def _expand(b: Builder, n: ir.Node):
 def _reduce(function: str) -> Callable[[Builder, ir.Node], object]:
     def lower(b: Builder, n: ir.Node):
         axes = b.ints(n.inputs[1], "axes") if len(n.inputs) > 1 and n.inputs[1] is not None else None
-        return getattr(mb, function)(x=b.var(n.inputs[0]), axes=axes, keep_dims=bool(b.attr("keepdims", 1)))
+        x, keep = b.var(n.inputs[0]), bool(b.attr("keepdims", 1))
+        if x.val is not None:  # fold it here: coremltools' loader re-folds it with a numpy bool that numpy 2 refuses
+            reduce = {"reduce_min": np.min, "reduce_max": np.max, "reduce_sum": np.sum, "reduce_mean": np.mean}[function]
+            return mb.const(val=np.asarray(reduce(x.val, axis=None if axes is None else tuple(axes), keepdims=keep)))
+        return getattr(mb, function)(x=x, axes=axes, keep_dims=keep)
     return lower
 
 
