@@ -213,7 +213,7 @@ def inspect(package, as_json) -> None:
     path = Path(package)
     if path.suffix != ".mlpackage" or not path.is_dir():
         raise InputError(f"{path}: expected an .mlpackage folder (from hrmc lower --target coreml|ane)")
-    from targets.coreml import readiness
+    from targets.coreml import ANE_ALIGNMENT_BYTES, readiness
 
     report = readiness(path)
     if as_json:
@@ -224,7 +224,7 @@ def inspect(package, as_json) -> None:
     click.echo("ops: " + ", ".join(f"{op} {count}" for op, count in report["ops"].items()))
     click.echo("kept off the ANE: " + ("; ".join(f"{what} ×{count}" for what, count in report["not_on_ane"].items())
                                        or "nothing found"))
-    click.echo(f"largest activations (last axis vs the ANE's {64}-byte alignment):")
+    click.echo(f"largest activations (last axis vs the ANE's {ANE_ALIGNMENT_BYTES}-byte alignment):")
     for tensor in report["largest_tensors"]:
         click.echo(f"  {tensor['name']:<24}{str(tensor['shape']):<20}{tensor['last_axis_bytes']:>6} B  "
                    f"{'aligned' if tensor['aligned'] else 'padded'}")

@@ -59,6 +59,16 @@ def check_output(path: str | Path, suffix: str) -> Path:
     return path
 
 
+def check_output_folder(path: str | Path, suffix: str = "") -> Path:
+    """An output folder (an MLX folder, an .mlpackage): its suffix, an existing parent, no file in its place."""
+    path = check_output(path, suffix) if suffix else Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"output folder does not exist: {path.parent}")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"output {path} exists and is not a folder")
+    return path
+
+
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
@@ -78,15 +88,12 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 @contextmanager
 def atomic_folder(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; it replaces `path` (a folder) only if the block succeeds."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"output folder does not exist: {path.parent}")
-    if path.exists() and not path.is_dir():
-        raise InputError(f"output {path} exists and is not a folder")
-    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    path = check_output_folder(path)
+    # the temporary keeps the suffix: tools that check it (coremltools wants .mlpackage) can write into it
+    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=f".partial{path.suffix}", dir=path.parent))
     try:
         yield temporary
-        if path.exists():  # swap, so a failure in between never leaves no folder at all
+        if path.exists():  # a folder cannot be replaced by one rename: move the old one aside, then delete it
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / "previous")
             os.replace(temporary, path)
@@ -100,12 +107,13 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
 @dataclass(frozen=True)
 class Target:
     pipeline: str  # the pass pipeline it lowers from
-    suffix: str  # of its output ("" for a folder)
+    suffix: str  # its output's ("" for none)
+    folder: bool  # whether that output is a folder
 
 
-# coreml and ane lower the fused float32 graph; Core ML's own fp16 pass makes the ane flavour.
-TARGETS = {"onnx": Target("default", ".onnx"), "mlx": Target("mlx", ""), "coreml": Target("mlx", ".mlpackage"),
-           "ane": Target("mlx", ".mlpackage")}
+# coreml and ane lower the fused float32 graph; targets/coreml.py builds the ane flavour in float16.
+TARGETS = {"onnx": Target("default", ".onnx", folder=False), "mlx": Target("mlx", "", folder=True),
+           "coreml": Target("mlx", ".mlpackage", folder=True), "ane": Target("mlx", ".mlpackage", folder=True)}
 
 
 @dataclass(frozen=True)
@@ -115,15 +123,8 @@ class Lowered:
 
 
 def check_target_output(target: str, out: str | Path) -> Path:
-    suffix = TARGETS[target].suffix
-    if suffix:
-        return check_output(out, suffix)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output {out} exists and is not a folder (--target {target} writes a folder)")
-    if not out.parent.is_dir():
-        raise InputError(f"output folder does not exist: {out.parent}")
-    return out
+    kind = TARGETS[target]
+    return check_output_folder(out, kind.suffix) if kind.folder else check_output(out, kind.suffix)
 
 
 def size_of(path: Path) -> int:

@@ -36,6 +36,7 @@ class Executor:
     """Base class: subclasses set `name` and implement `prepare`, `step` and `run`."""
 
     name = ""
+    precision = "float32"  # "float16" executors (the ANE) are gated on PSNR in step mode
     policy: str  # set by prepare
     budget: int
 

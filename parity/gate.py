@@ -114,7 +114,7 @@ def step_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: Torch
     trajectory = reference.run(batch)
     start = initial_carry(reference.model, batch)
     mismatched = ambiguous = 0
-    half = any(getattr(executor, "precision", "float32") == "float16" for executor in (a, b))
+    half = "float16" in (a.precision, b.precision)
     atol = FP16_ATOL if half else report.atol
     for s in range(trajectory["steps"].shape[0]):
         carry = _carry_at(trajectory, start, s)

@@ -18,6 +18,7 @@ against MIL's reference semantics, not Core ML's runtime kernels: every report s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,17 +39,26 @@ from hrmc import __version__
 from hrmc.errors import InputError
 from hrmc.pipeline import atomic_folder
 from parity.executors import Arrays, Executor, carry_arrays
-from targets.host_loop import carry_feed, run_chunks, split_step
+from targets._nodes import LowerError, NodeReader, constant_array, op_key, require_static
+from targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
 
 logging.getLogger("coremltools").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", module="coremltools")
-with open(os.devnull, "w") as _quiet, __import__("contextlib").redirect_stderr(_quiet):
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """coremltools prints to stderr on import off macOS and during conversion; our reports say what matters."""
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+        yield
+
+
+with _quiet_stderr():
     import coremltools as ct  # prints "Failed to load _MLModelProxy" lines off macOS
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil import Function, Program
     from coremltools.converters.mil.mil import types as mil_types
 
-INT64_MAX = 2**62
 MIL_DTYPES = {ir.DataType.FLOAT: "fp32", ir.DataType.FLOAT16: "fp16", ir.DataType.INT64: "int32",
               ir.DataType.INT32: "int32", ir.DataType.BOOL: "bool"}
 IO_DTYPES = {ir.DataType.FLOAT: mil_types.fp32, ir.DataType.FLOAT16: mil_types.fp32, ir.DataType.INT64: mil_types.int32,
@@ -69,15 +79,12 @@ FLAVOURS = {"coreml": Flavour("fp32", ct.ComputeUnit.CPU_ONLY, "float32, CPU_ONL
             "ane": Flavour("fp16", ct.ComputeUnit.CPU_AND_NE, "float16, CPU_AND_NE")}
 
 
-class LowerError(InputError):
-    """A graph the Core ML lowering cannot take: names the node and the op."""
-
-
-class Builder:
+class Builder(NodeReader):
     """Maps one ONNX graph's nodes to MIL ops inside the current Function; `env` holds the MIL vars."""
 
     def __init__(self, source: str, float_type: str = "fp32") -> None:
-        self.source, self.env, self.node = source, {}, None
+        super().__init__(source)
+        self.env = {}
         self.float_type = float_type
         self.float_dtype = np.float16 if float_type == "fp16" else np.float32
 
@@ -90,46 +97,25 @@ class Builder:
         array = _mil_array(array)
         return array.astype(self.float_dtype) if array.dtype.kind == "f" else array
 
-    def fail(self, message: str) -> LowerError:
-        return LowerError(f"{self.source}: node {self.node.name!r} ({self.node.op_type}): {message}")
-
     def const(self, value: ir.Value | None) -> np.ndarray | None:
-        if value is None:
-            return None
-        producer = value.producer()
-        if value.const_value is None and producer is not None and producer.op_type == "Constant":
-            return producer.attributes["value"].value.numpy()
-        if value.const_value is not None:
-            return value.const_value.numpy()
+        """Constants of the graph, and values MIL inferred while building (shapes at the fixed batch)."""
+        array = constant_array(value)
+        if array is not None or value is None:
+            return array
         var = self.env.get(value.name)
-        return None if var is None or var.val is None else np.asarray(var.val)  # value-inferred (shapes)
+        return None if var is None or var.val is None else np.asarray(var.val)
 
     def var(self, value: ir.Value):
-        array = self.const(value)
-        if value.name in self.env:
-            return self.env[value.name]
-        if array is None:
-            raise self.fail(f"input {value.name!r} is not defined")
-        # one const per initializer, however many unrolled steps read it: weights are never copied
-        self.env[value.name] = mb.const(val=self.array(array))
+        if value.name not in self.env:
+            array = constant_array(value)
+            if array is None:
+                raise self.fail(f"input {value.name!r} is not defined")
+            # one const per initializer, however many unrolled steps read it: weights are never copied
+            self.env[value.name] = mb.const(val=self.array(array))
         return self.env[value.name]
 
-    def ints(self, value: ir.Value | None, what: str) -> list[int]:
-        array = self.const(value)
-        if array is None:
-            raise self.fail(f"{what} must be a constant")
-        return [int(v) for v in np.ravel(array)]
-
-    def attr(self, name: str, default=None):
-        attribute = self.node.attributes.get(name)
-        return default if attribute is None else attribute.value
-
-    def rank(self, value: ir.Value) -> int:
-        return self.var(value).rank
-
     def emit(self, node: ir.Node) -> None:
-        self.node = node
-        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        self.node, key = node, op_key(node)
         if key not in OPS:
             raise self.fail(f"no MIL lowering for op {key!r}")
         results = OPS[key](self, node)
@@ -159,15 +145,12 @@ def _div(b: Builder, n: ir.Node):
 def _slice(b: Builder, n: ir.Node):
     x = b.var(n.inputs[0])
     rank = x.rank
-    starts, ends = b.ints(n.inputs[1], "starts"), b.ints(n.inputs[2], "ends")
-    axes = b.ints(n.inputs[3], "axes") if len(n.inputs) > 3 and n.inputs[3] is not None else list(range(len(starts)))
-    steps = b.ints(n.inputs[4], "steps") if len(n.inputs) > 4 and n.inputs[4] is not None else [1] * len(starts)
     begin, end, stride = [0] * rank, [0] * rank, [1] * rank
     begin_mask, end_mask = [True] * rank, [True] * rank
-    for start, stop, axis, step in zip(starts, ends, axes, steps):
+    for start, stop, axis, step in b.slice_arguments(n):
         axis %= rank
         begin[axis], stride[axis], begin_mask[axis] = start, step, False
-        if abs(stop) < INT64_MAX:
+        if stop is not None:
             end[axis], end_mask[axis] = stop, False
     return mb.slice_by_index(x=x, begin=begin, end=end, stride=stride, begin_mask=begin_mask, end_mask=end_mask)
 
@@ -181,7 +164,7 @@ def _reshape(b: Builder, n: ir.Node):
 
 def _split(b: Builder, n: ir.Node):
     x, axis = b.var(n.inputs[0]), b.attr("axis", 0)
-    if len(n.inputs) > 1 and n.inputs[1] is not None:
+    if b.optional(n, 1) is not None:
         return mb.split(x=x, split_sizes=np.array(b.ints(n.inputs[1], "split sizes"), np.int32), axis=axis)
     return mb.split(x=x, num_splits=len(n.outputs), axis=axis)
 
@@ -190,13 +173,13 @@ def _gemm(b: Builder, n: ir.Node):
     if b.attr("alpha", 1.0) != 1.0 or b.attr("beta", 1.0) != 1.0 or b.attr("transA", 0):
         raise b.fail("only Gemm with alpha = beta = 1 and no transA is mapped")
     y = mb.matmul(x=b.var(n.inputs[0]), y=b.var(n.inputs[1]), transpose_y=bool(b.attr("transB", 0)))
-    return y if len(n.inputs) < 3 or n.inputs[2] is None else mb.add(x=y, y=b.var(n.inputs[2]))
+    return y if b.optional(n, 2) is None else mb.add(x=y, y=b.var(n.inputs[2]))
 
 
 def _pad(b: Builder, n: ir.Node):
     pads = b.ints(n.inputs[1], "pads")
     half = len(pads) // 2
-    fill = b.const(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None else 0.0
+    fill = b.const(n.inputs[2]) if b.optional(n, 2) is not None else 0.0
     pairs = [v for axis in range(half) for v in (pads[axis], pads[half + axis])]
     x = b.var(n.inputs[0])
     fill = b.scalar(float(fill)) if mil_types.is_float(x.dtype) else np.int32(fill)
@@ -214,7 +197,7 @@ def _expand(b: Builder, n: ir.Node):
 
 def _reduce(function: str) -> Callable[[Builder, ir.Node], object]:
     def lower(b: Builder, n: ir.Node):
-        axes = b.ints(n.inputs[1], "axes") if len(n.inputs) > 1 and n.inputs[1] is not None else None
+        axes = None if b.optional(n, 1) is None else b.ints(n.inputs[1], "axes")
         x, keep = b.var(n.inputs[0]), bool(b.attr("keepdims", 1))
         if x.val is not None:  # fold it here: coremltools' loader re-folds it with a numpy bool that numpy 2 refuses
             reduce = {"reduce_min": np.min, "reduce_max": np.max, "reduce_sum": np.sum, "reduce_mean": np.mean}[function]
@@ -293,10 +276,7 @@ def build_program(model: ir.Model, batch: int, source: str, float_type: str = "f
     and from `float_type` inside.
     """
     graph = model.graph
-    for node in graph:
-        if node.op_type in ("Loop", "If", "Scan"):
-            raise LowerError(f"{source}: node {node.name!r} is a {node.op_type}: the Core ML lowering takes a static "
-                             "graph (lower with a pipeline first)")
+    require_static(graph, source, "Core ML")
     specs = {}
     for value in graph.inputs:
         dims = [batch if not isinstance(d, int) else d for d in value.shape]
@@ -328,6 +308,7 @@ class CoreMLPackage:
     path: Path
     flavour: str
     batch: int
+    bool_outputs: tuple[str, ...]  # bool in the ONNX graph, int32 in the package (Core ML I/O has no bool)
 
 
 def lower_coreml(graph: Path, out: str | Path, flavour: str, batch: int, source: str) -> CoreMLPackage:
@@ -335,7 +316,7 @@ def lower_coreml(graph: Path, out: str | Path, flavour: str, batch: int, source:
     model = ir.load(str(graph))
     chosen = FLAVOURS[flavour]
     program = build_program(model, batch, f"{source} ({graph.name})", chosen.float_type)
-    with open(os.devnull, "w") as quiet, __import__("contextlib").redirect_stderr(quiet):
+    with _quiet_stderr():
         package = ct.convert(program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT32,
                              compute_units=chosen.compute_units, minimum_deployment_target=ct.target.iOS17,
                              pass_pipeline=ct.PassPipeline.EMPTY)
@@ -349,12 +330,10 @@ def lower_coreml(graph: Path, out: str | Path, flavour: str, batch: int, source:
     for value in model.graph.outputs:
         package.output_description[value.name] = f"{value.name} ({value.dtype.name.lower()} in the ONNX graph)"
     with atomic_folder(out) as temporary:
-        package.save(str(temporary / "model.mlpackage"))
-        _make_reproducible(temporary / "model.mlpackage")
-        os.replace(temporary / "model.mlpackage", Path(str(temporary) + ".ready"))
-        os.rmdir(temporary)
-        os.replace(Path(str(temporary) + ".ready"), temporary)
-    return CoreMLPackage(Path(out), flavour, batch)
+        package.save(str(temporary))
+        _make_reproducible(temporary)
+    bools = tuple(value.name for value in model.graph.outputs if value.dtype == ir.DataType.BOOL)
+    return CoreMLPackage(Path(out), flavour, batch, bools)
 
 
 def _make_reproducible(package: Path) -> None:
@@ -455,14 +434,17 @@ FALLBACK: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
-def replay(package: str | Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run the saved package's MIL program op by op with numpy values (MIL reference semantics)."""
+def saved_program(package: str | Path) -> Function:
+    """The main function of the MIL program a saved package holds, read back from its files."""
     from coremltools.converters.mil.frontend.milproto.load import load as load_milproto
 
     model = ct.models.MLModel(str(package), skip_model_load=True)
     spec = model.get_spec()
-    program = load_milproto(spec, spec.specificationVersion, model.weights_dir)
-    main = program.functions["main"]
+    return load_milproto(spec, spec.specificationVersion, model.weights_dir).functions["main"]
+
+
+def replay(main: Function, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a saved program's main function op by op with numpy values (MIL reference semantics)."""
     values = {name: _mil_array(feed[name]) for name in main.inputs}
     with Function({}, opset_version=main.opset_version):
         for op in main.operations:
@@ -506,45 +488,39 @@ class CoreMLExecutor(Executor):
         structured, self.graphs = lowered_source(self.onnx_model, Path(self._folder.name), model, policy, self.budget,
                                                  batch, "mlx", self.chunk)
         self.graphs.setdefault("chunk", self.graphs["step"])
-        self.packages: dict[str, Path] = {}
+        self.packages: dict[str, CoreMLPackage] = {}
+        self.loaded: dict[str, object] = {}  # each package is loaded once (an MLModel, or its MIL program), not per call
         self.start = carry_arrays(initial_carry(model, batch))
         self.size, self.source = next(iter(batch.values())).shape[0], structured.name
         self.on_macos = platform.system() == "Darwin"
 
-    def package(self, kind: str) -> Path:
+    def package(self, kind: str) -> CoreMLPackage:
         """Each package is built when first needed: step mode never converts the whole inference."""
         if kind not in self.packages:
             path = Path(self._folder.name) / f"{kind}.mlpackage"
-            self.packages[kind] = lower_coreml(self.graphs[kind], path, self.flavour, self.size, self.source).path
+            self.packages[kind] = lower_coreml(self.graphs[kind], path, self.flavour, self.size, self.source)
         return self.packages[kind]
 
     def call(self, kind: str, feed: dict[str, np.ndarray]) -> Arrays:
+        """Run one package on numpy inputs; outputs come back with the ONNX graph's types."""
+        package = self.package(kind)
         feed = {name: (value.astype(np.int32) if value.dtype in (np.int64, np.bool_) else value)
                 for name, value in feed.items()}
-        if self.on_macos:
-            package = ct.models.MLModel(str(self.package(kind)), compute_units=FLAVOURS[self.flavour].compute_units)
-            return package.predict(feed)
-        return replay(self.package(kind), feed)
+        if kind not in self.loaded:
+            self.loaded[kind] = (ct.models.MLModel(str(package.path), compute_units=FLAVOURS[self.flavour].compute_units)
+                                 if self.on_macos else saved_program(package.path))
+        values = self.loaded[kind].predict(feed) if self.on_macos else replay(self.loaded[kind], feed)
+        return {name: value.astype(bool) if name in package.bool_outputs else value for name, value in values.items()}
 
     def step(self, carry: Carry, batch: Batch) -> Arrays:
-        values = split_step(self.call("step", carry_feed(carry, batch)), chunked=True)
-        values["halted"] = values["halted"].astype(bool)
-        return values
+        return split_step(self.call("step", carry_feed(carry, batch)), chunked=True)
 
     def run(self, batch: Batch) -> Arrays:
         if self.chunk is not None:
-            def call(feed: dict[str, np.ndarray]) -> Arrays:
-                values = self.call("chunk", feed)
-                for name in ("halted_next", "halted_per_step"):
-                    values[name] = values[name].astype(bool)
-                return values
-
-            trajectory, self.graph_calls = run_chunks(call, self.start, batch, self.chunk)
+            trajectory, self.graph_calls = run_chunks(lambda feed: self.call("chunk", feed), self.start, batch,
+                                                      self.chunk)
             return trajectory
-        values = self.call("static", {name: value.numpy() for name, value in batch.items()})
-        steps_run = int(values.pop("steps_run"))
-        values["halted"] = values["halted"].astype(bool)
-        return {name: np.asarray(value)[:steps_run] for name, value in values.items()}
+        return until_steps_run(self.call("static", {name: value.numpy() for name, value in batch.items()}))
 
     def describe(self) -> str:
         how = "Core ML predict" if platform.system() == "Darwin" else LABEL
@@ -554,4 +530,4 @@ class CoreMLExecutor(Executor):
 
 
 __all__ = ["FLAVOURS", "LABEL", "OPS", "CoreMLExecutor", "CoreMLPackage", "LowerError", "lower_coreml", "op_counts",
-           "readiness", "replay"]
+           "readiness", "replay", "saved_program"]

@@ -37,6 +37,12 @@ def split_step(values: Arrays, chunked: bool) -> Arrays:
     return outputs
 
 
+def until_steps_run(values: Arrays) -> Arrays:
+    """The whole-inference graph's per-step outputs [budget, …], cut to the `steps_run` it reports."""
+    steps_run = int(values.pop("steps_run"))
+    return {name: np.asarray(value)[:steps_run] for name, value in values.items()}
+
+
 def run_chunks(call: ChunkCall, start: Arrays, batch: Batch, chunk: int) -> tuple[Arrays, int]:
     """Call the k-step graph until every sample has halted; returns the trajectory and the number of calls.
 

@@ -38,10 +38,10 @@ from hrmc import __version__
 from hrmc.errors import InputError
 from hrmc.pipeline import atomic_folder
 from parity.executors import Arrays, Executor, carry_arrays
-from targets.host_loop import carry_feed, run_chunks, split_step
+from targets._nodes import LowerError, NodeReader, op_key, require_static
+from targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
 
 MODULE, WEIGHTS, CONFIG = "hrm_mlx.py", "weights.safetensors", "config.json"
-INT64_MAX = 2**62  # ONNX writes "to the end" as INT64_MAX
 DTYPES = {ir.DataType.FLOAT: "float32", ir.DataType.FLOAT16: "float16", ir.DataType.BFLOAT16: "bfloat16",
           ir.DataType.INT64: "int64", ir.DataType.INT32: "int32", ir.DataType.INT8: "int8",
           ir.DataType.UINT8: "uint8", ir.DataType.UINT32: "uint32", ir.DataType.UINT16: "uint16",
@@ -49,10 +49,6 @@ DTYPES = {ir.DataType.FLOAT: "float32", ir.DataType.FLOAT16: "float16", ir.DataT
 CLASSES = {"static": ("Inference", "The whole inference: `budget` masked ACT steps."),
            "step": ("Step", "One ACT step, with the carry in and out (chunk-budget 1)."),
            "chunk": ("Chunk", "A chunk of ACT steps, with the carry in and out (for a host loop).")}
-
-
-class LowerError(InputError):
-    """A graph the MLX lowering cannot take: names the node and the op."""
 
 
 @dataclass
@@ -70,18 +66,15 @@ class WeightStore:
         return self.by_digest[digest]
 
 
-class Emitter:
+class Emitter(NodeReader):
     """Turns one graph into the body of a `__call__`: names, constants, and one line per node."""
 
-    def __init__(self, graph: ir.Graph, weights: WeightStore, source: str) -> None:
-        self.graph, self.weights, self.source = graph, weights, source
+    def __init__(self, weights: WeightStore, source: str) -> None:
+        super().__init__(source)
+        self.weights = weights
         self.names: dict[ir.Value, str] = {}
         self.host: set[ir.Value] = set()  # values computed with numpy at trace time (shapes)
         self.ns = "mx"
-        self.node: ir.Node | None = None
-
-    def fail(self, message: str) -> LowerError:
-        return LowerError(f"{self.source}: node {self.node.name!r} ({self.node.op_type}): {message}")
 
     def name(self, value: ir.Value) -> str:
         if value not in self.names:
@@ -92,17 +85,6 @@ class Emitter:
                 identifier += "_"
             self.names[value] = identifier
         return self.names[value]
-
-    @staticmethod
-    def const(value: ir.Value | None) -> np.ndarray | None:
-        """The value's array if it is an initializer or a Constant node's output, else None."""
-        if value is None:
-            return None
-        producer = value.producer()
-        if value.const_value is None and producer is not None and producer.op_type == "Constant":
-            attribute = producer.attributes.get("value")
-            return None if attribute is None else attribute.value.numpy()
-        return None if value.const_value is None else value.const_value.numpy()
 
     def arg(self, value: ir.Value) -> str:
         """How the node being emitted refers to `value` (numpy for host nodes, MLX otherwise)."""
@@ -115,21 +97,11 @@ class Emitter:
             return f"mx.array({self.name(value)})"
         return self.name(value)
 
-    def ints(self, value: ir.Value | None, what: str) -> list[int]:
-        array = self.const(value)
-        if array is None:
-            raise self.fail(f"{what} must be a constant")
-        return [int(v) for v in np.ravel(array)]
-
     def shape(self, value: ir.Value, what: str) -> str:
         """A shape argument as a Python tuple expression: a constant, or a host (shape-derived) value."""
         if value in self.host:
             return f"tuple(int(d) for d in {self.name(value)})"
         return repr(tuple(self.ints(value, what)))
-
-    def attr(self, name: str, default=None):
-        attribute = self.node.attributes.get(name)
-        return default if attribute is None else attribute.value
 
     def dtype(self, code) -> str:
         if ir.DataType(code) not in DTYPES:
@@ -137,8 +109,7 @@ class Emitter:
         return f"{self.ns}.{DTYPES[ir.DataType(code)]}"
 
     def emit(self, node: ir.Node) -> str:
-        self.node = node
-        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        self.node, key = node, op_key(node)
         if key not in OPS:
             raise self.fail(f"no MLX mapping for op {key!r}")
         inputs = [v for v in node.inputs if v is not None]
@@ -162,7 +133,7 @@ def _unary(function: str) -> Callable[[Emitter, ir.Node], str]:
 
 def _reduce(function: str) -> Callable[[Emitter, ir.Node], str]:
     def emit(e: Emitter, n: ir.Node) -> str:
-        axes = e.ints(n.inputs[1], "axes") if len(n.inputs) > 1 and n.inputs[1] is not None else None
+        axes = None if e.optional(n, 1) is None else e.ints(n.inputs[1], "axes")
         if axes is None and e.attr("noop_with_empty_axes", 0):
             return e.arg(n.inputs[0])
         return f"{e.ns}.{function}({e.arg(n.inputs[0])}, axis={axes and tuple(axes)!r}, keepdims={bool(e.attr('keepdims', 1))})"
@@ -170,18 +141,18 @@ def _reduce(function: str) -> Callable[[Emitter, ir.Node], str]:
 
 
 def _slice(e: Emitter, n: ir.Node) -> str:
-    starts, ends = e.ints(n.inputs[1], "starts"), e.ints(n.inputs[2], "ends")
+    slices = e.slice_arguments(n)
     rank = n.inputs[0].shape.rank() if n.inputs[0].shape is not None else None
-    axes = e.ints(n.inputs[3], "axes") if len(n.inputs) > 3 and n.inputs[3] is not None else list(range(len(starts)))
-    steps = e.ints(n.inputs[4], "steps") if len(n.inputs) > 4 and n.inputs[4] is not None else [1] * len(starts)
-    if rank is None and any(a >= 0 for a in axes) and any(a < 0 for a in axes):
+    if rank is not None:  # count every axis from the front
+        slices = [(start, end, axis % rank, step) for start, end, axis, step in slices]
+    axes = [axis for _, _, axis, _ in slices]
+    if any(a >= 0 for a in axes) and any(a < 0 for a in axes):
         raise e.fail("mixed positive and negative axes on an input of unknown rank")
     negative = all(a < 0 for a in axes)
     width = -min(axes) if negative else max(axes) + 1
     index = [":"] * width
-    for start, end, axis, step in zip(starts, ends, axes, steps):
-        end_text = "" if abs(end) >= INT64_MAX else str(end)
-        index[axis] = f"{start}:{end_text}" + (f":{step}" if step != 1 else "")
+    for start, end, axis, step in slices:
+        index[axis] = f"{start}:{'' if end is None else end}" + (f":{step}" if step != 1 else "")
     return f"{e.arg(n.inputs[0])}[{'..., ' if negative else ''}{', '.join(index)}]"
 
 
@@ -197,7 +168,7 @@ def _reshape(e: Emitter, n: ir.Node) -> str:
 
 def _split(e: Emitter, n: ir.Node) -> str:
     axis = e.attr("axis", 0)
-    if len(n.inputs) > 1 and n.inputs[1] is not None:
+    if e.optional(n, 1) is not None:
         sizes = e.ints(n.inputs[1], "split sizes")
         return f"{e.ns}.split({e.arg(n.inputs[0])}, {list(np.cumsum(sizes)[:-1].tolist())!r}, axis={axis})"
     return f"{e.ns}.split({e.arg(n.inputs[0])}, {len(n.outputs)}, axis={axis})"
@@ -209,18 +180,18 @@ def _gemm(e: Emitter, n: ir.Node) -> str:
     product = f"{e.ns}.matmul({a}, {b})"
     alpha, beta = e.attr("alpha", 1.0), e.attr("beta", 1.0)
     product = product if alpha == 1.0 else f"{product} * {alpha!r}"
-    if len(n.inputs) < 3 or n.inputs[2] is None:
+    if e.optional(n, 2) is None:
         return product
     bias = e.arg(n.inputs[2])
     return f"{product} + {bias}" if beta == 1.0 else f"{product} + {beta!r} * {bias}"
 
 
 def _pad(e: Emitter, n: ir.Node) -> str:
-    if e.attr("mode", "constant") != "constant" or (len(n.inputs) > 3 and n.inputs[3] is not None):
+    if e.attr("mode", "constant") != "constant" or e.optional(n, 3) is not None:
         raise e.fail("only constant padding of every axis is mapped")
     pads = e.ints(n.inputs[1], "pads")
     widths = list(zip(pads[: len(pads) // 2], pads[len(pads) // 2:]))
-    fill = e.const(n.inputs[2]).item() if len(n.inputs) > 2 and n.inputs[2] is not None else 0
+    fill = e.const(n.inputs[2]).item() if e.optional(n, 2) is not None else 0
     return f"{e.ns}.pad({e.arg(n.inputs[0])}, {widths!r}, constant_values={fill!r})"
 
 
@@ -349,11 +320,8 @@ def load(folder=HERE):
 def emit_class(kind: str, model: ir.Model, weights: WeightStore, source: str) -> str:
     name, doc = CLASSES[kind]
     graph = model.graph
-    for node in graph:
-        if node.op_type in ("Loop", "If", "Scan"):
-            raise LowerError(f"{source}: node {node.name!r} is a {node.op_type}: the MLX lowering takes a static "
-                             "graph (lower with `--pipeline mlx` first)")
-    emitter = Emitter(graph, weights, source)
+    require_static(graph, source, "MLX")
+    emitter = Emitter(weights, source)
     arguments = ", ".join(emitter.name(v) for v in graph.inputs)
     lines = [emitter.emit(node) for node in graph]
     outputs = ", ".join(f'"{v.name}": {emitter.arg(v)}' for v in graph.outputs)
@@ -376,7 +344,7 @@ import sys, numpy as np, mlx.core as mx
 sys.path.insert(0, "{folder}")
 import hrm_mlx
 config, graphs = hrm_mlx.load()          # {{"inference": …, "step": …{chunk}}}, each compiled
-batch = {{"inputs": mx.array(np.zeros((1, {seq_len}), np.{token_dtype})), "puzzle_identifiers": mx.zeros((1,), mx.int32)}}
+batch = {{{batch}}}
 outputs = graphs["inference"](**batch)   # {outputs}
 ```
 
@@ -401,7 +369,7 @@ def lower_mlx(graphs: dict[str, Path], folder: str | Path, source: str) -> MlxPa
     models = {kind: ir.load(str(path)) for kind, path in graphs.items()}
     static = models["static"]
     meta = {key.removeprefix("hrmc."): value for key, value in static.metadata_props.items()}
-    title = f"HRM ({json.loads(meta.get('config', '{}')).get('name', 'model')}) for MLX"
+    title = f"HRM ({meta.get('source', 'model')}) for MLX"
     code = HEADER.format(title=title, version=__version__, source=source)
     code += "".join(emit_class(kind, model, weights, f"{source} ({kind} graph)") for kind, model in models.items())
     modules = ", ".join(f'"{CLASSES[k][0].lower()}": {CLASSES[k][0]}(weights)' for k in models)
@@ -414,12 +382,17 @@ def lower_mlx(graphs: dict[str, Path], folder: str | Path, source: str) -> MlxPa
         compile(code, MODULE, "exec")  # a generator bug shows here, not in the user's process
         mx.save_safetensors(str(temporary / WEIGHTS), {k: mx.array(v) for k, v in weights.arrays.items()})
         (temporary / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
-        first = next(iter(static.graph.inputs))
         (temporary / "README.md").write_text(README.format(
-            title=title, version=__version__, folder=Path(folder).resolve(), seq_len=first.shape[-1],
-            token_dtype=DTYPES.get(first.dtype, "int32"), chunk=', "chunk": …' if "chunk" in models else "",
+            title=title, version=__version__, folder=Path(folder).resolve(), batch=_example_batch(static.graph),
+            chunk=', "chunk": …' if "chunk" in models else "",
             outputs=", ".join(v.name for v in static.graph.outputs), budget=meta.get("budget"), policy=meta.get("policy")))
     return MlxPackage(Path(folder), sum(a.nbytes for a in weights.arrays.values()), tuple(models))
+
+
+def _example_batch(graph: ir.Graph) -> str:
+    """The README's example inputs: zeros of every graph input's shape and type, at batch 1."""
+    return ", ".join(f'"{value.name}": mx.zeros({tuple(d if isinstance(d, int) else 1 for d in value.shape)!r}, '
+                     f"mx.{DTYPES.get(value.dtype, 'float32')})" for value in graph.inputs)
 
 
 def _json(text: str):
@@ -480,8 +453,7 @@ class MlxExecutor(Executor):
                                                       self.chunk)
             return trajectory
         values = self.call("inference", {name: value.numpy() for name, value in batch.items()})
-        steps_run = int(values.pop("steps_run"))
-        return {name: value[:steps_run] for name, value in values.items()}
+        return until_steps_run(values)
 
     def describe(self) -> str:
         import mlx.core as mx

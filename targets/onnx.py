@@ -24,7 +24,7 @@ from hrm_ref.act import initial_carry, resolve_budget
 from hrmc.errors import InputError
 from lowering.export import export_onnx, read_metadata, step_path_for, weights_sha256
 from parity.executors import Arrays, Executor, carry_arrays
-from targets.host_loop import carry_feed, run_chunks, split_step
+from targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -98,8 +98,7 @@ class OnnxExecutor(Executor):
 
     def run(self, batch: Batch) -> Arrays:
         values = run_named(self.act, {name: value.numpy() for name, value in batch.items()})
-        steps_run = int(values.pop("steps_run"))
-        return {name: np.asarray(value)[:steps_run] for name, value in values.items()}
+        return until_steps_run(values)
 
     def describe(self) -> str:
         return f"{self.name} ({self.path.name}: {self.kind}, onnxruntime {ort.__version__}, CPU)"

@@ -19,9 +19,12 @@ shapes = st.fixed_dictionaries({"batch": st.integers(1, 3), "seq": st.integers(1
                                 "seed": st.integers(0, 2**16)})
 
 
-def feed_for(model: ir.Model, seed: int) -> dict[str, np.ndarray]:
-    shape = [int(d) for d in model.graph.inputs[0].shape]
-    return {"x": np.random.default_rng(seed).standard_normal(shape).astype(np.float32)}
+def block_with_reference(shape: dict) -> tuple[ir.Model, dict[str, np.ndarray], np.ndarray]:
+    """A random block, a seeded input for it, and its output before any pass."""
+    model = block_model(**shape)
+    dims = [int(d) for d in model.graph.inputs[0].shape]
+    feed = {"x": np.random.default_rng(shape["seed"]).standard_normal(dims).astype(np.float32)}
+    return model, feed, execute(model, feed)[0]
 
 
 def psnr(reference: np.ndarray, value: np.ndarray) -> float:
@@ -32,9 +35,7 @@ def psnr(reference: np.ndarray, value: np.ndarray) -> float:
 @settings(max_examples=8, deadline=None)
 @given(shape=shapes)
 def test_fuse_marks_every_pattern_and_computes_the_same(shape) -> None:
-    model = block_model(**shape)
-    feed = feed_for(model, shape["seed"])
-    before = execute(model, feed)[0]
+    model, feed, before = block_with_reference(shape)
     assert FusePass()(model).modified
     fused = collections.Counter(n.op_type for n in model.graph if n.domain == DOMAIN)
     assert fused == {"RMSNorm": 2, "Rope": 2, "Attention": 1, "SwiGLU": 1}
@@ -51,12 +52,8 @@ def test_fuse_leaves_a_graph_without_the_patterns_alone() -> None:
 def test_rope_with_other_slices_is_not_fused() -> None:
     """A rotation that is not [D/2:], [:D/2] must stay as it is."""
     model = block_model(1, 3, 1, 4, 4, seed=1)
-    half = model.graph.initializers.get("half") or next(n for n in model.graph if n.outputs[0].name == "half")
-    target = half if isinstance(half, ir.Value) else half.outputs[0]
-    if target.const_value is not None:
-        target.const_value = ir.tensor(np.array([1], np.int64))
-    else:
-        half.attributes["value"] = ir.AttrTensor("value", ir.tensor(np.array([1], np.int64)))
+    half = next(node for node in model.graph if node.outputs[0].name == "half")  # a Constant node in block_model
+    half.attributes["value"] = ir.AttrTensor("value", ir.tensor(np.array([1], np.int64)))
     FusePass()(model)
     assert "Rope" not in {n.op_type for n in model.graph if n.domain == DOMAIN}
 
@@ -64,9 +61,7 @@ def test_rope_with_other_slices_is_not_fused() -> None:
 @settings(max_examples=6, deadline=None)
 @given(shape=shapes)
 def test_fp16_keeps_the_interface_and_stays_close(shape) -> None:
-    model = block_model(**shape)
-    feed = feed_for(model, shape["seed"])
-    before = execute(model, feed)[0]
+    model, feed, before = block_with_reference(shape)
     FusePass()(model)
     Float16Pass()(model)
     assert model.graph.inputs[0].dtype == model.graph.outputs[0].dtype == ir.DataType.FLOAT
