@@ -282,6 +282,9 @@ def build_program(model: ir.Model, batch: int, source: str, float_type: str = "f
         dims = [batch if not isinstance(d, int) else d for d in value.shape]
         specs[value.name] = mb.placeholder(shape=dims, dtype=IO_DTYPES[value.dtype])
     builder = Builder(source, float_type)
+    # MIL names unnamed ops from a process-wide counter (ct.convert clears it after, a replay does not):
+    # start from zero so the names, and so the package bytes, depend on this graph only
+    mb.name_count.clear()
     with Function(specs, opset_version=ct.target.iOS17) as function:
         for value in graph.inputs:
             var, inside = function.inputs[value.name], MIL_DTYPES[value.dtype]
