@@ -35,6 +35,7 @@ class Row:
     steps: int  # ACT steps the inference took
     gflops: float  # achieved, at the median
     of_peak: float  # achieved / measured matmul peak
+    dtype: str = "float32"  # the forward dtype
 
 
 @dataclass
@@ -43,6 +44,7 @@ class BenchReport:
     versions: dict
     peak_gflops: float
     rows: list[Row] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # what a backend adds (bench.cuda: per-dtype peaks, drift)
 
     def to_dict(self) -> dict:
         return asdict(self)

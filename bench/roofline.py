@@ -27,13 +27,18 @@ def flops_per_step(config: HRMConfig, batch: int, positions: int) -> int:
     return layers * per_layer + heads_flops
 
 
-def matmul_peak(size: int = 1024, seconds: float = 1.0) -> float:
-    """This machine's float32 matmul GFLOP/s, measured with torch (the best of repeated size³ products)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)  # warm up the BLAS threads
+def matmul_peak(size: int = 1024, seconds: float = 1.0, device: str = "cpu",
+                dtype: torch.dtype = torch.float32) -> float:
+    """This machine's matmul GFLOP/s on `device` in `dtype`, measured with torch (the best of repeated size³
+    products; on CUDA each product is timed to the end of its kernel)."""
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    torch.mm(a, b)  # warm up the BLAS threads or the kernel selection
+    synchronize()
     best, deadline = float("inf"), time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         started = time.perf_counter()
         torch.mm(a, b)
+        synchronize()
         best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best / 1e9

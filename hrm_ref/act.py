@@ -51,7 +51,8 @@ def batch_size(batch: Batch) -> int:
 def initial_carry(model: HRM, batch: Batch) -> Carry:
     size = batch_size(batch)
     z_H, z_L = model.inner.initial_state(size, model.inner.positions(batch))
-    return Carry(z_H, z_L, torch.zeros(size, dtype=torch.int32), torch.zeros(size, dtype=torch.bool))
+    return Carry(z_H, z_L, torch.zeros(size, dtype=torch.int32, device=z_H.device),
+                 torch.zeros(size, dtype=torch.bool, device=z_H.device))
 
 
 def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,8 @@ COUNTER_MAX = 255  # 8-bit counters saturate here and never wrap
 def dead_energy_counters(byte_ids: torch.Tensor, accumulators: int) -> torch.Tensor:
     """[B, L] bytes → [B, L, n] int32 counts of events (high − low) mod 16 == j up to each position."""
     difference = torch.remainder((byte_ids >> 4) - (byte_ids & 15), 16)
-    events = (difference.unsqueeze(-1) == torch.arange(accumulators, dtype=byte_ids.dtype)).to(torch.int32)
+    accumulator = torch.arange(accumulators, dtype=byte_ids.dtype, device=byte_ids.device)
+    events = (difference.unsqueeze(-1) == accumulator).to(torch.int32)
     return torch.cumsum(events, dim=1, dtype=torch.int32).clamp(max=COUNTER_MAX)
 
 
@@ -64,7 +65,7 @@ def encode_bytes(texts: list[str | bytes], seq_len: int) -> np.ndarray:
 def timestep_embedding(t: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
     """Sinusoidal embedding [B, dim] of integer timesteps t [B] (cos half, then sin half)."""
     half = dim // 2
-    frequencies = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=dtype) / half)
+    frequencies = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=dtype, device=t.device) / half)
     angles = t.to(dtype).unsqueeze(-1) * frequencies
     return torch.cat((angles.cos(), angles.sin()), dim=-1)
 

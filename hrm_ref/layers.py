@@ -25,11 +25,12 @@ def rms_norm(hidden_states: torch.Tensor, eps: float) -> torch.Tensor:
     return (hidden_states * torch.rsqrt(variance + eps)).to(input_dtype)
 
 
-def rotary_tables(head_dim: int, positions: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_tables(head_dim: int, positions: int, theta: float, dtype: torch.dtype,
+                  device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables [positions, head_dim] in the `cat((freqs, freqs))` layout upstream uses."""
     table_dtype = compute_dtype(dtype)
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=table_dtype) / head_dim))
-    freqs = torch.outer(torch.arange(positions, dtype=table_dtype), inv_freq)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=table_dtype, device=device) / head_dim))
+    freqs = torch.outer(torch.arange(positions, dtype=table_dtype, device=device), inv_freq)
     angles = torch.cat((freqs, freqs), dim=-1)
     return angles.cos(), angles.sin()
 
@@ -55,8 +56,9 @@ class RotaryEmbedding(nn.Module):
         self.head_dim = head_dim
         self.theta = theta
 
-    def forward(self, positions: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        return rotary_tables(self.head_dim, positions, self.theta, dtype)
+    def forward(self, positions: int, dtype: torch.dtype,
+                device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return rotary_tables(self.head_dim, positions, self.theta, dtype, device)
 
 
 class CastedLinear(nn.Module):

@@ -116,8 +116,11 @@ class HRMInner(nn.Module):
             embedding = 0.707106781 * (embedding + self.embed_pos.embedding_weight.to(self.dtype))
         return self.embed_scale * embedding
 
-    def cos_sin(self, positions: int) -> CosSin:
-        return self.rotary_emb(positions, self.dtype) if self.config.pos_encodings == "rope" else None
+    def cos_sin(self, injection: torch.Tensor) -> CosSin:
+        """RoPE tables for the injection's positions, on its device."""
+        if self.config.pos_encodings != "rope":
+            return None
+        return self.rotary_emb(injection.shape[1], self.dtype, injection.device)
 
     def initial_state(self, batch: int, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
         """z_H, z_L at the start of a puzzle: H_init / L_init at every position."""
@@ -155,7 +158,7 @@ class HRMInner(nn.Module):
                 batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """One ACT step from carry (z_H, z_L): the new z_H, z_L and the heads' outputs."""
         injection = self.input_embeddings(batch)
-        z_H, z_L = self.reason(z_H, z_L, injection, self.cos_sin(injection.shape[1]))
+        z_H, z_L = self.reason(z_H, z_L, injection, self.cos_sin(injection))
         return z_H, z_L, self.heads(z_H)
 
 

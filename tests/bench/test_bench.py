@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 import hrm_ref
+from bench.cuda import fixed_budget
 from bench.roofline import flops_per_step
+from hrm_ref.act import run
 from tests.hrmc.test_cli import assert_one_line_error, hrmc
 
 
@@ -31,3 +35,13 @@ def test_flops_per_step_counts_the_sudoku_arch() -> None:
 def test_bench_refuses_an_unknown_executor(capsys) -> None:
     code, _, err = hrmc(capsys, "bench", "--executors", "torch,gpu")
     assert_one_line_error(code, err, "unknown executor gpu")
+
+
+def test_the_cuda_graph_schedule_is_the_reference_run(tiny) -> None:
+    """bench.cuda times `fixed_budget` (no host sync) for the static row: it must compute what `run` does."""
+    batch = hrm_ref.random_batch(tiny.config, 3, seed=1)
+    with torch.no_grad():
+        reference = run(tiny, batch, "max-steps", 8)
+        fixed = fixed_budget(tiny, batch, "max-steps", 8)
+    assert torch.equal(fixed["logits"], reference["logits"][-1]) and torch.equal(fixed["z_H"], reference["z_H"][-1])
+    assert fixed["steps"].tolist() == [8, 8, 8]
