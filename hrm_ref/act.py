@@ -31,12 +31,15 @@ class Carry:
 
 
 def resolve_budget(model: HRM, policy: str, budget: int | None) -> int:
-    """The ACT step budget for `policy`: --budget, else halt_max_steps; 1 for a model without ACT."""
+    """The ACT step budget for `policy`: --budget, else halt_max_steps (a controller: eval_segments);
+    1 for a model without ACT, except a controller, which still runs its segments."""
     if policy not in POLICIES:
         raise InputError(f"unknown halting policy {policy!r}: choose one of {', '.join(POLICIES)}")
-    if not model.config.act:
-        if policy == "q-halt" or (budget or 1) != 1:
-            raise InputError("this model has no ACT (fixed N×T mode): it runs one step, without --policy q-halt or --budget")
+    if not model.config.act and policy == "q-halt":
+        raise InputError("this model has no ACT q head: it cannot halt with --policy q-halt")
+    if not model.config.act and model.config.input_mode != "hidden":  # a controller without ACT runs its segments
+        if (budget or 1) != 1:
+            raise InputError("this model has no ACT (fixed N×T mode): it runs one step, without --budget")
         return 1
     budget = model.config.halt_max_steps if budget is None else budget
     if budget < 1:

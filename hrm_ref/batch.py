@@ -1,7 +1,9 @@
 """Model inputs: read from an npz file, or a seeded random batch; validated against the config.
 
 Keys: `inputs` [B, L] token or byte ids and `puzzle_identifiers` [B] (tokens and bytes models),
-or `x_t` [B, L, H] float, `t` [B] integer timesteps and optionally `cond` [B, L, H] (denoiser).
+or `x_t` [B, L, H] float, `t` [B] integer timesteps and optionally `cond` [B, L, H] (denoiser),
+or `hidden` [B, T, d_model] float LLM states and `prompt_mask` [B, T] of 0/1 (controller; every row
+needs at least one prompt token).
 """
 
 from __future__ import annotations
@@ -48,13 +50,35 @@ def _latent_batch(config: HRMConfig, arrays: Mapping[str, np.ndarray], source: s
     return batch
 
 
+def _hidden_batch(config: HRMConfig, arrays: Mapping[str, np.ndarray], source: str) -> Batch:
+    hidden = arrays["hidden"]
+    if hidden.ndim != 3 or 0 in hidden.shape or not np.issubdtype(hidden.dtype, np.floating):
+        raise InputError(f"{source}: 'hidden' must be a float array [batch, seq, {config.d_model}], "
+                         f"got {hidden.dtype} {list(hidden.shape)}")
+    if hidden.shape[-1] != config.d_model:
+        raise InputError(f"{source}: 'hidden' has width {hidden.shape[-1]}, the model's d_model is {config.d_model}")
+    if "prompt_mask" not in arrays:
+        raise InputError(f"{source}: missing key 'prompt_mask' (1 marks the prompt's tokens)")
+    mask = arrays["prompt_mask"]
+    if mask.shape != hidden.shape[:2] or not np.isin(mask, (0, 1)).all():
+        raise InputError(f"{source}: 'prompt_mask' must be 0/1 of shape {list(hidden.shape[:2])}, "
+                         f"got {mask.dtype} {list(mask.shape)}")
+    empty = np.flatnonzero(~mask.astype(bool).any(axis=1))
+    if len(empty):
+        raise InputError(f"{source}: prompt_mask row {empty[0]} has no prompt token (pooling needs at least one)")
+    return {"hidden": torch.from_numpy(hidden.astype(np.float32)),
+            "prompt_mask": torch.from_numpy(mask.astype(np.float32))}
+
+
 def make_batch(config: HRMConfig, arrays: Mapping[str, np.ndarray], source: str) -> Batch:
     """Check keys, shapes and id ranges, and turn the arrays into a `Batch` of tensors."""
-    main_key = "x_t" if config.input_mode == "latent" else "inputs"
+    main_key = {"latent": "x_t", "hidden": "hidden"}.get(config.input_mode, "inputs")
     if main_key not in arrays:
         raise InputError(f"{source}: missing key '{main_key}' (found: {', '.join(arrays) or 'nothing'})")
     if config.input_mode == "latent":
         return _latent_batch(config, arrays, source)
+    if config.input_mode == "hidden":
+        return _hidden_batch(config, arrays, source)
     inputs = arrays["inputs"]
     if inputs.ndim != 2 or not np.issubdtype(inputs.dtype, np.integer) or 0 in inputs.shape:
         raise InputError(f"{source}: 'inputs' must be a non-empty integer array [batch, seq], "
@@ -97,6 +121,10 @@ def random_batch(config: HRMConfig, batch_size: int, seed: int, seq_len: int | N
     if config.input_mode == "latent":
         arrays = {"x_t": rng.standard_normal((batch_size, seq_len, config.hidden_size), dtype=np.float32),
                   "t": rng.integers(0, RANDOM_TIMESTEPS, size=batch_size, dtype=np.int32)}
+    elif config.input_mode == "hidden":  # prompts of random lengths, then generated tokens
+        prompt_lengths = rng.integers(1, seq_len + 1, size=(batch_size, 1))
+        arrays = {"hidden": rng.standard_normal((batch_size, seq_len, config.d_model), dtype=np.float32),
+                  "prompt_mask": (np.arange(seq_len) < prompt_lengths).astype(np.float32)}
     else:
         arrays = {"inputs": rng.integers(0, config.vocab_size, size=(batch_size, seq_len), dtype=np.int32),
                   "puzzle_identifiers": rng.integers(0, config.num_puzzle_identifiers, size=batch_size, dtype=np.int32)}

@@ -18,8 +18,10 @@ from hrmc.errors import CheckpointError, ConfigError
 
 FORWARD_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 POS_ENCODINGS = ("rope", "learned")
-# tokens: upstream's token ids; bytes: byte/split-nibble front end; latent: the DDIM denoiser's x_t.
-INPUT_MODES = ("tokens", "bytes", "latent")
+# tokens: upstream's token ids; bytes: byte/split-nibble front end; latent: the DDIM denoiser's x_t;
+# hidden: a frozen LLM's last hidden states (the controller).
+INPUT_MODES = ("tokens", "bytes", "latent", "hidden")
+INJECTORS = ("grb", "cab")  # gated residual bias, cross-attention bridge
 HEX_SYMBOLS = {"sha1": 40, "sha256": 64}  # hex digits of each digest
 OUTPUT_NORMS = ("softmax", "stablemax")
 # Fixed N×T reasoning depths (H cycles × L cycles per forward) for models without ACT.
@@ -63,14 +65,29 @@ class HRMConfig:
     free_energy_head: bool = False  # sigmoid(linear(z_H)) per token
     act: bool = True  # False: fixed N×T mode, one forward and no q head
     output_norm: str | None = None  # softmax | stablemax: adds normalised "probs"
+    # Controller (input_mode "hidden"): the HRM reads a frozen LLM's hidden states [B, T, d_model]
+    # and writes them back conditioned; vocab_size > 0 adds the vocab-bias head. One ACT step is
+    # one segment: inner_T L-steps and one H-step, so H_cycles = 1, L_cycles = inner_T and the
+    # default budget halt_max_steps = eval_segments are derived from these.
+    d_model: int = 0
+    injector: str = "grb"
+    mem_tokens: int = 4  # cab: memory tokens the token states attend to
+    gate_init: float = 0.0  # every gate's initial pre-sigmoid value
+    segments: int = 1  # segments in training
+    eval_segments: int = 1  # segments at inference; more than `segments` scales depth
+    inner_T: int = 1
 
     def __post_init__(self) -> None:
+        if self.input_mode == "hidden":
+            self._check_controller()
+            for name, value in (("H_cycles", 1), ("L_cycles", self.inner_T), ("halt_max_steps", self.eval_segments)):
+                object.__setattr__(self, name, value)
         positive = ("hidden_size", "num_heads", "H_cycles", "L_cycles",
                     "H_layers", "L_layers", "halt_max_steps", "num_puzzle_identifiers")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"config {name} must be at least 1, got {getattr(self, name)}")
-        if self.vocab_size < 1 and self.input_mode != "latent":
+        if self.vocab_size < 1 and self.input_mode not in ("latent", "hidden"):
             raise ConfigError(f"config vocab_size must be at least 1, got {self.vocab_size}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(
@@ -104,6 +121,16 @@ class HRMConfig:
             raise ConfigError(f"config input_mode 'bytes' needs vocab_size 256, got {self.vocab_size}")
         if self.input_mode == "latent" and (self.puzzle_emb_ndim or self.output_norm or self.act):
             raise ConfigError("config input_mode 'latent' (denoiser) takes no puzzle embedding, output_norm or ACT")
+
+    def _check_controller(self) -> None:
+        if self.injector not in INJECTORS:
+            raise ConfigError(f"config injector {self.injector!r} is not one of {', '.join(INJECTORS)}")
+        for name in ("d_model", "mem_tokens", "segments", "eval_segments", "inner_T"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config {name} must be at least 1 for a controller, got {getattr(self, name)}")
+        if self.puzzle_emb_ndim or self.output_norm or self.hex_head or self.free_energy_head:
+            raise ConfigError("config input_mode 'hidden' (controller) takes no puzzle embedding, output_norm, "
+                              "hex or free-energy head")
 
     @property
     def puzzle_emb_len(self) -> int:
@@ -173,16 +200,25 @@ def config_from_weights(arch: Mapping[str, Any], weights: Mapping[str, torch.Ten
         return tuple(weights[key].shape)
 
     arch = dict(arch)
+    extra: dict[str, Any] = {}
     if arch.get("input_mode") == "latent":  # the denoiser has no vocabulary
         width_key = "inner.latent.in_proj.weight"
         hidden, vocab_size = shape(width_key)[0], 0
+    elif arch.get("input_mode") == "hidden":  # the controller: the LLM's width and vocabulary
+        width_key = "inner.front.proj.weight"
+        hidden, d_model = shape(width_key)
+        if arch.pop("d_model", d_model) != d_model:
+            raise ConfigError(f"{source}: arch.d_model does not match {width_key}, which reads {d_model} wide states")
+        vocab_key = "inner.vocab_bias.proj.weight"
+        vocab_size = shape(vocab_key)[0] if vocab_key in weights else 0
+        extra["d_model"] = d_model
     else:
         width_key = "inner.embed_tokens.embedding_weight"
         vocab_size, hidden = shape(width_key)
     if arch.get("hidden_size", hidden) != hidden:
         raise ConfigError(
             f"{source}: arch.hidden_size is {arch['hidden_size']} but {width_key} has width {hidden}")
-    extra: dict[str, Any] = {"vocab_size": vocab_size}
+    extra["vocab_size"] = vocab_size
     if arch.get("puzzle_emb_ndim", 0) > 0:
         n_ids, ndim = shape("inner.puzzle_emb.weights")
         if ndim != arch["puzzle_emb_ndim"]:

@@ -25,9 +25,19 @@ from hrm_ref.layers import CastedEmbedding, CastedLinear
 COUNTER_MAX = 255  # 8-bit counters saturate here and never wrap
 
 
+# Nibbles by division and remainder, not >> and &: ONNX's BitShift takes only unsigned types (the
+# exporter casts to uint32) and Core ML has neither; for bytes 0..255 the results are the same.
+def high_nibble(byte_ids: torch.Tensor) -> torch.Tensor:
+    return torch.div(byte_ids, 16, rounding_mode="floor")
+
+
+def low_nibble(byte_ids: torch.Tensor) -> torch.Tensor:
+    return torch.remainder(byte_ids, 16)
+
+
 def dead_energy_counters(byte_ids: torch.Tensor, accumulators: int) -> torch.Tensor:
     """[B, L] bytes → [B, L, n] int32 counts of events (high − low) mod 16 == j up to each position."""
-    difference = torch.remainder((byte_ids >> 4) - (byte_ids & 15), 16)
+    difference = torch.remainder(high_nibble(byte_ids) - low_nibble(byte_ids), 16)
     accumulator = torch.arange(accumulators, dtype=byte_ids.dtype, device=byte_ids.device)
     events = (difference.unsqueeze(-1) == accumulator).to(torch.int32)
     return torch.cumsum(events, dim=1, dtype=torch.int32).clamp(max=COUNTER_MAX)
@@ -37,14 +47,14 @@ class ByteFiLM(nn.Module):
     def __init__(self, hidden_size: int, film_dim: int, accumulators: int, nibble_index: str) -> None:
         super().__init__()
         self.accumulators = accumulators
-        self.nibble_shift = 4 if nibble_index == "high" else 0
+        self.nibble = high_nibble if nibble_index == "high" else low_nibble
         self.nibble_emb = CastedEmbedding(16, film_dim)
         if accumulators:
             self.counter_proj = CastedLinear(accumulators, film_dim, bias=False)
         self.film_proj = CastedLinear(film_dim, 2 * hidden_size, bias=True)
 
     def forward(self, embedding: torch.Tensor, byte_ids: torch.Tensor) -> torch.Tensor:
-        nibbles = (byte_ids >> self.nibble_shift) & 15
+        nibbles = self.nibble(byte_ids)
         conditioning = self.nibble_emb(nibbles, embedding.dtype)
         if self.accumulators:
             counters = dead_energy_counters(byte_ids, self.accumulators).to(embedding.dtype) / COUNTER_MAX

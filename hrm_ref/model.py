@@ -16,13 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from hrm_ref.config import HEX_SYMBOLS, HRMConfig
+from hrm_ref.controller import HiddenFrontEnd, VocabBias, make_injector
 from hrm_ref.frontends import ByteFiLM, LatentFrontEnd
 from hrm_ref.heads import FreeEnergyHead, HexHead, normalise
 from hrm_ref.layers import (Attention, CastedEmbedding, CastedLinear, PuzzleEmbedding, RotaryEmbedding, SwiGLU,
                             compute_dtype, rms_norm)
 
 CosSin = tuple[torch.Tensor, torch.Tensor] | None
-# Named input tensors: `inputs` and `puzzle_identifiers` (tokens, bytes) or `x_t`, `t`, `cond` (latent).
+# Named input tensors: `inputs` and `puzzle_identifiers` (tokens, bytes), `x_t`, `t`, `cond` (latent)
+# or `hidden`, `prompt_mask` (the controller).
 Batch = dict[str, torch.Tensor]
 
 
@@ -64,6 +66,11 @@ class HRMInner(nn.Module):
         if config.input_mode == "latent":
             self.latent = LatentFrontEnd(config.hidden_size)
             self.eps_head = CastedLinear(config.hidden_size, config.hidden_size, bias=True)
+        elif config.input_mode == "hidden":
+            self.front = HiddenFrontEnd(config.d_model, config.hidden_size)
+            self.injector = make_injector(config)
+            if config.vocab_size:
+                self.vocab_bias = VocabBias(config.hidden_size, config.vocab_size, config.gate_init)
         else:
             self.embed_tokens = CastedEmbedding(config.vocab_size, config.hidden_size)
             self.lm_head = CastedLinear(config.hidden_size, config.vocab_size, bias=False)
@@ -92,17 +99,25 @@ class HRMInner(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.config.torch_dtype
 
+    def sequence_length(self, batch: Batch) -> int:
+        """Positions of the inputs (tokens, latent rows or LLM token states)."""
+        key = {"latent": "x_t", "hidden": "hidden"}.get(self.config.input_mode, "inputs")
+        return batch[key].shape[1]
+
     def positions(self, batch: Batch) -> int:
-        """Sequence positions of the carry: the puzzle embedding's, then one per input token."""
-        if self.config.input_mode == "latent":
-            return batch["x_t"].shape[1]
-        return self.config.puzzle_emb_len + batch["inputs"].shape[1]
+        """Sequence positions of the carry: the puzzle embedding's, then one per input token.
+        The controller reasons on one position, whatever the LLM's sequence length."""
+        if self.config.input_mode == "hidden":
+            return 1
+        return self.config.puzzle_emb_len + self.sequence_length(batch)
 
     def input_embeddings(self, batch: Batch) -> torch.Tensor:
         """The injection [batch, positions, hidden] that every L-step adds to z_H."""
         config = self.config
         if config.input_mode == "latent":
             return self.latent(batch["x_t"].to(self.dtype), batch["t"], batch.get("cond"))
+        if config.input_mode == "hidden":
+            return self.front(batch["hidden"].to(self.dtype), batch["prompt_mask"])
         embedding = self.embed_tokens(batch["inputs"].to(torch.int32), self.dtype)
         if config.input_mode == "bytes":
             embedding = self.byte_film(embedding, batch["inputs"].to(torch.int32))
@@ -133,14 +148,21 @@ class HRMInner(nn.Module):
         for _ in range(self.config.H_cycles):
             for _ in range(self.config.L_cycles):
                 z_L = self.L_level(z_L, z_H + injection, cos_sin)
-            z_H = self.H_level(z_H, z_L, cos_sin)
+            z_H = self.h_step(z_H, z_L, cos_sin)
         return z_H, z_L
 
-    def heads(self, z_H: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every output the config asks for, read from z_H."""
+    def h_step(self, z_H: torch.Tensor, z_L: torch.Tensor, cos_sin: CosSin) -> torch.Tensor:
+        """One H-step; the controller normalises z_H after it (its segments end in an RMSNorm)."""
+        z_H = self.H_level(z_H, z_L, cos_sin)
+        return rms_norm(z_H, self.config.rms_norm_eps) if self.config.input_mode == "hidden" else z_H
+
+    def heads(self, z_H: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        """Every output the config asks for, read from z_H (and the LLM's states for the controller)."""
         config = self.config
         if config.input_mode == "latent":
             return {"eps": self.eps_head(z_H)}
+        if config.input_mode == "hidden":
+            return self.controller_heads(z_H[:, 0], batch)
         tokens = z_H[:, config.puzzle_emb_len:]
         outputs = {"logits": self.lm_head(tokens)}
         if config.act:
@@ -154,12 +176,22 @@ class HRMInner(nn.Module):
             outputs["free_energy"] = self.free_energy_head(tokens)
         return outputs
 
+    def controller_heads(self, z: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        """The conditioned LLM states [B, T, D], the vocab bias [B, V] and the q values."""
+        outputs = {"conditioned": self.injector(batch["hidden"].to(self.dtype), z)}
+        if self.config.vocab_size:
+            outputs["vocab_bias"] = self.vocab_bias(z)
+        if self.config.act:
+            q_logits = self.q_head(z).to(compute_dtype(self.dtype))
+            outputs |= {"q_halt_logits": q_logits[..., 0], "q_continue_logits": q_logits[..., 1]}
+        return outputs
+
     def forward(self, z_H: torch.Tensor, z_L: torch.Tensor,
                 batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """One ACT step from carry (z_H, z_L): the new z_H, z_L and the heads' outputs."""
         injection = self.input_embeddings(batch)
         z_H, z_L = self.reason(z_H, z_L, injection, self.cos_sin(injection))
-        return z_H, z_L, self.heads(z_H)
+        return z_H, z_L, self.heads(z_H, batch)
 
 
 class HRM(nn.Module):

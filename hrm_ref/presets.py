@@ -32,6 +32,11 @@ PRESETS |= {
     "nxt": HRMConfig(vocab_size=11, act=False, output_norm="stablemax", puzzle_emb_ndim=64,
                      num_puzzle_identifiers=4, seq_len=16, **_TINY_CORE).with_depth("normal"),
     "denoiser": HRMConfig(vocab_size=0, input_mode="latent", act=False, seq_len=16, **_TINY_CORE),
+    # Controllers for a small frozen LLM (d_model 96, vocabulary 128), 12 token states per sample.
+    "controller-grb": HRMConfig(vocab_size=128, input_mode="hidden", d_model=96, injector="grb", segments=2,
+                                eval_segments=4, inner_T=2, seq_len=12, **_TINY_CORE),
+    "controller-cab": HRMConfig(vocab_size=128, input_mode="hidden", d_model=96, injector="cab", mem_tokens=4,
+                                segments=2, eval_segments=4, inner_T=2, seq_len=12, **_TINY_CORE),
 }
 PRESET_SEED = 20250626
 
@@ -51,8 +56,8 @@ def randomize_weights(model: HRM, seed: int) -> HRM:
             std = 1.0
         elif name.endswith(("embedding_weight", "puzzle_emb.weights")):
             std = hidden_std  # upstream's embedding init, later scaled by √hidden
-        elif name.endswith("bias"):
-            continue
+        elif name.endswith(("bias", "gate")):
+            continue  # zero biases; gates keep the config's gate_init
         else:
             std = tensor.shape[-1] ** -0.5  # LeCun: 1/√fan_in
         tensor.copy_(_truncated_normal(tensor.shape, std, generator))

@@ -86,7 +86,7 @@ def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_js
         "model": model_source(checkpoint, preset),
         "parameters": model.num_parameters(),
         "dtype": dtype, "policy": policy, "budget": budget,
-        "batch": batch_size_of(batch), "seq_len": int(model.inner.positions(batch) - model.config.puzzle_emb_len),
+        "batch": batch_size_of(batch), "seq_len": model.inner.sequence_length(batch),
         "steps_run": int(outputs["steps"].shape[0]), "halting_steps": steps.tolist(),
         "seconds": round(seconds, 3), "out": out,
     }

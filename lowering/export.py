@@ -73,7 +73,7 @@ def output_names(model: HRM, batch: Batch) -> list[str]:
     """The heads' outputs in the order `HRMInner.heads` returns them."""
     with torch.no_grad():
         start = hrm_ref.initial_carry(model, batch)
-        return list(model.inner.heads(start.z_H))
+        return list(model.inner.heads(start.z_H, batch))
 
 
 def _trace(module: torch.nn.Module, args: tuple, input_names: list[str], outputs: list[str],
@@ -145,7 +145,7 @@ def export_onnx(model: HRM, out: str | Path, policy: str = "max-steps", budget: 
     batch = batch or hrm_ref.random_batch(model.config, EXAMPLE_BATCH, seed=0)
     batch = {name: value[:1].expand(EXAMPLE_BATCH, *value.shape[1:]).contiguous() for name, value in batch.items()}
     names, outputs = list(batch), output_names(model, batch)
-    seq_len = model.inner.positions(batch) - model.config.puzzle_emb_len
+    seq_len = model.inner.sequence_length(batch)
     sha = weights_sha256(model)
     rows = torch.export.Dim("batch", min=1, max=65536)
     batch_dims = tuple({0: rows} for _ in names)

@@ -46,7 +46,7 @@ class LoopedInner(HRMInner):
                 return i + 1, self.L_level(z_L, z_H + injection, cos_sin)
 
             _, z_L = while_loop(l_cycles_left, l_cycle, (_counter(), z_L))
-            return h + 1, self.H_level(z_H, z_L, cos_sin), z_L.clone()
+            return h + 1, self.h_step(z_H, z_L, cos_sin), z_L.clone()
 
         _, z_H, z_L = while_loop(h_cycles_left, h_cycle, (_counter(), z_H, z_L))
         return z_H, z_L
@@ -87,7 +87,7 @@ class ACTGraph(nn.Module):
         batch = dict(zip(self.batch_names, batch_tensors))
         start = initial_carry(self.model, batch)
         # The heads read from the initial carry give the shapes of the per-step buffers.
-        first = self.model.inner.heads(start.z_H)
+        first = self.model.inner.heads(start.z_H, batch)
         names = list(first)
         last = [torch.zeros_like(v) for v in first.values()]
         buffers = [torch.zeros((self.budget, *v.shape), dtype=v.dtype) for v in first.values()]

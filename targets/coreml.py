@@ -139,7 +139,11 @@ def _unary(function: str) -> Callable[[Builder, ir.Node], object]:
 
 def _div(b: Builder, n: ir.Node):
     x, y = b.var(n.inputs[0]), b.var(n.inputs[1])
-    return mb.real_div(x=x, y=y) if mil_types.is_float(x.dtype) else mb.floor_div(x=x, y=y)
+    if mil_types.is_float(x.dtype):
+        return mb.real_div(x=x, y=y)
+    # ONNX integer Div truncates toward zero; MIL's floor_div floors: divide magnitudes, then sign.
+    magnitude = mb.floor_div(x=mb.abs(x=x), y=mb.abs(x=y))
+    return mb.mul(x=magnitude, y=mb.mul(x=mb.sign(x=x), y=mb.sign(x=y)))
 
 
 def _slice(b: Builder, n: ir.Node):
@@ -254,6 +258,8 @@ OPS: dict[str, Callable[[Builder, ir.Node], object]] = {
     "Identity": lambda b, n: mb.identity(x=b.var(n.inputs[0])),
     "Cast": _cast, "Shape": _shape, "Expand": _expand, "Slice": _slice, "Reshape": _reshape, "Split": _split,
     "Gemm": _gemm, "Pad": _pad,
+    "CumSum": lambda b, n: mb.cumsum(x=b.var(n.inputs[0]), axis=b.ints(n.inputs[1], "the axis")[0],
+                                     exclusive=bool(b.attr("exclusive", 0)), reverse=bool(b.attr("reverse", 0))),
     "Constant": lambda b, n: mb.const(val=b.array(b.const(n.outputs[0]))),
     "Where": lambda b, n: mb.select(cond=b.var(n.inputs[0]), a=b.var(n.inputs[1]), b=b.var(n.inputs[2])),
     "Concat": lambda b, n: mb.concat(values=[b.var(v) for v in n.inputs], axis=b.attr("axis")),

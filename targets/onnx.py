@@ -49,7 +49,7 @@ def check_artifact(path: Path, model: HRM, policy: str, budget: int, seq_len: in
 def structured_source(onnx_model: Path | None, folder: Path, model: HRM, policy: str, budget: int,
                       batch: Batch) -> Path:
     """The structured export every ONNX-based executor starts from: the given file, checked, or a fresh export."""
-    seq_len = model.inner.positions(batch) - model.config.puzzle_emb_len
+    seq_len = model.inner.sequence_length(batch)
     path = onnx_model
     if path is None:
         path = folder / "model.onnx"

@@ -48,7 +48,7 @@ def test_config_that_contradicts_the_weights_is_named(tiny: HRM, upstream_checkp
         hrm_ref.load_checkpoint(upstream_checkpoint, tmp_path / "arch.yaml")
 
 
-@pytest.mark.parametrize("preset", ["tiny", "nibble", "hex", "nxt", "denoiser"])
+@pytest.mark.parametrize("preset", ["tiny", "nibble", "hex", "nxt", "denoiser", "controller-cab"])
 def test_safetensors_round_trip_carries_its_config(tmp_path: Path, preset: str) -> None:
     model = hrm_ref.build_preset(preset)
     hrm_ref.save_checkpoint(model, tmp_path / "model.safetensors")

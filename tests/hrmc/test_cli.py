@@ -90,6 +90,22 @@ def test_bad_inputs_leave_no_output(capsys, tmp_path: Path, arrays: dict, fragme
     assert list(tmp_path.iterdir()) == [tmp_path / "in.npz"]
 
 
+def test_a_controller_runs_from_llm_states_and_names_bad_ones(capsys, tmp_path: Path) -> None:
+    states = np.random.default_rng(0).standard_normal((2, 6, 96)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", hidden=states, prompt_mask=np.array([[1, 1, 1, 0, 0, 0], [1] * 6], bool))
+    code, out, _ = hrmc(capsys, "run", "--preset", "controller-cab", "--inputs", str(tmp_path / "in.npz"), "--json",
+                        "-o", str(tmp_path / "o.npz"))
+    assert code == 0 and json.loads(out)["seq_len"] == 6
+    with np.load(tmp_path / "o.npz") as data:
+        assert data["conditioned"].shape == (4, 2, 6, 96) and data["vocab_bias"].shape == (4, 2, 128)
+    np.savez(tmp_path / "bad.npz", hidden=states, prompt_mask=np.array([[1, 1, 1, 0, 0, 0], [0] * 6]))
+    code, _, err = hrmc(capsys, "run", "--preset", "controller-cab", "--inputs", str(tmp_path / "bad.npz"))
+    assert_one_line_error(code, err, "bad.npz", "prompt_mask row 1 has no prompt token")
+    np.savez(tmp_path / "wide.npz", hidden=np.zeros((2, 6, 128), np.float32), prompt_mask=np.ones((2, 6)))
+    code, _, err = hrmc(capsys, "run", "--preset", "controller-grb", "--inputs", str(tmp_path / "wide.npz"))
+    assert_one_line_error(code, err, "wide.npz", "'hidden' has width 128, the model's d_model is 96")
+
+
 def test_bad_checkpoint_keys_are_one_line(capsys, tiny, tmp_path: Path) -> None:
     checkpoint = write_upstream_checkpoint(tiny, tmp_path / "run", prefix="encoder.")
     assert_one_line_error(*hrmc(capsys, "run", "--checkpoint", str(checkpoint))[::2], "does not start with")
@@ -137,7 +153,7 @@ def test_depth_option_changes_the_reasoning(capsys, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv, fragment", [
     (["--preset", "denoiser", "--ddim-steps", "2000"], "DDIM steps must be in [1, 1000]"),
-    (["--preset", "nxt", "--policy", "q-halt"], "no ACT (fixed N×T mode)"),
+    (["--preset", "nxt", "--policy", "q-halt"], "no ACT q head"),
     (["--depth", "bottomless"], "'bottomless' is not one of"),
 ])
 def test_bad_variant_options_are_one_line(capsys, argv: list[str], fragment: str) -> None:

@@ -20,7 +20,8 @@ from lowering import export_onnx
 from parity import check_parity
 
 CASES = [("tiny", "max-steps"), ("sudoku", "max-steps"), ("sudoku", "q-halt"), ("nibble", "max-steps"),
-         ("nibble", "q-halt"), ("hex", "max-steps"), ("hex", "q-halt"), ("nxt", "max-steps"), ("denoiser", "max-steps")]
+         ("nibble", "q-halt"), ("hex", "max-steps"), ("hex", "q-halt"), ("nxt", "max-steps"), ("denoiser", "max-steps"),
+         ("controller-grb", "max-steps"), ("controller-grb", "q-halt"), ("controller-cab", "q-halt")]
 
 
 PAIRS = [("torch", "onnx"), ("onnx", "static"), ("torch", "chunked"), ("torch", "mlx")]

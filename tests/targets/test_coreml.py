@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx_ir as ir
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 
 from targets import coreml
 from tests.hrmc.test_cli import assert_one_line_error, hrmc
@@ -38,6 +41,22 @@ def test_coreml_passes_the_step_gate_under_mil_semantics(capsys, tiny_export: Pa
     assert code == 0 and out.rstrip().endswith("PASS") and "MIL reference semantics" in out, out
 
 
+def test_integer_division_and_cumsum_follow_onnx_under_mil_semantics() -> None:
+    """ONNX integer Div truncates toward zero where MIL's floor_div floors; CumSum keeps its flags."""
+    ints = [helper.make_tensor_value_info(name, TensorProto.INT32, ["batch", 4]) for name in ("x", "y", "q", "c")]
+    graph = helper.make_graph([helper.make_node("Div", ["x", "y"], ["q"]),
+                               helper.make_node("CumSum", ["x", "axis"], ["c"], reverse=1)],
+                              "g", ints[:2], ints[2:], [helper.make_tensor("axis", TensorProto.INT64, [], [1])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    feed = {"x": np.array([[7, -7, 7, -7], [0, 5, -9, 9]], np.int32),
+            "y": np.array([[2, 2, -2, -2], [3, -5, 4, -4]], np.int32)}
+    expected = ort.InferenceSession(proto.SerializeToString()).run(None, feed)
+    program = coreml.build_program(ir.serde.deserialize_model(proto), 2, "g.onnx")
+    replayed = coreml.replay(program.functions["main"], feed)
+    np.testing.assert_array_equal(replayed["q"], expected[0])
+    np.testing.assert_array_equal(replayed["c"], expected[1])
+
+
 @pytest.mark.heavy  # a minute and a half
 def test_ane_is_float16_and_gated_on_psnr(capsys, tiny_export: Path) -> None:
     """The verdict follows the PSNR column: every row passes exactly when its PSNR reaches 60 dB."""
@@ -49,6 +68,15 @@ def test_ane_is_float16_and_gated_on_psnr(capsys, tiny_export: Path) -> None:
     assert rows and all(row["psnr"] is not None and row["passed"] == (row["psnr"] >= 60) for row in rows)
     assert max(row["max_abs"] for row in rows) > 1e-5  # float16 really ran: float32 would be within 1e-5
     assert code == (0 if report["passed"] else 1)
+
+
+@pytest.mark.heavy  # a minute each: export, lowering, replay
+@pytest.mark.parametrize("preset, policy", [("nibble", "q-halt"), ("hex", "q-halt"), ("nxt", "max-steps"),
+                                            ("denoiser", "max-steps"), ("controller-grb", "max-steps"),
+                                            ("controller-cab", "q-halt")])
+def test_every_variant_passes_the_coreml_step_gate(capsys, preset: str, policy: str) -> None:
+    code, out, _ = hrmc(capsys, "parity", "torch", "coreml", "--preset", preset, "--policy", policy, "--batch", "2")
+    assert code == 0 and out.rstrip().endswith("PASS"), out
 
 
 @pytest.mark.heavy
