@@ -78,14 +78,14 @@ def time_runs(function: Callable[[], object], runs: int) -> list[float]:
 
 
 def run_bench(model: HRM, batch: Batch, executors: list[str], *, policy: str, budget: int | None, preset: str,
-              runs: int = 5, onnx_model: str | None = None, progress: Callable[[str], None] = lambda _: None
-              ) -> BenchReport:
+              runs: int = 5, onnx_model: str | None = None, chunk: int | None = None,
+              progress: Callable[[str], None] = lambda _: None) -> BenchReport:
     progress("measuring the float32 matmul peak")
     report = BenchReport(machine(), versions(), round(matmul_peak(), 1))
     size = batch_size(batch)
     per_step = flops_per_step(model.config, size, model.inner.positions(batch))
     for name in executors:
-        executor = make_executor(name, onnx_model=onnx_model)
+        executor = make_executor(name, onnx_model=onnx_model, chunk=chunk)
         progress(f"preparing {name}")
         executor.prepare(model, policy, budget, batch)
         steps = int(executor.run(batch)["steps"].shape[0])

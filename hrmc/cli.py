@@ -186,8 +186,9 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
               help=f"Comma-separated executors to time ({', '.join(parity.EXECUTORS)}).")
 @click.option("--runs", type=int, default=5, show_default=True, help="Timed runs per executor (after one warm-up).")
 @click.option("--onnx-model", type=click.Path(), help="The structured export the ONNX-based executors start from.")
+@click.option("--chunk", type=int, help="Steps per graph call of the chunked executors (default 4).")
 def bench(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, executors, runs,
-          onnx_model) -> None:
+          onnx_model, chunk) -> None:
     """Time the whole inference on each executor, with GFLOP/s against this machine's matmul peak."""
     import bench as benchmarks
 
@@ -201,7 +202,8 @@ def bench(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
     model = driver.load_model(checkpoint, preset, config_path)
     batch = driver.load_inputs(model, None, batch_size, seed, None)
     report = benchmarks.run_bench(model, batch, names, policy=policy, budget=budget, runs=runs,
-                                  preset=model_source(checkpoint, preset), onnx_model=onnx_model, progress=progress)
+                                  preset=model_source(checkpoint, preset), onnx_model=onnx_model, chunk=chunk,
+                                  progress=progress)
     click.echo(json.dumps(report.to_dict()) if as_json else benchmarks.format_bench(report))
 
 

@@ -27,11 +27,17 @@ from parity.executors import Arrays, Executor, carry_arrays
 from targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
 
 
-def session(path: Path) -> ort.InferenceSession:
+def session_options() -> ort.SessionOptions:
+    """Every graph optimisation on; threads, memory pattern and spinning at onnxruntime's defaults,
+    which `python -m bench.ort_options` measured as good as any change to them on the dev machine."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # ORT warns about every constant it drops; errors still show
-    return ort.InferenceSession(str(path), options, providers=ort.get_available_providers())
+    return options
+
+
+def session(path: Path, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), options or session_options(), providers=ort.get_available_providers())
 
 
 def check_artifact(path: Path, model: HRM, policy: str, budget: int, seq_len: int) -> dict:

@@ -45,3 +45,15 @@ def test_the_cuda_graph_schedule_is_the_reference_run(tiny) -> None:
         fixed = fixed_budget(tiny, batch, "max-steps", 8)
     assert torch.equal(fixed["logits"], reference["logits"][-1]) and torch.equal(fixed["z_H"], reference["z_H"][-1])
     assert fixed["steps"].tolist() == [8, 8, 8]
+
+
+def test_ort_options_times_every_setting(tiny_export: Path) -> None:
+    from click.testing import CliRunner
+
+    from bench.ort_options import VARIANTS, main as ort_options
+
+    result = CliRunner().invoke(ort_options, ["--preset", "tiny", "--policy", "q-halt", "--runs", "1",
+                                              "--onnx-model", str(tiny_export)])
+    assert result.exit_code == 0, result.output
+    rows = result.stdout.splitlines()[2:]
+    assert [row[:34].rstrip() for row in rows] == list(VARIANTS) and rows[0].endswith("1.00×")
