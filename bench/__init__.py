@@ -66,13 +66,15 @@ def versions() -> dict:
     return found
 
 
-def time_runs(function: Callable[[], object], runs: int) -> list[float]:
-    """Seconds per call, after one untimed warm-up call."""
+def time_runs(function: Callable[[], object], runs: int, finish: Callable[[], object] = lambda: None) -> list[float]:
+    """Seconds per call, after one untimed warm-up call; `finish` waits for asynchronous work (a GPU's)."""
     function()
+    finish()
     times = []
     for _ in range(runs):
         started = time.perf_counter()
         function()
+        finish()
         times.append(time.perf_counter() - started)
     return times
 

@@ -9,21 +9,20 @@ Rows, per forward dtype:
   is a mask, max-steps runs every step), captured once as a CUDA graph and replayed.
 - `torch-compile-graph` (`--compile`): one ACT step compiled by inductor, the loop captured as above.
 
-Before timing, each replayed row's final logits are compared with the eager run's: `max_abs_diff`
-in the report says how far they are apart (bit-identical is not expected across different kernels).
+Before timing, each replayed row's final logits are compared with the eager run's: the report's
+`extra.max_abs_diff_vs_eager` says how far they are apart (bit-identical is not expected across different kernels).
 """
 
 from __future__ import annotations
 
 import json
-import time
 from typing import Callable
 
 import click
 import numpy as np
 import torch
 
-from bench import BenchReport, Row, machine, versions
+from bench import BenchReport, Row, machine, time_runs, versions
 from bench.roofline import flops_per_step, matmul_peak
 from hrm_ref import HRM, Batch, build_preset, random_batch
 from hrm_ref.act import Carry, batch_size, initial_carry, run, step
@@ -54,19 +53,6 @@ def capture(function: Callable[[], dict[str, torch.Tensor]]) -> tuple[Callable[[
     return graph.replay, outputs
 
 
-def time_cuda(function: Callable[[], object], runs: int) -> np.ndarray:
-    """Seconds per call, each to the end of its last kernel, after one untimed call."""
-    function()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        function()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return np.array(times)
-
-
 def time_dtype(model: HRM, label: str, batch: Batch, budget: int, runs: int, compile_step: bool, peak: float,
                drift: dict[str, float], progress: Callable[[str], None]) -> list[Row]:
     """The rows of one forward dtype; each replayed row's drift from eager goes into `drift`."""
@@ -89,7 +75,7 @@ def time_dtype(model: HRM, label: str, batch: Batch, budget: int, runs: int, com
     rows = []
     for name, function in candidates.items():
         progress(f"timing {name} ({dtype_name}): {runs} whole inferences")
-        times = time_cuda(function, runs)
+        times = np.array(time_runs(function, runs, finish=torch.cuda.synchronize))  # to the last kernel's end
         median = float(np.median(times))
         gflops = budget * per_step / median / 1e9
         rows.append(Row(name, label, size, round(median * 1e3, 3),
