@@ -218,3 +218,13 @@ class HRM(nn.Module):
         if forward_dtype == self.config.forward_dtype:
             return self
         return self.twin(self.config.replace(forward_dtype=forward_dtype))
+
+    def with_weights_rounded(self, dtype: torch.dtype) -> "HRM":
+        """The same model with every floating weight and buffer rounded to `dtype` and back: what
+        storing the weights in `dtype` alone costs, the arithmetic unchanged."""
+        twin = self.twin()
+        with torch.no_grad():
+            for tensor in twin.state_dict().values():
+                if tensor.is_floating_point():
+                    tensor.copy_(tensor.to(dtype))
+        return twin

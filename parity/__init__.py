@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
+
 from hrm_ref import HRM, Batch
 from hrm_ref.act import batch_size, resolve_budget
 from parity.executors import EXECUTORS, TorchExecutor, make_executor
-from parity.gate import ATOL, PSNR_DB, RTOL, Report, step_parity, trajectory_parity
+from parity.gate import ATOL, PSNR_DB, RTOL, Report, Row, step_parity, trajectory_parity
 
 MODES = ("step", "trajectory")
 
@@ -32,7 +34,11 @@ def check_parity(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budge
     exact = TorchExecutor("float64")
     exact.prepare(model, policy, budget, batch)
     if mode == "step":
-        return step_parity(*executors, reference, exact, batch, report)
+        rounded = None
+        if "float16" in (executors[0].precision, executors[1].precision):
+            rounded = TorchExecutor("float32", weights=torch.float16)
+            rounded.prepare(model, policy, budget, batch)
+        return step_parity(*executors, reference, exact, batch, report, rounded)
     return trajectory_parity(*executors, reference, exact, batch, report)
 
 
@@ -44,6 +50,7 @@ def format_report(report: Report) -> str:
     for row in report.rows:
         floor = f"{row.floor:>12.3g}" if row.floor is not None else ""
         floor += f"  psnr {row.psnr:.1f} dB" if row.psnr is not None else ""
+        floor += f" (fp16 weights {row.weights_psnr:.1f})" if row.weights_psnr is not None else ""
         lines.append(f"{row.output:<20}{row.step:>5}{row.max_abs:>12.3g}{row.max_rel:>12.3g}{row.needed:>12.3g}"
                      f"{row.limit:>12.3g}{floor}  {'✓' if row.passed else '✗'}")
     halting = report.halting
@@ -57,10 +64,17 @@ def format_report(report: Report) -> str:
         for row in report.failures():
             worst.setdefault(row.output, row)
         detail = "; ".join(f"{row.output} from step {row.step} " + (
-            f"(PSNR {row.psnr:.1f} dB < {PSNR_DB:g} dB)" if row.psnr is not None
+            f"(PSNR {row.psnr:.1f} dB < {PSNR_DB:g} dB{_weights_limit(row)})" if row.psnr is not None
             else f"(max |a−b| {row.max_abs:.3g} > {row.limit:.3g})") for row in worst.values())
         lines.append(f"FAIL: {detail or 'halting decisions differ'}")
     return "\n".join(lines)
+
+
+def _weights_limit(row: Row) -> str:
+    if row.weights_psnr is None:
+        return ""
+    return f"; float16 weights alone give {row.weights_psnr:.1f} dB" + (
+        ": below the gate, the model's float16 limit" if row.weights_psnr < PSNR_DB else "")
 
 
 __all__ = ["EXECUTORS", "MODES", "Report", "check_parity", "format_report"]

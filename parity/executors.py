@@ -59,11 +59,13 @@ class TorchExecutor(Executor):
 
     name = "torch"
 
-    def __init__(self, dtype: str = "float32") -> None:
-        self.dtype = dtype
+    def __init__(self, dtype: str = "float32", weights: torch.dtype | None = None) -> None:
+        self.dtype, self.weights = dtype, weights  # weights: round them to this dtype (the float16 limit)
 
     def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
         self.model = model.with_dtype(self.dtype)
+        if self.weights is not None:
+            self.model = self.model.with_weights_rounded(self.weights)
         self.policy, self.budget = policy, resolve_budget(model, policy, budget)
 
     def step(self, carry: Carry, batch: Batch) -> Arrays:
@@ -77,7 +79,8 @@ class TorchExecutor(Executor):
         return to_numpy(hrm_ref.run(self.model, batch, self.policy, self.budget))
 
     def describe(self) -> str:
-        return f"torch (hrm_ref eager, {self.dtype}, CPU)"
+        weights = f", weights rounded to {str(self.weights).removeprefix('torch.')}" if self.weights is not None else ""
+        return f"torch (hrm_ref eager, {self.dtype}{weights}, CPU)"
 
 
 def _onnxruntime(kind: str) -> Callable[..., Executor]:

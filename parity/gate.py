@@ -42,6 +42,7 @@ class Row:
     passed: bool
     floor: float | None = None  # the reference's own float64-vs-float32 drift (its rounding noise)
     psnr: float | None = None  # float16 executors: gated on this (dB) instead of the atol
+    weights_psnr: float | None = None  # float16 executors: the reference with float16-rounded weights, for information
 
 
 @dataclass
@@ -105,11 +106,13 @@ def q_margin(outputs: Arrays) -> np.ndarray | None:
 
 
 def step_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: TorchExecutor, batch: Batch,
-                report: Report) -> Report:
+                report: Report, rounded: TorchExecutor | None = None) -> Report:
     """Teacher-forced: every step of the reference trajectory, from the reference's carry.
 
     Beside each row: the reference's own one-step rounding noise (float64 vs float32 from the same
-    carry). It does not change the verdict; it says whether a failure sits at the model's edge.
+    carry), and for float16 executors the PSNR of the reference run with its weights rounded to
+    float16 (`rounded`): what float16 weights alone cost, so the limit of any float16-weight
+    executor. Neither changes the verdict; they say whether a failure sits at the model's edge.
     """
     trajectory = reference.run(batch)
     start = initial_carry(reference.model, batch)
@@ -120,12 +123,15 @@ def step_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: Torch
         carry = _carry_at(trajectory, start, s)
         out_a, out_b = a.step(carry, batch), b.step(carry, batch)
         out_32, out_64 = reference.step(carry, batch), exact.step(carry, batch)
+        out_rounded = rounded.step(carry, batch) if rounded is not None else {}
         for name in [n for n in out_b if n in out_a and n not in DECISIONS]:
             max_abs, max_rel, needed = _compare(out_a[name], out_b[name], report.rtol)
             floor = _compare(out_32[name], out_64[name], 0.0)[0]
             if half:
                 db = psnr(out_a[name], out_b[name])
-                report.rows.append(Row(name, s + 1, max_abs, max_rel, needed, report.atol, bool(db >= PSNR_DB), floor, float(db)))
+                limit = float(psnr(out_rounded[name], out_32[name])) if name in out_rounded else None
+                report.rows.append(Row(name, s + 1, max_abs, max_rel, needed, report.atol, bool(db >= PSNR_DB), floor,
+                                       float(db), limit))
             else:
                 report.rows.append(Row(name, s + 1, max_abs, max_rel, needed, report.atol, needed <= report.atol, floor))
         # A halting decision may differ only where the q values are within tolerance of a tie.
@@ -138,6 +144,10 @@ def step_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: Torch
     if half:
         report.notes.append(f"float16 executor: every output gated on PSNR ≥ {PSNR_DB:g} dB (column psnr); "
                             f"halting calls within {FP16_ATOL:g} of a tie count as close calls")
+        if rounded is not None:
+            report.notes.append("fp16 weights: PSNR of hrm_ref float32 with its weights rounded to float16, from the "
+                                "same carry: what float16 weights alone cost (no float16-weight executor can expect "
+                                "better); for information, not gated")
     report.notes.append("step mode: both executors start every step from the reference's (torch float32) carry; "
                         "floor = hrm_ref float64 vs float32 on that step, for information")
     return report

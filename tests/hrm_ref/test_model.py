@@ -126,3 +126,18 @@ def test_bfloat16_forward_runs_close_to_float32(tiny: HRM) -> None:
     scale = full["logits"].abs().max()
     assert np.isfinite(low["logits"].float().numpy()).all()
     assert (low["logits"].float() - full["logits"]).abs().max() < 0.1 * scale
+
+
+def test_weights_rounded_to_float16_are_float16_values_and_leave_the_model_alone(tiny: HRM) -> None:
+    before = {name: tensor.clone() for name, tensor in tiny.state_dict().items()}
+    rounded = tiny.with_weights_rounded(torch.float16)
+    for (name, ours), theirs in zip(tiny.state_dict().items(), rounded.state_dict().values()):
+        if ours.is_floating_point():
+            assert torch.equal(theirs, theirs.half().float()), name
+    changed = [name for name, p in tiny.state_dict().items() if not torch.equal(p, rounded.state_dict()[name])]
+    assert changed and all(torch.equal(before[name], p) for name, p in tiny.state_dict().items())
+    batch = hrm_ref.random_batch(tiny.config, 2, seed=4)
+    _, ours = hrm_ref.step(tiny, hrm_ref.initial_carry(tiny, batch), batch, "max-steps", 8)
+    _, theirs = hrm_ref.step(rounded, hrm_ref.initial_carry(rounded, batch), batch, "max-steps", 8)
+    drift = (ours["logits"] - theirs["logits"]).abs().max()
+    assert 0 < drift < 1e-2  # float16 weight rounding, float32 arithmetic

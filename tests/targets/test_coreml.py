@@ -67,6 +67,8 @@ def test_ane_is_float16_and_gated_on_psnr(capsys, tiny_export: Path) -> None:
     rows = report["rows"]
     assert rows and all(row["psnr"] is not None and row["passed"] == (row["psnr"] >= 60) for row in rows)
     assert max(row["max_abs"] for row in rows) > 1e-5  # float16 really ran: float32 would be within 1e-5
+    # beside each row, what float16 weights alone cost: finite (they change the result) and not gated
+    assert all(60 < row["weights_psnr"] < np.inf for row in rows if row["output"] == "logits")
     assert code == (0 if report["passed"] else 1)
 
 
