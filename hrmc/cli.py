@@ -241,17 +241,19 @@ def inspect(package, as_json) -> None:
               help="step: teacher-forced, every output of every step (the gate); trajectory: whole runs vs the noise floor.")
 @click.option("--atol", type=float, default=parity.ATOL, show_default=True, help="Absolute tolerance.")
 @click.option("--rtol", type=float, default=parity.RTOL, show_default=True, help="Relative tolerance.")
+@click.option("--psnr", "psnr_db", type=float, default=parity.PSNR_DB, show_default=True,
+              help="float16 executors (ane): the step-mode PSNR gate in dB.")
 @click.option("--onnx-model", type=click.Path(), help="The structured export the onnx, static and chunked executors use.")
 @click.option("--chunk", type=int, help="Steps per graph call of the chunked executor (default 4).")
 @click.option("--inputs", type=click.Path(), help="npz inputs (default: a seeded random batch).")
 @click.option("--seq-len", type=int, help="Sequence length of the random batch.")
 def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, mode, atol, rtol,
-                   onnx_model, chunk, inputs, seq_len) -> int:
+                   psnr_db, onnx_model, chunk, inputs, seq_len) -> int:
     """Run executors A and B on the same inputs and gate the drift (exit 1 on failure)."""
     model = driver.load_model(checkpoint, preset, config_path)
     batch = driver.load_inputs(model, inputs, batch_size, seed, seq_len)
     report = parity.check_parity(a, b, model, batch, policy=policy, budget=budget, mode=mode, atol=atol, rtol=rtol,
-                                 seed=seed, model_name=model_source(checkpoint, preset),
+                                 psnr_db=psnr_db, seed=seed, model_name=model_source(checkpoint, preset),
                                  onnx_model=onnx_model, chunk=chunk, progress=progress)
     click.echo(json.dumps(report.to_dict()) if as_json else parity.format_report(report))
     return 0 if report.passed else 1

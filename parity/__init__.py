@@ -18,7 +18,7 @@ MODES = ("step", "trajectory")
 
 
 def check_parity(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget: int | None, mode: str = "step",
-                 atol: float = ATOL, rtol: float = RTOL, seed: int = 0, model_name: str = "",
+                 atol: float = ATOL, rtol: float = RTOL, psnr_db: float = PSNR_DB, seed: int = 0, model_name: str = "",
                  onnx_model: str | None = None, chunk: int | None = None,
                  progress: Callable[[str], None] = lambda _: None) -> Report:
     budget = resolve_budget(model, policy, budget)
@@ -30,7 +30,7 @@ def check_parity(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budge
     reference = TorchExecutor("float32")
     reference.prepare(model, policy, budget, batch)
     report = Report(mode, [e.describe() for e in executors], model_name, policy, budget, batch_size(batch), seed,
-                    atol, rtol)
+                    atol, rtol, psnr_db)
     exact = TorchExecutor("float64")
     exact.prepare(model, policy, budget, batch)
     if mode == "step":
@@ -64,17 +64,17 @@ def format_report(report: Report) -> str:
         for row in report.failures():
             worst.setdefault(row.output, row)
         detail = "; ".join(f"{row.output} from step {row.step} " + (
-            f"(PSNR {row.psnr:.1f} dB < {PSNR_DB:g} dB{_weights_limit(row)})" if row.psnr is not None
+            f"(PSNR {row.psnr:.1f} dB < {report.psnr_db:g} dB{_weights_limit(row, report.psnr_db)})" if row.psnr is not None
             else f"(max |a−b| {row.max_abs:.3g} > {row.limit:.3g})") for row in worst.values())
         lines.append(f"FAIL: {detail or 'halting decisions differ'}")
     return "\n".join(lines)
 
 
-def _weights_limit(row: Row) -> str:
+def _weights_limit(row: Row, gate: float) -> str:
     if row.weights_psnr is None:
         return ""
     return f"; float16 weights alone give {row.weights_psnr:.1f} dB" + (
-        ": below the gate, the model's float16 limit" if row.weights_psnr < PSNR_DB else "")
+        ": below the gate, the model's float16 limit" if row.weights_psnr < gate else "")
 
 
-__all__ = ["EXECUTORS", "MODES", "Report", "check_parity", "format_report"]
+__all__ = ["EXECUTORS", "MODES", "PSNR_DB", "Report", "check_parity", "format_report"]

@@ -56,6 +56,7 @@ class Report:
     seed: int
     atol: float
     rtol: float
+    psnr_db: float = PSNR_DB  # float16 executors: the step-mode gate
     rows: list[Row] = field(default_factory=list)
     halting: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -130,7 +131,7 @@ def step_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: Torch
             if half:
                 db = psnr(out_a[name], out_b[name])
                 limit = float(psnr(out_rounded[name], out_32[name])) if name in out_rounded else None
-                report.rows.append(Row(name, s + 1, max_abs, max_rel, needed, report.atol, bool(db >= PSNR_DB), floor,
+                report.rows.append(Row(name, s + 1, max_abs, max_rel, needed, report.atol, bool(db >= report.psnr_db), floor,
                                        float(db), limit))
             else:
                 report.rows.append(Row(name, s + 1, max_abs, max_rel, needed, report.atol, needed <= report.atol, floor))
@@ -142,12 +143,12 @@ def step_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: Torch
         ambiguous += int((differs & close).sum())
     report.halting = {"mismatched": mismatched, "ambiguous": ambiguous}
     if half:
-        report.notes.append(f"float16 executor: every output gated on PSNR ≥ {PSNR_DB:g} dB (column psnr); "
+        report.notes.append(f"float16 executor: every output gated on PSNR ≥ {report.psnr_db:g} dB (column psnr); "
                             f"halting calls within {FP16_ATOL:g} of a tie count as close calls")
         if rounded is not None:
             report.notes.append("fp16 weights: PSNR of hrm_ref float32 with its weights rounded to float16, from the "
-                                "same carry: what float16 weights alone cost (no float16-weight executor can expect "
-                                "better); for information, not gated")
+                                "same carry: what float16 weights alone cost (a float16-weight executor rarely does better); for "
+                                "information, not gated")
     report.notes.append("step mode: both executors start every step from the reference's (torch float32) carry; "
                         "floor = hrm_ref float64 vs float32 on that step, for information")
     return report

@@ -71,21 +71,22 @@ class Flavour:
     float_type: str  # the MIL type every float tensor inside the program has
     compute_units: object
     description: str
+    heads_apart: bool = False  # attention as one small matmul pair per head, no 4-D transposes (ANE)
 
 
 # The program is built in its final precision, so ct.convert runs no pass pipeline: coremltools'
 # passes (its fp16 pass above all) take minutes on an unrolled graph, and ours already ran on ONNX.
 FLAVOURS = {"coreml": Flavour("fp32", ct.ComputeUnit.CPU_ONLY, "float32, CPU_ONLY"),
-            "ane": Flavour("fp16", ct.ComputeUnit.CPU_AND_NE, "float16, CPU_AND_NE")}
+            "ane": Flavour("fp16", ct.ComputeUnit.CPU_AND_NE, "float16, CPU_AND_NE, attention per head", True)}
 
 
 class Builder(NodeReader):
     """Maps one ONNX graph's nodes to MIL ops inside the current Function; `env` holds the MIL vars."""
 
-    def __init__(self, source: str, float_type: str = "fp32") -> None:
+    def __init__(self, source: str, float_type: str = "fp32", heads_apart: bool = False) -> None:
         super().__init__(source)
         self.env = {}
-        self.float_type = float_type
+        self.float_type, self.heads_apart = float_type, heads_apart
         self.float_dtype = np.float16 if float_type == "fp16" else np.float32
 
     def scalar(self, value: float) -> np.ndarray:
@@ -237,11 +238,26 @@ def _rope(b: Builder, n: ir.Node):
     return mb.add(x=mb.mul(x=x, y=b.var(n.inputs[1])), y=mb.mul(x=rotated, y=b.var(n.inputs[2])))
 
 
+def _attend(q, k, v, scale):
+    """softmax(q·kᵀ · scale)·v over the last two axes."""
+    scores = mb.mul(x=mb.matmul(x=q, y=k, transpose_y=True), y=scale)
+    return mb.matmul(x=mb.softmax(x=scores, axis=-1), y=v)
+
+
 def _attention(b: Builder, n: ir.Node):
-    q, k, v = (mb.transpose(x=b.var(value), perm=[0, 2, 1, 3]) for value in n.inputs[:3])
-    scores = mb.mul(x=mb.matmul(x=q, y=k, transpose_y=True), y=b.var(n.inputs[3]))
-    heads = mb.matmul(x=mb.softmax(x=scores, axis=-1), y=v)
-    return mb.transpose(x=heads, perm=[0, 2, 1, 3])
+    """q, k, v are [B, S, heads, D]. Batched over heads with transposes, or (ANE) one head at a time
+    as apple/ml-ane-transformers does: [B, S, D] matmuls only, the heads stacked back on axis 2."""
+    scale = b.var(n.inputs[3])
+    if not b.heads_apart:
+        q, k, v = (mb.transpose(x=b.var(value), perm=[0, 2, 1, 3]) for value in n.inputs[:3])
+        return mb.transpose(x=_attend(q, k, v, scale), perm=[0, 2, 1, 3])
+    heads = b.var(n.inputs[0]).shape[2]
+    q, k, v = ([mb.squeeze(x=head, axes=[2]) for head in _heads(b.var(value), heads)] for value in n.inputs[:3])
+    return mb.stack(values=[_attend(*head, scale) for head in zip(q, k, v)], axis=2)
+
+
+def _heads(x, heads: int) -> list:
+    return [x] if heads == 1 else list(mb.split(x=x, num_splits=heads, axis=2))
 
 
 # The op-mapping table: every op the `mlx` / `ane` pipelines emit for hrmc's models.
@@ -275,7 +291,8 @@ OPS: dict[str, Callable[[Builder, ir.Node], object]] = {
 }
 
 
-def build_program(model: ir.Model, batch: int, source: str, float_type: str = "fp32") -> Program:
+def build_program(model: ir.Model, batch: int, source: str, float_type: str = "fp32",
+                  heads_apart: bool = False) -> Program:
     """The MIL program of a static ONNX graph at a fixed batch size.
 
     int64 becomes int32; bool inputs and outputs travel as int32 and float ones as float32, cast to
@@ -287,7 +304,7 @@ def build_program(model: ir.Model, batch: int, source: str, float_type: str = "f
     for value in graph.inputs:
         dims = [batch if not isinstance(d, int) else d for d in value.shape]
         specs[value.name] = mb.placeholder(shape=dims, dtype=IO_DTYPES[value.dtype])
-    builder = Builder(source, float_type)
+    builder = Builder(source, float_type, heads_apart)
     # MIL names unnamed ops from a process-wide counter (ct.convert clears it after, a replay does not):
     # start from zero so the names, and so the package bytes, depend on this graph only
     mb.name_count.clear()
@@ -324,7 +341,7 @@ def lower_coreml(graph: Path, out: str | Path, flavour: str, batch: int, source:
     """Build, convert and save `out` (.mlpackage) atomically from the static ONNX `graph`."""
     model = ir.load(str(graph))
     chosen = FLAVOURS[flavour]
-    program = build_program(model, batch, f"{source} ({graph.name})", chosen.float_type)
+    program = build_program(model, batch, f"{source} ({graph.name})", chosen.float_type, chosen.heads_apart)
     with _quiet_stderr():
         package = ct.convert(program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT32,
                              compute_units=chosen.compute_units, minimum_deployment_target=ct.target.iOS17,
