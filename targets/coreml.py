@@ -5,7 +5,12 @@ op-mapping table; a node without an entry fails at lower time naming the op and 
 `ct.convert(..., convert_to="mlprogram")` and saves atomically. Two flavours:
 
 - `coreml`: float32 compute precision, CPU_ONLY: parity grade.
-- `ane`: float16 compute precision, CPU_AND_NE, fixed shapes and no control flow (the static graph).
+- `ane`: float16 compute precision, CPU_AND_NE, fixed shapes and no control flow (the static graph),
+  attention one head at a time (apple/ml-ane-transformers). Its other rewrites, the channels-first
+  (B, C, 1, S) layout with 1×1 convolutions, are not applied: they move the sequence axis (82 for
+  sudoku) last, where the ANE pads rows to 64 bytes, while HRM's widths (64·k) already fill them
+  (`hrmc inspect` shows the alignment). Without a Neural Engine to time it on, we keep the layout
+  whose tensors are aligned.
 
 Core ML packages have fixed shapes here (the ANE wants them): the batch is fixed at lower time,
 int64 becomes int32, and bool inputs and outputs travel as int32 (Core ML I/O has no bool).
@@ -246,14 +251,17 @@ def _attend(q, k, v, scale):
 
 def _attention(b: Builder, n: ir.Node):
     """q, k, v are [B, S, heads, D]. Batched over heads with transposes, or (ANE) one head at a time
-    as apple/ml-ane-transformers does: [B, S, D] matmuls only, the heads stacked back on axis 2."""
+    as apple/ml-ane-transformers does: [B, S, D] matmuls only, split from and concatenated back into
+    [B, S, heads·D]."""
     scale = b.var(n.inputs[3])
     if not b.heads_apart:
         q, k, v = (mb.transpose(x=b.var(value), perm=[0, 2, 1, 3]) for value in n.inputs[:3])
         return mb.transpose(x=_attend(q, k, v, scale), perm=[0, 2, 1, 3])
-    heads = b.var(n.inputs[0]).shape[2]
-    q, k, v = ([mb.squeeze(x=head, axes=[2]) for head in _heads(b.var(value), heads)] for value in n.inputs[:3])
-    return mb.stack(values=[_attend(*head, scale) for head in zip(q, k, v)], axis=2)
+    batch, length, heads, width = b.var(n.inputs[0]).shape
+    q, k, v = (_heads(mb.reshape(x=b.var(value), shape=[batch, length, heads * width]), heads)
+               for value in n.inputs[:3])
+    joined = mb.concat(values=[_attend(*head, scale) for head in zip(q, k, v)], axis=2)
+    return mb.reshape(x=joined, shape=[batch, length, heads, width])
 
 
 def _heads(x, heads: int) -> list:
