@@ -73,15 +73,6 @@ def test_ane_is_float16_and_gated_on_psnr(capsys, tiny_export: Path) -> None:
     assert code == (0 if report["passed"] else 1)
 
 
-@pytest.mark.heavy  # a minute each: export, lowering, replay
-@pytest.mark.parametrize("preset, policy", [("nibble", "q-halt"), ("hex", "q-halt"), ("nxt", "max-steps"),
-                                            ("denoiser", "max-steps"), ("controller-grb", "max-steps"),
-                                            ("controller-cab", "q-halt")])
-def test_every_variant_passes_the_coreml_step_gate(capsys, preset: str, policy: str) -> None:
-    code, out, _ = hrmc(capsys, "parity", "torch", "coreml", "--preset", preset, "--policy", policy, "--batch", "2")
-    assert code == 0 and out.rstrip().endswith("PASS"), out
-
-
 @pytest.mark.heavy
 def test_coreml_passes_the_trajectory_gate(capsys, tiny_export: Path) -> None:
     code, out, _ = hrmc(capsys, "parity", "torch", "coreml", "--onnx-model", str(tiny_export), "--policy", "q-halt",
