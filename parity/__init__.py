@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
-
 from hrm_ref import HRM, Batch
 from hrm_ref.act import batch_size, resolve_budget
 from parity.executors import EXECUTORS, TorchExecutor, make_executor
@@ -34,11 +32,7 @@ def check_parity(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budge
     exact = TorchExecutor("float64")
     exact.prepare(model, policy, budget, batch)
     if mode == "step":
-        rounded = None
-        if "float16" in (executors[0].precision, executors[1].precision):
-            rounded = TorchExecutor("float32", weights=torch.float16)
-            rounded.prepare(model, policy, budget, batch)
-        return step_parity(*executors, reference, exact, batch, report, rounded)
+        return step_parity(*executors, reference, exact, batch, report)
     return trajectory_parity(*executors, reference, exact, batch, report)
 
 

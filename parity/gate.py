@@ -107,32 +107,33 @@ def q_margin(outputs: Arrays) -> np.ndarray | None:
 
 
 def step_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: TorchExecutor, batch: Batch,
-                report: Report, rounded: TorchExecutor | None = None) -> Report:
+                report: Report) -> Report:
     """Teacher-forced: every step of the reference trajectory, from the reference's carry.
 
     Beside each row: the reference's own one-step rounding noise (float64 vs float32 from the same
     carry), and for float16 executors the PSNR of the reference run with its weights rounded to
-    float16 (`rounded`): what float16 weights alone cost, so the limit of any float16-weight
-    executor. Neither changes the verdict; they say whether a failure sits at the model's edge.
+    float16: what float16 weights alone cost, so the limit of any float16-weight executor. Neither changes the verdict; they say whether a failure sits at the model's edge.
     """
     trajectory = reference.run(batch)
     start = initial_carry(reference.model, batch)
     mismatched = ambiguous = 0
     half = "float16" in (a.precision, b.precision)
     atol = FP16_ATOL if half else report.atol
+    if half:
+        rounded = TorchExecutor("float32", weights=torch.float16)
+        rounded.prepare(reference.model, reference.policy, reference.budget, batch)
     for s in range(trajectory["steps"].shape[0]):
         carry = _carry_at(trajectory, start, s)
         out_a, out_b = a.step(carry, batch), b.step(carry, batch)
         out_32, out_64 = reference.step(carry, batch), exact.step(carry, batch)
-        out_rounded = rounded.step(carry, batch) if rounded is not None else {}
+        out_rounded = rounded.step(carry, batch) if half else {}
         for name in [n for n in out_b if n in out_a and n not in DECISIONS]:
             max_abs, max_rel, needed = _compare(out_a[name], out_b[name], report.rtol)
             floor = _compare(out_32[name], out_64[name], 0.0)[0]
             if half:
                 db = psnr(out_a[name], out_b[name])
-                limit = float(psnr(out_rounded[name], out_32[name])) if name in out_rounded else None
                 report.rows.append(Row(name, s + 1, max_abs, max_rel, needed, report.atol, bool(db >= report.psnr_db), floor,
-                                       float(db), limit))
+                                       float(db), float(psnr(out_rounded[name], out_32[name]))))
             else:
                 report.rows.append(Row(name, s + 1, max_abs, max_rel, needed, report.atol, needed <= report.atol, floor))
         # A halting decision may differ only where the q values are within tolerance of a tie.
@@ -145,10 +146,9 @@ def step_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: Torch
     if half:
         report.notes.append(f"float16 executor: every output gated on PSNR ≥ {report.psnr_db:g} dB (column psnr); "
                             f"halting calls within {FP16_ATOL:g} of a tie count as close calls")
-        if rounded is not None:
-            report.notes.append("fp16 weights: PSNR of hrm_ref float32 with its weights rounded to float16, from the "
-                                "same carry: what float16 weights alone cost (a float16-weight executor rarely does better); for "
-                                "information, not gated")
+        report.notes.append("fp16 weights: PSNR of hrm_ref float32 with its weights rounded to float16, from the "
+                            "same carry: what float16 weights alone cost (a float16-weight executor rarely does better); "
+                            "for information, not gated")
     report.notes.append("step mode: both executors start every step from the reference's (torch float32) carry; "
                         "floor = hrm_ref float64 vs float32 on that step, for information")
     return report

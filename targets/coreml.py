@@ -37,6 +37,7 @@ from typing import Callable
 
 import numpy as np
 import onnx_ir as ir
+from google.protobuf.message import DecodeError
 
 from hrm_ref import HRM, Batch, Carry
 from hrm_ref.act import initial_carry, resolve_budget
@@ -398,10 +399,15 @@ def _make_reproducible(package: Path) -> None:
                                                                                key=lambda item: item[1]["path"])}
     manifest["rootModelIdentifier"] = ids[manifest["rootModelIdentifier"]]
     manifest_path.write_text(json.dumps(manifest, indent=4))
-    spec_path = package / "Data" / "com.apple.CoreML" / "model.mlmodel"
+    spec_path = package / "Data" / _root_model(manifest)
     spec = ct.proto.Model_pb2.Model()
     spec.ParseFromString(spec_path.read_bytes())
     spec_path.write_bytes(spec.SerializeToString(deterministic=True))
+
+
+def _root_model(manifest: dict) -> str:
+    """The spec's path under the package's Data folder, as its manifest names it."""
+    return manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]["path"]
 
 
 def read_package(package: str | Path):
@@ -413,27 +419,37 @@ def read_package(package: str | Path):
         raise InputError(f"{path} is not an .mlpackage (no Manifest.json)")
     try:
         manifest = json.loads(manifest_path.read_text())
-        root = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]["path"]
+        root = _root_model(manifest)
     except (ValueError, KeyError) as error:
         raise InputError(f"{manifest_path}: not a Core ML package manifest ({error})") from None
+    spec_path = path / "Data" / root
+    if not spec_path.is_file():
+        raise InputError(f"{spec_path} (the model spec {manifest_path} names) not found")
     spec = ct.proto.Model_pb2.Model()
-    spec.ParseFromString((path / "Data" / root).read_bytes())
-    return spec, path / "Data" / Path(root).parent / "weights"
+    try:
+        spec.ParseFromString(spec_path.read_bytes())
+    except DecodeError:
+        raise InputError(f"{spec_path}: not a Core ML model spec") from None
+    return spec, spec_path.parent / "weights"
 
 
 def _main_block(package: str | Path):
-    spec = read_package(package)[0]
-    path = Path(package)
+    """The spec, the main function's block and the weights folder of a saved mlprogram package."""
+    spec, weights = read_package(package)
     if spec.WhichOneof("Type") != "mlProgram":
-        raise InputError(f"{path} is not an mlprogram package")
+        raise InputError(f"{package} is not an mlprogram package")
     function = spec.mlProgram.functions["main"]
-    return spec, function.block_specializations[function.opset]
+    return spec, function.block_specializations[function.opset], weights
 
 
 def op_counts(package: str | Path) -> dict[str, int]:
     """How many ops of each type the saved package's main function has."""
+    return _count_ops(_main_block(package)[1])
+
+
+def _count_ops(block) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for op in _main_block(package)[1].operations:
+    for op in block.operations:
         counts[op.type] = counts.get(op.type, 0) + 1
     return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
@@ -448,7 +464,7 @@ ELEMENT_BYTES = {FLOAT32: 4, FLOAT16: 2}
 
 def readiness(package: str | Path) -> dict:
     """The ANE-readiness report of `hrmc inspect`: what in this package keeps work off the Neural Engine."""
-    spec, block = _main_block(package)
+    spec, block, weights_folder = _main_block(package)
     findings: dict[str, int] = {}
     tensors = []
     constants = {output.name for op in block.operations if op.type == "const" for output in op.outputs}
@@ -473,9 +489,9 @@ def readiness(package: str | Path) -> dict:
     largest = [{"name": name, "shape": dims,
                 "last_axis_bytes": dims[-1] * width, "aligned": dims[-1] * width % ANE_ALIGNMENT_BYTES == 0}
                for _, name, dims, width in sorted(tensors, reverse=True)[:8]]
-    weights = Path(package) / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    weights = weights_folder / "weight.bin"
     meta = dict(spec.description.metadata.userDefined)
-    return {"package": str(package), "flavour": meta.get("hrmc.flavour"), "ops": op_counts(package),
+    return {"package": str(package), "flavour": meta.get("hrmc.flavour"), "ops": _count_ops(block),
             "not_on_ane": findings, "largest_tensors": largest,
             "weight_bytes": weights.stat().st_size if weights.is_file() else 0,
             "compute_plan": _compute_plan(package)}

@@ -126,6 +126,12 @@ def test_inspect_reports_ane_readiness(capsys, step_graph: Path, tmp_path: Path)
     assert fp16_parameters * 0.95 <= report["weight_bytes"] <= fp16_parameters * 1.05
     code, _, err = hrmc(capsys, "inspect", str(tmp_path / "missing.mlpackage"))
     assert_one_line_error(code, err, "expected an .mlpackage")
+    (package / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(b"\xff not a spec")
+    code, _, err = hrmc(capsys, "inspect", str(package))
+    assert_one_line_error(code, err, "model.mlmodel: not a Core ML model spec")
+    (package / "Data" / "com.apple.CoreML" / "model.mlmodel").unlink()
+    code, _, err = hrmc(capsys, "inspect", str(package))
+    assert_one_line_error(code, err, "model.mlmodel (the model spec", "Manifest.json names) not found")
 
 
 @pytest.mark.heavy  # a chunk package per step: a minute
