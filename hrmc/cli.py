@@ -24,6 +24,7 @@ import parity
 from hrmc import __version__
 from hrmc import pipeline as driver
 from hrmc.errors import HrmcError, InputError
+from hrmc.files import size_of
 
 FORWARD_DTYPES = ("float32", "float64", "bfloat16")
 
@@ -176,7 +177,7 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
                                "seconds": round(result.seconds, 2)}))
         return
     for path in result.written:
-        click.echo(f"wrote {path} ({driver.size_of(path):,} bytes)")
+        click.echo(f"wrote {path} ({size_of(path):,} bytes)")
     click.echo(f"lowered for {target} (pipeline {pipeline}) in {result.seconds:.1f} s")
 
 
@@ -243,18 +244,25 @@ def inspect(package, as_json) -> None:
 @click.option("--rtol", type=float, default=parity.RTOL, show_default=True, help="Relative tolerance.")
 @click.option("--psnr", "psnr_db", type=float, default=parity.PSNR_DB, show_default=True,
               help="float16 executors (ane): the step-mode PSNR gate in dB.")
-@click.option("--onnx-model", type=click.Path(), help="The structured export the onnx, static and chunked executors use.")
+@click.option("--onnx-model", type=click.Path(), help="The structured export the executors lower from (not shipped).")
+@click.option("--artifact", type=click.Path(),
+              help="B's shipped artifact, run as it is: a .onnx (its .step.onnx beside it), an MLX folder or a .mlpackage.")
 @click.option("--chunk", type=int, help="Steps per graph call of the chunked executor (default 4).")
 @click.option("--inputs", type=click.Path(), help="npz inputs (default: a seeded random batch).")
 @click.option("--seq-len", type=int, help="Sequence length of the random batch.")
 def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, mode, atol, rtol,
-                   psnr_db, onnx_model, chunk, inputs, seq_len) -> int:
-    """Run executors A and B on the same inputs and gate the drift (exit 1 on failure)."""
+                   psnr_db, onnx_model, artifact, chunk, inputs, seq_len) -> int:
+    """Run executors A and B on the same inputs and gate the drift (exit 1 on failure).
+
+    Step mode (the default) checks every graph B runs: its step graph against A from the same carry,
+    and its whole-inference graph against its own steps chained."""
+    if artifact is not None and not Path(artifact).exists():
+        raise InputError(f"--artifact: {artifact} not found")
     model = driver.load_model(checkpoint, preset, config_path)
     batch = driver.load_inputs(model, inputs, batch_size, seed, seq_len)
     report = parity.check_parity(a, b, model, batch, policy=policy, budget=budget, mode=mode, atol=atol, rtol=rtol,
                                  psnr_db=psnr_db, seed=seed, model_name=model_source(checkpoint, preset),
-                                 onnx_model=onnx_model, chunk=chunk, progress=progress)
+                                 onnx_model=onnx_model, chunk=chunk, artifact=artifact, progress=progress)
     click.echo(json.dumps(report.to_dict()) if as_json else parity.format_report(report))
     return 0 if report.passed else 1
 

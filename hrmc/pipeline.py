@@ -6,14 +6,10 @@ file handling that every command shares (atomic writes, output folders).
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -22,6 +18,7 @@ from hrm_ref import HRM, Batch
 from hrm_ref.act import denoise
 from hrm_ref.ddim import DDIMScheduler
 from hrmc.errors import InputError
+from hrmc.files import atomic_output, check_output, check_output_folder
 
 DEFAULT_PRESET = "tiny"
 
@@ -49,61 +46,6 @@ def load_inputs(model: HRM, inputs: str | None, batch_size: int, seed: int, seq_
     return hrm_ref.random_batch(model.config, batch_size, seed, seq_len)
 
 
-def check_output(path: str | Path, suffix: str) -> Path:
-    """An output path must have `suffix` and an existing folder: checked before any long work."""
-    path = Path(path)
-    if path.suffix != suffix:
-        raise InputError(f"output {path} must end in {suffix}")
-    if not path.parent.is_dir():
-        raise InputError(f"output folder does not exist: {path.parent}")
-    return path
-
-
-def check_output_folder(path: str | Path, suffix: str = "") -> Path:
-    """An output folder (an MLX folder, an .mlpackage): its suffix, an existing parent, no file in its place."""
-    path = check_output(path, suffix) if suffix else Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"output folder does not exist: {path.parent}")
-    if path.exists() and not path.is_dir():
-        raise InputError(f"output {path} exists and is not a folder")
-    return path
-
-
-@contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"output folder does not exist: {path.parent}")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    try:
-        yield Path(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-@contextmanager
-def atomic_folder(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; it replaces `path` (a folder) only if the block succeeds."""
-    path = check_output_folder(path)
-    # the temporary keeps the suffix: tools that check it (coremltools wants .mlpackage) can write into it
-    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=f".partial{path.suffix}", dir=path.parent))
-    try:
-        yield temporary
-        if path.exists():  # a folder cannot be replaced by one rename: move the old one aside, then delete it
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / "previous")
-            os.replace(temporary, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(temporary, path)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-
-
 @dataclass(frozen=True)
 class Target:
     pipeline: str  # the pass pipeline it lowers from
@@ -127,10 +69,6 @@ def check_target_output(target: str, out: str | Path) -> Path:
     return check_output_folder(out, kind.suffix) if kind.folder else check_output(out, kind.suffix)
 
 
-def size_of(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
-
-
 def lower_target(structured: str | Path, out: str | Path, target: str, pipeline: str, work: Path, *,
                  progress: Callable[[str], None], strip: tuple[str, ...] = (), chunk: int | None = None,
                  dump_after: str | None = None, batch: int = 1) -> Lowered:
@@ -152,14 +90,8 @@ def lower_target(structured: str | Path, out: str | Path, target: str, pipeline:
         return Lowered([package.folder], time.perf_counter() - started)
     from targets.coreml import lower_coreml
 
-    out = Path(out)
-    names = {"static": out, "step": out.with_name(f"{out.stem}.step.mlpackage"),
-             "chunk": out.with_name(f"{out.stem}.chunk{chunk}.mlpackage")}
-    written = []
-    for kind, graph in graphs.items():
-        progress(f"converting the {kind} graph (batch {batch})")
-        written.append(lower_coreml(graph, names[kind], target, batch, Path(structured).name).path)
-    return Lowered(written, time.perf_counter() - started)
+    written = lower_coreml(graphs, out, target, batch, Path(structured).name, progress)
+    return Lowered(list(written.values()), time.perf_counter() - started)
 
 
 def run_model(model: HRM, batch: Batch, policy: str, budget: int | None, seed: int = 0, ddim_steps: int = 10,

@@ -33,7 +33,8 @@ from hrm_ref import HRM, Batch
 from hrm_ref.act import resolve_budget
 from hrmc import __version__
 from hrmc.errors import HrmcError, InputError
-from hrmc.pipeline import atomic_output, check_output
+from hrmc.files import check_output
+from lowering.artifact import load_proto, save_bound
 from lowering.graph import CARRY_NAMES, ACTGraph, StepGraph
 
 META_PREFIX = "hrmc."
@@ -163,22 +164,15 @@ def export_onnx(model: HRM, out: str | Path, policy: str = "max-steps", budget: 
     step = _finish(step, "step", model, policy, budget, sha, seq_len, outputs, source)
 
     step_out = step_path_for(out)
-    with atomic_output(out) as act_tmp, atomic_output(step_out) as step_tmp:
-        onnx.save(act, act_tmp)
-        onnx.save(step, step_tmp)
+    save_bound({"act": (out, act), "step": (step_out, step)})
     parameter_bytes = sum(t.numel() * 4 for t in model.state_dict().values())
     return ExportedModel(out, step_out, time.perf_counter() - started, out.stat().st_size, parameter_bytes)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The hrmc metadata of an exported file; an error if the file was not made by hrmc."""
+    """The hrmc metadata of an exported or lowered file; an error if the file was not made by hrmc."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"ONNX model not found: {path}")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # onnx raises DecodeError and others for non-ONNX bytes
-        raise InputError(f"cannot read {path} as ONNX: {type(err).__name__}") from None
+    proto = load_proto(path)
     props = {p.key.removeprefix(META_PREFIX): p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)}
     if "config" not in props:
         raise InputError(f"{path} was not made by hrmc export (no hrmc metadata)")

@@ -10,17 +10,24 @@ from typing import Callable
 from hrm_ref import HRM, Batch
 from hrm_ref.act import batch_size, resolve_budget
 from parity.executors import EXECUTORS, TorchExecutor, make_executor
-from parity.gate import ATOL, PSNR_DB, RTOL, Report, Row, step_parity, trajectory_parity
+from parity.gate import (ATOL, FLOOR_FACTOR, PSNR_DB, RTOL, Report, Row, step_parity, trajectory_parity,
+                         whole_graph_parity)
 
 MODES = ("step", "trajectory")
 
 
 def check_parity(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget: int | None, mode: str = "step",
                  atol: float = ATOL, rtol: float = RTOL, psnr_db: float = PSNR_DB, seed: int = 0, model_name: str = "",
-                 onnx_model: str | None = None, chunk: int | None = None,
+                 onnx_model: str | None = None, chunk: int | None = None, artifact: str | None = None,
                  progress: Callable[[str], None] = lambda _: None) -> Report:
+    """Run A and B on `batch` and gate them. `artifact` is B's shipped artifact: exactly those files run.
+
+    Step mode checks every graph each executor runs: the step graph teacher-forced against A, and
+    the whole-inference graph against the executor's own steps chained.
+    """
     budget = resolve_budget(model, policy, budget)
-    executors = [make_executor(name, onnx_model=onnx_model, chunk=chunk) for name in (a, b)]
+    executors = [make_executor(a, onnx_model=onnx_model, chunk=chunk),
+                 make_executor(b, onnx_model=onnx_model, chunk=chunk, artifact=artifact)]
     for executor in executors:
         progress(f"preparing executor {executor.name}")
         executor.prepare(model, policy, budget, batch)
@@ -31,37 +38,57 @@ def check_parity(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budge
                     atol, rtol, psnr_db)
     exact = TorchExecutor("float64")
     exact.prepare(model, policy, budget, batch)
-    if mode == "step":
-        return step_parity(*executors, reference, exact, batch, report)
-    return trajectory_parity(*executors, reference, exact, batch, report)
+    if mode == "trajectory":
+        return trajectory_parity(*executors, reference, exact, batch, report)
+    step_parity(*executors, reference, exact, batch, report)
+    for executor in executors:  # every graph an executor runs: its whole-inference graph too
+        if executor.whole_graph() is not None:
+            progress(f"checking {executor.name}'s whole-inference graph ({executor.whole_graph()}) against its steps")
+            whole_graph_parity(executor, reference, exact, batch, report)
+    if report.whole_graphs:
+        report.notes.append(f"whole-inference graphs: each run whole and compared with its own step graph chained "
+                            f"from the initial carry (the step graph is the one gated against the reference); drift "
+                            f"gated at max({report.atol:g}, {FLOOR_FACTOR} × noise floor) as in trajectory mode")
+    return report
 
 
 def format_report(report: Report) -> str:
     lines = [f"parity {report.mode} mode: A = {report.executors[0]}", f"{' ' * (len(report.mode) + 13)}B = {report.executors[1]}",
              f"model {report.model}, policy {report.policy}, budget {report.budget}, batch {report.batch}, "
-             f"seed {report.seed}, tolerance |a−b| ≤ {report.atol:g} + {report.rtol:g}·|b|",
-             f"{'output':<20}{'step':>5}{'max|a−b|':>12}{'max rel':>12}{'needed':>12}{'limit':>12}{'floor':>12}  ok"]
-    for row in report.rows:
-        floor = f"{row.floor:>12.3g}" if row.floor is not None else ""
-        floor += f"  psnr {row.psnr:.1f} dB" if row.psnr is not None else ""
-        floor += f" (fp16 weights {row.weights_psnr:.1f})" if row.weights_psnr is not None else ""
-        lines.append(f"{row.output:<20}{row.step:>5}{row.max_abs:>12.3g}{row.max_rel:>12.3g}{row.needed:>12.3g}"
-                     f"{row.limit:>12.3g}{floor}  {'✓' if row.passed else '✗'}")
-    halting = report.halting
-    lines.append(f"halting decisions: {halting.get('mismatched', 0)} mismatched, {halting.get('ambiguous', 0)} ambiguous "
-                 "(a close call of the reference: reported, not failed)")
+             f"seed {report.seed}, tolerance |a−b| ≤ {report.atol:g} + {report.rtol:g}·|b|"]
+    whole = {graph["check"]: graph for graph in report.whole_graphs}
+    for check in dict.fromkeys([row.check for row in report.rows] + list(whole)):
+        if check in whole:
+            title, halting = f"{check}: {whole[check]['graph']}, chained steps from the initial carry", whole[check]["halting"]
+        else:
+            how = "step graphs from the reference's carry" if report.mode == "step" else "whole runs"
+            title, halting = f"A vs B: {how}", report.halting
+        lines += [f"— {title}",
+                  f"{'output':<20}{'step':>5}{'max|a−b|':>12}{'max rel':>12}{'needed':>12}{'limit':>12}{'floor':>12}  ok"]
+        for row in (row for row in report.rows if row.check == check):
+            floor = f"{row.floor:>12.3g}" if row.floor is not None else ""
+            floor += f"  psnr {row.psnr:.1f} dB" if row.psnr is not None else ""
+            floor += f" (fp16 weights {row.weights_psnr:.1f})" if row.weights_psnr is not None else ""
+            lines.append(f"{row.output:<20}{row.step:>5}{row.max_abs:>12.3g}{row.max_rel:>12.3g}{row.needed:>12.3g}"
+                         f"{row.limit:>12.3g}{floor}  {'✓' if row.passed else '✗'}")
+        lines.append(f"halting decisions: {halting.get('mismatched', 0)} mismatched, {halting.get('ambiguous', 0)} "
+                     "ambiguous (a close call of the reference: reported, not failed)")
     lines += [f"note: {note}" for note in report.notes]
     if report.passed:
         lines.append("PASS")
     else:
         worst = {}
         for row in report.failures():
-            worst.setdefault(row.output, row)
-        detail = "; ".join(f"{row.output} from step {row.step} " + (
+            worst.setdefault((row.check, row.output), row)
+        detail = "; ".join(f"{_named(row.check)}{row.output} from step {row.step} " + (
             f"(PSNR {row.psnr:.1f} dB < {report.psnr_db:g} dB{_weights_limit(row, report.psnr_db)})" if row.psnr is not None
             else f"(max |a−b| {row.max_abs:.3g} > {row.limit:.3g})") for row in worst.values())
         lines.append(f"FAIL: {detail or 'halting decisions differ'}")
     return "\n".join(lines)
+
+
+def _named(check: str) -> str:
+    return "" if check == "A vs B" else f"{check}: "
 
 
 def _weights_limit(row: Row, gate: float) -> str:

@@ -11,7 +11,7 @@ currency:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ import torch
 import hrm_ref
 from hrm_ref import HRM, Batch, Carry
 from hrm_ref.act import resolve_budget
+from hrmc.errors import InputError
 
 Arrays = dict[str, np.ndarray]
 DEFAULT_CHUNK = 4  # steps per graph call of the chunked executors
@@ -53,6 +54,10 @@ class Executor:
         """One line for reports: what exactly ran."""
         return self.name
 
+    def whole_graph(self) -> str | None:
+        """The whole-inference graph `run` executes, when it is not `step` chained (named for reports)."""
+        return None
+
 
 class TorchExecutor(Executor):
     """hrm_ref in eager PyTorch: the reference. `dtype` float64 gives the noise-floor reference."""
@@ -84,35 +89,39 @@ class TorchExecutor(Executor):
 
 
 def _onnxruntime(kind: str) -> Callable[..., Executor]:
-    def make(**options: Any) -> Executor:
+    def make(onnx_model=None, chunk=None, artifact=None) -> Executor:
         from targets import onnx  # onnxruntime loads only when asked for
 
         if kind == "chunked":
-            return onnx.ChunkedExecutor(options.get("onnx_model"), options.get("chunk") or DEFAULT_CHUNK)
-        return {"onnx": onnx.OnnxExecutor, "static": onnx.StaticExecutor}[kind](options.get("onnx_model"))
+            return onnx.ChunkedExecutor(onnx_model, chunk, artifact)
+        return {"onnx": onnx.OnnxExecutor, "static": onnx.StaticExecutor}[kind](onnx_model, artifact)
     return make
 
 
 def _mlx(chunked: bool) -> Callable[..., Executor]:
-    def make(**options: Any) -> Executor:
+    def make(onnx_model=None, chunk=None, artifact=None) -> Executor:
         from targets.mlx import MlxExecutor  # mlx loads only when asked for
 
-        chunk = (options.get("chunk") or DEFAULT_CHUNK) if chunked else None
-        return MlxExecutor(options.get("onnx_model"), chunk)
+        return MlxExecutor(onnx_model, chunked, chunk, artifact)
     return make
 
 
 def _coreml(flavour: str, chunked: bool = False) -> Callable[..., Executor]:
-    def make(**options: Any) -> Executor:
+    def make(onnx_model=None, chunk=None, artifact=None) -> Executor:
         from targets.coreml import CoreMLExecutor  # coremltools loads only when asked for
 
-        chunk = (options.get("chunk") or DEFAULT_CHUNK) if chunked else None
-        return CoreMLExecutor(flavour, options.get("onnx_model"), chunk)
+        return CoreMLExecutor(flavour, onnx_model, chunked, chunk, artifact)
     return make
 
 
+def _torch(onnx_model=None, chunk=None, artifact=None) -> Executor:
+    if artifact is not None:
+        raise InputError("the torch executor runs hrm_ref itself: it has no artifact (--artifact names B's)")
+    return TorchExecutor()
+
+
 EXECUTORS: dict[str, Callable[..., Executor]] = {
-    "torch": lambda **options: TorchExecutor(),
+    "torch": _torch,
     "onnx": _onnxruntime("onnx"),
     "static": _onnxruntime("static"),
     "chunked": _onnxruntime("chunked"),
@@ -124,5 +133,8 @@ EXECUTORS: dict[str, Callable[..., Executor]] = {
 }
 
 
-def make_executor(name: str, **options: Any) -> Executor:
-    return EXECUTORS[name](**options)
+def make_executor(name: str, onnx_model: str | None = None, chunk: int | None = None,
+                  artifact: str | None = None) -> Executor:
+    """Executor `name`, running the shipped `artifact` when one is named, else graphs made afresh
+    (from `onnx_model`, the structured export, when given); `chunk`: steps per call of a chunked one."""
+    return EXECUTORS[name](onnx_model=onnx_model, chunk=chunk, artifact=artifact)

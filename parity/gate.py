@@ -41,6 +41,7 @@ class Row:
     limit: float  # the atol it had to meet
     passed: bool
     floor: float | None = None  # the reference's own float64-vs-float32 drift (its rounding noise)
+    check: str = "A vs B"  # which comparison: A vs B, or one executor's whole-inference graph vs its own steps
     psnr: float | None = None  # float16 executors: gated on this (dB) instead of the atol
     weights_psnr: float | None = None  # float16 executors: the reference with float16-rounded weights, for information
 
@@ -60,10 +61,12 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     halting: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    whole_graphs: list[dict[str, Any]] = field(default_factory=list)  # step mode: each whole-inference graph checked
 
     @property
     def passed(self) -> bool:
-        return all(row.passed for row in self.rows) and not self.halting.get("mismatched", 0)
+        return (all(row.passed for row in self.rows) and not self.halting.get("mismatched", 0)
+                and not any(graph["halting"]["mismatched"] for graph in self.whole_graphs))
 
     def failures(self) -> list[Row]:
         return [row for row in self.rows if not row.passed]
@@ -160,12 +163,28 @@ def _pad(trajectory: Arrays, steps: int) -> Arrays:
             for name, value in trajectory.items()}
 
 
-def trajectory_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: TorchExecutor, batch: Batch,
-                      report: Report) -> Report:
-    """Whole runs, drift per step, gated against the reference's float64-vs-float32 noise floor."""
-    runs = [a.run(batch), b.run(batch), reference.run(batch), exact.run(batch)]
-    length = max(run["steps"].shape[0] for run in runs)
-    run_a, run_b, ref32, ref64 = (_pad(run, length) for run in runs)
+def chained_run(executor: Executor, start: Carry, batch: Batch) -> Arrays:
+    """The whole inference as `executor`'s own step graph chained from `start`, carry fed back: what its
+    whole-inference graph must reproduce. Halted rows keep their last outputs, as hrm_ref.run does."""
+    carry, history, last = start, {}, None
+    while not bool(carry.halted.all()):
+        outputs = executor.step(carry, batch)
+        halted_before = carry.halted.numpy()
+        heads = {name: value for name, value in outputs.items() if name not in DECISIONS + CARRY_OUTPUTS}
+        if last is not None:
+            heads = {name: np.where(halted_before.reshape((-1,) + (1,) * (value.ndim - 1)), last[name], value)
+                     for name, value in heads.items()}
+        last = heads
+        for name, value in (heads | {name: outputs[name] for name in DECISIONS}).items():
+            history.setdefault(name, []).append(value)
+        carry = Carry(*(torch.from_numpy(np.ascontiguousarray(outputs[name])) for name in ("z_H", "z_L", "steps", "halted")))
+    return {name: np.stack(values) for name, values in history.items()}
+
+
+def _drift(run_a: Arrays, run_b: Arrays, ref32: Arrays, ref64: Arrays, report: Report, check: str) -> dict[str, Any]:
+    """Drift rows of two whole runs against the reference's noise floor; returns the halting comparison."""
+    length = max(run["steps"].shape[0] for run in (run_a, run_b, ref32, ref64))
+    run_a, run_b, ref32, ref64 = (_pad(run, length) for run in (run_a, run_b, ref32, ref64))
     halting_a, halting_b = run_a["steps"][-1], run_b["steps"][-1]
     # A sample is a close call if the reference's q margin, at some step up to its halting, is
     # within FLOOR_FACTOR × its own float64-vs-float32 noise.
@@ -177,17 +196,37 @@ def trajectory_parity(a: Executor, b: Executor, reference: TorchExecutor, exact:
         close = (np.abs(margin64) <= np.maximum(FLOOR_FACTOR * noise, report.atol)).any(axis=0)
     close |= ref32["steps"][-1] != ref64["steps"][-1]
     differs = halting_a != halting_b
-    report.halting = {"mismatched": int((differs & ~close).sum()), "ambiguous": int((differs & close).sum()),
-                      "steps_a": halting_a.tolist(), "steps_b": halting_b.tolist()}
     compared = ~(differs & close) & (ref32["steps"][-1] == ref64["steps"][-1])
     for name in [n for n in run_b if n in run_a and n in ref64 and n not in DECISIONS + CARRY_OUTPUTS]:
         for s in range(length):
             max_abs, max_rel, _ = _compare(run_a[name][s][compared], run_b[name][s][compared], report.rtol)
             floor, _, _ = _compare(ref32[name][s][compared], ref64[name][s][compared], 0.0)
             limit = max(report.atol, FLOOR_FACTOR * floor)
-            report.rows.append(Row(name, s + 1, max_abs, max_rel, max_abs, limit, max_abs <= limit, floor))
+            report.rows.append(Row(name, s + 1, max_abs, max_rel, max_abs, limit, max_abs <= limit, floor, check=check))
+    return {"mismatched": int((differs & ~close).sum()), "ambiguous": int((differs & close).sum()),
+            "steps_a": halting_a.tolist(), "steps_b": halting_b.tolist(), "left_out": int((~compared).sum())}
+
+
+def trajectory_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: TorchExecutor, batch: Batch,
+                      report: Report) -> Report:
+    """Whole runs, drift per step, gated against the reference's float64-vs-float32 noise floor."""
+    report.halting = _drift(a.run(batch), b.run(batch), reference.run(batch), exact.run(batch), report, "A vs B")
     report.notes.append(f"trajectory mode: drift gated at max({report.atol:g}, {FLOOR_FACTOR} × noise floor); "
                         "noise floor = hrm_ref float64 vs float32 on the same inputs")
-    if (~compared).any():
-        report.notes.append(f"{int((~compared).sum())} sample(s) with a close halting call left out of the drift rows")
+    if report.halting["left_out"]:
+        report.notes.append(f"{report.halting['left_out']} sample(s) with a close halting call left out of the drift rows")
+    return report
+
+
+def whole_graph_parity(executor: Executor, reference: TorchExecutor, exact: TorchExecutor, batch: Batch,
+                       report: Report) -> Report:
+    """Step mode's second half: the executor's whole-inference graph against its own step graph chained
+    from the initial carry (which step parity has just checked against the reference), drift gated at
+    max(atol, 10 × the reference's noise floor), as trajectory mode does."""
+    start = initial_carry(reference.model, batch)
+    check = f"{executor.name} whole vs its steps"
+    halting = _drift(executor.run(batch), chained_run(executor, start, batch), reference.run(batch), exact.run(batch),
+                     report, check)
+    report.whole_graphs.append({"executor": executor.name, "graph": executor.whole_graph(), "check": check,
+                                "halting": halting})
     return report

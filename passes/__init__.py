@@ -18,8 +18,9 @@ import onnx_ir as ir
 from onnx_ir.passes.common import NameFixPass
 
 from hrmc.errors import InputError
-from hrmc.pipeline import atomic_output, check_output
+from hrmc.files import atomic_output, check_output
 from lowering import read_metadata, step_path_for
+from lowering.artifact import PARTS_KEY, bound_parts, save_bound
 from passes._loops import PassInputError
 from passes.act_to_masked_budget import ActToMaskedBudgetPass
 from passes.chunk_budget import ChunkBudgetPass
@@ -92,15 +93,31 @@ def run_pipeline(model: ir.Model, pipeline: str, *, strip: tuple[str, ...] = (),
 
 def _load(path: Path) -> ir.Model:
     read_metadata(path)  # refuses files hrmc did not make
-    return ir.load(str(path))
+    model = ir.load(str(path))
+    model.metadata_props.pop(PARTS_KEY, None)  # the export's record: the lowered set gets its own
+    return model
+
+
+def structured_parts(structured: Path) -> dict[str, Path]:
+    """The export pair `structured` belongs to ({"act": …, "step": …}), checked against its record."""
+    parts = bound_parts(structured, fallback={"act": structured, "step": step_path_for(structured)})
+    if "act" not in parts:
+        raise InputError(f"{structured} is not a structured export (it holds {', '.join(parts)} graphs): "
+                         "start from the model.onnx that hrmc export wrote")
+    return parts
 
 
 def _save(model: ir.Model, path: Path) -> None:
-    NameFixPass()(model)  # a graph dumped between passes may still repeat names across scopes
+    """A graph dumped between passes (--dump-after): one file, not part of the lowered set."""
     with atomic_output(path) as temporary:
-        proto = ir.to_proto(model)
-        onnx.checker.check_model(proto)
-        onnx.save(proto, temporary)
+        onnx.save(_checked_proto(model), temporary)
+
+
+def _checked_proto(model: ir.Model) -> onnx.ModelProto:
+    NameFixPass()(model)  # a graph dumped between passes may still repeat names across scopes
+    proto = ir.to_proto(model)
+    onnx.checker.check_model(proto)
+    return proto
 
 
 def lower_onnx(structured: str | Path, out: str | Path, pipeline: str = "default", *, strip: tuple[str, ...] = (),
@@ -112,16 +129,16 @@ def lower_onnx(structured: str | Path, out: str | Path, pipeline: str = "default
     def dump(suffix: str) -> Dump:
         return lambda name, model: _save(model, out.with_name(f"{out.stem}.{suffix}after-{name}.onnx"))
 
-    static = run_pipeline(_load(structured), pipeline, strip=strip, dump_after=dump_after, dump=dump(""))
-    step = run_pipeline(_load(step_path_for(structured)), pipeline, strip=strip, chunk=1)
+    parts = structured_parts(structured)
+    static = run_pipeline(_load(parts["act"]), pipeline, strip=strip, dump_after=dump_after, dump=dump(""))
+    step = run_pipeline(_load(parts["step"]), pipeline, strip=strip, chunk=1)
     chunked = None
     if chunk is not None and chunk > 1:
-        chunked = run_pipeline(_load(step_path_for(structured)), pipeline, strip=strip, chunk=chunk)
-    _save(static, out)
-    _save(step, step_path_for(out))
+        chunked = run_pipeline(_load(parts["step"]), pipeline, strip=strip, chunk=chunk)
     chunk_path = out.with_name(f"{out.stem}.chunk{chunk}.onnx") if chunked is not None else None
-    if chunked is not None:
-        _save(chunked, chunk_path)
+    parts = {"static": (out, static), "step": (step_path_for(out), step)} | (
+        {"chunk": (chunk_path, chunked)} if chunked is not None else {})
+    save_bound({role: (path, _checked_proto(model)) for role, (path, model) in parts.items()})
     return LoweredModel(out, step_path_for(out), chunk_path, time.perf_counter() - started)
 
 

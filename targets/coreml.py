@@ -42,9 +42,11 @@ from google.protobuf.message import DecodeError
 from hrm_ref import HRM, Batch, Carry
 from hrm_ref.act import initial_carry, resolve_budget
 from hrmc import __version__
+from hrmc.binding import BindingError, Record, file_sha256, json_sha256, make_record, parse_record, verify
 from hrmc.errors import InputError
-from hrmc.pipeline import atomic_folder
-from parity.executors import Arrays, Executor, carry_arrays
+from hrmc.files import atomic_folder
+from lowering.artifact import PARTS_KEY
+from parity.executors import DEFAULT_CHUNK, Arrays, Executor, carry_arrays
 from targets._nodes import LowerError, NodeReader, constant_array, op_key, require_static
 from targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
 
@@ -68,6 +70,8 @@ with _quiet_stderr():
 MIL_DTYPES = {ir.DataType.FLOAT: "fp32", ir.DataType.FLOAT16: "fp16", ir.DataType.INT64: "int32",
               ir.DataType.INT32: "int32", ir.DataType.BOOL: "bool"}
 MIL_TYPES = {"fp32": mil_types.fp32, "fp16": mil_types.fp16, "int32": mil_types.int32}
+PARTS_FILE = "com.hrmc/parts.json"  # under Data/: the package's record (hrmc.binding)
+BOOL_OUTPUTS = "hrmc.bool_outputs"  # user metadata: outputs that are bool in the ONNX graph, int32 in the package
 LABEL = "MIL reference semantics (coremltools value_inference replay on Linux, not Core ML's runtime kernels)"
 
 
@@ -350,10 +354,39 @@ class CoreMLPackage:
     flavour: str
     batch: int
     bool_outputs: tuple[str, ...]  # bool in the ONNX graph, int32 in the package (Core ML I/O has no bool)
+    meta: dict[str, str]  # hrmc's metadata, without the `hrmc.` prefix
 
 
-def lower_coreml(graph: Path, out: str | Path, flavour: str, batch: int, source: str) -> CoreMLPackage:
-    """Build, convert and save `out` (.mlpackage) atomically from the static ONNX `graph`."""
+def package_paths(out: str | Path, roles: list[str], chunk: int | None = None) -> dict[str, Path]:
+    """Where `hrmc lower` puts each graph's package: NAME.mlpackage, NAME.step.mlpackage, NAME.chunkK.mlpackage."""
+    out = Path(out)
+    names = {"static": out, "step": out.with_name(f"{out.stem}.step.mlpackage"),
+             "chunk": out.with_name(f"{out.stem}.chunk{chunk}.mlpackage")}
+    return {role: names[role] for role in roles}
+
+
+def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: int, source: str,
+                 progress: Callable[[str], None] = lambda _: None) -> dict[str, Path]:
+    """Build, convert and save one package per graph ({"static": …, "step": …, "chunk": …}) as a bound
+    set (each records every package's files, hrmc.binding); all appear at once, or none."""
+    chunk = int(ir.load(str(graphs["chunk"])).metadata_props["hrmc.chunk"]) if "chunk" in graphs else None
+    paths = package_paths(out, list(graphs), chunk)
+    with contextlib.ExitStack() as stack:
+        temporaries = {role: stack.enter_context(atomic_folder(path)) for role, path in paths.items()}
+        for role, graph in graphs.items():
+            progress(f"converting the {role} graph (batch {batch})")
+            _save_package(_convert(graph, flavour, batch, source), temporaries[role])
+        files = {role: _package_files(temporary) for role, temporary in temporaries.items()}
+        record = make_record({role: (paths[role], json_sha256(_flat(files[role]))) for role in paths})
+        for role, temporary in temporaries.items():
+            (temporary / "Data" / PARTS_FILE).parent.mkdir()
+            (temporary / "Data" / PARTS_FILE).write_text(json.dumps({"files": files[role], "set": record},
+                                                                     indent=1, sort_keys=True))
+    return paths
+
+
+def _convert(graph: Path, flavour: str, batch: int, source: str):
+    """The MLModel of one static ONNX graph, with hrmc's metadata."""
     model = ir.load(str(graph))
     chosen = FLAVOURS[flavour]
     program = build_program(model, batch, f"{source} ({graph.name})", chosen.float_type, chosen.heads_apart)
@@ -361,20 +394,23 @@ def lower_coreml(graph: Path, out: str | Path, flavour: str, batch: int, source:
         package = ct.convert(program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT32,
                              compute_units=chosen.compute_units, minimum_deployment_target=ct.target.iOS17,
                              pass_pipeline=ct.PassPipeline.EMPTY)
-    meta = {key.removeprefix("hrmc."): value for key, value in model.metadata_props.items()}
+    meta = {key.removeprefix("hrmc."): value for key, value in model.metadata_props.items() if key != PARTS_KEY}
+    bools = [value.name for value in model.graph.outputs if value.dtype == ir.DataType.BOOL]
     package.short_description = f"HRM lowered by hrmc {__version__} ({flavour}: {chosen.description}) from {source}"
     package.version = __version__
     package.user_defined_metadata.update({"hrmc.version": __version__, "hrmc.flavour": flavour, "hrmc.batch": str(batch),
-                                          **{f"hrmc.{k}": v for k, v in meta.items()}})
+                                          **{f"hrmc.{k}": v for k, v in meta.items()},
+                                          BOOL_OUTPUTS: json.dumps(bools)})
     for value in model.graph.inputs:
         package.input_description[value.name] = f"{value.name} ({value.dtype.name.lower()} in the ONNX graph)"
     for value in model.graph.outputs:
         package.output_description[value.name] = f"{value.name} ({value.dtype.name.lower()} in the ONNX graph)"
-    with atomic_folder(out) as temporary:
-        package.save(str(temporary))
-        _make_reproducible(temporary)
-    bools = tuple(value.name for value in model.graph.outputs if value.dtype == ir.DataType.BOOL)
-    return CoreMLPackage(Path(out), flavour, batch, bools)
+    return package
+
+
+def _save_package(package, folder: Path) -> None:
+    package.save(str(folder))
+    _make_reproducible(folder)
 
 
 @contextlib.contextmanager
@@ -398,11 +434,59 @@ def _make_reproducible(package: Path) -> None:
     manifest["itemInfoEntries"] = {ids[old]: entry for old, entry in sorted(manifest["itemInfoEntries"].items(),
                                                                                key=lambda item: item[1]["path"])}
     manifest["rootModelIdentifier"] = ids[manifest["rootModelIdentifier"]]
+    manifest["itemInfoEntries"][str(uuid.uuid5(uuid.NAMESPACE_URL, PARTS_FILE))] = {
+        "author": "com.hrmc", "description": "sha256 of every file of this package and of its set (hrmc lower)",
+        "name": Path(PARTS_FILE).name, "path": PARTS_FILE}
     manifest_path.write_text(json.dumps(manifest, indent=4))
     spec_path = package / "Data" / _root_model(manifest)
     spec = ct.proto.Model_pb2.Model()
     spec.ParseFromString(spec_path.read_bytes())
     spec_path.write_bytes(spec.SerializeToString(deterministic=True))
+
+
+def _package_files(package: Path) -> dict[str, str]:
+    """sha256 of every file in a package but its parts record, by path inside the package."""
+    return {str(path.relative_to(package)): file_sha256(path) for path in sorted(package.rglob("*"))
+            if path.is_file() and path != package / "Data" / PARTS_FILE}
+
+
+def _flat(files: dict[str, str]) -> Record:
+    return {name: {"file": name, "sha256": digest} for name, digest in files.items()}
+
+
+def package_set(package: str | Path) -> dict[str, Path]:
+    """{role: path} of the packages `hrmc lower` wrote together with `package`, each file of each
+    checked against the records they hold. Packages written before hrmc recorded parts: the package
+    alone, unverified."""
+    package = Path(package)
+    record_path = package / "Data" / PARTS_FILE
+    if not record_path.is_file():
+        read_package(package)  # names what is wrong with a package that is not one
+        return {"static": package}
+    own = _read_parts(record_path)
+    for role, part in own["set"].items():
+        sibling = package.parent / part["file"]
+        parts = own if sibling == package else _read_parts(sibling / "Data" / PARTS_FILE, package)
+        if parts["set"] != own["set"]:
+            raise BindingError(f"{sibling}: does not belong with {package.name} (written by another run)")
+        verify(_flat(parts["files"]), _package_files(sibling), sibling, sibling / "Data" / PARTS_FILE)
+        if json_sha256(_flat(parts["files"])) != part["sha256"]:
+            raise BindingError(f"{sibling}: not the package {package.name} was written with (another run)")
+    return {role: package.parent / part["file"] for role, part in own["set"].items()}
+
+
+def _read_parts(path: Path, reader: Path | None = None) -> dict:
+    if not path.is_file():
+        what = f" ({reader.name} records it as part of its set)" if reader else ""
+        raise BindingError(f"{path.parent.parent}: missing or not written by hrmc lower{what}")
+    try:
+        parts = json.loads(path.read_text())
+        parse_record(json.dumps(parts["set"]), path)
+        if not all(isinstance(v, str) for v in parts["files"].values()):
+            raise TypeError
+        return parts
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise BindingError(f"{path}: its record of the package's parts is unreadable (edited by hand?)") from None
 
 
 def _root_model(manifest: dict) -> str:
@@ -463,7 +547,9 @@ ELEMENT_BYTES = {FLOAT32: 4, FLOAT16: 2}
 
 
 def readiness(package: str | Path) -> dict:
-    """The ANE-readiness report of `hrmc inspect`: what in this package keeps work off the Neural Engine."""
+    """The ANE-readiness report of `hrmc inspect`: what in this package keeps work off the Neural Engine.
+    The package and its set are verified against their recorded parts first."""
+    parts = package_set(package)
     spec, block, weights_folder = _main_block(package)
     findings: dict[str, int] = {}
     tensors = []
@@ -490,11 +576,14 @@ def readiness(package: str | Path) -> dict:
                 "last_axis_bytes": dims[-1] * width, "aligned": dims[-1] * width % ANE_ALIGNMENT_BYTES == 0}
                for _, name, dims, width in sorted(tensors, reverse=True)[:8]]
     weights = weights_folder / "weight.bin"
+    if not weights.is_file():
+        raise InputError(f"{weights}: missing (the package's weights)")
     meta = dict(spec.description.metadata.userDefined)
     return {"package": str(package), "flavour": meta.get("hrmc.flavour"), "ops": _count_ops(block),
             "not_on_ane": findings, "largest_tensors": largest,
-            "weight_bytes": weights.stat().st_size if weights.is_file() else 0,
-            "compute_plan": _compute_plan(package)}
+            "weight_bytes": weights.stat().st_size,
+            "compute_plan": _compute_plan(package),
+            "set": {role: path.name for role, path in parts.items()}, "bound": (Path(package) / "Data" / PARTS_FILE).is_file()}
 
 
 def _compute_plan(package: str | Path) -> dict[str, int] | str:
@@ -554,46 +643,88 @@ def _replay_value(var, values):
     return value.item() if scalar else value
 
 
-class CoreMLExecutor(Executor):
-    """Lowers the `mlx`-pipeline graphs to packages of one flavour and runs them (predict on macOS, else replay)."""
+def package_info(path: Path) -> CoreMLPackage:
+    """What the executor needs to know of a saved package: flavour, batch, bool outputs, hrmc's metadata."""
+    spec = read_package(path)[0]
+    meta = {k.removeprefix("hrmc."): v for k, v in spec.description.metadata.userDefined.items() if k.startswith("hrmc.")}
+    if "flavour" not in meta or "batch" not in meta:
+        raise InputError(f"{path} was not written by hrmc lower (no hrmc metadata)")
+    if BOOL_OUTPUTS.removeprefix("hrmc.") in meta:
+        bools = tuple(json.loads(meta[BOOL_OUTPUTS.removeprefix("hrmc.")]))
+    else:  # packages written before the key: their output descriptions say it
+        bools = tuple(o.name for o in spec.description.output if o.shortDescription.endswith("(bool in the ONNX graph)"))
+    return CoreMLPackage(path, meta["flavour"], int(meta["batch"]), bools, meta)
 
-    def __init__(self, flavour: str, onnx_model: str | Path | None = None, chunk: int | None = None) -> None:
-        self.flavour, self.chunk, self.graph_calls = flavour, chunk, 0
-        self.name = flavour if chunk is None else f"{flavour}-chunked"
+
+class CoreMLExecutor(Executor):
+    """Packages of one flavour, shipped (`artifact`) or lowered afresh from the `mlx`-pipeline graphs, run
+    with predict on macOS and replayed elsewhere. `chunked` drives the chunk (or step) package from the host loop."""
+
+    def __init__(self, flavour: str, onnx_model: str | Path | None = None, chunked: bool = False,
+                 chunk: int | None = None, artifact: str | Path | None = None) -> None:
+        self.flavour, self.chunked, self.chunk, self.graph_calls = flavour, chunked, chunk, 0
+        self.name = f"{flavour}-chunked" if chunked else flavour
         self.precision = "float16" if flavour == "ane" else "float32"
         self.onnx_model = Path(onnx_model) if onnx_model else None
+        self.artifact = Path(artifact) if artifact else None
 
     def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
-        from targets.onnx import lowered_source
+        from targets.onnx import check_source, lowered_source
 
         self.policy, self.budget = policy, resolve_budget(model, policy, budget)
-        self._folder = tempfile.TemporaryDirectory(prefix="hrmc-coreml-")
-        structured, self.graphs = lowered_source(self.onnx_model, Path(self._folder.name), model, policy, self.budget,
-                                                 batch, "mlx", self.chunk)
-        self.graphs.setdefault("chunk", self.graphs["step"])
+        self.size, seq_len = next(iter(batch.values())).shape[0], model.inner.sequence_length(batch)
         self.packages: dict[str, CoreMLPackage] = {}
         self.loaded: dict[str, object] = {}  # each package is loaded once (an MLModel, or its MIL program), not per call
         self.start = carry_arrays(initial_carry(model, batch))
-        self.size, self.source = next(iter(batch.values())).shape[0], structured.name
         self.on_macos = platform.system() == "Darwin"
+        if self.artifact is not None:
+            self.paths = package_set(self.artifact)
+            for role, path in self.paths.items():
+                info = self.packages[role] = package_info(path)
+                check_source(info.meta, path, model, policy, self.budget, seq_len)
+                if info.flavour != self.flavour:
+                    raise InputError(f"{path} is a {info.flavour} package: the {self.name} executor runs "
+                                     f"{self.flavour} packages")
+                if info.batch != self.size:
+                    raise InputError(f"{path} was lowered for batch {info.batch}: run with --batch {info.batch} "
+                                     f"(or inputs of {info.batch} rows)")
+            if "step" not in self.paths:
+                raise InputError(f"{self.artifact}: its set has no step package (lower it again with hrmc lower)")
+            steps = int(self.packages["chunk"].meta["chunk"]) if "chunk" in self.packages else 1
+            if self.chunked and self.chunk not in (None, steps):
+                raise InputError(f"--chunk {self.chunk}: {self.artifact} was lowered with {steps}-step chunks")
+        else:
+            self._folder = tempfile.TemporaryDirectory(prefix="hrmc-coreml-")
+            chunk = (self.chunk or DEFAULT_CHUNK) if self.chunked else None
+            structured, self.graphs = lowered_source(self.onnx_model, Path(self._folder.name), model, policy,
+                                                     self.budget, batch, "mlx", chunk)
+            self.source = structured.name
+            steps = chunk if "chunk" in self.graphs else 1
+        self.chunk = steps if self.chunked else None
 
-    def package(self, kind: str) -> CoreMLPackage:
-        """Each package is built when first needed: step mode never converts the whole inference."""
-        if kind not in self.packages:
-            path = Path(self._folder.name) / f"{kind}.mlpackage"
-            self.packages[kind] = lower_coreml(self.graphs[kind], path, self.flavour, self.size, self.source)
-        return self.packages[kind]
+    def package(self, role: str) -> CoreMLPackage:
+        """Without an artifact each package is built when first needed: step mode converts no more than it runs."""
+        role = role if role != "chunk" or self.chunk != 1 else "step"
+        if role not in self.packages:
+            if self.artifact is not None:
+                raise InputError(f"{self.artifact}: its set has no {role} package")
+            out = Path(self._folder.name) / f"{role}.mlpackage"
+            path = lower_coreml({role: self.graphs[role]}, out, self.flavour, self.size, self.source)[role]
+            self.packages[role] = package_info(path)
+        return self.packages[role]
 
-    def call(self, kind: str, feed: dict[str, np.ndarray]) -> Arrays:
+    def call(self, role: str, feed: dict[str, np.ndarray]) -> Arrays:
         """Run one package on numpy inputs; outputs come back with the ONNX graph's types (float32 for floats)."""
-        package = self.package(kind)
+        package = self.package(role)
         floats = np.float16 if FLAVOURS[self.flavour].float_type == "fp16" else np.float32
         # the package's I/O: floats in its float type, everything else int32
         feed = {name: value.astype(floats if value.dtype.kind == "f" else np.int32) for name, value in feed.items()}
-        if kind not in self.loaded:
-            self.loaded[kind] = (ct.models.MLModel(str(package.path), compute_units=FLAVOURS[self.flavour].compute_units)
-                                 if self.on_macos else saved_program(package.path))
-        values = self.loaded[kind].predict(feed) if self.on_macos else replay(self.loaded[kind], feed)
+        if package.path not in self.loaded:
+            self.loaded[package.path] = (
+                ct.models.MLModel(str(package.path), compute_units=FLAVOURS[self.flavour].compute_units)
+                if self.on_macos else saved_program(package.path))
+        program = self.loaded[package.path]
+        values = program.predict(feed) if self.on_macos else replay(program, feed)
         return {name: value.astype(bool) if name in package.bool_outputs
                 else value.astype(np.float32) if value.dtype == np.float16 else value for name, value in values.items()}
 
@@ -607,12 +738,18 @@ class CoreMLExecutor(Executor):
             return trajectory
         return until_steps_run(self.call("static", {name: value.numpy() for name, value in batch.items()}))
 
+    def whole_graph(self) -> str:
+        role = "static" if self.chunk is None else "chunk"
+        name = self.paths[role].name if self.artifact is not None and role in self.paths else f"the {role} package"
+        return name + (" in a host loop" if self.chunk else "")
+
     def describe(self) -> str:
         how = "Core ML predict" if platform.system() == "Darwin" else LABEL
         chunks = f", {self.chunk}-step chunks with a host loop" if self.chunk else ""
-        return (f"{self.name} (mlprogram, {FLAVOURS[self.flavour].description}{chunks}, coremltools {ct.__version__}; "
-                f"{how})")
+        shipped = f"shipped artifact {self.artifact.name}, " if self.artifact else ""
+        return (f"{self.name} ({shipped}mlprogram, {FLAVOURS[self.flavour].description}{chunks}, "
+                f"coremltools {ct.__version__}; {how})")
 
 
 __all__ = ["FLAVOURS", "LABEL", "OPS", "CoreMLExecutor", "CoreMLPackage", "LowerError", "lower_coreml", "op_counts",
-           "read_package", "readiness", "replay", "saved_program"]
+           "package_info", "package_paths", "package_set", "read_package", "readiness", "replay", "saved_program"]

@@ -35,13 +35,17 @@ import onnx_ir as ir
 from hrm_ref import HRM, Batch, Carry
 from hrm_ref.act import initial_carry, resolve_budget
 from hrmc import __version__
+from hrmc.binding import file_sha256, json_sha256, make_record, parse_record, verify
 from hrmc.errors import InputError
-from hrmc.pipeline import atomic_folder
-from parity.executors import Arrays, Executor, carry_arrays
+from hrmc.files import atomic_folder
+from lowering.artifact import PARTS_KEY
+from parity.executors import DEFAULT_CHUNK, Arrays, Executor, carry_arrays
 from targets._nodes import LowerError, NodeReader, op_key, require_static
 from targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
 
-MODULE, WEIGHTS, CONFIG = "hrm_mlx.py", "weights.safetensors", "config.json"
+MODULE, WEIGHTS, CONFIG, README_FILE = "hrm_mlx.py", "weights.safetensors", "config.json", "README.md"
+FILES = {"module": MODULE, "weights": WEIGHTS, "readme": README_FILE}  # parts by role; config.json holds the record
+PARTS = "parts"  # config.json's key for the record (hrmc.binding)
 DTYPES = {ir.DataType.FLOAT: "float32", ir.DataType.FLOAT16: "float16", ir.DataType.BFLOAT16: "bfloat16",
           ir.DataType.INT64: "int64", ir.DataType.INT32: "int32", ir.DataType.INT8: "int8",
           ir.DataType.UINT8: "uint8", ir.DataType.UINT32: "uint32", ir.DataType.UINT16: "uint16",
@@ -368,7 +372,7 @@ def lower_mlx(graphs: dict[str, Path], folder: str | Path, source: str) -> MlxPa
     weights = WeightStore()
     models = {kind: ir.load(str(path)) for kind, path in graphs.items()}
     static = models["static"]
-    meta = {key.removeprefix("hrmc."): value for key, value in static.metadata_props.items()}
+    meta = {key.removeprefix("hrmc."): value for key, value in static.metadata_props.items() if key != PARTS_KEY}
     title = f"HRM ({meta.get('source', 'model')}) for MLX"
     code = HEADER.format(title=title, version=__version__, source=source)
     code += "".join(emit_class(kind, model, weights, f"{source} ({kind} graph)") for kind, model in models.items())
@@ -381,11 +385,13 @@ def lower_mlx(graphs: dict[str, Path], folder: str | Path, source: str) -> MlxPa
         (temporary / MODULE).write_text(code)
         compile(code, MODULE, "exec")  # a generator bug shows here, not in the user's process
         mx.save_safetensors(str(temporary / WEIGHTS), {k: mx.array(v) for k, v in weights.arrays.items()})
-        (temporary / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
-        (temporary / "README.md").write_text(README.format(
+        (temporary / README_FILE).write_text(README.format(
             title=title, version=__version__, folder=Path(folder).resolve(), batch=_example_batch(static.graph),
             chunk=', "chunk": …' if "chunk" in models else "",
             outputs=", ".join(v.name for v in static.graph.outputs), budget=meta.get("budget"), policy=meta.get("policy")))
+        parts = {role: (temporary / name, file_sha256(temporary / name)) for role, name in FILES.items()}
+        config[PARTS] = make_record(parts | {"config": (temporary / CONFIG, json_sha256(config))})
+        (temporary / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
     return MlxPackage(Path(folder), sum(a.nbytes for a in weights.arrays.values()), tuple(models))
 
 
@@ -402,11 +408,30 @@ def _json(text: str):
         return text
 
 
+def read_config(folder: str | Path) -> dict:
+    """config.json of an emitted folder, every part checked against the record it holds (hrmc.binding)."""
+    folder = Path(folder)
+    path = folder / CONFIG
+    if not (folder / MODULE).is_file() or not path.is_file():
+        raise InputError(f"{folder} is not an hrmc MLX folder (no {MODULE} or {CONFIG})")
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(f"{path}: not JSON (truncated or edited by hand?)") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: not an hrmc MLX config")
+    record = parse_record(json.dumps(config[PARTS]) if PARTS in config else None, path)
+    if record is not None:  # folders written before hrmc recorded parts have none
+        del config[PARTS]
+        found = {role: file_sha256(folder / name) for role, name in FILES.items() if (folder / name).is_file()}
+        verify(record, found | {"config": json_sha256(config)}, folder, path)
+    return config
+
+
 def load_package(folder: str | Path) -> tuple[dict, dict[str, Callable[..., dict]]]:
     """Import an emitted folder's module under a unique name and return its `load()`."""
     folder = Path(folder)
-    if not (folder / MODULE).is_file():
-        raise InputError(f"{folder} is not an hrmc MLX folder (no {MODULE})")
+    read_config(folder)
     name = f"hrm_mlx_{hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]}"
     spec = importlib.util.spec_from_file_location(name, folder / MODULE)
     module: ModuleType = importlib.util.module_from_spec(spec)
@@ -416,25 +441,33 @@ def load_package(folder: str | Path) -> tuple[dict, dict[str, Callable[..., dict
 
 
 class MlxExecutor(Executor):
-    """The emitted folder, loaded and compiled, on MLX's default device. `chunk` drives the chunk host loop."""
+    """The emitted folder (shipped, or emitted afresh), loaded and compiled, on MLX's default device.
+    `chunked` drives the chunk module (or the step module) from the host loop."""
 
-    name = "mlx"
-
-    def __init__(self, onnx_model: str | Path | None = None, chunk: int | None = None) -> None:
+    def __init__(self, onnx_model: str | Path | None = None, chunked: bool = False, chunk: int | None = None,
+                 artifact: str | Path | None = None) -> None:
         self.onnx_model = Path(onnx_model) if onnx_model else None
-        self.chunk, self.graph_calls = chunk, 0
-        if chunk is not None:
-            self.name = "mlx-chunked"
+        self.artifact = Path(artifact) if artifact else None
+        self.chunked, self.chunk, self.graph_calls = chunked, chunk, 0
+        self.name = "mlx-chunked" if chunked else "mlx"
 
     def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
-        from targets.onnx import lowered_source
+        from targets.onnx import check_source, lowered_source
 
         self.policy, self.budget = policy, resolve_budget(model, policy, budget)
-        self._folder = tempfile.TemporaryDirectory(prefix="hrmc-mlx-")
-        work = Path(self._folder.name)
-        structured, graphs = lowered_source(self.onnx_model, work, model, policy, self.budget, batch, "mlx", self.chunk)
-        lower_mlx(graphs, work / "mlx", structured.name)
-        self.config, self.graphs = load_package(work / "mlx")
+        folder = self.artifact
+        if folder is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="hrmc-mlx-")
+            work = Path(self._folder.name)
+            chunk = (self.chunk or DEFAULT_CHUNK) if self.chunked else None
+            structured, graphs = lowered_source(self.onnx_model, work, model, policy, self.budget, batch, "mlx", chunk)
+            folder = lower_mlx(graphs, work / "mlx", structured.name).folder
+        self.config, self.graphs = load_package(folder)
+        check_source(self.config, folder, model, policy, self.budget, model.inner.sequence_length(batch))
+        steps = int(self.config["chunk"]) if self.config.get("chunk") else 1
+        if self.artifact is not None and self.chunked and self.chunk not in (None, steps):
+            raise InputError(f"--chunk {self.chunk}: {folder} was lowered with {steps}-step chunks")
+        self.chunk = steps if self.chunked else None
         self.start = carry_arrays(initial_carry(model, batch))
 
     def call(self, graph: str, feed: dict[str, np.ndarray]) -> Arrays:
@@ -455,11 +488,16 @@ class MlxExecutor(Executor):
         values = self.call("inference", {name: value.numpy() for name, value in batch.items()})
         return until_steps_run(values)
 
+    def whole_graph(self) -> str:
+        return f"the {'chunk' if self.chunk else 'inference'} module" + (" in a host loop" if self.chunk else "")
+
     def describe(self) -> str:
         import mlx.core as mx
 
         how = f"{self.chunk}-step chunks, host loop" if self.chunk else "whole inference"
-        return f"{self.name} (pipeline mlx, emitted module, mx.compile, {how}; mlx {mx.__version__}, {mx.default_device()})"
+        shipped = f"shipped artifact {self.artifact.name}, " if self.artifact else ""
+        return (f"{self.name} ({shipped}pipeline mlx, emitted module, mx.compile, {how}; mlx {mx.__version__}, "
+                f"{mx.default_device()})")
 
 
-__all__ = ["OPS", "LowerError", "MlxExecutor", "MlxPackage", "load_package", "lower_mlx"]
+__all__ = ["OPS", "LowerError", "MlxExecutor", "MlxPackage", "load_package", "lower_mlx", "read_config"]

@@ -7,14 +7,15 @@ Executors:
 - `chunked`: a k-step static graph with the carry in and out, driven by a host loop that stops
   once every sample has halted.
 
-Each takes `--onnx-model` as its structured source (the CI use: gate the artifact you ship),
-or exports afresh.
+Each runs either a shipped artifact (`--artifact`: exactly those files, checked against their
+recorded parts and the model given) or graphs made afresh from `--onnx-model` or a fresh export.
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import onnxruntime as ort
@@ -22,8 +23,10 @@ import onnxruntime as ort
 from hrm_ref import HRM, Batch, Carry
 from hrm_ref.act import initial_carry, resolve_budget
 from hrmc.errors import InputError
+from lowering.artifact import bound_parts
 from lowering.export import export_onnx, read_metadata, step_path_for, weights_sha256
-from parity.executors import Arrays, Executor, carry_arrays
+from passes import lower_onnx, structured_parts
+from parity.executors import DEFAULT_CHUNK, Arrays, Executor, carry_arrays
 from targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
 
 
@@ -40,39 +43,47 @@ def session(path: Path, options: ort.SessionOptions | None = None) -> ort.Infere
     return ort.InferenceSession(str(path), options or session_options(), providers=ort.get_available_providers())
 
 
-def check_artifact(path: Path, model: HRM, policy: str, budget: int, seq_len: int) -> dict:
-    """The exported file must come from these weights, with this policy, budget and length."""
-    meta = read_metadata(path)
-    if meta["weights_sha256"] != weights_sha256(model):
-        raise InputError(f"{path} was exported from other weights than the model given (check --checkpoint/--preset)")
-    for what, given, recorded in (("policy", policy, meta["policy"]), ("budget", budget, meta["budget"]),
-                                  ("sequence length", seq_len, meta["seq_len"])):
-        if given != recorded:
-            raise InputError(f"{path} was exported with {what} {recorded}, not {given}")
-    return meta
+def check_source(meta: Mapping[str, object], where: Path, model: HRM, policy: str, budget: int, seq_len: int) -> None:
+    """An artifact (exported, lowered, emitted or packaged) must come from these weights, with this
+    policy, budget and sequence length: `meta` is the hrmc metadata it carries."""
+    if meta.get("weights_sha256") != weights_sha256(model):
+        raise InputError(f"{where} was made from other weights than the model given (check --checkpoint/--preset)")
+    for what, given, recorded in (("policy", policy, meta.get("policy")), ("budget", budget, meta.get("budget")),
+                                  ("sequence length", seq_len, meta.get("seq_len"))):
+        if str(given) != str(recorded):
+            raise InputError(f"{where} was made with {what} {recorded}, not {given} (see --policy, --budget, --seq-len)")
 
 
 def structured_source(onnx_model: Path | None, folder: Path, model: HRM, policy: str, budget: int,
                       batch: Batch) -> Path:
     """The structured export every ONNX-based executor starts from: the given file, checked, or a fresh export."""
-    seq_len = model.inner.sequence_length(batch)
     path = onnx_model
     if path is None:
         path = folder / "model.onnx"
         export_onnx(model, path, policy, budget, batch)
-    check_artifact(path, model, policy, budget, seq_len)
-    if not step_path_for(path).is_file():
-        raise InputError(f"{step_path_for(path)} (the one-step model beside {path}) not found")
+    structured_parts(path)
+    check_source(read_metadata(path), path, model, policy, budget, model.inner.sequence_length(batch))
     return path
 
 
 def lowered_source(onnx_model: Path | None, work: Path, model: HRM, policy: str, budget: int, batch: Batch,
                    pipeline: str, chunk: int | None = None) -> tuple[Path, dict[str, Path]]:
     """The structured source (given or exported into `work`) and its graphs after `pipeline`, for a target."""
-    from passes import lower_onnx  # onnx-ir loads only when asked for
-
     structured = structured_source(onnx_model, work, model, policy, budget, batch)
     return structured, lower_onnx(structured, work / "static.onnx", pipeline, chunk=chunk).graphs
+
+
+def shipped_graphs(artifact: Path, model: HRM, policy: str, budget: int, batch: Batch,
+                   whole: str) -> dict[str, Path]:
+    """The graphs of a shipped ONNX artifact by role, bound and made from this model; `whole` is the
+    role its whole-inference graph must have (act: an export; static: a lowered set)."""
+    parts = bound_parts(artifact, fallback={whole: artifact, "step": step_path_for(artifact)})
+    if whole not in parts:
+        made_by = {"act": "hrmc export", "static": "hrmc lower --target onnx"}[whole]
+        raise InputError(f"{artifact} holds {', '.join(sorted(parts))} graphs, not a {whole} graph: "
+                         f"this executor runs what {made_by} writes")
+    check_source(read_metadata(artifact), artifact, model, policy, budget, model.inner.sequence_length(batch))
+    return parts
 
 
 def run_named(graph: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -82,49 +93,54 @@ def run_named(graph: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[
 class OnnxExecutor(Executor):
     name = "onnx"
     kind = "structured graph with Loops"
+    whole_role = "act"
 
-    def __init__(self, onnx_model: str | Path | None = None) -> None:
+    def __init__(self, onnx_model: str | Path | None = None, artifact: str | Path | None = None) -> None:
         self.onnx_model = Path(onnx_model) if onnx_model else None
-
-    def structured(self, model: HRM, policy: str, batch: Batch) -> Path:
-        self._folder = tempfile.TemporaryDirectory(prefix="hrmc-onnx-")
-        return structured_source(self.onnx_model, Path(self._folder.name), model, policy, self.budget, batch)
+        self.artifact = Path(artifact) if artifact else None
 
     def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
         self.policy, self.budget = policy, resolve_budget(model, policy, budget)
-        self.open(self.structured(model, policy, batch))
+        self.start = carry_arrays(initial_carry(model, batch))
+        if self.artifact is not None:
+            self.open(shipped_graphs(self.artifact, model, policy, self.budget, batch, self.whole_role))
+        else:
+            self._work = tempfile.TemporaryDirectory(prefix=f"hrmc-{self.name}-")
+            self.open(self.fresh_graphs(model, policy, batch, Path(self._work.name)))
 
-    def open(self, path: Path) -> None:
-        self.path = path
-        self.act, self.one_step = session(path), session(step_path_for(path))
-        self.chunked_step = read_metadata(step_path_for(path)).get("kind") == "chunk"
+    def fresh_graphs(self, model: HRM, policy: str, batch: Batch, work: Path) -> dict[str, Path]:
+        """No artifact given: the graphs this executor runs, made from `--onnx-model` or a fresh export."""
+        return structured_parts(structured_source(self.onnx_model, work, model, policy, self.budget, batch))
+
+    def open(self, graphs: dict[str, Path]) -> None:
+        self.graphs = graphs
+        self.whole, self.one_step = session(graphs[self.whole_role]), session(graphs["step"])
+        self.chunked_step = read_metadata(graphs["step"]).get("kind") == "chunk"
 
     def step(self, carry: Carry, batch: Batch) -> Arrays:
         return split_step(run_named(self.one_step, carry_feed(carry, batch)), self.chunked_step)
 
     def run(self, batch: Batch) -> Arrays:
-        values = run_named(self.act, {name: value.numpy() for name, value in batch.items()})
+        values = run_named(self.whole, {name: value.numpy() for name, value in batch.items()})
         return until_steps_run(values)
 
+    def whole_graph(self) -> str:
+        return self.graphs[self.whole_role].name
+
     def describe(self) -> str:
-        return f"{self.name} ({self.path.name}: {self.kind}, onnxruntime {ort.__version__}, CPU)"
+        shipped = "shipped artifact " if self.artifact else ""
+        return f"{self.name} ({shipped}{self.graphs[self.whole_role].name}: {self.kind}, onnxruntime {ort.__version__}, CPU)"
 
 
 class StaticExecutor(OnnxExecutor):
     name = "static"
     kind = "after the default pass pipeline, no Loop or If"
+    whole_role = "static"
     chunk: int | None = None
 
-    def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
-        from passes import lower_onnx  # onnx-ir loads only when asked for
-
-        self.policy, self.budget = policy, resolve_budget(model, policy, budget)
-        structured = self.structured(model, policy, batch)
-        self._lowered = tempfile.TemporaryDirectory(prefix="hrmc-static-")
-        lowered = lower_onnx(structured, Path(self._lowered.name) / "model.onnx", chunk=self.chunk)
-        self.open(lowered.static_path)
-        self.lowered = lowered
-        self.start = carry_arrays(initial_carry(model, batch))
+    def fresh_graphs(self, model: HRM, policy: str, batch: Batch, work: Path) -> dict[str, Path]:
+        structured = structured_source(self.onnx_model, work, model, policy, self.budget, batch)
+        return lower_onnx(structured, work / "model.static.onnx", chunk=self.chunk).graphs
 
 
 class ChunkedExecutor(StaticExecutor):
@@ -132,17 +148,33 @@ class ChunkedExecutor(StaticExecutor):
 
     name = "chunked"
 
-    def __init__(self, onnx_model: str | Path | None, chunk: int) -> None:
-        super().__init__(onnx_model)
-        self.chunk = chunk
-        self.graph_calls = 0
-        self.kind = f"{chunk}-step chunks of the static graph, host loop"
+    def __init__(self, onnx_model: str | Path | None = None, chunk: int | None = None,
+                 artifact: str | Path | None = None) -> None:
+        super().__init__(onnx_model, artifact)
+        self.chunk, self.graph_calls = chunk, 0
 
-    def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
-        super().prepare(model, policy, budget, batch)
-        self.chunk_graph = session(self.lowered.chunk_path) if self.lowered.chunk_path else self.one_step
+    def fresh_graphs(self, model: HRM, policy: str, batch: Batch, work: Path) -> dict[str, Path]:
+        self.chunk = self.chunk or DEFAULT_CHUNK
+        return super().fresh_graphs(model, policy, batch, work)
+
+    def open(self, graphs: dict[str, Path]) -> None:
+        super().open(graphs)
+        self.chunk = chunk_of(graphs, self.chunk, self.artifact)
+        self.kind = f"{self.chunk}-step chunks of the static graph, host loop"
+        self.chunk_graph = session(graphs["chunk"]) if "chunk" in graphs else self.one_step
 
     def run(self, batch: Batch) -> Arrays:
         trajectory, self.graph_calls = run_chunks(lambda feed: run_named(self.chunk_graph, feed), self.start, batch,
                                                   self.chunk)
         return trajectory
+
+    def whole_graph(self) -> str:
+        return f"{self.graphs.get('chunk', self.graphs['step']).name} in a host loop"
+
+
+def chunk_of(graphs: dict[str, Path], asked: int | None, artifact: Path | None) -> int:
+    """Steps per call of the chunk graph among `graphs` (1: the step graph); `asked` (--chunk) must agree."""
+    steps = int(read_metadata(graphs["chunk"])["chunk"]) if "chunk" in graphs else 1
+    if artifact is not None and asked is not None and asked != steps:
+        raise InputError(f"--chunk {asked}: {artifact} was lowered with {steps}-step chunks")
+    return steps

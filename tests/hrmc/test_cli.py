@@ -14,7 +14,7 @@ import pytest
 
 import lowering
 import hrm_ref
-from hrmc import pipeline
+from hrmc import files
 from hrmc.cli import main
 from tests.conftest import write_upstream_checkpoint
 
@@ -113,7 +113,7 @@ def test_bad_checkpoint_keys_are_one_line(capsys, tiny, tmp_path: Path) -> None:
 
 def test_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
-        with pipeline.atomic_output(tmp_path / "o.npz") as temporary:
+        with files.atomic_output(tmp_path / "o.npz") as temporary:
             temporary.write_text("half")
             raise RuntimeError("disk full")
     assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,74 @@
+"""Artifacts bound together: every part of what `hrmc export` / `hrmc lower` writes records the
+sha256 of every part, so a set whose parts do not belong together is refused before it runs.
+
+An artifact is a few files or folders written in one go (`model.onnx` + `model.step.onnx`; an MLX
+folder; `NAME.mlpackage` + `NAME.step.mlpackage`). Each part gets a digest: a file's sha256, or for
+a file that holds the record itself, the sha256 of its content without the record. The record maps
+each part's role to its name and digest, and sits in every part, so any one part names the rest:
+
+    {"step": {"file": "model.step.onnx", "sha256": "9f…"}, "act": {"file": "model.onnx", "sha256": "41…"}}
+
+`verify` compares a record with the digests found and raises `BindingError` naming the first part
+that is missing, changed or from another run (exit 2). This module is a ground layer: standard
+library only, so every stage can use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from hrmc.errors import InputError
+
+Record = dict[str, dict[str, str]]  # role → {"file": name beside the first part, "sha256": digest}
+
+
+class BindingError(InputError):
+    """An artifact whose parts do not match their recorded digests: mixed, truncated or edited."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def json_sha256(value: Any) -> str:
+    """The digest of a JSON value, independent of key order and formatting."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def make_record(parts: Mapping[str, tuple[Path, str]]) -> Record:
+    """{role: (path, digest)} → the record every part stores."""
+    return {role: {"file": path.name, "sha256": digest} for role, (path, digest) in parts.items()}
+
+
+def parse_record(text: str | None, where: Path) -> Record | None:
+    """A stored record, or None where the artifact predates binding (written before hrmc recorded parts)."""
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+        if all(isinstance(p["file"], str) and isinstance(p["sha256"], str) for p in record.values()):
+            return record
+    except (ValueError, TypeError, KeyError, AttributeError):
+        pass
+    raise BindingError(f"{where}: its record of the artifact's parts is unreadable (edited by hand?)")
+
+
+def verify(record: Record, found: Mapping[str, str], folder: Path, reader: Path) -> None:
+    """`found` maps each role to the digest computed now; every recorded part must be there and unchanged.
+
+    `reader` is the part whose record is checked, named in the message with the part at fault.
+    """
+    for role, part in record.items():
+        path = folder / part["file"]
+        if role not in found:
+            raise BindingError(f"{path}: missing ({reader.name} records it as its {role} part)")
+        if found[role] != part["sha256"]:
+            raise BindingError(f"{path}: does not match the sha256 {reader.name} records for it: changed after "
+                               "hrmc wrote it, or written by another run (re-run hrmc export/lower)")

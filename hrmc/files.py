@@ -1,0 +1,76 @@
+"""Writing outputs: paths checked before the work, files and folders replaced atomically.
+
+A ground module (standard library only), used by every stage that writes: nothing is half-written,
+and an output appears only once it is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from hrmc.errors import InputError
+
+
+def check_output(path: str | Path, suffix: str) -> Path:
+    """An output path must have `suffix` and an existing folder: checked before any long work."""
+    path = Path(path)
+    if path.suffix != suffix:
+        raise InputError(f"output {path} must end in {suffix}")
+    if not path.parent.is_dir():
+        raise InputError(f"output folder does not exist: {path.parent}")
+    return path
+
+
+def check_output_folder(path: str | Path, suffix: str = "") -> Path:
+    """An output folder (an MLX folder, an .mlpackage): its suffix, an existing parent, no file in its place."""
+    path = check_output(path, suffix) if suffix else Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"output folder does not exist: {path.parent}")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"output {path} exists and is not a folder")
+    return path
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"output folder does not exist: {path.parent}")
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; it replaces `path` (a folder) only if the block succeeds."""
+    path = check_output_folder(path)
+    # the temporary keeps the suffix: tools that check it (coremltools wants .mlpackage) can write into it
+    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=f".partial{path.suffix}", dir=path.parent))
+    try:
+        yield temporary
+        if path.exists():  # a folder cannot be replaced by one rename: move the old one aside, then delete it
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / "previous")
+            os.replace(temporary, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(temporary, path)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def size_of(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size

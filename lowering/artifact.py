@@ -1,0 +1,94 @@
+"""ONNX artifacts written and read as bound sets (`hrmc.binding`): the export pair, the lowered graphs.
+
+Every file of a set holds the set's record in its model metadata (`hrmc.parts`). A file's digest is
+the sha256 of its serialised model without that one entry, so the record can sit inside the files
+it describes. `save_bound` writes a set atomically (all files or none); `bound_parts` reads one
+file's record, checks every part it names, and returns the parts by role.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+from typing import Mapping
+
+import onnx
+
+from hrmc.binding import BindingError, make_record, parse_record, verify
+from hrmc.errors import InputError
+from hrmc.files import atomic_output
+
+PARTS_KEY = "hrmc.parts"
+
+
+def load_proto(path: Path) -> onnx.ModelProto:
+    """The model in `path`, or one line saying why it cannot be read."""
+    if not path.is_file():
+        raise InputError(f"ONNX model not found: {path}")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # onnx raises DecodeError and others for non-ONNX or truncated bytes
+        raise InputError(f"cannot read {path} as ONNX: {type(err).__name__} (truncated or not an ONNX file?)") from None
+
+
+def _record_text(proto: onnx.ModelProto) -> str | None:
+    return next((p.value for p in proto.metadata_props if p.key == PARTS_KEY), None)
+
+
+def content_sha256(proto: onnx.ModelProto) -> str:
+    """sha256 of the model as serialised without its parts record."""
+    kept = [p for p in proto.metadata_props if p.key != PARTS_KEY]
+    if len(kept) == len(proto.metadata_props):
+        return hashlib.sha256(proto.SerializeToString()).hexdigest()
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(proto)
+    del stripped.metadata_props[:]
+    stripped.metadata_props.extend(kept)
+    return hashlib.sha256(stripped.SerializeToString()).hexdigest()
+
+
+def save_bound(parts: Mapping[str, tuple[Path, onnx.ModelProto]]) -> None:
+    """Write {role: (path, model)} as one set: each file records every file's digest; all or none."""
+    for _, proto in parts.values():
+        kept = [p for p in proto.metadata_props if p.key != PARTS_KEY]
+        del proto.metadata_props[:]
+        proto.metadata_props.extend(kept)
+    record = make_record({role: (path, content_sha256(proto)) for role, (path, proto) in parts.items()})
+    with contextlib.ExitStack() as stack:
+        for path, proto in parts.values():
+            proto.metadata_props.add(key=PARTS_KEY, value=json.dumps(record, sort_keys=True))
+            onnx.save(proto, stack.enter_context(atomic_output(path)))
+
+
+def bound_parts(path: str | Path, fallback: Mapping[str, Path] | None = None) -> dict[str, Path]:
+    """{role: path} of the set `path` belongs to, every part verified against `path`'s record.
+
+    A file written before hrmc recorded parts has no record: `fallback` then names its parts
+    (unverified; the caller says so).
+    """
+    path = Path(path)
+    record = parse_record(_record_text(load_proto(path)), path)
+    if record is None:
+        if fallback is None:
+            raise BindingError(f"{path}: no record of its parts (not written by hrmc export or hrmc lower)")
+        return dict(fallback)
+    found = {}
+    for role, part in record.items():
+        part_path = path.parent / part["file"]
+        if part_path.is_file():
+            proto = load_proto(part_path)
+            found[role] = content_sha256(proto)
+            if role != _role_of(record, path) and parse_record(_record_text(proto), part_path) != record:
+                raise BindingError(f"{part_path}: does not belong with {path.name} (written by another run)")
+    verify(record, found, path.parent, path)
+    return {role: path.parent / part["file"] for role, part in record.items()}
+
+
+def is_bound(path: str | Path) -> bool:
+    return _record_text(load_proto(Path(path))) is not None
+
+
+def _role_of(record: dict, path: Path) -> str | None:
+    return next((role for role, part in record.items() if part["file"] == path.name), None)
