@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Lower one HRM checkpoint to every hrmc target, gate each shipped artifact against the
+# PyTorch reference, and keep the reports.
+#
+# Usage: gate.sh [--checkpoint PATH | --preset NAME] [--policy P] [--batch N] [--psnr DB] [--executors LIST] [OUTDIR]
+#   defaults: --preset tiny, --policy q-halt, --batch 1, --psnr hrmc's own (60), --executors onnx,static,mlx,coreml,ane, OUTDIR hrmc-artifacts
+#
+# Writes OUTDIR/model.onnx (+ .step.onnx), model.static.onnx (+ .step), model-mlx/,
+# model.mlpackage (+ .step), model-ane.mlpackage (+ .step), and OUTDIR/reports/:
+# one `hrmc parity --json` report per executor (onnx.json, static.json, mlx.json, coreml.json,
+# ane.json), inspect-ane.json and summary.txt.
+#
+# --psnr DB: the ane (float16) PSNR gate in dB (hrmc parity --psnr). hrmc's 60 dB is the fidelity
+#   contract: lower it only if your CI accepts the model's float16 limit (README.md).
+# --executors LIST: comma-separated subset of onnx,static,mlx,coreml,ane to lower and gate.
+#
+# Exit: 0 every gate passed; 1 a gate failed (or a step failed otherwise);
+#       2 an hrmc command refused its input (exit 2: bad input, one line on stderr).
+# Set HRMC to the hrmc command to use (default: hrmc on PATH).
+set -euo pipefail
+
+HRMC="${HRMC:-hrmc}"
+model=(--preset tiny)
+policy=q-halt
+batch=1
+psnr=()
+executors=onnx,static,mlx,coreml,ane
+out=hrmc-artifacts
+
+usage() { sed -n '5,6s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --checkpoint) [ $# -ge 2 ] || usage; model=(--checkpoint "$2"); shift 2 ;;
+    --preset) [ $# -ge 2 ] || usage; model=(--preset "$2"); shift 2 ;;
+    --policy) [ $# -ge 2 ] || usage; policy="$2"; shift 2 ;;
+    --batch) [ $# -ge 2 ] || usage; batch="$2"; shift 2 ;;
+    --psnr) [ $# -ge 2 ] || usage; psnr=(--psnr "$2"); shift 2 ;;
+    --executors) [ $# -ge 2 ] || usage; executors="$2"; shift 2 ;;
+    -h|--help) usage ;;
+    -*) echo "gate.sh: unknown option $1" >&2; usage ;;
+    *) out="$1"; shift ;;
+  esac
+done
+
+for name in ${executors//,/ }; do
+  case "$name" in
+    onnx|static|mlx|coreml|ane) ;;
+    *) echo "gate.sh: --executors: unknown executor $name (choose from onnx,static,mlx,coreml,ane)" >&2; exit 2 ;;
+  esac
+done
+wanted() { case ",$executors," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+
+# The same model, policy and batch for every command: the artifacts record them, and parity
+# refuses (exit 2) an artifact made from another model or policy; a Core ML package has a fixed batch.
+opts=("${model[@]}" --policy "$policy" --batch "$batch")
+reports="$out/reports"
+rm -rf "$reports"  # this run's reports only
+mkdir -p "$reports"
+say() { echo "== $*" >&2; }
+
+# 1. The structured export (ONNX Loops) every target is lowered from. Nothing can follow a failure here.
+say "export ${model[*]} --policy $policy: $out/model.onnx"
+"$HRMC" export "${opts[@]}" -o "$out/model.onnx"
+
+# 2. Lower to each target and 3. gate the shipped file(s) as they are. Failures are recorded, not
+# fatal, so every report is kept.
+summary=()
+status=0  # the script's exit code: 2 beats 1 beats 0
+
+record() {  # record NAME CODE WHAT VERDICT
+  local name="$1" code="$2" what="$3" verdict="$4"
+  if [ "$code" -eq 2 ]; then
+    status=2
+  elif [ "$code" -ne 0 ] && [ "$status" -eq 0 ]; then
+    status=1
+  fi
+  summary+=("$(printf '%-8s %-5s (%s exit %s)' "$name" "$verdict" "$what" "$code")")
+}
+
+gate() {  # gate EXECUTOR ARTIFACT
+  local executor="$1" artifact="$2" report="$reports/$1.json" code=0 verdict
+  say "gate $executor: $artifact"
+  # ${psnr[@]+...}: an empty array under `set -u` in the bash 3.2 of macOS runners
+  "$HRMC" parity torch "$executor" --artifact "$artifact" "${opts[@]}" ${psnr[@]+"${psnr[@]}"} --json \
+    > "$report" || code=$?
+  if [ -s "$report" ]; then
+    # a report was printed: exit 0 is a pass, exit 1 a gate failure
+    case "$code" in 0) verdict=PASS ;; 1) verdict=FAIL ;; *) verdict=ERROR ;; esac
+  else
+    rm -f "$report"  # an error prints no report: its one line is on stderr
+    verdict=ERROR
+  fi
+  record "$executor" "$code" gate "$verdict"
+}
+
+# The structured export is an artifact too (onnxruntime runs its Loops).
+if wanted onnx; then gate onnx "$out/model.onnx"; fi
+
+ane_lowered=0
+# target:executor:artifact
+for entry in \
+  "onnx:static:$out/model.static.onnx" \
+  "mlx:mlx:$out/model-mlx" \
+  "coreml:coreml:$out/model.mlpackage" \
+  "ane:ane:$out/model-ane.mlpackage"; do
+  IFS=: read -r target executor artifact <<< "$entry"
+  wanted "$executor" || continue
+  code=0
+  say "lower --target $target: $artifact"
+  "$HRMC" lower --target "$target" --onnx-model "$out/model.onnx" "${opts[@]}" -o "$artifact" || code=$?
+  if [ "$code" -eq 0 ]; then
+    gate "$executor" "$artifact"
+    [ "$executor" != ane ] || ane_lowered=1
+  else
+    record "$executor" "$code" lower ERROR  # nothing to gate
+  fi
+done
+
+# 4. The ANE package's readiness report (op counts, what keeps work off the ANE).
+if [ "$ane_lowered" -eq 1 ]; then
+  code=0
+  say "inspect $out/model-ane.mlpackage"
+  "$HRMC" inspect "$out/model-ane.mlpackage" --json > "$reports/inspect-ane.json" || code=$?
+  [ -s "$reports/inspect-ane.json" ] || rm -f "$reports/inspect-ane.json"
+  if [ "$code" -eq 0 ]; then verdict=PASS; else verdict=ERROR; fi
+  record inspect "$code" inspect "$verdict"
+fi
+
+say "summary ($reports/summary.txt)"
+printf '%s\n' ${summary[@]+"${summary[@]}"} | tee "$reports/summary.txt"
+exit "$status"

@@ -1,0 +1,80 @@
+"""examples/ci: the shell script's commands run on the built-in tiny model, so the example cannot rot."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import parity
+from hrmc import pipeline as driver
+from hrmc.cli import cli
+
+CI = Path(__file__).resolve().parents[2] / "examples" / "ci"
+SCRIPT = CI / "gate.sh"
+WORKFLOW = CI / "hrmc-gate.yml"
+EXECUTORS = ("onnx", "static", "mlx", "coreml", "ane")
+ARTIFACTS = ("model.onnx", "model.step.onnx", "model.static.onnx", "model.static.step.onnx", "model-mlx",
+             "model.mlpackage", "model.step.mlpackage", "model-ane.mlpackage", "model-ane.step.mlpackage")
+
+
+def test_the_script_is_valid_bash() -> None:
+    result = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_workflow_parses_and_runs_the_script() -> None:
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads the key `on` as true
+    assert {"push", "pull_request", "workflow_dispatch"} <= set(triggers)
+    assert "checkpoint" in triggers["workflow_dispatch"]["inputs"]
+    steps = workflow["jobs"]["gate"]["steps"]
+    runs = "\n".join(step.get("run", "") for step in steps)
+    assert "torch==2.13.0" in runs and "examples/ci/gate.sh" in runs
+    assert runs.index("torch==2.13.0") < runs.index("pip install ./hrmc")  # torch first: else a CUDA build
+    upload = next(step for step in steps if step.get("uses", "").startswith("actions/upload-artifact"))
+    assert upload["if"] == "always()"
+
+
+def test_the_script_uses_only_commands_and_executors_hrmc_knows() -> None:
+    """Renaming a command, a target or an executor in hrmc breaks this test, not a user's CI."""
+    text = SCRIPT.read_text()
+    subcommands = set(re.findall(r'"\$HRMC" ([a-z-]+)', text))
+    assert subcommands == {"export", "lower", "parity", "inspect"}
+    assert subcommands <= set(cli.commands)
+    entries = re.findall(r'"([a-z-]+):([a-z-]+):\$out/', text)  # target:executor:artifact
+    gated = set(re.findall(r"^if wanted (\S+); then gate \1 ", text, re.M)) | {executor for _, executor in entries}
+    assert gated == set(EXECUTORS) and set(EXECUTORS) <= set(parity.EXECUTORS)
+    assert {target for target, _ in entries} == set(driver.TARGETS)  # every target is lowered
+    assert '"$HRMC" parity torch "$executor"' in text and "torch" in parity.EXECUTORS
+    # every option the script passes to hrmc is one its command takes
+    for option in set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", text)) - {"--executors", "--help"}:
+        users = [name for name in subcommands if option in {o for p in cli.commands[name].params for o in p.opts}]
+        assert users, f"{option}: no hrmc command the script runs takes it"
+
+
+@pytest.mark.heavy  # export, four lowerings and five gates on tiny: a few minutes on 2 cores
+def test_the_script_gates_every_artifact_of_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    hrmc = Path(sys.executable).parent / "hrmc"
+    # --psnr 30: this checks the example's plumbing; float16 fidelity is tests/targets' (examples/ci/README.md)
+    result = subprocess.run(["bash", str(SCRIPT), "--preset", "tiny", "--policy", "q-halt", "--batch", "1",
+                             "--psnr", "30", str(out)],
+                            env=os.environ | {"HRMC": str(hrmc)}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    reports = out / "reports"
+    for executor in EXECUTORS:
+        report = json.loads((reports / f"{executor}.json").read_text())
+        assert report["passed"] is True and report["policy"] == "q-halt" and report["batch"] == 1, executor
+        assert "shipped artifact" in report["executors"][1], report["executors"][1]
+    assert json.loads((reports / "inspect-ane.json").read_text())["flavour"] == "ane"
+    summary = (reports / "summary.txt").read_text().splitlines()
+    assert [line.split()[:2] for line in summary] == [[name, "PASS"] for name in (*EXECUTORS, "inspect")]
+    for name in ARTIFACTS:
+        assert (out / name).exists(), name
