@@ -71,8 +71,9 @@ def format_report(report: Report) -> str:
             floor += f" (fp16 weights {row.weights_psnr:.1f})" if row.weights_psnr is not None else ""
             lines.append(f"{row.output:<20}{row.step:>5}{row.max_abs:>12.3g}{row.max_rel:>12.3g}{row.needed:>12.3g}"
                          f"{row.limit:>12.3g}{floor}  {'✓' if row.passed else '✗'}")
-        lines.append(f"halting decisions: {halting.get('mismatched', 0)} mismatched, {halting.get('ambiguous', 0)} "
-                     "ambiguous (a close call of the reference: reported, not failed)")
+        lines.append(_decisions("halting decisions", halting))
+        if check == "A vs B" and report.answers:
+            lines.append(_decisions("answers (argmax per position)", report.answers))
     lines += [f"note: {note}" for note in report.notes]
     if report.passed:
         lines.append("PASS")
@@ -81,14 +82,22 @@ def format_report(report: Report) -> str:
         for row in report.failures():
             worst.setdefault((row.check, row.output), row)
         detail = "; ".join(f"{_named(row.check)}{row.output} from step {row.step} " + (
-            f"(PSNR {row.psnr:.1f} dB < {report.psnr_db:g} dB{_weights_limit(row, report.psnr_db)})" if row.psnr is not None
-            else f"(max |a−b| {row.max_abs:.3g} > {row.limit:.3g})") for row in worst.values())
+            f"(PSNR {row.psnr:.1f} dB < {report.psnr_db:g} dB{_weights_limit(row, report.psnr_db)})"
+            if row.gated == "psnr" else f"(max |a−b| {row.max_abs:.3g} > {row.limit:.3g})") for row in worst.values())
+        if report.answers.get("mismatched"):
+            detail += f"{'; ' if detail else ''}{report.answers['mismatched']} answers differ where the reference's margin is clear"
         lines.append(f"FAIL: {detail or 'halting decisions differ'}")
     return "\n".join(lines)
 
 
 def _named(check: str) -> str:
     return "" if check == "A vs B" else f"{check}: "
+
+
+def _decisions(what: str, counts: dict) -> str:
+    compared = f" of {counts['compared']:,}" if "compared" in counts else ""
+    return (f"{what}: {counts.get('mismatched', 0)}{compared} mismatched, {counts.get('ambiguous', 0)} ambiguous "
+            "(a close call of the reference: reported, not failed)")
 
 
 def _weights_limit(row: Row, gate: float) -> str:
