@@ -21,6 +21,7 @@ from hrm_ref.act import resolve_budget
 from hrm_ref.config import REASONING_DEPTHS
 import lowering
 import parity
+from parity.agreement import accuracy
 from hrmc import __version__
 from hrmc import pipeline as driver
 from hrmc.errors import HrmcError, InputError
@@ -91,12 +92,18 @@ def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_js
         "steps_run": int(outputs["steps"].shape[0]), "halting_steps": steps.tolist(),
         "seconds": round(seconds, 3), "out": out,
     }
+    labels = driver.load_labels(inputs, batch)
+    if labels is not None and "logits" in outputs:
+        report["accuracy"] = accuracy(outputs["logits"][-1].argmax(-1), labels)
     if as_json:
         click.echo(json.dumps(report))
         return
     click.echo(f"model {report['model']}: {report['parameters']:,} parameters, {dtype}")
     click.echo(f"batch {report['batch']} × {report['seq_len']} tokens, policy {policy}, budget {budget}")
     click.echo(f"ran {report['steps_run']} ACT steps in {seconds:.2f} s; halting steps per sample: {steps.tolist()}")
+    if "accuracy" in report:
+        click.echo(f"accuracy against labels: {100 * report['accuracy']['exact']:.2f} % exact, "
+                   f"{100 * report['accuracy']['cells']:.2f} % of cells")
     if out:
         click.echo(f"wrote {out}")
 
@@ -262,7 +269,8 @@ def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_
     batch = driver.load_inputs(model, inputs, batch_size, seed, seq_len)
     report = parity.check_parity(a, b, model, batch, policy=policy, budget=budget, mode=mode, atol=atol, rtol=rtol,
                                  psnr_db=psnr_db, seed=seed, model_name=model_source(checkpoint, preset),
-                                 onnx_model=onnx_model, chunk=chunk, artifact=artifact, progress=progress)
+                                 onnx_model=onnx_model, chunk=chunk, artifact=artifact,
+                                 labels=driver.load_labels(inputs, batch), progress=progress)
     click.echo(json.dumps(report.to_dict()) if as_json else parity.format_report(report))
     return 0 if report.passed else 1
 

@@ -40,6 +40,21 @@ def load_model(checkpoint: str | None, preset: str | None, config: str | None, d
     return model if depth is None else model.twin(model.config.with_depth(depth))
 
 
+def load_labels(inputs: str | None, batch: Batch) -> np.ndarray | None:
+    """`labels` [B, L] of an inputs npz, when it has them: the right answer per position (task accuracy)."""
+    if not inputs:
+        return None
+    with np.load(inputs, allow_pickle=False) as data:
+        if "labels" not in data.files:
+            return None
+        labels = data["labels"]
+    expected = tuple(batch["inputs"].shape) if "inputs" in batch else None
+    if expected is None or labels.shape != expected or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"{inputs}: 'labels' must be an integer array of the shape of 'inputs' {list(expected or [])}, "
+                         f"got {labels.dtype} {list(labels.shape)}")
+    return labels
+
+
 def load_inputs(model: HRM, inputs: str | None, batch_size: int, seed: int, seq_len: int | None) -> Batch:
     if inputs:
         return hrm_ref.load_batch(model.config, inputs)

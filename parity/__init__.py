@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 from hrm_ref import HRM, Batch
 from hrm_ref.act import batch_size, resolve_budget
+from parity.agreement import format_agreement, task_agreement
 from parity.executors import EXECUTORS, TorchExecutor, make_executor
 from parity.gate import (ATOL, FLOOR_FACTOR, PSNR_DB, RTOL, Report, Row, step_parity, trajectory_parity,
                          whole_graph_parity)
@@ -19,7 +22,7 @@ MODES = ("step", "trajectory")
 def check_parity(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget: int | None, mode: str = "step",
                  atol: float = ATOL, rtol: float = RTOL, psnr_db: float = PSNR_DB, seed: int = 0, model_name: str = "",
                  onnx_model: str | None = None, chunk: int | None = None, artifact: str | None = None,
-                 progress: Callable[[str], None] = lambda _: None) -> Report:
+                 labels: np.ndarray | None = None, progress: Callable[[str], None] = lambda _: None) -> Report:
     """Run A and B on `batch` and gate them. `artifact` is B's shipped artifact: exactly those files run.
 
     Step mode checks every graph each executor runs: the step graph teacher-forced against A, and
@@ -38,13 +41,16 @@ def check_parity(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budge
                     atol, rtol, psnr_db)
     exact = TorchExecutor("float64")
     exact.prepare(model, policy, budget, batch)
+    progress("running the whole inference on both")
+    runs = [executor.run(batch) for executor in executors]
+    report.task = task_agreement(*runs, labels)
     if mode == "trajectory":
-        return trajectory_parity(*executors, reference, exact, batch, report)
+        return trajectory_parity(*runs, reference, exact, batch, report)
     step_parity(*executors, reference, exact, batch, report)
-    for executor in executors:  # every graph an executor runs: its whole-inference graph too
+    for executor, run in zip(executors, runs):  # every graph an executor runs: its whole-inference graph too
         if executor.whole_graph() is not None:
             progress(f"checking {executor.name}'s whole-inference graph ({executor.whole_graph()}) against its steps")
-            whole_graph_parity(executor, reference, exact, batch, report)
+            whole_graph_parity(executor, run, reference, exact, batch, report)
     if report.whole_graphs:
         report.notes.append(f"whole-inference graphs: each run whole and compared with its own step graph chained "
                             f"from the initial carry (the step graph is the one gated against the reference); drift "
@@ -74,6 +80,7 @@ def format_report(report: Report) -> str:
         lines.append(_decisions("halting decisions", halting))
         if check == "A vs B" and report.answers:
             lines.append(_decisions("answers (argmax per position)", report.answers))
+    lines += format_agreement(report.task)
     lines += [f"note: {note}" for note in report.notes]
     if report.passed:
         lines.append("PASS")

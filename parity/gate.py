@@ -69,6 +69,7 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     halting: dict[str, Any] = field(default_factory=dict)
     answers: dict[str, Any] = field(default_factory=dict)  # float16 step mode: argmax per position, as `halting`
+    task: dict[str, Any] = field(default_factory=dict)  # whole runs' final answers, halting steps, accuracy (labels)
     notes: list[str] = field(default_factory=list)
     whole_graphs: list[dict[str, Any]] = field(default_factory=list)  # step mode: each whole-inference graph checked
 
@@ -267,10 +268,10 @@ def _drift(run_a: Arrays, run_b: Arrays, ref32: Arrays, ref64: Arrays, report: R
             "steps_a": halting_a.tolist(), "steps_b": halting_b.tolist(), "left_out": int((~compared).sum())}
 
 
-def trajectory_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: TorchExecutor, batch: Batch,
+def trajectory_parity(run_a: Arrays, run_b: Arrays, reference: TorchExecutor, exact: TorchExecutor, batch: Batch,
                       report: Report) -> Report:
-    """Whole runs, drift per step, gated against the reference's float64-vs-float32 noise floor."""
-    report.halting = _drift(a.run(batch), b.run(batch), reference.run(batch), exact.run(batch), report, "A vs B")
+    """Whole runs of A and B, drift per step, gated against the reference's float64-vs-float32 noise floor."""
+    report.halting = _drift(run_a, run_b, reference.run(batch), exact.run(batch), report, "A vs B")
     report.notes.append(f"trajectory mode: drift gated at max({report.atol:g}, {FLOOR_FACTOR} × noise floor); "
                         "noise floor = hrm_ref float64 vs float32 on the same inputs")
     if report.halting["left_out"]:
@@ -278,15 +279,14 @@ def trajectory_parity(a: Executor, b: Executor, reference: TorchExecutor, exact:
     return report
 
 
-def whole_graph_parity(executor: Executor, reference: TorchExecutor, exact: TorchExecutor, batch: Batch,
-                       report: Report) -> Report:
+def whole_graph_parity(executor: Executor, whole: Arrays, reference: TorchExecutor, exact: TorchExecutor,
+                       batch: Batch, report: Report) -> Report:
     """Step mode's second half: the executor's whole-inference graph against its own step graph chained
     from the initial carry (which step parity has just checked against the reference), drift gated at
     max(atol, 10 × the reference's noise floor), as trajectory mode does."""
     start = initial_carry(reference.model, batch)
     check = f"{executor.name} whole vs its steps"
-    halting = _drift(executor.run(batch), chained_run(executor, start, batch), reference.run(batch), exact.run(batch),
-                     report, check)
+    halting = _drift(whole, chained_run(executor, start, batch), reference.run(batch), exact.run(batch), report, check)
     report.whole_graphs.append({"executor": executor.name, "graph": executor.whole_graph(), "check": check,
                                 "halting": halting})
     return report
