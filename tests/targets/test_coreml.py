@@ -58,19 +58,30 @@ def test_integer_division_and_cumsum_follow_onnx_under_mil_semantics() -> None:
 
 
 @pytest.mark.heavy  # a minute and a half
-def test_ane_is_float16_and_gated_on_psnr(capsys, tiny_export: Path) -> None:
-    """The verdict follows the PSNR column: every row passes exactly when its PSNR reaches the gate (--psnr)."""
+def test_ane_is_gated_on_the_float16_contract(capsys, tiny_export: Path) -> None:
+    """States and per-token outputs follow their PSNR (--psnr), the q values their absolute error against the
+    q scale, and every decision is compared: the default contract passes tiny's package."""
     code, out, _ = hrmc(capsys, "parity", "torch", "ane", "--onnx-model", str(tiny_export), "--policy", "q-halt",
-                        "--batch", "2", "--psnr", "50", "--json")
+                        "--batch", "2", "--psnr", "65", "--json")
     report = json.loads(out)
-    assert report["psnr_db"] == 50
+    assert report["psnr_db"] == 65
     assert "float16" in report["executors"][1] and "MIL reference semantics" in report["executors"][1]
-    rows = report["rows"]
-    assert rows and all(row["psnr"] is not None and row["passed"] == (row["psnr"] >= 50) for row in rows)
+    rows = [row for row in report["rows"] if row["check"] == "A vs B"]
+    by_psnr = [row for row in rows if row["gated"] == "psnr"]
+    by_error = [row for row in rows if row["gated"] == "abs"]
+    assert {row["output"] for row in by_error} == {"q_halt_logits", "q_continue_logits"}
+    assert {row["output"] for row in by_psnr} == {"z_H", "z_L", "logits"}
+    assert all(row["passed"] == (row["psnr"] >= 65) for row in by_psnr)
+    assert all(row["passed"] == (row["max_abs"] <= row["limit"]) and row["psnr"] is not None for row in by_error)
+    assert not all(row["passed"] for row in by_psnr)  # 65 dB is above what float16 reaches on every step
     assert max(row["max_abs"] for row in rows) > 1e-5  # float16 really ran: float32 would be within 1e-5
     # beside each row, what float16 weights alone cost: finite (they change the result) and not gated
     assert all(60 < row["weights_psnr"] < np.inf for row in rows if row["output"] == "logits")
-    assert code == (0 if report["passed"] else 1)
+    assert report["answers"]["compared"] == 2 * 16 * report["budget"] and report["halting"]["compared"] > 0
+    assert code == 1 and not report["passed"]
+    code, out, _ = hrmc(capsys, "parity", "torch", "ane", "--onnx-model", str(tiny_export), "--policy", "q-halt",
+                        "--batch", "2")
+    assert code == 0 and out.rstrip().endswith("PASS"), out
 
 
 @pytest.mark.heavy
@@ -91,9 +102,10 @@ def step_graph(tiny_export: Path, tmp_path_factory) -> Path:
 def test_two_lowerings_give_byte_identical_packages(step_graph: Path, tmp_path: Path) -> None:
     contents = []
     for name in ("a", "b"):
-        package = coreml.lower_coreml(step_graph, tmp_path / f"{name}.mlpackage", "ane", 1, "t.onnx").path
+        (tmp_path / name).mkdir()
+        package = coreml.lower_coreml({"step": step_graph}, tmp_path / name / "t.mlpackage", "ane", 1, "t.onnx")["step"]
         contents.append({p.relative_to(package): p.read_bytes() for p in sorted(package.rglob("*")) if p.is_file()})
-    assert contents[0] == contents[1] and len(contents[0]) == 3
+    assert contents[0] == contents[1] and len(contents[0]) == 4  # spec, weights, manifest, hrmc's parts record
 
 
 def test_attention_per_head_computes_what_the_batched_heads_do(tiny, step_graph: Path) -> None:
@@ -114,7 +126,7 @@ def test_attention_per_head_computes_what_the_batched_heads_do(tiny, step_graph:
 
 
 def test_inspect_reports_ane_readiness(capsys, step_graph: Path, tmp_path: Path) -> None:
-    package = coreml.lower_coreml(step_graph, tmp_path / "s.mlpackage", "ane", 2, "t.onnx").path
+    package = coreml.lower_coreml({"step": step_graph}, tmp_path / "s.mlpackage", "ane", 2, "t.onnx")["step"]
     written = {p: p.read_bytes() for p in package.rglob("*") if p.is_file()}
     code, out, _ = hrmc(capsys, "inspect", str(package), "--json")
     assert {p: p.read_bytes() for p in package.rglob("*") if p.is_file()} == written  # reading changes nothing
@@ -126,6 +138,13 @@ def test_inspect_reports_ane_readiness(capsys, step_graph: Path, tmp_path: Path)
     assert fp16_parameters * 0.95 <= report["weight_bytes"] <= fp16_parameters * 1.05
     code, _, err = hrmc(capsys, "inspect", str(tmp_path / "missing.mlpackage"))
     assert_one_line_error(code, err, "expected an .mlpackage")
+    weights = package / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    weights.write_bytes(weights.read_bytes()[:-4096])  # truncated: inspect verifies every part first
+    assert_one_line_error(*hrmc(capsys, "inspect", str(package))[::2], "weight.bin: does not match the sha256")
+    weights.unlink()
+    assert_one_line_error(*hrmc(capsys, "inspect", str(package))[::2], "weight.bin: missing")
+    (package / "Data" / "com.hrmc" / "parts.json").unlink()  # a package without hrmc's record: still read in full
+    assert_one_line_error(*hrmc(capsys, "inspect", str(package))[::2], "weight.bin: missing (the package's weights)")
     (package / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(b"\xff not a spec")
     code, _, err = hrmc(capsys, "inspect", str(package))
     assert_one_line_error(code, err, "model.mlmodel: not a Core ML model spec")
