@@ -1,4 +1,4 @@
-"""Parity suites: run two executors on the same inputs, report the drift, gate (DESIGN.md section 4).
+"""Parity suites: run two executors on the same inputs, report the drift, gate (docs/design.md §4).
 
 Entry point: `check_parity(...) -> Report`; `format_report` renders it for people.
 """

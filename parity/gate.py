@@ -1,4 +1,4 @@
-"""The fidelity contract of DESIGN.md section 4, as two comparisons and one report.
+"""The fidelity contract of docs/design.md §4, as two comparisons and one report.
 
 - step mode (the gate): both executors run one ACT step from the *same* carry, the reference's
   carry before step s (teacher forcing), for every step s of the reference trajectory. Every

@@ -234,7 +234,7 @@ def _shape(b: Builder, n: ir.Node):
 
 
 def _rms_norm(b: Builder, n: ir.Node):
-    """Explicit ops with the graph's own eps: Core ML's fused rms_norm rescales (DESIGN.md section 3)."""
+    """Explicit ops with the graph's own eps: Core ML's fused rms_norm rescales (docs/design.md §3)."""
     x, epsilon = b.var(n.inputs[0]), float(b.const(n.inputs[1]))
     mean = mb.reduce_mean(x=mb.mul(x=x, y=x), axes=[-1], keep_dims=True)
     return mb.real_div(x=x, y=mb.sqrt(x=mb.add(x=mean, y=b.scalar(epsilon))))
@@ -538,7 +538,7 @@ def _count_ops(block) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
-# Ops the Neural Engine never runs (apple/ml-ane-transformers, DESIGN.md section 3).
+# Ops the Neural Engine never runs (apple/ml-ane-transformers, docs/design.md §3).
 ANE_NEVER = {"while_loop": "control flow", "cond": "control flow"}
 LOOKUPS = ("gather", "gather_nd")  # on a constant table: an embedding lookup, which falls back to CPU
 ANE_ALIGNMENT_BYTES = 64  # the ANE pads a tensor's last axis to 64 bytes

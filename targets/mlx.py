@@ -10,7 +10,7 @@
 Each ONNX op has one entry in `OPS`, the op-mapping table; a node whose op has no entry fails at
 lower time with a line naming the op and the node. The fused `hrmc` functions map to MLX's fused
 primitives: `mx.fast.rms_norm`, `mx.fast.scaled_dot_product_attention`, and rope from the
-exported cos/sin tables (never `mx.fast.rope`, which recomputes them: DESIGN.md section 3).
+exported cos/sin tables (never `mx.fast.rope`, which recomputes them: docs/design.md §3).
 
 Values derived from `Shape` (the batch size) are computed with numpy while `mx.compile` traces,
 so the module runs compiled at any batch size.

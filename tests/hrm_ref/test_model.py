@@ -17,7 +17,7 @@ from hrm_ref.presets import randomize_weights
 from tests.conftest import upstream_arch
 from tests.hrm_ref.upstream_oracle import UpstreamOracle
 
-ATOL = RTOL = 1e-5  # the fidelity contract's step tolerance (DESIGN.md section 4)
+ATOL = RTOL = 1e-5  # the fidelity contract's step tolerance (docs/design.md §4)
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
