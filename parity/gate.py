@@ -124,10 +124,11 @@ def step_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: Torch
                 report: Report) -> Report:
     """Teacher-forced: every step of the reference trajectory, from the reference's carry.
 
-    float32 executors: every output within |a − b| ≤ atol + rtol·|b|; a halting decision may differ
-    only within tolerance of a tie. float16 executors (`float16_step`): the float16 contract.
-    Beside each row: the reference's own one-step rounding noise (float64 vs float32 from the same
-    carry), for information.
+    float32 executors: every output within |a − b| ≤ limit + rtol·|b|, limit = max(atol, 10 × the
+    reference's own float64-vs-float32 error on that step): atol wherever the reference itself is
+    that exact (random weights: ~1e-6), its own rounding edge where it is not (a trained model's
+    logits of magnitude 30–40: 5e-5). A halting decision may differ only within tolerance of a tie.
+    float16 executors (`float16_step`): the float16 contract. Beside each row: the reference's own one-step rounding noise (float64 vs float32 from the same carry).
     """
     trajectory = reference.run(batch)
     start = initial_carry(reference.model, batch)
@@ -148,7 +149,10 @@ def step_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: Torch
         for name in [n for n in out_b if n in out_a and n not in DECISIONS]:
             max_abs, max_rel, needed = _compare(out_a[name], out_b[name], report.rtol)
             floor = _compare(out_32[name], out_64[name], 0.0)[0]
-            report.rows.append(Row(name, s + 1, max_abs, max_rel, needed, report.atol, needed <= report.atol, floor))
+            # atol, unless the reference's own float32 rounding on this step is larger (a trained model's large
+            # logits): then FLOOR_FACTOR × that floor, as trajectory mode gates
+            limit = max(report.atol, FLOOR_FACTOR * floor)
+            report.rows.append(Row(name, s + 1, max_abs, max_rel, needed, limit, needed <= limit, floor))
         # A halting decision may differ only where the q values are within tolerance of a tie.
         differs = (out_a["halted"] != out_b["halted"]) | (out_a["steps"] != out_b["steps"])
         margin = q_margin(out_b)
@@ -167,7 +171,7 @@ def step_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: Torch
         report.notes.append("fp16 weights: PSNR of hrm_ref float32 with its weights rounded to float16, from the "
                             "same carry: what float16 weights alone cost, for information")
     report.notes.append("step mode: both executors start every step from the reference's (torch float32) carry; "
-                        "floor = hrm_ref float64 vs float32 on that step, for information")
+                        f"floor = hrm_ref float64 vs float32 on that step; limit = max(atol, {FLOOR_FACTOR} × floor)")
     return report
 
 

@@ -1,0 +1,49 @@
+"""Every executor on the trained fixtures, gated and with task agreement on their held-out puzzles.
+
+Parity on random weights probes chaos; these models settle, as the ones users ship do. The float16
+(ane) row must answer and halt exactly as torch float32 does on every held-out puzzle it runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hrm_ref
+from hrm_ref.presets import TRAINED_PRESETS, test_set_path
+from tests.hrmc.test_cli import hrmc
+
+PUZZLES = 32  # of each held-out set: enough to show agreement, small enough for the replayed Core ML executors
+EXECUTORS = ("onnx", "static", "chunked", "mlx", "mlx-chunked", "coreml", "coreml-chunked", "ane")
+
+
+@pytest.fixture(scope="module", params=[name for name in TRAINED_PRESETS if test_set_path(name).is_file()])
+def fixture(request, tmp_path_factory) -> tuple[str, Path, Path]:
+    """(preset, its q-halt export, the first PUZZLES held-out puzzles with labels)."""
+    from lowering import export_onnx
+
+    name = request.param
+    folder = tmp_path_factory.mktemp(name)
+    with np.load(test_set_path(name)) as data:
+        np.savez(folder / "held-out.npz", **{key: data[key][:PUZZLES] for key in data.files})
+    export_onnx(hrm_ref.build_preset(name), folder / f"{name}.onnx", "q-halt")
+    return name, folder / f"{name}.onnx", folder / "held-out.npz"
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_every_executor_agrees_on_the_trained_fixtures(capsys, fixture, executor: str) -> None:
+    name, export, held_out = fixture
+    code, out, err = hrmc(capsys, "parity", "torch", executor, "--preset", name, "--policy", "q-halt",
+                          "--onnx-model", str(export), "--inputs", str(held_out), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["passed"], err[-2000:]
+    task = report["task"]
+    assert task["samples"] == PUZZLES and task["samples_agree"] == PUZZLES and task["cells_agree"] == 1.0
+    assert task["halting_steps_agree"] == PUZZLES, task
+    assert task["accuracy_a"] == task["accuracy_b"]  # the same answers, so the same accuracy against the labels
+    if name == "sudoku4":
+        assert task["accuracy_a"]["exact"] >= 0.9
