@@ -62,7 +62,9 @@ def progress(message: str) -> None:
 
 @cli.command()
 @model_options
-@click.option("--inputs", type=click.Path(), help="npz with 'inputs' [B, L] and 'puzzle_identifiers' [B].")
+@click.option("--inputs", type=click.Path(),
+              help="npz with 'inputs' [B, L], 'puzzle_identifiers' [B] and optionally 'labels' [B, L] "
+                   "(default: a trained preset's held-out puzzles, else a seeded random batch).")
 @click.option("--seq-len", type=int, help="Sequence length of the random batch (default: the preset's).")
 @click.option("--dtype", type=click.Choice(FORWARD_DTYPES), default="float32", show_default=True, help="Forward dtype.")
 @click.option("--depth", type=click.Choice(list(REASONING_DEPTHS)), help="Fixed N×T cycles per forward (fast 1×1 … extreme 6×4).")
@@ -72,7 +74,7 @@ def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_js
         ddim_steps, out) -> None:
     """Run the reference model (eager PyTorch ACT) and save every step's outputs."""
     model = driver.load_model(checkpoint, preset, config_path, dtype, depth)
-    batch = driver.load_inputs(model, inputs, batch_size, seed, seq_len)
+    batch, labels = driver.load_task(model, preset, inputs, batch_size, seed, seq_len)
     budget = resolve_budget(model, policy, budget)
 
     def step_done(step: int, carry: hrm_ref.Carry) -> None:
@@ -92,7 +94,6 @@ def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_js
         "steps_run": int(outputs["steps"].shape[0]), "halting_steps": steps.tolist(),
         "seconds": round(seconds, 3), "out": out,
     }
-    labels = driver.load_labels(inputs, batch)
     if labels is not None and "logits" in outputs:
         report["accuracy"] = accuracy(outputs["logits"][-1].argmax(-1), labels)
     if as_json:
@@ -255,7 +256,8 @@ def inspect(package, as_json) -> None:
 @click.option("--artifact", type=click.Path(),
               help="B's shipped artifact, run as it is: a .onnx (its .step.onnx beside it), an MLX folder or a .mlpackage.")
 @click.option("--chunk", type=int, help="Steps per graph call of the chunked executor (default 4).")
-@click.option("--inputs", type=click.Path(), help="npz inputs (default: a seeded random batch).")
+@click.option("--inputs", type=click.Path(),
+              help="npz inputs, 'labels' optional (default: a trained preset's held-out puzzles, else a seeded random batch).")
 @click.option("--seq-len", type=int, help="Sequence length of the random batch.")
 def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, mode, atol, rtol,
                    psnr_db, onnx_model, artifact, chunk, inputs, seq_len) -> int:
@@ -266,11 +268,11 @@ def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_
     if artifact is not None and not Path(artifact).exists():
         raise InputError(f"--artifact: {artifact} not found")
     model = driver.load_model(checkpoint, preset, config_path)
-    batch = driver.load_inputs(model, inputs, batch_size, seed, seq_len)
+    batch, labels = driver.load_task(model, preset, inputs, batch_size, seed, seq_len)
     report = parity.check_parity(a, b, model, batch, policy=policy, budget=budget, mode=mode, atol=atol, rtol=rtol,
                                  psnr_db=psnr_db, seed=seed, model_name=model_source(checkpoint, preset),
-                                 onnx_model=onnx_model, chunk=chunk, artifact=artifact,
-                                 labels=driver.load_labels(inputs, batch), progress=progress)
+                                 onnx_model=onnx_model, chunk=chunk, artifact=artifact, labels=labels,
+                                 progress=progress)
     click.echo(json.dumps(report.to_dict()) if as_json else parity.format_report(report))
     return 0 if report.passed else 1
 

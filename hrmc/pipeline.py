@@ -17,6 +17,7 @@ import hrm_ref
 from hrm_ref import HRM, Batch
 from hrm_ref.act import denoise
 from hrm_ref.ddim import DDIMScheduler
+from hrm_ref.presets import TRAINED_PRESETS, test_set_path
 from hrmc.errors import InputError
 from hrmc.files import atomic_output, check_output, check_output_folder
 
@@ -53,6 +54,19 @@ def load_labels(inputs: str | None, batch: Batch) -> np.ndarray | None:
         raise InputError(f"{inputs}: 'labels' must be an integer array of the shape of 'inputs' {list(expected or [])}, "
                          f"got {labels.dtype} {list(labels.shape)}")
     return labels
+
+
+def load_task(model: HRM, preset: str | None, inputs: str | None, batch_size: int, seed: int,
+              seq_len: int | None) -> tuple[Batch, np.ndarray | None]:
+    """The inputs of `run` and `parity` with their labels, when there are any: the --inputs npz; else, for a
+    trained preset, the first `batch_size` puzzles of its held-out set; else a seeded random batch."""
+    if inputs is None and preset in TRAINED_PRESETS:
+        path = test_set_path(preset)
+        batch = hrm_ref.load_batch(model.config, path)
+        labels = load_labels(str(path), batch)
+        return {name: value[:batch_size] for name, value in batch.items()}, labels[:batch_size]
+    batch = load_inputs(model, inputs, batch_size, seed, seq_len)
+    return batch, load_labels(inputs, batch)
 
 
 def load_inputs(model: HRM, inputs: str | None, batch_size: int, seed: int, seq_len: int | None) -> Batch:

@@ -269,3 +269,17 @@ def test_chunked_stops_once_every_sample_halted(tiny, tiny_export: Path) -> None
     full.prepare(tiny, "q-halt", None, early)
     full.run(early)
     assert full.graph_calls == halting_step < tiny.config.halt_max_steps
+
+
+def test_a_trained_preset_runs_its_held_out_puzzles_and_reports_accuracy(capsys) -> None:
+    code, out, _ = hrmc(capsys, "run", "--preset", "sudoku4", "--policy", "q-halt", "--batch", "16", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["batch"] == 16 and report["accuracy"]["exact"] >= 0.9
+    assert min(report["halting_steps"]) < report["budget"]  # the trained q head halts early
+
+
+def test_labels_of_the_wrong_shape_are_named(capsys, tmp_path: Path) -> None:
+    np.savez(tmp_path / "in.npz", inputs=np.ones((2, 16), np.int32), puzzle_identifiers=np.zeros(2, np.int32),
+             labels=np.ones((2, 15), np.int32))
+    code, _, err = hrmc(capsys, "run", "--inputs", str(tmp_path / "in.npz"))
+    assert_one_line_error(code, err, "in.npz", "'labels' must be an integer array of the shape of 'inputs'")
