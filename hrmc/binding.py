@@ -47,13 +47,14 @@ def make_record(parts: Mapping[str, tuple[Path, str]]) -> Record:
     return {role: {"file": path.name, "sha256": digest} for role, (path, digest) in parts.items()}
 
 
-def parse_record(text: str | None, where: Path) -> Record | None:
-    """A stored record, or None where the artifact predates binding (written before hrmc recorded parts)."""
-    if text is None:
+def parse_record(value: Any, where: Path) -> Record | None:
+    """A stored record (JSON text, or the value already parsed), or None where there is none: the
+    artifact predates binding (written before hrmc recorded parts)."""
+    if value is None:
         return None
     try:
-        record = json.loads(text)
-        if all(isinstance(p["file"], str) and isinstance(p["sha256"], str) for p in record.values()):
+        record = json.loads(value) if isinstance(value, str) else value
+        if record and all(isinstance(p["file"], str) and isinstance(p["sha256"], str) for p in record.values()):
             return record
     except (ValueError, TypeError, KeyError, AttributeError):
         pass

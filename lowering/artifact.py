@@ -9,6 +9,7 @@ file's record, checks every part it names, and returns the parts by role.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -66,14 +67,26 @@ def bound_parts(path: str | Path, fallback: Mapping[str, Path] | None = None) ->
     """{role: path} of the set `path` belongs to, every part verified against `path`'s record.
 
     A file written before hrmc recorded parts has no record: `fallback` then names its parts
-    (unverified; the caller says so).
+    (unverified). A set is verified once per process while its files stay as they were.
     """
     path = Path(path)
+    return dict(_verified(path, _stamp(path), tuple(sorted((fallback or {}).items())) if fallback else None))
+
+
+def _stamp(path: Path) -> tuple:
+    """What changes when any ONNX file beside `path` (so any part of its set) does: names, sizes, mtimes."""
+    if not path.parent.is_dir():
+        return ()
+    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.parent.glob("*.onnx")))
+
+
+@functools.lru_cache(maxsize=16)
+def _verified(path: Path, stamp: tuple, fallback: tuple | None) -> tuple[tuple[str, Path], ...]:
     record = parse_record(_record_text(load_proto(path)), path)
     if record is None:
         if fallback is None:
             raise BindingError(f"{path}: no record of its parts (not written by hrmc export or hrmc lower)")
-        return dict(fallback)
+        return fallback
     found = {}
     for role, part in record.items():
         part_path = path.parent / part["file"]
@@ -83,11 +96,7 @@ def bound_parts(path: str | Path, fallback: Mapping[str, Path] | None = None) ->
             if role != _role_of(record, path) and parse_record(_record_text(proto), part_path) != record:
                 raise BindingError(f"{part_path}: does not belong with {path.name} (written by another run)")
     verify(record, found, path.parent, path)
-    return {role: path.parent / part["file"] for role, part in record.items()}
-
-
-def is_bound(path: str | Path) -> bool:
-    return _record_text(load_proto(Path(path))) is not None
+    return tuple((role, path.parent / part["file"]) for role, part in record.items())
 
 
 def _role_of(record: dict, path: Path) -> str | None:

@@ -481,7 +481,7 @@ def _read_parts(path: Path, reader: Path | None = None) -> dict:
         raise BindingError(f"{path.parent.parent}: missing or not written by hrmc lower{what}")
     try:
         parts = json.loads(path.read_text())
-        parse_record(json.dumps(parts["set"]), path)
+        parse_record(parts["set"], path)
         if not all(isinstance(v, str) for v in parts["files"].values()):
             raise TypeError
         return parts

@@ -420,7 +420,7 @@ def read_config(folder: str | Path) -> dict:
         raise InputError(f"{path}: not JSON (truncated or edited by hand?)") from None
     if not isinstance(config, dict):
         raise InputError(f"{path}: not an hrmc MLX config")
-    record = parse_record(json.dumps(config[PARTS]) if PARTS in config else None, path)
+    record = parse_record(config.get(PARTS), path)
     if record is not None:  # folders written before hrmc recorded parts have none
         del config[PARTS]
         found = {role: file_sha256(folder / name) for role, name in FILES.items() if (folder / name).is_file()}
