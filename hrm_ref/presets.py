@@ -4,12 +4,18 @@ Upstream initialises the q head to (0, -5) and the puzzle embeddings to zero, wh
 paths from any test; here every weight is random (truncated LeCun normal, as upstream's
 `trunc_normal_init_` for linear layers) with zero biases, so under `q-halt` samples halt at
 varied steps (tiny, 64 random samples: about half before the budget, none at step 1).
+
+The trained presets (`TRAINED_PRESETS`: 4×4 and 6×6 Sudoku on the tiny core) load their committed
+weights from `fixtures/` instead; `test_set_path(name)` is their held-out test set with labels.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from hrm_ref.checkpoint import load_checkpoint
 from hrm_ref.config import HRMConfig
 from hrm_ref.model import HRM
 from hrmc.errors import ConfigError
@@ -38,6 +44,17 @@ PRESETS |= {
     "controller-cab": HRMConfig(vocab_size=128, input_mode="hidden", d_model=96, injector="cab", mem_tokens=4,
                                 segments=2, eval_segments=4, inner_T=2, seq_len=12, **_TINY_CORE),
 }
+# Trained on real tasks (`python -m hrm_ref.train NAME`, see docs/fixtures.md): the weights are the
+# committed `fixtures/NAME.safetensors`, the held-out puzzles with labels `fixtures/NAME-test.npz`.
+# Their configs are stated here and checked equal to the file's metadata when loaded.
+TRAINED_PRESETS = ("sudoku4", "sudoku6")
+PRESETS |= {
+    "sudoku4": HRMConfig(vocab_size=6, puzzle_emb_ndim=64, num_puzzle_identifiers=1, halt_max_steps=8, seq_len=16,
+                         **_TINY_CORE),
+    "sudoku6": HRMConfig(vocab_size=8, puzzle_emb_ndim=64, num_puzzle_identifiers=1, halt_max_steps=8, seq_len=36,
+                         **_TINY_CORE),
+}
+FIXTURES_DIR = Path(__file__).parent / "fixtures"
 PRESET_SEED = 20250626
 
 
@@ -64,8 +81,34 @@ def randomize_weights(model: HRM, seed: int) -> HRM:
     return model
 
 
+def _trained(name: str) -> str:
+    if name not in TRAINED_PRESETS:
+        raise ConfigError(f"{name!r} is not a trained preset: choose one of {', '.join(TRAINED_PRESETS)}")
+    return name
+
+
+def checkpoint_path(name: str) -> Path:
+    """The committed weights of trained preset `name` (safetensors, arch config in its metadata)."""
+    return FIXTURES_DIR / f"{_trained(name)}.safetensors"
+
+
+def test_set_path(name: str) -> Path:
+    """The held-out test set of trained preset `name`: an npz with inputs, puzzle_identifiers, labels."""
+    return FIXTURES_DIR / f"{_trained(name)}-test.npz"
+
+
+fixture_test_set = test_set_path
+test_set_path.__test__ = False  # not a pytest test when imported into a test module
+
+
 def build_preset(name: str, forward_dtype: str = "float32") -> HRM:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    if name in TRAINED_PRESETS:
+        model = load_checkpoint(checkpoint_path(name), forward_dtype=forward_dtype)
+        expected = PRESETS[name].replace(forward_dtype=forward_dtype)
+        if model.config != expected:
+            raise ConfigError(f"{checkpoint_path(name)}: its config {model.config} is not preset {name!r}'s {expected}")
+        return model
     model = HRM(PRESETS[name].replace(forward_dtype=forward_dtype))
     return randomize_weights(model, PRESET_SEED).eval()
