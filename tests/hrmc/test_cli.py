@@ -161,13 +161,18 @@ def test_bad_variant_options_are_one_line(capsys, argv: list[str], fragment: str
 
 
 def perturbed_copy(export: Path, folder: Path, initializer: str, amount: float) -> Path:
-    """The exported pair with one weight nudged, as a broken or tampered artifact would be."""
-    for source in (export, lowering.step_path_for(export)):
+    """The exported pair with one weight nudged and its record rewritten to match, as a broken
+    exporter would write it: only the numbers can tell."""
+    from lowering.artifact import save_bound
+
+    parts = {}
+    for role, source in (("act", export), ("step", lowering.step_path_for(export))):
         proto = onnx.load(source)
         weight = next(init for init in proto.graph.initializer if init.name == initializer)
         values = onnx.numpy_helper.to_array(weight) + amount
         weight.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float32), initializer))
-        onnx.save(proto, folder / source.name)
+        parts[role] = (folder / source.name, proto)
+    save_bound(parts)
     return folder / export.name
 
 
@@ -187,9 +192,9 @@ def test_parity_fails_on_a_tampered_weight_and_names_the_output(capsys, tiny_exp
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["--policy", "max-steps"], "was exported with policy q-halt, not max-steps"),
-    (["--preset", "nibble"], "exported from other weights"),
-    (["--seq-len", "20"], "was exported with sequence length 16, not 20"),
+    (["--policy", "max-steps"], "was made with policy q-halt, not max-steps"),
+    (["--preset", "nibble"], "made from other weights"),
+    (["--seq-len", "20"], "was made with sequence length 16, not 20"),
 ])
 def test_parity_refuses_an_artifact_that_does_not_fit(capsys, tiny_export: Path, argv: list[str], fragment: str) -> None:
     assert_one_line_error(*hrmc(capsys, "parity", "torch", "onnx", "--onnx-model", str(tiny_export),
