@@ -52,9 +52,11 @@ def check_parity(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budge
             progress(f"checking {executor.name}'s whole-inference graph ({executor.whole_graph()}) against its steps")
             whole_graph_parity(executor, run, reference, exact, batch, report)
     if report.whole_graphs:
-        report.notes.append(f"whole-inference graphs: each run whole and compared with its own step graph chained "
-                            f"from the initial carry (the step graph is the one gated against the reference); drift "
-                            f"gated at max({report.atol:g}, {FLOOR_FACTOR} × noise floor) as in trajectory mode")
+        report.notes.append(f"whole-inference graphs: run whole and compared, drift gated at max({report.atol:g}, "
+                            f"{FLOOR_FACTOR} × noise floor) as in trajectory mode, with the reference's whole run "
+                            "(float32 executors) or with the executor's own step graph chained from the initial carry "
+                            "(float16 executors, whose rounding the recurrence amplifies past any float32 floor; "
+                            "their step graph is the one gated against the reference)")
     return report
 
 
@@ -65,7 +67,7 @@ def format_report(report: Report) -> str:
     whole = {graph["check"]: graph for graph in report.whole_graphs}
     for check in dict.fromkeys([row.check for row in report.rows] + list(whole)):
         if check in whole:
-            title, halting = f"{check}: {whole[check]['graph']}, chained steps from the initial carry", whole[check]["halting"]
+            title, halting = f"{check}: {whole[check]['graph']} against {whole[check]['against']}", whole[check]["halting"]
         else:
             how = "step graphs from the reference's carry" if report.mode == "step" else "whole runs"
             title, halting = f"A vs B: {how}", report.halting
