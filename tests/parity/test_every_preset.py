@@ -2,7 +2,7 @@
 
 Heavy: one export per case (about a minute, two for sudoku), then torch–onnx (the export),
 onnx–static (the passes), torch–chunked (the chunk graph and its host loop) and torch–mlx in both
-modes, and torch–coreml (the float32 package, MIL replay) in step mode.
+modes, and torch–coreml (the float32 package, MIL replay) in step mode for every preset but sudoku.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ STEP_ONLY = [("torch", "coreml")]  # trajectory mode replays the whole unrolled 
 def test_every_executor_pair_agrees_in_both_modes(preset: str, policy: str, tmp_path: Path, capsys) -> None:
     model = ["--preset", preset, "--policy", policy, "--batch", "1" if preset == "sudoku" else "3"]
     assert main(["export", *model, "-o", str(tmp_path / "m.onnx")]) == 0
-    runs = [(pair, mode) for pair in PAIRS for mode in ("step", "trajectory")] + [(pair, "step") for pair in STEP_ONLY]
+    runs = [(pair, mode) for pair in PAIRS for mode in ("step", "trajectory")]
+    if preset != "sudoku":  # sudoku's float32 package is minutes per graph under the replay: measured in the README
+        runs += [(pair, "step") for pair in STEP_ONLY]
     for pair, mode in runs:
         code = main(["parity", *pair, *model, "--mode", mode, "--onnx-model", str(tmp_path / "m.onnx")])
         report = capsys.readouterr().out
