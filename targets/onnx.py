@@ -78,11 +78,12 @@ def shipped_graphs(artifact: Path, model: HRM, policy: str, budget: int, batch: 
     """The graphs of a shipped ONNX artifact by role, bound and made from this model; `whole` is the
     role its whole-inference graph must have (act: an export; static: a lowered set)."""
     parts = bound_parts(artifact, fallback={whole: artifact, "step": step_path_for(artifact)})
-    if whole not in parts:
+    meta = read_metadata(artifact)
+    if whole not in parts or meta.get("kind") != whole:
         made_by = {"act": "hrmc export", "static": "hrmc lower --target onnx"}[whole]
-        raise InputError(f"{artifact} holds {', '.join(sorted(parts))} graphs, not a {whole} graph: "
-                         f"this executor runs what {made_by} writes")
-    check_source(read_metadata(artifact), artifact, model, policy, budget, model.inner.sequence_length(batch))
+        raise InputError(f"{artifact} is not a {whole} graph ({meta.get('kind')}): this executor runs what {made_by} "
+                         "writes")
+    check_source(meta, artifact, model, policy, budget, model.inner.sequence_length(batch))
     return parts
 
 
