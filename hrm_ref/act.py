@@ -20,6 +20,7 @@ from hrm_ref.model import HRM, Batch
 from hrmc.errors import InputError
 
 POLICIES = ("max-steps", "q-halt")
+MAX_BUDGET = 1024  # ACT steps: a static graph unrolls every one of them (upstream's sudoku runs 16)
 
 
 @dataclass
@@ -42,8 +43,8 @@ def resolve_budget(model: HRM, policy: str, budget: int | None) -> int:
             raise InputError("this model has no ACT (fixed N×T mode): it runs one step, without --budget")
         return 1
     budget = model.config.halt_max_steps if budget is None else budget
-    if budget < 1:
-        raise InputError(f"--budget must be at least 1, got {budget}")
+    if not 1 <= budget <= MAX_BUDGET:
+        raise InputError(f"--budget must be in [1, {MAX_BUDGET}], got {budget}")
     return budget
 
 

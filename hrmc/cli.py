@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 import tempfile
 import time
@@ -17,7 +18,7 @@ import click
 
 import hrm_ref
 from hrm_ref.act import batch_size as batch_size_of
-from hrm_ref.act import resolve_budget
+from hrm_ref.act import MAX_BUDGET, resolve_budget
 from hrm_ref.config import REASONING_DEPTHS
 import lowering
 import parity
@@ -28,6 +29,27 @@ from hrmc.errors import HrmcError, InputError
 from hrmc.files import size_of
 
 FORWARD_DTYPES = ("float32", "float64", "bfloat16")
+MAX_BATCH = 65536  # the exported graphs' dynamic batch dimension goes up to this
+STEPS = click.IntRange(1, MAX_BUDGET)  # --budget, --chunk
+POSITIVE = click.IntRange(min=1)
+
+
+class FiniteFloat(click.ParamType):
+    """A finite float of at least `low`: nan, inf and negative tolerances are usage errors, not verdicts."""
+
+    name = "float"
+
+    def __init__(self, low: float = 0.0) -> None:
+        self.low = low
+
+    def convert(self, value, param, ctx) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number < self.low:
+            self.fail(f"{value} must be a finite number of at least {self.low:g}", param, ctx)
+        return number
 
 
 def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -37,9 +59,12 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--config", "config_path", type=click.Path(), help="Arch yaml for --checkpoint (default: all_config.yaml beside it)."),
         click.option("--preset", type=click.Choice(sorted(hrm_ref.PRESETS)), help=f"Built-in model (default: {driver.DEFAULT_PRESET})."),
         click.option("--policy", type=click.Choice(hrm_ref.POLICIES), default="max-steps", show_default=True, help="ACT halting policy."),
-        click.option("--budget", type=int, help="ACT step budget (default: the model's halt_max_steps)."),
-        click.option("--batch", "batch_size", type=int, default=4, show_default=True, help="Random batch size."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random batch."),
+        click.option("--budget", type=STEPS,
+                     help=f"ACT step budget, 1 to {MAX_BUDGET} (default: the model's halt_max_steps)."),
+        click.option("--batch", "batch_size", type=click.IntRange(1, MAX_BATCH), default=4, show_default=True,
+                     help="Rows of the random batch (lower --target coreml|ane: the package's fixed batch)."),
+        click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+                     help="Seed of the random batch."),
         click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout."),
     ]
     return functools.reduce(lambda wrapped, option: option(wrapped), reversed(options), command)
@@ -65,7 +90,7 @@ def progress(message: str) -> None:
 @click.option("--inputs", type=click.Path(),
               help="npz with 'inputs' [B, L], 'puzzle_identifiers' [B] and optionally 'labels' [B, L] "
                    "(default: a trained preset's held-out puzzles, else a seeded random batch).")
-@click.option("--seq-len", type=int, help="Sequence length of the random batch (default: the preset's).")
+@click.option("--seq-len", type=POSITIVE, help="Sequence length of the random batch (default: the preset's).")
 @click.option("--dtype", type=click.Choice(FORWARD_DTYPES), default="float32", show_default=True, help="Forward dtype.")
 @click.option("--depth", type=click.Choice(list(REASONING_DEPTHS)), help="Fixed N×T cycles per forward (fast 1×1 … extreme 6×4).")
 @click.option("--ddim-steps", type=int, default=10, show_default=True, help="Denoiser models: DDIM steps of the sample.")
@@ -112,7 +137,7 @@ def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_js
 @cli.command()
 @model_options
 @click.option("--inputs", type=click.Path(), help="npz whose sequence length the export fixes (default: the preset's).")
-@click.option("--seq-len", type=int, help="Sequence length to export for (default: the preset's).")
+@click.option("--seq-len", type=POSITIVE, help="Sequence length to export for (default: the preset's).")
 @click.option("-o", "--out", type=click.Path(), required=True, help="The .onnx file; NAME.step.onnx is written beside it.")
 def export(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, inputs, seq_len, out) -> None:
     """Export to ONNX with the ACT loop and H/L cycles kept as ONNX Loops (plus the one-step model)."""
@@ -154,9 +179,9 @@ def list_passes() -> None:
 @click.option("--pipeline", help="Named pass pipeline (see `hrmc passes`; default: the target's own).")
 @click.option("--dump-after", help="Also write the graph right after this pass (OUT.after-PASS.onnx).")
 @click.option("--strip", help="Comma-separated outputs to remove (strip-heads), e.g. hex_logits,free_energy.")
-@click.option("--chunk", type=int, help="Also lower a K-step chunk graph with the carry in and out.")
+@click.option("--chunk", type=STEPS, help="Also lower a K-step chunk graph with the carry in and out.")
 @click.option("--onnx-model", type=click.Path(), help="Start from this exported file instead of exporting afresh.")
-@click.option("--seq-len", type=int, help="Sequence length to export for (default: the preset's).")
+@click.option("--seq-len", type=POSITIVE, help="Sequence length to export for (default: the preset's).")
 @click.option("-o", "--out", type=click.Path(), required=True,
               help="onnx: OUT.onnx (OUT.step.onnx beside it); mlx: a folder; coreml, ane: OUT.mlpackage.")
 def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, target, pipeline, dump_after, strip,
@@ -193,9 +218,9 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
 @model_options
 @click.option("--executors", default="torch,static,chunked", show_default=True,
               help=f"Comma-separated executors to time ({', '.join(parity.EXECUTORS)}).")
-@click.option("--runs", type=int, default=5, show_default=True, help="Timed runs per executor (after one warm-up).")
+@click.option("--runs", type=POSITIVE, default=5, show_default=True, help="Timed runs per executor (after one warm-up).")
 @click.option("--onnx-model", type=click.Path(), help="The structured export the ONNX-based executors start from.")
-@click.option("--chunk", type=int, help="Steps per graph call of the chunked executors (default 4).")
+@click.option("--chunk", type=STEPS, help="Steps per graph call of the chunked executors (default 4).")
 def bench(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, executors, runs,
           onnx_model, chunk) -> None:
     """Time the whole inference on each executor, with GFLOP/s against this machine's matmul peak."""
@@ -206,8 +231,6 @@ def bench(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
     if unknown or not names:
         raise InputError(f"--executors: unknown executor {', '.join(unknown) or '(none given)'}; "
                          f"choose from {', '.join(parity.EXECUTORS)}")
-    if runs < 1:
-        raise InputError(f"--runs must be at least 1, got {runs}")
     model = driver.load_model(checkpoint, preset, config_path)
     batch = driver.load_inputs(model, None, batch_size, seed, None)
     report = benchmarks.run_bench(model, batch, names, policy=policy, budget=budget, runs=runs,
@@ -248,17 +271,17 @@ def inspect(package, as_json) -> None:
 @model_options
 @click.option("--mode", type=click.Choice(parity.MODES), default="step", show_default=True,
               help="step: teacher-forced, every output of every step (the gate); trajectory: whole runs vs the noise floor.")
-@click.option("--atol", type=float, default=parity.ATOL, show_default=True, help="Absolute tolerance.")
-@click.option("--rtol", type=float, default=parity.RTOL, show_default=True, help="Relative tolerance.")
-@click.option("--psnr", "psnr_db", type=float, default=parity.PSNR_DB, show_default=True,
+@click.option("--atol", type=FiniteFloat(), default=parity.ATOL, show_default=True, help="Absolute tolerance.")
+@click.option("--rtol", type=FiniteFloat(), default=parity.RTOL, show_default=True, help="Relative tolerance.")
+@click.option("--psnr", "psnr_db", type=FiniteFloat(low=1.0), default=parity.PSNR_DB, show_default=True,
               help="float16 executors (ane): the step-mode PSNR gate in dB.")
 @click.option("--onnx-model", type=click.Path(), help="The structured export the executors lower from (not shipped).")
 @click.option("--artifact", type=click.Path(),
               help="B's shipped artifact, run as it is: a .onnx (its .step.onnx beside it), an MLX folder or a .mlpackage.")
-@click.option("--chunk", type=int, help="Steps per graph call of the chunked executor (default 4).")
+@click.option("--chunk", type=STEPS, help="Steps per graph call of the chunked executor (default 4).")
 @click.option("--inputs", type=click.Path(),
               help="npz inputs, 'labels' optional (default: a trained preset's held-out puzzles, else a seeded random batch).")
-@click.option("--seq-len", type=int, help="Sequence length of the random batch.")
+@click.option("--seq-len", type=POSITIVE, help="Sequence length of the random batch.")
 def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, mode, atol, rtol,
                    psnr_db, onnx_model, artifact, chunk, inputs, seq_len) -> int:
     """Run executors A and B on the same inputs and gate the drift (exit 1 on failure).

@@ -46,6 +46,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     os.close(handle)
     try:
         yield Path(temporary)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it 0600: give it what the user's umask gives
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -60,6 +61,7 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=f".partial{path.suffix}", dir=path.parent))
     try:
         yield temporary
+        os.chmod(temporary, 0o777 & ~_umask())  # mkdtemp makes it 0700
         if path.exists():  # a folder cannot be replaced by one rename: move the old one aside, then delete it
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / "previous")
@@ -69,6 +71,12 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
             os.replace(temporary, path)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def size_of(path: Path) -> int:

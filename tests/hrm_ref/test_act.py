@@ -55,7 +55,8 @@ def test_step_from_a_recorded_carry_reproduces_the_trajectory(tiny: HRM, batch: 
 
 
 @pytest.mark.parametrize("policy, budget, message", [("greedy", 4, "unknown halting policy 'greedy'"),
-                                                     ("q-halt", 0, "--budget must be at least 1")])
+                                                     ("q-halt", 0, r"--budget must be in \[1, 1024\], got 0"),
+                                                     ("q-halt", 2**31, r"--budget must be in \[1, 1024\]")])
 def test_bad_policy_or_budget(tiny: HRM, batch: hrm_ref.Batch, policy: str, budget: int, message: str) -> None:
     with pytest.raises(InputError, match=message):
         hrm_ref.run(tiny, batch, policy, budget)

@@ -69,7 +69,20 @@ def test_run_from_an_upstream_checkpoint_and_inputs(capsys, tiny, tmp_path: Path
     (["run", "--preset", "huge"], ["'huge' is not one of"]),
     (["run", "--checkpoint", "x", "--preset", "tiny"], ["either --checkpoint or --preset"]),
     (["run", "--policy", "sometimes"], ["--policy"]),
-    (["run", "--budget", "0"], ["--budget must be at least 1"]),
+    (["run", "--budget", "0"], ["--budget", "0 is not in the range 1<=x<=1024"]),
+    (["run", "--budget", "2147483648"], ["--budget", "not in the range 1<=x<=1024"]),
+    (["run", "--budget", "99999999999999999999999"], ["--budget", "not in the range"]),
+    (["run", "--seq-len", "0"], ["--seq-len", "0 is not in the range x>=1"]),
+    (["run", "--seed", "-1"], ["--seed", "-1 is not in the range"]),
+    (["run", "--batch", "0"], ["--batch", "0 is not in the range 1<=x<=65536"]),
+    (["lower", "--chunk", "0", "-o", "x.onnx"], ["--chunk", "0 is not in the range"]),
+    (["lower", "--target", "ane", "--batch", "-3", "-o", "x.mlpackage"], ["--batch", "-3 is not in the range"]),
+    (["parity", "torch", "onnx", "--chunk", "-1"], ["--chunk", "-1 is not in the range"]),
+    (["parity", "torch", "onnx", "--atol", "-1"], ["--atol", "finite number of at least 0"]),
+    (["parity", "torch", "onnx", "--atol", "nan"], ["--atol", "nan must be a finite number"]),
+    (["parity", "torch", "onnx", "--rtol", "inf"], ["--rtol", "inf must be a finite number"]),
+    (["parity", "torch", "onnx", "--psnr", "-5"], ["--psnr", "-5 must be a finite number of at least 1"]),
+    (["bench", "--runs", "0"], ["--runs", "0 is not in the range x>=1"]),
     (["run", "-o", "no/such/folder/o.npz"], ["output folder does not exist: no/such/folder"]),
     (["run", "-o", "o.txt"], ["must end in .npz"]),
     (["frobnicate"], ["No such command 'frobnicate'"]),
@@ -288,3 +301,20 @@ def test_labels_of_the_wrong_shape_are_named(capsys, tmp_path: Path) -> None:
              labels=np.ones((2, 15), np.int32))
     code, _, err = hrmc(capsys, "run", "--inputs", str(tmp_path / "in.npz"))
     assert_one_line_error(code, err, "in.npz", "'labels' must be an integer array of the shape of 'inputs'")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_get_the_permissions_the_umask_gives(capsys, tmp_path: Path, umask: int) -> None:
+    import os
+
+    (tmp_path / "o.npz").write_bytes(b"old")
+    (tmp_path / "o.npz").chmod(0o600)
+    old = os.umask(umask)
+    try:
+        assert hrmc(capsys, "run", "--batch", "1", "-o", str(tmp_path / "o.npz"))[0] == 0
+        with files.atomic_folder(tmp_path / "folder") as folder:
+            (folder / "f").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "o.npz").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~umask
