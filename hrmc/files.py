@@ -26,13 +26,21 @@ def check_output(path: str | Path, suffix: str) -> Path:
     return path
 
 
-def check_output_folder(path: str | Path, suffix: str = "") -> Path:
-    """An output folder (an MLX folder, an .mlpackage): its suffix, an existing parent, no file in its place."""
+def check_output_folder(path: str | Path, suffix: str = "", marker: str | None = None, force: bool = False) -> Path:
+    """An output folder (an MLX folder, an .mlpackage): its suffix, an existing parent, no file in its place,
+    and nothing hrmc did not write: an existing folder is replaced only when it is empty or holds `marker`
+    (the file that an hrmc artifact of this kind always has), unless `force`."""
     path = check_output(path, suffix) if suffix else Path(path)
     if not path.parent.is_dir():
         raise InputError(f"output folder does not exist: {path.parent}")
     if path.exists() and not path.is_dir():
         raise InputError(f"output {path} exists and is not a folder")
+    here = Path.cwd().resolve()
+    if path.resolve() in (here, *here.parents):
+        raise InputError(f"output {path} is the current folder or one above it: name a new folder")
+    if path.is_dir() and any(path.iterdir()) and not force and (marker is None or not (path / marker).is_file()):
+        raise InputError(f"output {path} is a folder hrmc did not write: it would be replaced (choose another name, "
+                         "or --force)")
     return path
 
 
@@ -54,9 +62,10 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_folder(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; it replaces `path` (a folder) only if the block succeeds."""
-    path = check_output_folder(path)
+def atomic_folder(path: str | Path, marker: str | None = None, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; it replaces `path` (a folder) only if the block succeeds.
+    `marker` and `force`: see `check_output_folder`."""
+    path = check_output_folder(path, marker=marker, force=force)
     # the temporary keeps the suffix: tools that check it (coremltools wants .mlpackage) can write into it
     temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=f".partial{path.suffix}", dir=path.parent))
     try:

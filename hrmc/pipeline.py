@@ -93,14 +93,26 @@ class Lowered:
     seconds: float
 
 
-def check_target_output(target: str, out: str | Path) -> Path:
+def check_target_output(target: str, out: str | Path, chunk: int | None = None, force: bool = False) -> Path:
+    """Every path `hrmc lower` will write, checked before any work."""
     kind = TARGETS[target]
-    return check_output_folder(out, kind.suffix) if kind.folder else check_output(out, kind.suffix)
+    if not kind.folder:
+        return check_output(out, kind.suffix)
+    if target == "mlx":
+        from targets.mlx import MODULE
+
+        return check_output_folder(out, kind.suffix, MODULE, force)
+    from targets.coreml import PARTS_FILE, package_paths
+
+    roles = ["static", "step"] + (["chunk"] if chunk and chunk > 1 else [])
+    for path in package_paths(out, roles, chunk).values():
+        check_output_folder(path, kind.suffix, f"Data/{PARTS_FILE}", force)
+    return Path(out)
 
 
 def lower_target(structured: str | Path, out: str | Path, target: str, pipeline: str, work: Path, *,
                  progress: Callable[[str], None], strip: tuple[str, ...] = (), chunk: int | None = None,
-                 dump_after: str | None = None, batch: int = 1) -> Lowered:
+                 dump_after: str | None = None, batch: int = 1, force: bool = False) -> Lowered:
     """`hrmc lower`: the pass pipeline (stage 3), then the target's own lowering (stage 4)."""
     import passes
 
@@ -115,11 +127,11 @@ def lower_target(structured: str | Path, out: str | Path, target: str, pipeline:
     if target == "mlx":
         from targets.mlx import lower_mlx
 
-        package = lower_mlx(graphs, out, Path(structured).name)
+        package = lower_mlx(graphs, out, Path(structured).name, force)
         return Lowered([package.folder], time.perf_counter() - started)
     from targets.coreml import lower_coreml
 
-    written = lower_coreml(graphs, out, target, batch, Path(structured).name, progress)
+    written = lower_coreml(graphs, out, target, batch, Path(structured).name, progress, force)
     return Lowered(list(written.values()), time.perf_counter() - started)
 
 

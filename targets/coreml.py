@@ -1,6 +1,6 @@
 """The Core ML backend: the post-pass graph, op by op, as a MIL program → `.mlpackage` (mlprogram).
 
-`lower_coreml(graph, out, flavour)` builds the MIL program with coremltools' Builder (`OPS` is the
+`lower_coreml(graphs, out, flavour, batch)` builds the MIL program with coremltools' Builder (`OPS` is the
 op-mapping table; a node without an entry fails at lower time naming the op and the node), then
 `ct.convert(..., convert_to="mlprogram")` and saves atomically. Two flavours:
 
@@ -366,13 +366,15 @@ def package_paths(out: str | Path, roles: list[str], chunk: int | None = None) -
 
 
 def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: int, source: str,
-                 progress: Callable[[str], None] = lambda _: None) -> dict[str, Path]:
+                 progress: Callable[[str], None] = lambda _: None, force: bool = False) -> dict[str, Path]:
     """Build, convert and save one package per graph ({"static": …, "step": …, "chunk": …}) as a bound
-    set (each records every package's files, hrmc.binding); all appear at once, or none."""
+    set (each records every package's files, hrmc.binding); all appear at once, or none. An existing
+    folder is replaced only if hrmc wrote it (or `force`)."""
     chunk = int(ir.load(str(graphs["chunk"])).metadata_props["hrmc.chunk"]) if "chunk" in graphs else None
     paths = package_paths(out, list(graphs), chunk)
     with contextlib.ExitStack() as stack:
-        temporaries = {role: stack.enter_context(atomic_folder(path)) for role, path in paths.items()}
+        temporaries = {role: stack.enter_context(atomic_folder(path, marker=f"Data/{PARTS_FILE}", force=force))
+                       for role, path in paths.items()}
         for role, graph in graphs.items():
             progress(f"converting the {role} graph (batch {batch})")
             _save_package(_convert(graph, flavour, batch, source), temporaries[role])

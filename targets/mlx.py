@@ -365,8 +365,9 @@ class MlxPackage:
     graphs: tuple[str, ...]
 
 
-def lower_mlx(graphs: dict[str, Path], folder: str | Path, source: str) -> MlxPackage:
-    """Emit the folder from lowered graphs {"static": …, "step": …, "chunk": …}; atomic (temp folder, rename)."""
+def lower_mlx(graphs: dict[str, Path], folder: str | Path, source: str, force: bool = False) -> MlxPackage:
+    """Emit the folder from lowered graphs {"static": …, "step": …, "chunk": …}; atomic (temp folder, rename).
+    An existing folder is replaced only if hrmc wrote it (or `force`)."""
     import mlx.core as mx
 
     weights = WeightStore()
@@ -381,7 +382,7 @@ def lower_mlx(graphs: dict[str, Path], folder: str | Path, source: str) -> MlxPa
     config = {"hrmc_version": __version__, "source": source, "graphs": {k: CLASSES[k][0].lower() for k in models},
               "chunk": models["chunk"].metadata_props.get("hrmc.chunk") if "chunk" in models else None,
               **{key: _json(value) for key, value in meta.items()}}
-    with atomic_folder(folder) as temporary:
+    with atomic_folder(folder, marker=MODULE, force=force) as temporary:
         (temporary / MODULE).write_text(code)
         compile(code, MODULE, "exec")  # a generator bug shows here, not in the user's process
         mx.save_safetensors(str(temporary / WEIGHTS), {k: mx.array(v) for k, v in weights.arrays.items()})
