@@ -256,6 +256,8 @@ def inspect(package, as_json) -> None:
         return
     click.echo(f"{path}: flavour {report['flavour']}, {sum(report['ops'].values()):,} ops, "
                f"{report['weight_bytes']:,} weight bytes")
+    click.echo("parts: " + (f"every file matches its recorded sha256 (set: {', '.join(report['set'].values())})"
+                            if report["bound"] else "no record (written before hrmc recorded parts): not verified"))
     click.echo("ops: " + ", ".join(f"{op} {count}" for op, count in report["ops"].items()))
     click.echo("kept off the ANE: " + ("; ".join(f"{what} ×{count}" for what, count in report["not_on_ane"].items())
                                        or "nothing found"))
