@@ -92,6 +92,20 @@ def _check_keys(model: HRM, weights: Mapping[str, torch.Tensor], source: str) ->
         raise CheckpointError(f"{source}: shape mismatch {listing(misfits)}")
 
 
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # what HRM weights are stored in
+
+
+def _check_values(weights: Mapping[str, torch.Tensor], source: str) -> None:
+    """Every weight a real float and finite: an int, complex or NaN tensor would be cast or run silently."""
+    for key, tensor in sorted(weights.items()):
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise CheckpointError(f"{source}: tensor {key} is {str(tensor.dtype).removeprefix('torch.')}, not a float "
+                                  "type (float32, float16, bfloat16 or float64)")
+        if not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{source}: tensor {key} has {bad} non-finite value(s) (NaN or inf)")
+
+
 def load_checkpoint(path: str | Path, config_path: str | Path | None = None,
                     forward_dtype: str = "float32") -> HRM:
     """An eval-mode HRM with the weights of `path`, running in `forward_dtype`."""
@@ -102,6 +116,7 @@ def load_checkpoint(path: str | Path, config_path: str | Path | None = None,
         raise CheckpointError(f"checkpoint {path} is a directory: give the step_N or .safetensors file")
     raw, metadata = _read_weights(path)
     weights = strip_key_prefix(raw, str(path))
+    _check_values(weights, str(path))
     arch, config_source = _read_arch(path, Path(config_path) if config_path else None, metadata)
     config = config_from_weights(arch, weights, f"{path} with {config_source}").replace(forward_dtype=forward_dtype)
     model = HRM(config)

@@ -26,7 +26,7 @@ from parity.agreement import accuracy
 from hrmc import __version__
 from hrmc import pipeline as driver
 from hrmc.errors import HrmcError, InputError
-from hrmc.files import size_of
+from hrmc.files import check_output, size_of
 
 FORWARD_DTYPES = ("float32", "float64", "bfloat16")
 MAX_BATCH = 65536  # the exported graphs' dynamic batch dimension goes up to this
@@ -98,6 +98,8 @@ def progress(message: str) -> None:
 def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, inputs, seq_len, dtype, depth,
         ddim_steps, out) -> None:
     """Run the reference model (eager PyTorch ACT) and save every step's outputs."""
+    if out:
+        check_output(out, ".npz")  # before the run, not after
     model = driver.load_model(checkpoint, preset, config_path, dtype, depth)
     batch, labels = driver.load_task(model, preset, inputs, batch_size, seed, seq_len)
     budget = resolve_budget(model, policy, budget)

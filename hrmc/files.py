@@ -23,7 +23,19 @@ def check_output(path: str | Path, suffix: str) -> Path:
         raise InputError(f"output {path} must end in {suffix}")
     if not path.parent.is_dir():
         raise InputError(f"output folder does not exist: {path.parent}")
+    if path.is_dir() and not suffix.endswith(".mlpackage") and suffix:
+        raise InputError(f"output {path} is a folder: name a file")
+    _check_writable(path.parent)
     return path
+
+
+def _check_writable(folder: Path) -> None:
+    """Write and remove a temporary file in `folder`: what permissions, read-only mounts and /proc allow."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise InputError(f"cannot write in {folder}: {err.strerror}") from None
 
 
 def check_output_folder(path: str | Path, suffix: str = "", marker: str | None = None, force: bool = False) -> Path:
@@ -33,6 +45,7 @@ def check_output_folder(path: str | Path, suffix: str = "", marker: str | None =
     path = check_output(path, suffix) if suffix else Path(path)
     if not path.parent.is_dir():
         raise InputError(f"output folder does not exist: {path.parent}")
+    _check_writable(path.parent)
     if path.exists() and not path.is_dir():
         raise InputError(f"output {path} exists and is not a folder")
     here = Path.cwd().resolve()
@@ -50,7 +63,10 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         raise InputError(f"output folder does not exist: {path.parent}")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as err:
+        raise InputError(f"cannot write in {path.parent}: {err.strerror}") from None
     os.close(handle)
     try:
         yield Path(temporary)
@@ -67,7 +83,10 @@ def atomic_folder(path: str | Path, marker: str | None = None, force: bool = Fal
     `marker` and `force`: see `check_output_folder`."""
     path = check_output_folder(path, marker=marker, force=force)
     # the temporary keeps the suffix: tools that check it (coremltools wants .mlpackage) can write into it
-    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=f".partial{path.suffix}", dir=path.parent))
+    try:
+        temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=f".partial{path.suffix}", dir=path.parent))
+    except OSError as err:
+        raise InputError(f"cannot write in {path.parent}: {err.strerror}") from None
     try:
         yield temporary
         os.chmod(temporary, 0o777 & ~_umask())  # mkdtemp makes it 0700

@@ -79,6 +79,14 @@ def rewrite(path: Path, change) -> None:
      r"key 'module\.encoder\.weight' does not start with"),
     (lambda s: s.pop("_orig_mod.model.inner.embed_tokens.embedding_weight"),
      r"missing key inner\.embed_tokens\.embedding_weight"),
+    (lambda s: s["_orig_mod.model.inner.lm_head.weight"].__setitem__((0, 0), float("nan")),
+     r"tensor inner\.lm_head\.weight has 1 non-finite value\(s\)"),
+    (lambda s: s["_orig_mod.model.inner.q_head.bias"].__setitem__(1, float("inf")),
+     r"tensor inner\.q_head\.bias has 1 non-finite value\(s\)"),
+    (lambda s: s.__setitem__("_orig_mod.model.inner.q_head.weight", torch.ones(2, 64, dtype=torch.int64)),
+     r"tensor inner\.q_head\.weight is int64, not a float type"),
+    (lambda s: s.__setitem__("_orig_mod.model.inner.q_head.weight", torch.ones(2, 64, dtype=torch.complex64)),
+     r"tensor inner\.q_head\.weight is complex64, not a float type"),
 ])
 def test_bad_keys_are_named(upstream_checkpoint: Path, change, message: str) -> None:
     rewrite(upstream_checkpoint, change)

@@ -341,3 +341,19 @@ def test_lower_never_replaces_a_folder_it_did_not_write(capsys, tiny_export: Pat
     assert hrmc(capsys, *lower, "--target", "mlx", "-o", str(tmp_path / "out"))[0] == 0  # its own output: replaced
     assert hrmc(capsys, *lower, "--target", "mlx", "--force", "-o", str(foreign))[0] == 0
     assert not (foreign / "notes.txt").exists()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["run", "-o", "/proc/x.npz"], "cannot write in /proc"),
+    (["export", "-o", "/proc/x.onnx"], "cannot write in /proc"),
+    (["lower", "--target", "mlx", "-o", "/proc/x"], "cannot write in /proc"),
+])
+def test_an_unwritable_output_is_named_before_the_work(capsys, argv: list[str], fragment: str) -> None:
+    code, _, err = hrmc(capsys, *argv)
+    assert_one_line_error(code, err, fragment)
+    assert "step 1/" not in err and "tracing" not in err  # refused before running or tracing
+
+
+def test_an_output_that_is_a_folder_is_named(capsys, tmp_path: Path) -> None:
+    (tmp_path / "isdir.npz").mkdir()
+    assert_one_line_error(*hrmc(capsys, "run", "-o", str(tmp_path / "isdir.npz"))[::2], "is a folder: name a file")
