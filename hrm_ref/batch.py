@@ -105,8 +105,8 @@ def load_batch(config: HRMConfig, path: str | Path) -> Batch:
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError) as err:
-        raise InputError(f"cannot read inputs {path} as npz: {err}") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:  # EOFError: an empty file
+        raise InputError(f"cannot read inputs {path} as npz: {err or 'empty file'}") from None
     return make_batch(config, arrays, str(path))
 
 

@@ -70,7 +70,11 @@ def _read_arch(path: Path, config_path: Path | None, metadata: Mapping[str, str]
             raise CheckpointError(f"cannot parse config {candidate}: {str(err).splitlines()[0]}") from None
         return arch_section(parsed, str(candidate)), str(candidate)
     if SAFETENSORS_ARCH_KEY in metadata:
-        return arch_section(json.loads(metadata[SAFETENSORS_ARCH_KEY]), f"{path} metadata"), f"{path} metadata"
+        try:
+            arch = json.loads(metadata[SAFETENSORS_ARCH_KEY])
+        except ValueError:
+            raise CheckpointError(f"{path}: metadata {SAFETENSORS_ARCH_KEY} is not JSON") from None
+        return arch_section(arch, f"{path} metadata"), f"{path} metadata"
     raise CheckpointError(f"no {UPSTREAM_CONFIG_NAME} beside {path}: pass the architecture with --config")
 
 

@@ -8,6 +8,7 @@ infer them from the weights' shapes (`config_from_weights`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -78,6 +79,7 @@ class HRMConfig:
     inner_T: int = 1
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.input_mode == "hidden":
             self._check_controller()
             for name, value in (("H_cycles", 1), ("L_cycles", self.inner_T), ("halt_max_steps", self.eval_segments)):
@@ -104,6 +106,25 @@ class HRMConfig:
         if self.pos_encodings == "learned" and self.seq_len is None:
             raise ConfigError("config with learned positions needs seq_len")
         self._check_variants()
+
+    def _check_types(self) -> None:
+        """Integers are integers (a yaml `hidden_size: 64.0` is not), floats numbers, the real-valued sizes positive."""
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            kind = spec.type.split(" | ")[0]
+            if value is None and "None" in spec.type:
+                continue
+            if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"config {spec.name} must be an integer, got {value!r}")
+            if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)):
+                raise ConfigError(f"config {spec.name} must be a number, got {value!r}")  # gate_init may be -inf
+            if kind == "bool" and not isinstance(value, bool):
+                raise ConfigError(f"config {spec.name} must be true or false, got {value!r}")
+        for name in ("expansion", "rms_norm_eps", "rope_theta"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(f"config {name} must be positive and finite, got {getattr(self, name)}")
+        if self.seq_len is not None and self.seq_len < 1:
+            raise ConfigError(f"config seq_len must be at least 1, got {self.seq_len}")
 
     def _check_variants(self) -> None:
         def one_of(name: str, allowed) -> None:
@@ -235,4 +256,6 @@ def config_from_weights(arch: Mapping[str, Any], weights: Mapping[str, torch.Ten
     try:
         return HRMConfig(**arch, **extra)
     except TypeError as err:  # a value of the wrong type in the yaml
+        raise ConfigError(f"{source}: {err}") from None
+    except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None

@@ -127,3 +127,28 @@ def test_missing_or_bad_config_is_named(upstream_checkpoint: Path) -> None:
     config.unlink()
     with pytest.raises(CheckpointError, match="no all_config.yaml beside .*pass the architecture with --config"):
         hrm_ref.load_checkpoint(upstream_checkpoint)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("expansion", -400, "config expansion must be positive and finite, got -400"),
+    ("hidden_size", 64.0, "config hidden_size must be an integer, got 64.0"),
+    ("seq_len", -5, "config seq_len must be at least 1, got -5"),
+    ("rms_norm_eps", float("nan"), "config rms_norm_eps must be a number"),
+])
+def test_arch_values_of_the_wrong_kind_are_named_with_the_file(upstream_checkpoint: Path, key: str, value,
+                                                               message: str) -> None:
+    config_path = upstream_checkpoint.parent / "all_config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["arch"][key] = value
+    config_path.write_text(yaml.dump(config))
+    with pytest.raises(HrmcError, match=f"all_config.yaml: {message}"):
+        hrm_ref.load_checkpoint(upstream_checkpoint)
+
+
+def test_safetensors_arch_metadata_that_is_not_json_is_named(tiny: HRM, tmp_path: Path) -> None:
+    import safetensors.torch
+
+    tensors = {key: value.contiguous() for key, value in tiny.state_dict().items()}
+    safetensors.torch.save_file(tensors, str(tmp_path / "m.safetensors"), metadata={"hrmc.arch": "{not json"})
+    with pytest.raises(CheckpointError, match="m.safetensors: metadata hrmc.arch is not JSON"):
+        hrm_ref.load_checkpoint(tmp_path / "m.safetensors")

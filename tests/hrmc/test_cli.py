@@ -357,3 +357,9 @@ def test_an_unwritable_output_is_named_before_the_work(capsys, argv: list[str], 
 def test_an_output_that_is_a_folder_is_named(capsys, tmp_path: Path) -> None:
     (tmp_path / "isdir.npz").mkdir()
     assert_one_line_error(*hrmc(capsys, "run", "-o", str(tmp_path / "isdir.npz"))[::2], "is a folder: name a file")
+
+
+def test_an_empty_inputs_file_is_named(capsys, tmp_path: Path) -> None:
+    (tmp_path / "empty.npz").write_bytes(b"")
+    assert_one_line_error(*hrmc(capsys, "run", "--inputs", str(tmp_path / "empty.npz"))[::2],
+                          "cannot read inputs", "empty.npz")
