@@ -263,10 +263,14 @@ def _drift(run_a: Arrays, run_b: Arrays, ref32: Arrays, ref64: Arrays, report: R
     differs = halting_a != halting_b
     compared = ~(differs & close) & (ref32["steps"][-1] == ref64["steps"][-1])
     for name in [n for n in run_b if n in run_a and n in ref64 and n not in DECISIONS + CARRY_OUTPUTS]:
+        envelope = 0.0
         for s in range(length):
             max_abs, max_rel, _ = _compare(run_a[name][s][compared], run_b[name][s][compared], report.rtol)
             floor, _, _ = _compare(ref32[name][s][compared], ref64[name][s][compared], 0.0)
-            limit = max(report.atol, FLOOR_FACTOR * floor)
+            # rounding noise, once in the recurrence, stays: a one-number output whose float32 and float64
+            # happen to agree at one step (sudoku's q_continue at step 11: 7e-7 after 5e-6) is a dip, not a floor
+            envelope = max(envelope, floor)
+            limit = max(report.atol, FLOOR_FACTOR * envelope)
             report.rows.append(Row(name, s + 1, max_abs, max_rel, max_abs, limit, max_abs <= limit, floor, check=check))
     return {"mismatched": int((differs & ~close).sum()), "ambiguous": int((differs & close).sum()),
             "steps_a": halting_a.tolist(), "steps_b": halting_b.tolist(), "left_out": int((~compared).sum())}
