@@ -97,7 +97,6 @@ def test_set_path(name: str) -> Path:
     return FIXTURES_DIR / f"{_trained(name)}-test.npz"
 
 
-fixture_test_set = test_set_path
 test_set_path.__test__ = False  # not a pytest test when imported into a test module
 
 
