@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -49,8 +50,13 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         except (safetensors.SafetensorError, OSError) as err:
             raise CheckpointError(f"cannot read safetensors checkpoint {path}: {err}") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is ours
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"cannot read checkpoint {path}: not a weights-only torch file (a pickle of other "
+                              "objects, which hrmc never runs)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {first_line}") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):

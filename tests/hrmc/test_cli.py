@@ -363,3 +363,12 @@ def test_an_empty_inputs_file_is_named(capsys, tmp_path: Path) -> None:
     (tmp_path / "empty.npz").write_bytes(b"")
     assert_one_line_error(*hrmc(capsys, "run", "--inputs", str(tmp_path / "empty.npz"))[::2],
                           "cannot read inputs", "empty.npz")
+
+
+def test_a_raw_pickle_checkpoint_is_one_line(capsys, tmp_path: Path) -> None:
+    import pickle
+
+    (tmp_path / "raw.pkl").write_bytes(pickle.dumps({"a": [1, 2, 3]}, protocol=4))  # torch warns about protocol 4
+    code, _, err = hrmc(capsys, "run", "--checkpoint", str(tmp_path / "raw.pkl"))
+    assert_one_line_error(code, err, "raw.pkl", "not a weights-only torch file")
+    assert len(err.strip().splitlines()) == 1
