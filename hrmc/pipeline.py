@@ -1,7 +1,7 @@
 """The pipeline driver: what each CLI command does, as plain functions the CLI calls in order.
 
-Each stage package keeps one entry point; this module only wires them together and owns the
-file handling that every command shares (atomic writes, output folders).
+Each stage package keeps one entry point; this module only wires them together. File writing that
+every stage shares (atomic writes, output checks) lives below it, in `hrmc.files`.
 """
 
 from __future__ import annotations
