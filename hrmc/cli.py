@@ -187,8 +187,11 @@ def list_passes() -> None:
 @click.option("-o", "--out", type=click.Path(), required=True,
               help="onnx: OUT.onnx (OUT.step.onnx beside it); mlx: a folder; coreml, ane: OUT.mlpackage.")
 @click.option("--force", is_flag=True, help="Replace an output folder that hrmc did not write.")
+@click.option("--weights", type=click.Choice(["float16x2", "float16"]),
+              help="ane: each matmul weight as a float16 pair (float32-exact, the default) or one float16 "
+                   "(half the weight bytes and matmul work, float16-rounded weights).")
 def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, target, pipeline, dump_after, strip,
-          chunk, onnx_model, seq_len, out, force) -> None:
+          chunk, onnx_model, seq_len, out, force, weights) -> None:
     """Lower to a static graph (no Loop or If) for a target, through a named pass pipeline."""
     import passes
 
@@ -196,7 +199,7 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
     # Checked here too, because an export of a minute may come before the pipeline runs.
     if pipeline not in passes.PIPELINES:
         raise InputError(f"unknown pipeline {pipeline!r}: choose one of {', '.join(passes.PIPELINES)}")
-    driver.check_target_output(target, out, chunk, force)
+    driver.check_target_output(target, out, chunk, force, weights)
     with tempfile.TemporaryDirectory(prefix="hrmc-lower-") as folder:
         structured = onnx_model
         if structured is None:  # the model is needed only to export it
@@ -207,7 +210,7 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
                                               model_source(checkpoint, preset), progress).act_path
         result = driver.lower_target(structured, out, target, pipeline, Path(folder), progress=progress,
                                      strip=tuple(filter(None, (strip or "").split(","))), chunk=chunk,
-                                     dump_after=dump_after, batch=batch_size, force=force)
+                                     dump_after=dump_after, batch=batch_size, force=force, weights=weights)
     if as_json:
         click.echo(json.dumps({"target": target, "pipeline": pipeline, "files": [str(p) for p in result.written],
                                "seconds": round(result.seconds, 2)}))

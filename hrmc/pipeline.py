@@ -93,9 +93,16 @@ class Lowered:
     seconds: float
 
 
-def check_target_output(target: str, out: str | Path, chunk: int | None = None, force: bool = False) -> Path:
+def check_target_output(target: str, out: str | Path, chunk: int | None = None, force: bool = False,
+                        weights: str | None = None) -> Path:
     """Every path `hrmc lower` will write, checked before any work."""
     kind = TARGETS[target]
+    if weights is not None:
+        if target not in ("coreml", "ane"):
+            raise InputError(f"--weights is for the coreml and ane targets, not {target}")
+        from targets.coreml import check_weights
+
+        check_weights(target, weights)
     if not kind.folder:
         return check_output(out, kind.suffix)
     if target == "mlx":
@@ -112,7 +119,8 @@ def check_target_output(target: str, out: str | Path, chunk: int | None = None, 
 
 def lower_target(structured: str | Path, out: str | Path, target: str, pipeline: str, work: Path, *,
                  progress: Callable[[str], None], strip: tuple[str, ...] = (), chunk: int | None = None,
-                 dump_after: str | None = None, batch: int = 1, force: bool = False) -> Lowered:
+                 dump_after: str | None = None, batch: int = 1, force: bool = False,
+                 weights: str | None = None) -> Lowered:
     """`hrmc lower`: the pass pipeline (stage 3), then the target's own lowering (stage 4)."""
     import passes
 
@@ -131,7 +139,7 @@ def lower_target(structured: str | Path, out: str | Path, target: str, pipeline:
         return Lowered([package.folder], time.perf_counter() - started)
     from targets.coreml import lower_coreml
 
-    written = lower_coreml(graphs, out, target, batch, Path(structured).name, progress, force)
+    written = lower_coreml(graphs, out, target, batch, Path(structured).name, progress, force, weights)
     return Lowered(list(written.values()), time.perf_counter() - started)
 
 

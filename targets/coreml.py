@@ -81,21 +81,28 @@ class Flavour:
     compute_units: object
     description: str
     heads_apart: bool = False  # attention as one small matmul pair per head, no 4-D transposes (ANE)
+    weights: tuple[str, ...] = ("float32",)  # how constant matmul weights may be stored; the first is the default
 
 
 # The program is built in its final precision, so ct.convert runs no pass pipeline: coremltools'
 # passes (its fp16 pass above all) take minutes on an unrolled graph, and ours already ran on ONNX.
 FLAVOURS = {"coreml": Flavour("fp32", ct.ComputeUnit.CPU_ONLY, "float32, CPU_ONLY"),
-            "ane": Flavour("fp16", ct.ComputeUnit.CPU_AND_NE, "float16, CPU_AND_NE, attention per head", True)}
+            "ane": Flavour("fp16", ct.ComputeUnit.CPU_AND_NE, "float16, CPU_AND_NE, attention per head", True,
+                           ("float16x2", "float16"))}
+# float16x2: each matmul weight W as the float16 pair hi = fp16(W), lo = fp16(W - hi), stacked along the
+# contracted axis and read by one matmul of [x, x], so its accumulation adds both halves before the one
+# rounding of its output: float32-exact weights, twice the weight bytes and matmul work, every op still
+# float16 for the ANE. float16 weights alone cost random-weight sudoku 59.4 dB on logits (docs/design.md §4).
 
 
 class Builder(NodeReader):
     """Maps one ONNX graph's nodes to MIL ops inside the current Function; `env` holds the MIL vars."""
 
-    def __init__(self, source: str, float_type: str = "fp32", heads_apart: bool = False) -> None:
+    def __init__(self, source: str, float_type: str = "fp32", heads_apart: bool = False,
+                 weight_pairs: bool = False) -> None:
         super().__init__(source)
         self.env = {}
-        self.float_type, self.heads_apart = float_type, heads_apart
+        self.float_type, self.heads_apart, self.weight_pairs = float_type, heads_apart, weight_pairs
         self.float_dtype = np.float16 if float_type == "fp16" else np.float32
 
     def scalar(self, value: float) -> np.ndarray:
@@ -123,6 +130,19 @@ class Builder(NodeReader):
             # one const per initializer, however many unrolled steps read it: weights are never copied
             self.env[value.name] = mb.const(val=self.array(array))
         return self.env[value.name]
+
+    def matmul(self, x: ir.Value, y: ir.Value, transpose_y: bool = False):
+        """x·y, or x·yᵀ; a constant float32 y in float16 pairs when the lowering asks for them (float16x2)."""
+        weight = constant_array(y)
+        if not self.weight_pairs or weight is None or weight.dtype != np.float32:
+            return mb.matmul(x=self.var(x), y=self.var(y), transpose_y=transpose_y)
+        key = f"{y.name} (float16 pair)"
+        if key not in self.env:
+            high = weight.astype(np.float16)
+            low = (weight - high.astype(np.float32)).astype(np.float16)
+            self.env[key] = mb.const(val=np.concatenate([high, low], axis=-1 if transpose_y else -2))
+        doubled = mb.concat(values=[self.var(x), self.var(x)], axis=-1)
+        return mb.matmul(x=doubled, y=self.env[key], transpose_y=transpose_y)
 
     def emit(self, node: ir.Node) -> None:
         self.node, key = node, op_key(node)
@@ -186,7 +206,7 @@ def _split(b: Builder, n: ir.Node):
 def _gemm(b: Builder, n: ir.Node):
     if b.attr("alpha", 1.0) != 1.0 or b.attr("beta", 1.0) != 1.0 or b.attr("transA", 0):
         raise b.fail("only Gemm with alpha = beta = 1 and no transA is mapped")
-    y = mb.matmul(x=b.var(n.inputs[0]), y=b.var(n.inputs[1]), transpose_y=bool(b.attr("transB", 0)))
+    y = b.matmul(n.inputs[0], n.inputs[1], transpose_y=bool(b.attr("transB", 0)))
     return y if b.optional(n, 2) is None else mb.add(x=y, y=b.var(n.inputs[2]))
 
 
@@ -275,7 +295,8 @@ def _heads(x, heads: int) -> list:
 # The op-mapping table: every op the `mlx` / `ane` pipelines emit for hrmc's models.
 OPS: dict[str, Callable[[Builder, ir.Node], object]] = {
     "Add": _binary("add"), "Sub": _binary("sub"), "Mul": _binary("mul"), "Div": _div, "Pow": _binary("pow"),
-    "Max": _binary("maximum"), "Min": _binary("minimum"), "MatMul": _binary("matmul"), "Mod": _binary("mod"),
+    "Max": _binary("maximum"), "Min": _binary("minimum"), "Mod": _binary("mod"),
+    "MatMul": lambda b, n: b.matmul(n.inputs[0], n.inputs[1]),
     "Equal": _binary("equal"), "Greater": _binary("greater"), "GreaterOrEqual": _binary("greater_equal"),
     "Less": _binary("less"), "LessOrEqual": _binary("less_equal"),
     "And": _binary("logical_and"), "Or": _binary("logical_or"), "Not": _unary("logical_not"),
@@ -304,7 +325,7 @@ OPS: dict[str, Callable[[Builder, ir.Node], object]] = {
 
 
 def build_program(model: ir.Model, batch: int, source: str, float_type: str = "fp32",
-                  heads_apart: bool = False) -> Program:
+                  heads_apart: bool = False, weight_pairs: bool = False) -> Program:
     """The MIL program of a static ONNX graph at a fixed batch size.
 
     int64 becomes int32; bool inputs and outputs travel as int32 (Core ML I/O has no bool) and float
@@ -318,7 +339,7 @@ def build_program(model: ir.Model, batch: int, source: str, float_type: str = "f
         dims = [batch if not isinstance(d, int) else d for d in value.shape]
         specs[value.name] = mb.placeholder(shape=dims, dtype=MIL_TYPES["int32" if inside[value.name] == "bool"
                                                                          else inside[value.name]])
-    builder = Builder(source, float_type, heads_apart)
+    builder = Builder(source, float_type, heads_apart, weight_pairs)
     # MIL names unnamed ops from a process-wide counter (ct.convert clears it after, a replay does not):
     # start from zero so the names, and so the package bytes, depend on this graph only
     mb.name_count.clear()
@@ -366,10 +387,12 @@ def package_paths(out: str | Path, roles: list[str], chunk: int | None = None) -
 
 
 def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: int, source: str,
-                 progress: Callable[[str], None] = lambda _: None, force: bool = False) -> dict[str, Path]:
+                 progress: Callable[[str], None] = lambda _: None, force: bool = False,
+                 weights: str | None = None) -> dict[str, Path]:
     """Build, convert and save one package per graph ({"static": …, "step": …, "chunk": …}) as a bound
     set (each records every package's files, hrmc.binding); all appear at once, or none. An existing
-    folder is replaced only if hrmc wrote it (or `force`)."""
+    folder is replaced only if hrmc wrote it (or `force`). `weights`: one of the flavour's (its default)."""
+    weights = check_weights(flavour, weights)
     chunk = int(ir.load(str(graphs["chunk"])).metadata_props["hrmc.chunk"]) if "chunk" in graphs else None
     paths = package_paths(out, list(graphs), chunk)
     with contextlib.ExitStack() as stack:
@@ -377,7 +400,7 @@ def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: 
                        for role, path in paths.items()}
         for role, graph in graphs.items():
             progress(f"converting the {role} graph (batch {batch})")
-            _save_package(_convert(graph, flavour, batch, source), temporaries[role])
+            _save_package(_convert(graph, flavour, batch, source, weights), temporaries[role])
         files = {role: _package_files(temporary) for role, temporary in temporaries.items()}
         record = make_record({role: (paths[role], json_sha256(_flat(files[role]))) for role in paths})
         for role, temporary in temporaries.items():
@@ -387,20 +410,31 @@ def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: 
     return paths
 
 
-def _convert(graph: Path, flavour: str, batch: int, source: str):
+def check_weights(flavour: str, weights: str | None) -> str:
+    """The weight storage a lowering uses: `weights` if the flavour offers it, else its default."""
+    offered = FLAVOURS[flavour].weights
+    if weights is not None and weights not in offered:
+        raise InputError(f"--weights {weights}: {flavour} packages store weights as {' or '.join(offered)}")
+    return weights or offered[0]
+
+
+def _convert(graph: Path, flavour: str, batch: int, source: str, weights: str):
     """The MLModel of one static ONNX graph, with hrmc's metadata."""
     model = ir.load(str(graph))
     chosen = FLAVOURS[flavour]
-    program = build_program(model, batch, f"{source} ({graph.name})", chosen.float_type, chosen.heads_apart)
+    program = build_program(model, batch, f"{source} ({graph.name})", chosen.float_type, chosen.heads_apart,
+                            weight_pairs=weights == "float16x2")
     with _quiet_stderr(), _unprinted(program):
         package = ct.convert(program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT32,
                              compute_units=chosen.compute_units, minimum_deployment_target=ct.target.iOS17,
                              pass_pipeline=ct.PassPipeline.EMPTY)
     meta = {key.removeprefix("hrmc."): value for key, value in model.metadata_props.items() if key != PARTS_KEY}
     bools = [value.name for value in model.graph.outputs if value.dtype == ir.DataType.BOOL]
-    package.short_description = f"HRM lowered by hrmc {__version__} ({flavour}: {chosen.description}) from {source}"
+    package.short_description = (f"HRM lowered by hrmc {__version__} ({flavour}: {chosen.description}, {weights} "
+                                 f"weights) from {source}")
     package.version = __version__
     package.user_defined_metadata.update({"hrmc.version": __version__, "hrmc.flavour": flavour, "hrmc.batch": str(batch),
+                                          "hrmc.weights": weights,
                                           **{f"hrmc.{k}": v for k, v in meta.items()},
                                           BOOL_OUTPUTS: json.dumps(bools)})
     for value in model.graph.inputs:
@@ -749,9 +783,16 @@ class CoreMLExecutor(Executor):
         how = "Core ML predict" if platform.system() == "Darwin" else LABEL
         chunks = f", {self.chunk}-step chunks with a host loop" if self.chunk else ""
         shipped = f"shipped artifact {self.artifact.name}, " if self.artifact else ""
-        return (f"{self.name} ({shipped}mlprogram, {FLAVOURS[self.flavour].description}{chunks}, "
-                f"coremltools {ct.__version__}; {how})")
+        return (f"{self.name} ({shipped}mlprogram, {FLAVOURS[self.flavour].description}, {self.weights()} weights"
+                f"{chunks}, coremltools {ct.__version__}; {how})")
+
+    def weights(self) -> str:
+        """How the packages store their weights (packages written before the key stored them plainly)."""
+        if self.artifact is None:
+            return FLAVOURS[self.flavour].weights[0]
+        return next(iter(self.packages.values())).meta.get("weights", FLAVOURS[self.flavour].weights[-1])
 
 
-__all__ = ["FLAVOURS", "LABEL", "OPS", "CoreMLExecutor", "CoreMLPackage", "LowerError", "lower_coreml", "op_counts",
+__all__ = ["FLAVOURS", "LABEL", "OPS", "CoreMLExecutor", "CoreMLPackage", "LowerError", "check_weights", "lower_coreml",
+           "op_counts",
            "package_info", "package_paths", "package_set", "read_package", "readiness", "replay", "saved_program"]
