@@ -81,6 +81,18 @@ def model_source(checkpoint: str | None, preset: str | None) -> str:
     return checkpoint or f"preset:{preset or driver.DEFAULT_PRESET}"
 
 
+def _check_lowering_source(onnx_model: Path, checkpoint, config_path, preset, policy, budget, seq_len) -> None:
+    """`lower --onnx-model F` lowers F as exported: model options given beside it must agree with what
+    F records (weights, policy, budget, sequence length), not be silently ignored."""
+    from targets.onnx import check_source
+
+    meta = lowering.read_metadata(onnx_model)
+    given = click.get_current_context().get_parameter_source("policy") == click.core.ParameterSource.COMMANDLINE
+    model = driver.load_model(checkpoint, preset, config_path) if checkpoint or preset else None
+    check_source(meta, onnx_model, model, policy if given else meta["policy"], budget or meta["budget"],
+                 seq_len or meta["seq_len"])
+
+
 def progress(message: str) -> None:
     click.echo(f"  {message}", err=True)
 
@@ -200,6 +212,8 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
     if pipeline not in passes.PIPELINES:
         raise InputError(f"unknown pipeline {pipeline!r}: choose one of {', '.join(passes.PIPELINES)}")
     driver.check_target_output(target, out, chunk, force, weights)
+    if onnx_model is not None:
+        _check_lowering_source(Path(onnx_model), checkpoint, config_path, preset, policy, budget, seq_len)
     with tempfile.TemporaryDirectory(prefix="hrmc-lower-") as folder:
         structured = onnx_model
         if structured is None:  # the model is needed only to export it

@@ -127,10 +127,12 @@ def lower_target(structured: str | Path, out: str | Path, target: str, pipeline:
     started = time.perf_counter()
     progress(f"running pipeline {pipeline}")
     if target == "onnx":
-        lowered = passes.lower_onnx(structured, out, pipeline, strip=strip, chunk=chunk, dump_after=dump_after)
+        lowered = passes.lower_onnx(structured, out, pipeline, strip=strip, chunk=chunk, dump_after=dump_after,
+                                    progress=progress)
         return Lowered(list(lowered.graphs.values()), time.perf_counter() - started)
     dumped = Path(out).with_name(Path(out).name + ".onnx") if dump_after else work / "static.onnx"
-    graphs = passes.lower_onnx(structured, dumped, pipeline, strip=strip, chunk=chunk, dump_after=dump_after).graphs
+    graphs = passes.lower_onnx(structured, dumped, pipeline, strip=strip, chunk=chunk, dump_after=dump_after,
+                               progress=progress).graphs
     progress(f"lowering to {target}")
     if target == "mlx":
         from targets.mlx import lower_mlx

@@ -73,6 +73,33 @@ def bound_parts(path: str | Path, fallback: Mapping[str, Path] | None = None) ->
     return dict(_verified(path, _stamp(path), tuple(sorted((fallback or {}).items())) if fallback else None))
 
 
+def source_parts(path: str | Path, role: str, fallback: Mapping[str, Path]) -> tuple[dict[str, Path], bool]:
+    """The set of a source graph a command starts from (`lower --onnx-model`): `path` itself as `role`,
+    whatever its name, and every other part verified as `bound_parts` does. `path` may differ from the
+    digest its record holds: graph tools (onnxsim) rewrite a file and keep its metadata. The flag says
+    so; what such a source lowers to is judged by `hrmc parity`, as every lowering is.
+    """
+    path = Path(path)
+    proto = load_proto(path)
+    record = parse_record(_record_text(proto), path)
+    if record is None:
+        return dict(fallback), False
+    if role not in record:
+        return bound_parts(path, fallback), False  # not a source of this kind: its own record says what it is
+    edited = content_sha256(proto) != record[role]["sha256"]
+    others = {r: part for r, part in record.items() if r != role}
+    found = {}
+    for other, part in others.items():
+        part_path = path.parent / part["file"]
+        if part_path.is_file():
+            other_proto = load_proto(part_path)
+            found[other] = content_sha256(other_proto)
+            if parse_record(_record_text(other_proto), part_path) != record:
+                raise BindingError(f"{part_path}: does not belong with {path.name} (written by another run)")
+    verify(others, found, path.parent, path)
+    return {role: path} | {r: path.parent / part["file"] for r, part in others.items()}, edited
+
+
 def _stamp(path: Path) -> tuple:
     """What changes when any ONNX file beside `path` (so any part of its set) does: names, sizes, mtimes."""
     if not path.parent.is_dir():

@@ -20,8 +20,8 @@ from onnx_ir.passes.common import NameFixPass
 from hrmc.errors import InputError
 from hrmc.files import atomic_output, check_output
 from lowering import read_metadata, step_path_for
-from lowering.artifact import PARTS_KEY, bound_parts, save_bound
-from passes._loops import PassInputError
+from lowering.artifact import PARTS_KEY, save_bound, source_parts
+from passes._loops import PassInputError, restore_loop_labels
 from passes.act_to_masked_budget import ActToMaskedBudgetPass
 from passes.chunk_budget import ChunkBudgetPass
 from passes.cleanup import CleanupPass
@@ -95,12 +95,19 @@ def _load(path: Path) -> ir.Model:
     read_metadata(path)  # refuses files hrmc did not make
     model = ir.load(str(path))
     model.metadata_props.pop(PARTS_KEY, None)  # the export's record: the lowered set gets its own
+    restore_loop_labels(model, path)
     return model
 
 
-def structured_parts(structured: Path) -> dict[str, Path]:
-    """The export pair `structured` belongs to ({"act": …, "step": …}), checked against its record."""
-    parts = bound_parts(structured, fallback={"act": structured, "step": step_path_for(structured)})
+def structured_parts(structured: Path, progress: Callable[[str], None] = lambda _: None) -> dict[str, Path]:
+    """The export pair `structured` belongs to ({"act": …, "step": …}), checked against its record.
+
+    `structured` itself is the act graph even where a graph tool rewrote it after export (onnxsim):
+    its step graph must still be the one its record names."""
+    parts, edited = source_parts(structured, "act", fallback={"act": structured, "step": step_path_for(structured)})
+    if edited:
+        progress(f"{Path(structured).name} differs from the graph hrmc export wrote (rewritten by a graph tool?): "
+                 "lowering it as it is")
     if "act" not in parts:
         raise InputError(f"{structured} is not a structured export (it holds {', '.join(parts)} graphs): "
                          "start from the model.onnx that hrmc export wrote")
@@ -121,7 +128,8 @@ def _checked_proto(model: ir.Model) -> onnx.ModelProto:
 
 
 def lower_onnx(structured: str | Path, out: str | Path, pipeline: str = "default", *, strip: tuple[str, ...] = (),
-               chunk: int | None = None, dump_after: str | None = None) -> LoweredModel:
+               chunk: int | None = None, dump_after: str | None = None,
+               progress: Callable[[str], None] = lambda _: None) -> LoweredModel:
     """Lower `structured` (and its .step.onnx) to `out` (static), `out.step.onnx` and maybe `out.chunkK.onnx`."""
     started = time.perf_counter()
     structured, out = Path(structured), check_output(out, ".onnx")
@@ -129,7 +137,7 @@ def lower_onnx(structured: str | Path, out: str | Path, pipeline: str = "default
     def dump(suffix: str) -> Dump:
         return lambda name, model: _save(model, out.with_name(f"{out.stem}.{suffix}after-{name}.onnx"))
 
-    parts = structured_parts(structured)
+    parts = structured_parts(structured, progress)
     static = run_pipeline(_load(parts["act"]), pipeline, strip=strip, dump_after=dump_after, dump=dump(""))
     step = run_pipeline(_load(parts["step"]), pipeline, strip=strip, chunk=1)
     chunked = None

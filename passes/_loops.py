@@ -8,6 +8,7 @@ other outer-scope values are referenced, never copied.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,25 @@ def loop_kind(node: ir.Node) -> str:
     if LOOP_KIND not in node.metadata_props:
         raise PassInputError(f"Loop node {node.name!r} has no hrmc metadata: was it made by hrmc export?")
     return node.metadata_props[LOOP_KIND]
+
+
+def restore_loop_labels(model: ir.Model, source: object) -> None:
+    """Put back the Loop labels a graph tool dropped (onnxsim keeps model metadata, not node metadata):
+    by node name from the export's `hrmc.loops` list, else by nesting depth, which fixes each kind."""
+    listed = json.loads(model.metadata_props.get("hrmc.loops", "[]"))
+    by_name = {entry["node"]: entry for entry in listed}
+    by_depth = {depth: [e for e in listed if e["depth"] == depth] for depth in {e["depth"] for e in listed}}
+    for depth, node in _loops_with_depth(model.graph):
+        if LOOP_KIND in node.metadata_props:
+            continue
+        entry = by_name.get(node.name)
+        if entry is None and len(by_depth.get(depth, [])) == 1:  # renamed: one Loop per depth in an HRM export
+            entry = by_depth[depth][0]
+        if entry is None:
+            raise PassInputError(f"{source}: Loop node {node.name!r} has no hrmc label and the model's hrmc.loops "
+                                 "does not name it: was it made by hrmc export?")
+        node.metadata_props[LOOP_KIND] = entry["kind"]
+        node.metadata_props[TRIP_COUNT] = "" if entry["trip_count"] is None else str(entry["trip_count"])
 
 
 def _loops_with_depth(graph: ir.Graph, depth: int = 0) -> list[tuple[int, ir.Node]]:

@@ -43,10 +43,11 @@ def session(path: Path, options: ort.SessionOptions | None = None) -> ort.Infere
     return ort.InferenceSession(str(path), options or session_options(), providers=ort.get_available_providers())
 
 
-def check_source(meta: Mapping[str, object], where: Path, model: HRM, policy: str, budget: int, seq_len: int) -> None:
-    """An artifact (exported, lowered, emitted or packaged) must come from these weights, with this
-    policy, budget and sequence length: `meta` is the hrmc metadata it carries."""
-    if meta.get("weights_sha256") != weights_sha256(model):
+def check_source(meta: Mapping[str, object], where: Path, model: HRM | None, policy: str, budget: int,
+                 seq_len: int) -> None:
+    """An artifact (exported, lowered, emitted or packaged) must come from these weights (unless `model`
+    is None), with this policy, budget and sequence length: `meta` is the hrmc metadata it carries."""
+    if model is not None and meta.get("weights_sha256") != weights_sha256(model):
         raise InputError(f"{where} was made from other weights than the model given (check --checkpoint/--preset)")
     for what, given, recorded in (("policy", policy, meta.get("policy")), ("budget", budget, meta.get("budget")),
                                   ("sequence length", seq_len, meta.get("seq_len"))):

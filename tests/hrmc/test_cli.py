@@ -375,3 +375,19 @@ def test_a_raw_pickle_checkpoint_is_one_line(capsys, tmp_path: Path) -> None:
     code, _, err = hrmc(capsys, "run", "--checkpoint", str(tmp_path / "raw.pkl"))
     assert_one_line_error(code, err, "raw.pkl", "not a weights-only torch file")
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--preset", "nibble"], "made from other weights than the model given"),
+    (["--policy", "max-steps"], "made with policy q-halt, not max-steps"),
+    (["--budget", "3"], "made with budget 8, not 3"),
+    (["--seq-len", "9"], "made with sequence length 16, not 9"),
+])
+def test_lower_from_an_export_refuses_model_options_that_disagree(capsys, tiny_export: Path, tmp_path: Path,
+                                                                  argv: list[str], fragment: str) -> None:
+    code, _, err = hrmc(capsys, "lower", "--onnx-model", str(tiny_export), *argv, "-o", str(tmp_path / "x.onnx"))
+    assert_one_line_error(code, err, str(tiny_export), fragment)
+    assert list(tmp_path.iterdir()) == []
+    code, _, _ = hrmc(capsys, "lower", "--onnx-model", str(tiny_export), "--preset", "tiny", "--policy", "q-halt",
+                      "-o", str(tmp_path / "x.onnx"))
+    assert code == 0
