@@ -70,11 +70,29 @@ def _hidden_batch(config: HRMConfig, arrays: Mapping[str, np.ndarray], source: s
             "prompt_mask": torch.from_numpy(mask.astype(np.float32))}
 
 
+MAX_SEQ_LEN = 4096  # positions per sample: attention scores grow with its square
+MAX_TENSOR_BYTES = 2 << 30  # the largest activation one forward may hold (float32)
+
+
+def check_size(config: HRMConfig, batch_size: int, seq_len: int, source: str) -> None:
+    """Refuse a batch whose largest activation (MLP hidden or attention scores) would not fit in memory,
+    before any work, instead of running out of it."""
+    if seq_len > MAX_SEQ_LEN:
+        raise InputError(f"{source}: {seq_len} positions per sample; hrmc runs at most {MAX_SEQ_LEN}")
+    widest = max(2 * config.intermediate_size, config.num_heads * seq_len)  # gate_up, or every head's scores
+    needed = 4 * batch_size * seq_len * widest
+    if needed > MAX_TENSOR_BYTES:
+        raise InputError(f"{source}: batch {batch_size} × {seq_len} positions needs {needed / 2**30:.1f} GiB for one "
+                         f"activation (at most {MAX_TENSOR_BYTES / 2**30:.0f} GiB): use a smaller --batch")
+
+
 def make_batch(config: HRMConfig, arrays: Mapping[str, np.ndarray], source: str) -> Batch:
     """Check keys, shapes and id ranges, and turn the arrays into a `Batch` of tensors."""
     main_key = {"latent": "x_t", "hidden": "hidden"}.get(config.input_mode, "inputs")
     if main_key not in arrays:
         raise InputError(f"{source}: missing key '{main_key}' (found: {', '.join(arrays) or 'nothing'})")
+    if arrays[main_key].ndim >= 2:
+        check_size(config, *arrays[main_key].shape[:2], source)
     if config.input_mode == "latent":
         return _latent_batch(config, arrays, source)
     if config.input_mode == "hidden":
@@ -117,6 +135,7 @@ def random_batch(config: HRMConfig, batch_size: int, seed: int, seq_len: int | N
         raise InputError("the model does not fix a sequence length: pass --seq-len or --inputs")
     if batch_size < 1 or seq_len < 1:
         raise InputError(f"--batch and --seq-len must be at least 1, got {batch_size} and {seq_len}")
+    check_size(config, batch_size, seq_len, "random batch")
     rng = np.random.default_rng(seed)
     if config.input_mode == "latent":
         arrays = {"x_t": rng.standard_normal((batch_size, seq_len, config.hidden_size), dtype=np.float32),

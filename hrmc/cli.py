@@ -19,6 +19,7 @@ import click
 import hrm_ref
 from hrm_ref.act import batch_size as batch_size_of
 from hrm_ref.act import MAX_BUDGET, resolve_budget
+from hrm_ref.batch import MAX_SEQ_LEN
 from hrm_ref.config import REASONING_DEPTHS
 import lowering
 import parity
@@ -32,6 +33,7 @@ FORWARD_DTYPES = ("float32", "float64", "bfloat16")
 MAX_BATCH = 65536  # the exported graphs' dynamic batch dimension goes up to this
 STEPS = click.IntRange(1, MAX_BUDGET)  # --budget, --chunk
 POSITIVE = click.IntRange(min=1)
+SEQ_LEN = click.IntRange(1, MAX_SEQ_LEN)
 
 
 class FiniteFloat(click.ParamType):
@@ -102,7 +104,7 @@ def progress(message: str) -> None:
 @click.option("--inputs", type=click.Path(),
               help="npz with 'inputs' [B, L], 'puzzle_identifiers' [B] and optionally 'labels' [B, L] "
                    "(default: a trained preset's held-out puzzles, else a seeded random batch).")
-@click.option("--seq-len", type=POSITIVE, help="Sequence length of the random batch (default: the preset's).")
+@click.option("--seq-len", type=SEQ_LEN, help="Sequence length of the random batch (default: the preset's).")
 @click.option("--dtype", type=click.Choice(FORWARD_DTYPES), default="float32", show_default=True, help="Forward dtype.")
 @click.option("--depth", type=click.Choice(list(REASONING_DEPTHS)), help="Fixed N×T cycles per forward (fast 1×1 … extreme 6×4).")
 @click.option("--ddim-steps", type=int, default=10, show_default=True, help="Denoiser models: DDIM steps of the sample.")
@@ -151,7 +153,7 @@ def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_js
 @cli.command()
 @model_options
 @click.option("--inputs", type=click.Path(), help="npz whose sequence length the export fixes (default: the preset's).")
-@click.option("--seq-len", type=POSITIVE, help="Sequence length to export for (default: the preset's).")
+@click.option("--seq-len", type=SEQ_LEN, help="Sequence length to export for (default: the preset's).")
 @click.option("-o", "--out", type=click.Path(), required=True, help="The .onnx file; NAME.step.onnx is written beside it.")
 def export(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, inputs, seq_len, out) -> None:
     """Export to ONNX with the ACT loop and H/L cycles kept as ONNX Loops (plus the one-step model)."""
@@ -195,7 +197,7 @@ def list_passes() -> None:
 @click.option("--strip", help="Comma-separated outputs to remove (strip-heads), e.g. hex_logits,free_energy.")
 @click.option("--chunk", type=STEPS, help="Also lower a K-step chunk graph with the carry in and out.")
 @click.option("--onnx-model", type=click.Path(), help="Start from this exported file instead of exporting afresh.")
-@click.option("--seq-len", type=POSITIVE, help="Sequence length to export for (default: the preset's).")
+@click.option("--seq-len", type=SEQ_LEN, help="Sequence length to export for (default: the preset's).")
 @click.option("-o", "--out", type=click.Path(), required=True,
               help="onnx: OUT.onnx (OUT.step.onnx beside it); mlx: a folder; coreml, ane: OUT.mlpackage.")
 @click.option("--force", is_flag=True, help="Replace an output folder that hrmc did not write.")
@@ -303,7 +305,7 @@ def inspect(package, as_json) -> None:
 @click.option("--chunk", type=STEPS, help="Steps per graph call of the chunked executor (default 4).")
 @click.option("--inputs", type=click.Path(),
               help="npz inputs, 'labels' optional (default: a trained preset's held-out puzzles, else a seeded random batch).")
-@click.option("--seq-len", type=POSITIVE, help="Sequence length of the random batch.")
+@click.option("--seq-len", type=SEQ_LEN, help="Sequence length of the random batch.")
 def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, mode, atol, rtol,
                    psnr_db, onnx_model, artifact, chunk, inputs, seq_len) -> int:
     """Run executors A and B on the same inputs and gate the drift (exit 1 on failure).

@@ -20,7 +20,7 @@ from onnx_ir.passes.common import NameFixPass
 from hrmc.errors import InputError
 from hrmc.files import atomic_output, check_output
 from lowering import read_metadata, step_path_for
-from lowering.artifact import PARTS_KEY, save_bound, source_parts
+from lowering.artifact import PARTS_KEY, load_proto, save_bound, source_parts
 from passes._loops import PassInputError, restore_loop_labels
 from passes.act_to_masked_budget import ActToMaskedBudgetPass
 from passes.chunk_budget import ChunkBudgetPass
@@ -103,11 +103,16 @@ def structured_parts(structured: Path, progress: Callable[[str], None] = lambda 
     """The export pair `structured` belongs to ({"act": …, "step": …}), checked against its record.
 
     `structured` itself is the act graph even where a graph tool rewrote it after export (onnxsim):
-    its step graph must still be the one its record names."""
+    its step graph must still be the one its record names, and the graph must pass ONNX's checker."""
     parts, edited = source_parts(structured, "act", fallback={"act": structured, "step": step_path_for(structured)})
     if edited:
         progress(f"{Path(structured).name} differs from the graph hrmc export wrote (rewritten by a graph tool?): "
                  "lowering it as it is")
+        try:
+            onnx.checker.check_model(load_proto(Path(structured)))
+        except onnx.checker.ValidationError as err:
+            first = str(err).strip().splitlines()[0]
+            raise InputError(f"{structured}: not a valid ONNX graph after its rewrite: {first}") from None
     if "act" not in parts:
         raise InputError(f"{structured} is not a structured export (it holds {', '.join(parts)} graphs): "
                          "start from the model.onnx that hrmc export wrote")
