@@ -16,9 +16,8 @@ import numpy as np
 import onnxruntime as ort
 
 from bench import time_runs
-from hrm_ref import POLICIES
+from hrm_ref import POLICIES, build_preset, random_batch
 from hrm_ref.act import resolve_budget
-from hrmc import pipeline as driver
 from hrmc.errors import HrmcError
 from targets.onnx import lowered_source, session, session_options
 
@@ -59,8 +58,8 @@ def main(preset, batch_size, policy, runs, onnx_model) -> None:
 
 
 def time_variants(preset: str, batch_size: int, policy: str, runs: int, onnx_model: str | None) -> None:
-    model = driver.load_model(None, preset, None)
-    batch = driver.load_inputs(model, None, batch_size, 0, None)
+    model = build_preset(preset)
+    batch = random_batch(model.config, batch_size, seed=0)
     budget = resolve_budget(model, policy, None)
     feed = {name: value.numpy() for name, value in batch.items()}
     rows, static = [], {}

@@ -12,7 +12,7 @@ import torch
 from hrm_ref import HRM
 from hrm_ref.act import initial_carry
 from hrm_ref.ddim import DDIMScheduler
-from parity.executors import Executor
+from targets.executor import Executor
 
 
 def sample(executor: Executor, model: HRM, shape: tuple[int, ...], steps: int = 10, seed: int = 0,

@@ -1,62 +1,18 @@
-"""The executor interface every backend implements, and the registry `hrmc parity` reads names from.
+"""The executors `hrmc parity` and `hrmc bench` name: the torch reference, and each target's.
 
-An executor runs one model on seeded inputs in its own way, with numpy arrays as the common
-currency:
-- `prepare(model, policy, budget, batch)`: build whatever it runs (an export, a session, a package).
-- `step(carry, batch)`: one ACT step from the given carry. Returns every head output plus the
-  next carry (`z_H`, `z_L`, `steps`, `halted`).
-- `run(batch)`: the whole inference. Returns per-step outputs [S, B, …] plus `halted` and `steps`
-  [S, B], with S the number of steps actually run.
-"""
+The contract they implement is `targets.executor.Executor`, below the targets."""
 
 from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import torch
 
 import hrm_ref
 from hrm_ref import HRM, Batch, Carry
 from hrm_ref.act import resolve_budget
 from hrmc.errors import InputError
-
-Arrays = dict[str, np.ndarray]
-DEFAULT_CHUNK = 4  # steps per graph call of the chunked executors
-
-
-def to_numpy(tensors: dict[str, torch.Tensor]) -> Arrays:
-    return {name: value.detach().numpy() for name, value in tensors.items()}
-
-
-def carry_arrays(carry: Carry) -> Arrays:
-    return to_numpy({"z_H": carry.z_H, "z_L": carry.z_L, "steps": carry.steps, "halted": carry.halted})
-
-
-class Executor:
-    """Base class: subclasses set `name` and implement `prepare`, `step` and `run`."""
-
-    name = ""
-    precision = "float32"  # "float16" executors (the ANE) are gated on PSNR in step mode
-    policy: str  # set by prepare
-    budget: int
-
-    def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
-        raise NotImplementedError
-
-    def step(self, carry: Carry, batch: Batch) -> Arrays:
-        raise NotImplementedError
-
-    def run(self, batch: Batch) -> Arrays:
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        """One line for reports: what exactly ran."""
-        return self.name
-
-    def whole_graph(self) -> str | None:
-        """The whole-inference graph `run` executes, when it is not `step` chained (named for reports)."""
-        return None
+from targets.executor import Arrays, Executor, carry_arrays, to_numpy
 
 
 class TorchExecutor(Executor):

@@ -19,7 +19,8 @@ import torch
 
 from hrm_ref import Batch, Carry
 from hrm_ref.act import initial_carry
-from parity.executors import Arrays, Executor, TorchExecutor
+from parity.executors import TorchExecutor
+from targets.executor import Arrays, Executor
 
 ATOL = RTOL = 1e-5
 PSNR_DB = 60.0  # float16 executors (the ANE): step-mode gate on states and per-token outputs, docs/design.md §4

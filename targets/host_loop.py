@@ -13,7 +13,7 @@ import numpy as np
 
 from hrm_ref import Batch, Carry
 from lowering.graph import CARRY_NAMES
-from parity.executors import Arrays, carry_arrays
+from targets.executor import Arrays, carry_arrays
 
 ChunkCall = Callable[[dict[str, np.ndarray]], Arrays]
 

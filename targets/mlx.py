@@ -39,7 +39,7 @@ from hrmc.binding import file_sha256, json_sha256, make_record, parse_record, ve
 from hrmc.errors import InputError
 from hrmc.files import atomic_folder
 from lowering.artifact import PARTS_KEY
-from parity.executors import DEFAULT_CHUNK, Arrays, Executor, carry_arrays
+from targets.executor import DEFAULT_CHUNK, Arrays, Executor, carry_arrays
 from targets._nodes import LowerError, NodeReader, op_key, require_static
 from targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
 

@@ -26,7 +26,7 @@ from hrmc.errors import InputError
 from lowering.artifact import bound_parts
 from lowering.export import export_onnx, read_metadata, step_path_for, weights_sha256
 from passes import lower_onnx, structured_parts
-from parity.executors import DEFAULT_CHUNK, Arrays, Executor, carry_arrays
+from targets.executor import DEFAULT_CHUNK, Arrays, Executor, carry_arrays
 from targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
 
 

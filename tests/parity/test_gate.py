@@ -10,7 +10,8 @@ import pytest
 import hrm_ref
 from hrm_ref import HRM, Batch, Carry
 from parity import check_parity
-from parity.executors import EXECUTORS, Arrays, TorchExecutor
+from parity.executors import EXECUTORS, TorchExecutor
+from targets.executor import Arrays
 from parity.gate import _compare
 
 

@@ -1,0 +1,50 @@
+"""The packages import only downward: ground modules, then hrm_ref → lowering → passes → targets →
+parity → bench → the driver and CLI, which dispatch every command. Imports inside functions count too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# layer of each part, lowest first; `hrmc.errors` and the like are the ground every layer may use
+LAYERS = ["ground", "hrm_ref", "lowering", "passes", "targets", "parity", "bench", "driver"]
+GROUND = {"hrmc", "hrmc.__version__", "hrmc.errors", "hrmc.files", "hrmc.binding"}
+
+
+def part_of(module: str) -> str | None:
+    top = module.split(".")[0]
+    if module in GROUND or any(module.startswith(g + ".") for g in GROUND - {"hrmc"}):
+        return "ground"
+    if top == "hrmc":
+        return "driver"
+    return top if top in LAYERS else None
+
+
+def imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_every_import_goes_down_a_layer_or_stays() -> None:
+    upward = []
+    for package in LAYERS[1:] + ["hrmc"]:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path.name.startswith("test_"):
+                continue  # bench's pytest benchmarks drive everything, as tests do
+            source = part_of(module_name(path))
+            for target in imports(path):
+                layer = part_of(target)
+                if layer is not None and LAYERS.index(layer) > LAYERS.index(source):
+                    upward.append(f"{module_name(path)} ({source}) imports {target} ({layer})")
+    assert not upward, "\n".join(sorted(set(upward)))
