@@ -19,7 +19,8 @@ from hrm_ref.act import denoise
 from hrm_ref.ddim import DDIMScheduler
 from hrm_ref.presets import TRAINED_PRESETS, test_set_path
 from hrmc.errors import InputError
-from hrmc.files import atomic_output, check_output, check_output_folder
+from hrmc.files import atomic_output, check_output
+from targets import TARGETS, LowerOptions
 
 DEFAULT_PRESET = "tiny"
 
@@ -76,18 +77,6 @@ def load_inputs(model: HRM, inputs: str | None, batch_size: int, seed: int, seq_
 
 
 @dataclass(frozen=True)
-class Target:
-    pipeline: str  # the pass pipeline it lowers from
-    suffix: str  # its output's ("" for none)
-    folder: bool  # whether that output is a folder
-
-
-# coreml and ane lower the fused float32 graph; targets/coreml.py builds the ane flavour in float16.
-TARGETS = {"onnx": Target("default", ".onnx", folder=False), "mlx": Target("mlx", "", folder=True),
-           "coreml": Target("mlx", ".mlpackage", folder=True), "ane": Target("mlx", ".mlpackage", folder=True)}
-
-
-@dataclass(frozen=True)
 class Lowered:
     written: list[Path]
     seconds: float
@@ -95,25 +84,12 @@ class Lowered:
 
 def check_target_output(target: str, out: str | Path, chunk: int | None = None, force: bool = False,
                         weights: str | None = None) -> Path:
-    """Every path `hrmc lower` will write, checked before any work."""
-    kind = TARGETS[target]
-    if weights is not None:
-        if target not in ("coreml", "ane"):
-            raise InputError(f"--weights is for the coreml and ane targets, not {target}")
-        from targets.coreml import check_weights
-
-        check_weights(target, weights)
-    if not kind.folder:
-        return check_output(out, kind.suffix)
-    if target == "mlx":
-        from targets.mlx import MODULE
-
-        return check_output_folder(out, kind.suffix, MODULE, force)
-    from targets.coreml import PARTS_FILE, package_paths
-
-    roles = ["static", "step"] + (["chunk"] if chunk and chunk > 1 else [])
-    for path in package_paths(out, roles, chunk).values():
-        check_output_folder(path, kind.suffix, f"Data/{PARTS_FILE}", force)
+    """Every path `hrmc lower` will write, and its options, checked before any work."""
+    declared = TARGETS[target]
+    if weights is not None and weights not in declared.weights:
+        offered = f"stores them as {' or '.join(declared.weights)}" if declared.weights else "has no such choice"
+        raise InputError(f"--weights {weights}: the {target} target {offered}")
+    declared.backend().check_out(declared, out, chunk, force)
     return Path(out)
 
 
@@ -125,24 +101,17 @@ def lower_target(structured: str | Path, out: str | Path, target: str, pipeline:
     import passes
 
     started = time.perf_counter()
+    declared = TARGETS[target]
     progress(f"running pipeline {pipeline}")
-    if target == "onnx":
-        lowered = passes.lower_onnx(structured, out, pipeline, strip=strip, chunk=chunk, dump_after=dump_after,
-                                    progress=progress)
-        return Lowered(list(lowered.graphs.values()), time.perf_counter() - started)
-    dumped = Path(out).with_name(Path(out).name + ".onnx") if dump_after else work / "static.onnx"
-    graphs = passes.lower_onnx(structured, dumped, pipeline, strip=strip, chunk=chunk, dump_after=dump_after,
+    # graphs are the onnx target's output; other targets lower them from a work folder
+    graphs_out = out if declared.suffix == ".onnx" else (
+        Path(out).with_name(Path(out).name + ".onnx") if dump_after else work / "static.onnx")
+    graphs = passes.lower_onnx(structured, graphs_out, pipeline, strip=strip, chunk=chunk, dump_after=dump_after,
                                progress=progress).graphs
-    progress(f"lowering to {target}")
-    if target == "mlx":
-        from targets.mlx import lower_mlx
-
-        package = lower_mlx(graphs, out, Path(structured).name, force)
-        return Lowered([package.folder], time.perf_counter() - started)
-    from targets.coreml import lower_coreml
-
-    written = lower_coreml(graphs, out, target, batch, Path(structured).name, progress, force, weights)
-    return Lowered(list(written.values()), time.perf_counter() - started)
+    if declared.suffix != ".onnx":
+        progress(f"lowering to {target}")
+    options = LowerOptions(Path(structured).name, batch, force, weights, progress)
+    return Lowered(declared.backend().lower(declared, graphs, out, options), time.perf_counter() - started)
 
 
 def run_model(model: HRM, batch: Batch, policy: str, budget: int | None, seed: int = 0, ddim_steps: int = 10,

@@ -4,6 +4,7 @@ The contract they implement is `targets.executor.Executor`, below the targets.""
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -12,6 +13,7 @@ import hrm_ref
 from hrm_ref import HRM, Batch, Carry
 from hrm_ref.act import resolve_budget
 from hrmc.errors import InputError
+import targets
 from targets.executor import Arrays, Executor, carry_arrays, to_numpy
 
 
@@ -44,49 +46,15 @@ class TorchExecutor(Executor):
         return f"torch (hrm_ref eager, {self.dtype}{weights}, CPU)"
 
 
-def _onnxruntime(kind: str) -> Callable[..., Executor]:
-    def make(onnx_model=None, chunk=None, artifact=None) -> Executor:
-        from targets import onnx  # onnxruntime loads only when asked for
-
-        if kind == "chunked":
-            return onnx.ChunkedExecutor(onnx_model, chunk, artifact)
-        return {"onnx": onnx.OnnxExecutor, "static": onnx.StaticExecutor}[kind](onnx_model, artifact)
-    return make
-
-
-def _mlx(chunked: bool) -> Callable[..., Executor]:
-    def make(onnx_model=None, chunk=None, artifact=None) -> Executor:
-        from targets.mlx import MlxExecutor  # mlx loads only when asked for
-
-        return MlxExecutor(onnx_model, chunked, chunk, artifact)
-    return make
-
-
-def _coreml(flavour: str, chunked: bool = False) -> Callable[..., Executor]:
-    def make(onnx_model=None, chunk=None, artifact=None) -> Executor:
-        from targets.coreml import CoreMLExecutor  # coremltools loads only when asked for
-
-        return CoreMLExecutor(flavour, onnx_model, chunked, chunk, artifact)
-    return make
-
-
 def _torch(onnx_model=None, chunk=None, artifact=None) -> Executor:
     if artifact is not None:
         raise InputError("the torch executor runs hrm_ref itself: it has no artifact (--artifact names B's)")
     return TorchExecutor()
 
 
-EXECUTORS: dict[str, Callable[..., Executor]] = {
-    "torch": _torch,
-    "onnx": _onnxruntime("onnx"),
-    "static": _onnxruntime("static"),
-    "chunked": _onnxruntime("chunked"),
-    "mlx": _mlx(chunked=False),
-    "mlx-chunked": _mlx(chunked=True),
-    "coreml": _coreml("coreml"),
-    "ane": _coreml("ane"),
-    "coreml-chunked": _coreml("coreml", chunked=True),
-}
+# the reference, then every target's executors (targets.TARGETS)
+EXECUTORS: dict[str, Callable[..., Executor]] = {"torch": _torch} | {
+    name: functools.partial(targets.make_executor, name) for name in targets.TARGET_OF_EXECUTOR}
 
 
 def make_executor(name: str, onnx_model: str | None = None, chunk: int | None = None,

@@ -1,6 +1,65 @@
-"""Stage 4 of the pipeline: one module per backend.
+"""Stage 4 of the pipeline: the backends, each declared once here as a `Target`.
 
-- `targets.onnx`: onnxruntime, with executors `onnx` (structured graph), `static` (after the passes)
-  and `chunked` (k-step graph plus host loop).
-- MLX (issue #6) and Core ML / ANE (issue #7) are still to come.
+A target names the pass pipeline whose graphs it lowers, the output it writes, the module that
+does the work and the executors it gives `hrmc parity` and `hrmc bench`. Its module (imported only
+when used: onnxruntime, MLX and coremltools load slowly) provides two functions:
+
+    lower(target, graphs, out, options) -> list[Path]   # the files or folders written
+    executor(name, onnx_model, chunk, artifact) -> Executor
+
+Adding a backend is one module beside these and one line in `TARGETS`.
 """
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+from targets.executor import Executor
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    pipeline: str  # the pass pipeline (`hrmc passes`) whose graphs it lowers
+    suffix: str  # its output's ("" for a folder of any name)
+    folder: bool  # whether that output is a folder
+    module: str  # where `lower` and `executor` live
+    executors: tuple[str, ...]  # the executor names it provides
+    precision: str  # what those executors compute in: "float16" ones are judged on the float16 contract
+    weights: tuple[str, ...] = ()  # how it may store weights (`lower --weights`), the default first
+
+    def backend(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+@dataclass(frozen=True)
+class LowerOptions:
+    """What `hrmc lower` passes on to a target's `lower`, besides the graphs and the output."""
+    source: str  # the structured export's name, recorded in the artifact
+    batch: int = 1  # the fixed batch of a Core ML package
+    force: bool = False  # replace an output folder hrmc did not write
+    weights: str | None = None  # one of the target's `weights`
+    progress: Callable[[str], None] = field(default=lambda _: None)
+
+
+TARGETS: dict[str, Target] = {target.name: target for target in (
+    Target("onnx", "default", ".onnx", False, "targets.onnx", ("onnx", "static", "chunked"), "float32"),
+    Target("mlx", "mlx", "", True, "targets.mlx", ("mlx", "mlx-chunked"), "float32"),
+    Target("coreml", "mlx", ".mlpackage", True, "targets.coreml", ("coreml", "coreml-chunked"), "float32"),
+    Target("ane", "mlx", ".mlpackage", True, "targets.coreml", ("ane",), "float16", ("float16x2", "float16")),
+)}
+TARGET_OF_EXECUTOR = {executor: target for target in TARGETS.values() for executor in target.executors}
+
+
+def make_executor(name: str, onnx_model: str | Path | None = None, chunk: int | None = None,
+                  artifact: str | Path | None = None) -> Executor:
+    """A target's executor `name`, running the shipped `artifact` when one is named, else graphs made
+    afresh (from `onnx_model`, the structured export, when given); `chunk`: steps per call of a chunked one."""
+    return TARGET_OF_EXECUTOR[name].backend().executor(name, onnx_model, chunk, artifact)
+
+
+__all__ = ["TARGETS", "TARGET_OF_EXECUTOR", "LowerOptions", "Target", "make_executor"]

@@ -44,8 +44,9 @@ from hrm_ref.act import initial_carry, resolve_budget
 from hrmc import __version__
 from hrmc.binding import BindingError, Record, file_sha256, json_sha256, make_record, parse_record, verify
 from hrmc.errors import InputError
-from hrmc.files import atomic_folder
+from hrmc.files import atomic_folder, check_output_folder
 from lowering.artifact import PARTS_KEY
+from targets import TARGETS, LowerOptions, Target
 from targets.executor import DEFAULT_CHUNK, Arrays, Executor, carry_arrays
 from targets._nodes import LowerError, NodeReader, constant_array, op_key, require_static
 from targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
@@ -81,14 +82,12 @@ class Flavour:
     compute_units: object
     description: str
     heads_apart: bool = False  # attention as one small matmul pair per head, no 4-D transposes (ANE)
-    weights: tuple[str, ...] = ("float32",)  # how constant matmul weights may be stored; the first is the default
 
 
 # The program is built in its final precision, so ct.convert runs no pass pipeline: coremltools'
 # passes (its fp16 pass above all) take minutes on an unrolled graph, and ours already ran on ONNX.
 FLAVOURS = {"coreml": Flavour("fp32", ct.ComputeUnit.CPU_ONLY, "float32, CPU_ONLY"),
-            "ane": Flavour("fp16", ct.ComputeUnit.CPU_AND_NE, "float16, CPU_AND_NE, attention per head", True,
-                           ("float16x2", "float16"))}
+            "ane": Flavour("fp16", ct.ComputeUnit.CPU_AND_NE, "float16, CPU_AND_NE, attention per head", True)}
 # float16x2: each matmul weight W as the float16 pair hi = fp16(W), lo = fp16(W - hi), stacked along the
 # contracted axis and read by one matmul of [x, x], so its accumulation adds both halves before the one
 # rounding of its output: float32-exact weights, twice the weight bytes and matmul work, every op still
@@ -412,7 +411,7 @@ def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: 
 
 def check_weights(flavour: str, weights: str | None) -> str:
     """The weight storage a lowering uses: `weights` if the flavour offers it, else its default."""
-    offered = FLAVOURS[flavour].weights
+    offered = TARGETS[flavour].weights or ("float32",)
     if weights is not None and weights not in offered:
         raise InputError(f"--weights {weights}: {flavour} packages store weights as {' or '.join(offered)}")
     return weights or offered[0]
@@ -700,7 +699,7 @@ class CoreMLExecutor(Executor):
                  chunk: int | None = None, artifact: str | Path | None = None) -> None:
         self.flavour, self.chunked, self.chunk, self.graph_calls = flavour, chunked, chunk, 0
         self.name = f"{flavour}-chunked" if chunked else flavour
-        self.precision = "float16" if flavour == "ane" else "float32"
+        self.precision = TARGETS[flavour].precision
         self.onnx_model = Path(onnx_model) if onnx_model else None
         self.artifact = Path(artifact) if artifact else None
 
@@ -788,11 +787,29 @@ class CoreMLExecutor(Executor):
 
     def weights(self) -> str:
         """How the packages store their weights (packages written before the key stored them plainly)."""
+        offered = TARGETS[self.flavour].weights or ("float32",)
         if self.artifact is None:
-            return FLAVOURS[self.flavour].weights[0]
-        return next(iter(self.packages.values())).meta.get("weights", FLAVOURS[self.flavour].weights[-1])
+            return offered[0]
+        return next(iter(self.packages.values())).meta.get("weights", offered[-1])
+
+
+def executor(name: str, onnx_model: str | Path | None, chunk: int | None,
+             artifact: str | Path | None) -> CoreMLExecutor:
+    return CoreMLExecutor(name.removesuffix("-chunked"), onnx_model, name.endswith("-chunked"), chunk, artifact)
+
+
+def lower(target: Target, graphs: dict[str, Path], out: str | Path, options: LowerOptions) -> list[Path]:
+    return list(lower_coreml(graphs, out, target.name, options.batch, options.source, options.progress,
+                             options.force, options.weights).values())
+
+
+def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -> None:
+    """Every package `lower` will write: new, or a set hrmc wrote (unless `force`)."""
+    roles = ["static", "step"] + (["chunk"] if chunk and chunk > 1 else [])
+    for path in package_paths(out, roles, chunk).values():
+        check_output_folder(path, target.suffix, f"Data/{PARTS_FILE}", force)
 
 
 __all__ = ["FLAVOURS", "LABEL", "OPS", "CoreMLExecutor", "CoreMLPackage", "LowerError", "check_weights", "lower_coreml",
-           "op_counts",
+           "op_counts", "check_out", "executor", "lower",
            "package_info", "package_paths", "package_set", "read_package", "readiness", "replay", "saved_program"]

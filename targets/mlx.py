@@ -37,8 +37,9 @@ from hrm_ref.act import initial_carry, resolve_budget
 from hrmc import __version__
 from hrmc.binding import file_sha256, json_sha256, make_record, parse_record, verify
 from hrmc.errors import InputError
-from hrmc.files import atomic_folder
+from hrmc.files import atomic_folder, check_output_folder
 from lowering.artifact import PARTS_KEY
+from targets import LowerOptions, Target
 from targets.executor import DEFAULT_CHUNK, Arrays, Executor, carry_arrays
 from targets._nodes import LowerError, NodeReader, op_key, require_static
 from targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
@@ -501,4 +502,18 @@ class MlxExecutor(Executor):
                 f"{mx.default_device()})")
 
 
-__all__ = ["OPS", "LowerError", "MlxExecutor", "MlxPackage", "load_package", "lower_mlx", "read_config"]
+def executor(name: str, onnx_model: str | Path | None, chunk: int | None, artifact: str | Path | None) -> MlxExecutor:
+    return MlxExecutor(onnx_model, name == "mlx-chunked", chunk, artifact)
+
+
+def lower(target: Target, graphs: dict[str, Path], out: str | Path, options: LowerOptions) -> list[Path]:
+    return [lower_mlx(graphs, out, options.source, options.force).folder]
+
+
+def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -> None:
+    """The folder `lower` will write: new, or one hrmc wrote (unless `force`)."""
+    check_output_folder(out, target.suffix, MODULE, force)
+
+
+__all__ = ["OPS", "LowerError", "MlxExecutor", "MlxPackage", "check_out", "executor", "load_package", "lower",
+           "lower_mlx", "read_config"]

@@ -23,9 +23,11 @@ import onnxruntime as ort
 from hrm_ref import HRM, Batch, Carry
 from hrm_ref.act import initial_carry, resolve_budget
 from hrmc.errors import InputError
+from hrmc.files import check_output
 from lowering.artifact import bound_parts
 from lowering.export import export_onnx, read_metadata, step_path_for, weights_sha256
 from passes import lower_onnx, structured_parts
+from targets import LowerOptions, Target
 from targets.executor import DEFAULT_CHUNK, Arrays, Executor, carry_arrays
 from targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
 
@@ -180,3 +182,18 @@ def chunk_of(graphs: dict[str, Path], asked: int | None, artifact: Path | None) 
     if artifact is not None and asked is not None and asked != steps:
         raise InputError(f"--chunk {asked}: {artifact} was lowered with {steps}-step chunks")
     return steps
+
+
+def executor(name: str, onnx_model: str | Path | None, chunk: int | None, artifact: str | Path | None) -> Executor:
+    if name == "chunked":
+        return ChunkedExecutor(onnx_model, chunk, artifact)
+    return {"onnx": OnnxExecutor, "static": StaticExecutor}[name](onnx_model, artifact)
+
+
+def lower(target: Target, graphs: dict[str, Path], out: str | Path, options: LowerOptions) -> list[Path]:
+    """The pass pipeline's graphs are this target's output: already written to `out`."""
+    return list(graphs.values())
+
+
+def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -> None:
+    check_output(out, target.suffix)
