@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from hrm_ref.model import HRM, Batch
-from hrmc.errors import InputError
+from hrmc.errors import CheckpointError, InputError
 
 POLICIES = ("max-steps", "q-halt")
 MAX_BUDGET = 1024  # ACT steps: a static graph unrolls every one of them (upstream's sudoku runs 16)
@@ -103,6 +103,7 @@ def run(model: HRM, batch: Batch, policy: str = "max-steps", budget: int | None 
     while not bool(carry.halted.all()):
         was_halted = carry.halted
         carry, outputs = step(model, carry, batch, policy, budget)
+        _check_finite(model, outputs, len(history.get("steps", [])) + 1)
         frozen = {name: freeze(was_halted, previous[name], value) if previous else value
                   for name, value in outputs.items()}
         previous = frozen
@@ -112,6 +113,17 @@ def run(model: HRM, batch: Batch, policy: str = "max-steps", budget: int | None 
         if on_step is not None:
             on_step(len(history["steps"]), carry)
     return {name: torch.stack(values) for name, values in history.items()}
+
+
+def _check_finite(model: HRM, outputs: dict[str, torch.Tensor], step_number: int) -> None:
+    """Finite weights can still overflow float32 on the way (a corrupted byte makes a weight 1e38):
+    name the output and the largest weight rather than return NaN as a result."""
+    for name, value in outputs.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            largest, where = max((float(t.abs().max()), n) for n, t in model.state_dict().items()
+                                 if t.is_floating_point() and t.numel())
+            raise CheckpointError(f"the model's {name} is not finite at ACT step {step_number}: its weights overflow "
+                                  f"{str(value.dtype).removeprefix('torch.')} (largest |weight| {largest:.3g}, in {where})")
 
 
 @torch.no_grad()
