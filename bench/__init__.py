@@ -17,10 +17,10 @@ from typing import Callable
 
 import numpy as np
 
-from bench.roofline import flops_per_step, matmul_peak
-from hrm_ref import HRM, Batch
-from hrm_ref.act import batch_size
-from parity.executors import make_executor
+from hrmc.bench.roofline import flops_per_step, matmul_peak
+from hrmc.hrm_ref import HRM, Batch
+from hrmc.hrm_ref.act import batch_size
+from hrmc.parity.executors import make_executor
 
 
 @dataclass

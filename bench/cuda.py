@@ -1,7 +1,7 @@
 """torch on a CUDA GPU: eager against CUDA-graph replay of the fixed-budget loop, in float32 and bfloat16.
 
 Entry point: `cuda_bench(preset, batch, budget, …) -> BenchReport`; run it as
-`python -m bench.cuda --preset sudoku --batch 1` on a machine with a CUDA GPU (never in tests or CI).
+`python -m hrmc.bench.cuda --preset sudoku --batch 1` on a machine with a CUDA GPU (never in tests or CI).
 
 Rows, per forward dtype:
 - `torch-eager`: `hrm_ref.act.run`, the reference driver (a host sync per ACT step to test halting).
@@ -22,10 +22,10 @@ import click
 import numpy as np
 import torch
 
-from bench import BenchReport, Row, machine, time_runs, versions
-from bench.roofline import flops_per_step, matmul_peak
-from hrm_ref import HRM, Batch, build_preset, random_batch
-from hrm_ref.act import Carry, batch_size, initial_carry, run, step
+from hrmc.bench import BenchReport, Row, machine, time_runs, versions
+from hrmc.bench.roofline import flops_per_step, matmul_peak
+from hrmc.hrm_ref import HRM, Batch, build_preset, random_batch
+from hrmc.hrm_ref.act import Carry, batch_size, initial_carry, run, step
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 PEAK_SIZE = 8192

@@ -3,7 +3,7 @@
 `targets.onnx.session` (all graph optimisations, onnxruntime's own thread count) is the first row;
 the others each change one thing, so the table says what each setting is worth on this machine:
 
-    python -m bench.ort_options --preset sudoku --batch 1 --onnx-model out/sudoku.onnx
+    python -m hrmc.bench.ort_options --preset sudoku --batch 1 --onnx-model out/sudoku.onnx
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import click
 import numpy as np
 import onnxruntime as ort
 
-from bench import time_runs
-from hrm_ref import POLICIES, build_preset, random_batch
-from hrm_ref.act import resolve_budget
+from hrmc.bench import time_runs
+from hrmc.hrm_ref import POLICIES, build_preset, random_batch
+from hrmc.hrm_ref.act import resolve_budget
 from hrmc.errors import HrmcError
-from targets.onnx import lowered_source, session, session_options
+from hrmc.targets.onnx import lowered_source, session, session_options
 
 # name → (pass pipeline, SessionOptions attributes, session config entries)
 VARIANTS: dict[str, tuple[str, dict, dict]] = {

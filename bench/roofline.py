@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from hrm_ref import HRMConfig
+from hrmc.hrm_ref import HRMConfig
 
 
 def flops_per_step(config: HRMConfig, batch: int, positions: int) -> int:

@@ -4,12 +4,12 @@ Entry points: `build_preset` / `load_checkpoint` give a model, `random_batch` / 
 inputs, and `act.step` / `act.run` execute it.
 """
 
-from hrm_ref.act import POLICIES, Carry, initial_carry, run, step
-from hrm_ref.batch import load_batch, make_batch, random_batch
-from hrm_ref.checkpoint import load_checkpoint, save_checkpoint
-from hrm_ref.config import HRMConfig
-from hrm_ref.model import HRM, Batch
-from hrm_ref.presets import PRESETS, build_preset
+from hrmc.hrm_ref.act import POLICIES, Carry, initial_carry, run, step
+from hrmc.hrm_ref.batch import load_batch, make_batch, random_batch
+from hrmc.hrm_ref.checkpoint import load_checkpoint, save_checkpoint
+from hrmc.hrm_ref.config import HRMConfig
+from hrmc.hrm_ref.model import HRM, Batch
+from hrmc.hrm_ref.presets import PRESETS, build_preset
 
 __all__ = ["POLICIES", "PRESETS", "Batch", "Carry", "HRM", "HRMConfig", "build_preset", "initial_carry",
            "load_batch", "load_checkpoint", "make_batch", "random_batch", "run", "save_checkpoint", "step"]

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from hrm_ref.model import HRM, Batch
+from hrmc.hrm_ref.model import HRM, Batch
 from hrmc.errors import CheckpointError, InputError
 
 POLICIES = ("max-steps", "q-halt")

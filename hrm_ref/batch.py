@@ -15,8 +15,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from hrm_ref.config import HRMConfig
-from hrm_ref.model import Batch
+from hrmc.hrm_ref.config import HRMConfig
+from hrmc.hrm_ref.model import Batch
 from hrmc.errors import InputError
 
 RANDOM_TIMESTEPS = 1000  # random batches draw denoiser timesteps from [0, 1000)

@@ -18,8 +18,8 @@ import safetensors.torch
 import torch
 import yaml
 
-from hrm_ref.config import arch_section, config_from_weights
-from hrm_ref.model import HRM
+from hrmc.hrm_ref.config import arch_section, config_from_weights
+from hrmc.hrm_ref.model import HRM
 from hrmc.errors import CheckpointError
 
 KEY_PREFIXES = ("_orig_mod.model.", "model.", "")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hrm_ref.layers import CastedLinear, compute_dtype
+from hrmc.hrm_ref.layers import CastedLinear, compute_dtype
 
 
 class PromptPooling(nn.Module):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hrm_ref.layers import CastedEmbedding, CastedLinear
+from hrmc.hrm_ref.layers import CastedEmbedding, CastedLinear
 
 COUNTER_MAX = 255  # 8-bit counters saturate here and never wrap
 

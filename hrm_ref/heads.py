@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hrm_ref.layers import CastedLinear
+from hrmc.hrm_ref.layers import CastedLinear
 
 HEX_DIGITS = "0123456789abcdef"
 PREFIX_SUFFIX = 8

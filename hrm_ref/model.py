@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hrm_ref.config import HEX_SYMBOLS, HRMConfig
-from hrm_ref.controller import HiddenFrontEnd, VocabBias, make_injector
-from hrm_ref.frontends import ByteFiLM, LatentFrontEnd
-from hrm_ref.heads import FreeEnergyHead, HexHead, normalise
-from hrm_ref.layers import (Attention, CastedEmbedding, CastedLinear, PuzzleEmbedding, RotaryEmbedding, SwiGLU,
+from hrmc.hrm_ref.config import HEX_SYMBOLS, HRMConfig
+from hrmc.hrm_ref.controller import HiddenFrontEnd, VocabBias, make_injector
+from hrmc.hrm_ref.frontends import ByteFiLM, LatentFrontEnd
+from hrmc.hrm_ref.heads import FreeEnergyHead, HexHead, normalise
+from hrmc.hrm_ref.layers import (Attention, CastedEmbedding, CastedLinear, PuzzleEmbedding, RotaryEmbedding, SwiGLU,
                             compute_dtype, rms_norm)
 
 CosSin = tuple[torch.Tensor, torch.Tensor] | None

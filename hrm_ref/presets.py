@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from hrm_ref.checkpoint import load_checkpoint
-from hrm_ref.config import HRMConfig
-from hrm_ref.model import HRM
+from hrmc.hrm_ref.checkpoint import load_checkpoint
+from hrmc.hrm_ref.config import HRMConfig
+from hrmc.hrm_ref.model import HRM
 from hrmc.errors import ConfigError
 
 PRESETS: dict[str, HRMConfig] = {
@@ -44,7 +44,7 @@ PRESETS |= {
     "controller-cab": HRMConfig(vocab_size=128, input_mode="hidden", d_model=96, injector="cab", mem_tokens=4,
                                 segments=2, eval_segments=4, inner_T=2, seq_len=12, **_TINY_CORE),
 }
-# Trained on real tasks (`python -m hrm_ref.train NAME`, see docs/fixtures.md): the weights are the
+# Trained on real tasks (`python -m hrmc.hrm_ref.train NAME`, see docs/fixtures.md): the weights are the
 # committed `fixtures/NAME.safetensors`, the held-out puzzles with labels `fixtures/NAME-test.npz`.
 # Their configs are stated here and checked equal to the file's metadata when loaded.
 TRAINED_PRESETS = ("sudoku4", "sudoku6")

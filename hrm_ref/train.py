@@ -1,6 +1,6 @@
 """Train the trained presets' fixtures, as upstream's `pretrain.py` + `ACTLossHead` do (facts, not code).
 
-    python -m hrm_ref.train sudoku4 [--threads 2] [-o hrm_ref/fixtures]
+    python -m hrmc.hrm_ref.train sudoku4 [--threads 2] [-o hrm_ref/fixtures]
 
 writes `<name>.safetensors` (arch config in the metadata) and `<name>-test.npz` (the held-out
 puzzles with their labels). The recipe follows upstream's training:
@@ -43,12 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hrm_ref import tasks
-from hrm_ref.act import run
-from hrm_ref.checkpoint import save_checkpoint
-from hrm_ref.config import HRMConfig
-from hrm_ref.model import HRM, HRMInner
-from hrm_ref.presets import FIXTURES_DIR, PRESETS, randomize_weights
+from hrmc.hrm_ref import tasks
+from hrmc.hrm_ref.act import run
+from hrmc.hrm_ref.checkpoint import save_checkpoint
+from hrmc.hrm_ref.config import HRMConfig
+from hrmc.hrm_ref.model import HRM, HRMInner
+from hrmc.hrm_ref.presets import FIXTURES_DIR, PRESETS, randomize_weights
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,7 @@ def write_checkpoint(model: HRM, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hrm_ref.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m hrmc.hrm_ref.train", description=__doc__.split("\n")[0])
     parser.add_argument("name", choices=sorted(RECIPES))
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: the recipe's 1; another count changes the weights' bits)")

@@ -16,14 +16,14 @@ from typing import Any, Callable
 
 import click
 
-import hrm_ref
-from hrm_ref.act import batch_size as batch_size_of
-from hrm_ref.act import MAX_BUDGET, resolve_budget
-from hrm_ref.batch import MAX_SEQ_LEN
-from hrm_ref.config import REASONING_DEPTHS
-import lowering
-import parity
-from parity.agreement import accuracy
+from hrmc import hrm_ref
+from hrmc.hrm_ref.act import batch_size as batch_size_of
+from hrmc.hrm_ref.act import MAX_BUDGET, resolve_budget
+from hrmc.hrm_ref.batch import MAX_SEQ_LEN
+from hrmc.hrm_ref.config import REASONING_DEPTHS
+from hrmc import lowering
+from hrmc import parity
+from hrmc.parity.agreement import accuracy
 from hrmc import __version__
 from hrmc import pipeline as driver
 from hrmc.errors import HrmcError, InputError
@@ -86,7 +86,7 @@ def model_source(checkpoint: str | None, preset: str | None) -> str:
 def _check_lowering_source(onnx_model: Path, checkpoint, config_path, preset, policy, budget, seq_len) -> None:
     """`lower --onnx-model F` lowers F as exported: model options given beside it must agree with what
     F records (weights, policy, budget, sequence length), not be silently ignored."""
-    from targets.onnx import check_source
+    from hrmc.targets.onnx import check_source
 
     meta = lowering.read_metadata(onnx_model)
     given = click.get_current_context().get_parameter_source("policy") == click.core.ParameterSource.COMMANDLINE
@@ -178,7 +178,7 @@ def export(checkpoint, config_path, preset, policy, budget, batch_size, seed, as
 @cli.command("passes")
 def list_passes() -> None:
     """List the graph passes and the named pipelines."""
-    import passes
+    from hrmc import passes
 
     click.echo("passes:")
     for name in passes.PASSES:
@@ -207,7 +207,7 @@ def list_passes() -> None:
 def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, target, pipeline, dump_after, strip,
           chunk, onnx_model, seq_len, out, force, weights) -> None:
     """Lower to a static graph (no Loop or If) for a target, through a named pass pipeline."""
-    import passes
+    from hrmc import passes
 
     pipeline = pipeline or driver.TARGETS[target].pipeline
     # Checked here too, because an export of a minute may come before the pipeline runs.
@@ -246,7 +246,7 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
 def bench(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, executors, runs,
           onnx_model, chunk) -> None:
     """Time the whole inference on each executor, with GFLOP/s against this machine's matmul peak."""
-    import bench as benchmarks
+    from hrmc import bench as benchmarks
 
     names = [name for name in executors.split(",") if name]
     unknown = [name for name in names if name not in parity.EXECUTORS]
@@ -269,7 +269,7 @@ def inspect(package, as_json) -> None:
     path = Path(package)
     if path.suffix != ".mlpackage" or not path.is_dir():
         raise InputError(f"{path}: expected an .mlpackage folder (from hrmc lower --target coreml|ane)")
-    from targets.coreml import ANE_ALIGNMENT_BYTES, readiness
+    from hrmc.targets.coreml import ANE_ALIGNMENT_BYTES, readiness
 
     report = readiness(path)
     if as_json:

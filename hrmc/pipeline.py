@@ -13,14 +13,14 @@ from typing import Callable
 
 import numpy as np
 
-import hrm_ref
-from hrm_ref import HRM, Batch
-from hrm_ref.act import denoise
-from hrm_ref.ddim import DDIMScheduler
-from hrm_ref.presets import TRAINED_PRESETS, test_set_path
+from hrmc import hrm_ref
+from hrmc.hrm_ref import HRM, Batch
+from hrmc.hrm_ref.act import denoise
+from hrmc.hrm_ref.ddim import DDIMScheduler
+from hrmc.hrm_ref.presets import TRAINED_PRESETS, test_set_path
 from hrmc.errors import InputError
 from hrmc.files import atomic_output, check_output
-from targets import TARGETS, LowerOptions
+from hrmc.targets import TARGETS, LowerOptions
 
 DEFAULT_PRESET = "tiny"
 
@@ -98,7 +98,7 @@ def lower_target(structured: str | Path, out: str | Path, target: str, pipeline:
                  dump_after: str | None = None, batch: int = 1, force: bool = False,
                  weights: str | None = None) -> Lowered:
     """`hrmc lower`: the pass pipeline (stage 3), then the target's own lowering (stage 4)."""
-    import passes
+    from hrmc import passes
 
     started = time.perf_counter()
     declared = TARGETS[target]

@@ -87,17 +87,9 @@ def source_parts(path: str | Path, role: str, fallback: Mapping[str, Path]) -> t
     if role not in record:
         return bound_parts(path, fallback), False  # not a source of this kind: its own record says what it is
     edited = content_sha256(proto) != record[role]["sha256"]
-    others = {r: part for r, part in record.items() if r != role}
-    found = {}
-    for other, part in others.items():
-        part_path = path.parent / part["file"]
-        if part_path.is_file():
-            other_proto = load_proto(part_path)
-            found[other] = content_sha256(other_proto)
-            if parse_record(_record_text(other_proto), part_path) != record:
-                raise BindingError(f"{part_path}: does not belong with {path.name} (written by another run)")
-    verify(others, found, path.parent, path)
-    return {role: path} | {r: path.parent / part["file"] for r, part in others.items()}, edited
+    others = [other for other in record if other != role]
+    _check_parts(record, others, path)
+    return {role: path} | {other: path.parent / record[other]["file"] for other in others}, edited
 
 
 def _stamp(path: Path) -> tuple:
@@ -114,17 +106,18 @@ def _verified(path: Path, stamp: tuple, fallback: tuple | None) -> tuple[tuple[s
         if fallback is None:
             raise BindingError(f"{path}: no record of its parts (not written by hrmc export or hrmc lower)")
         return fallback
-    found = {}
-    for role, part in record.items():
-        part_path = path.parent / part["file"]
-        if part_path.is_file():
-            proto = load_proto(part_path)
-            found[role] = content_sha256(proto)
-            if role != _role_of(record, path) and parse_record(_record_text(proto), part_path) != record:
-                raise BindingError(f"{part_path}: does not belong with {path.name} (written by another run)")
-    verify(record, found, path.parent, path)
+    _check_parts(record, list(record), path)
     return tuple((role, path.parent / part["file"]) for role, part in record.items())
 
 
-def _role_of(record: dict, path: Path) -> str | None:
-    return next((role for role, part in record.items() if part["file"] == path.name), None)
+def _check_parts(record: dict, roles: list[str], reader: Path) -> None:
+    """The parts `roles` of `reader`'s record: each there, unchanged, and holding the same record."""
+    found = {}
+    for role in roles:
+        part_path = reader.parent / record[role]["file"]
+        if part_path.is_file():
+            proto = load_proto(part_path)
+            found[role] = content_sha256(proto)
+            if part_path.name != reader.name and parse_record(_record_text(proto), part_path) != record:
+                raise BindingError(f"{part_path}: does not belong with {reader.name} (written by another run)")
+    verify({role: record[role] for role in roles}, found, reader.parent, reader)

@@ -28,14 +28,14 @@ from typing import Any, Callable
 import onnx
 import torch
 
-import hrm_ref
-from hrm_ref import HRM, Batch
-from hrm_ref.act import resolve_budget
+from hrmc import hrm_ref
+from hrmc.hrm_ref import HRM, Batch
+from hrmc.hrm_ref.act import resolve_budget
 from hrmc import __version__
 from hrmc.errors import HrmcError, InputError
 from hrmc.files import check_output
-from lowering.artifact import load_proto, save_bound
-from lowering.graph import CARRY_NAMES, ACTGraph, StepGraph
+from hrmc.lowering.artifact import load_proto, save_bound
+from hrmc.lowering.graph import CARRY_NAMES, ACTGraph, StepGraph
 
 META_PREFIX = "hrmc."
 EXAMPLE_BATCH = 2  # traced with 2 rows: a batch of 1 would let the exporter specialise the batch dimension

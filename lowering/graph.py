@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from torch._higher_order_ops import while_loop
 
-from hrm_ref import HRM, Carry
-from hrm_ref.act import freeze, initial_carry, resolve_budget, step
-from hrm_ref.model import CosSin, HRMInner
+from hrmc.hrm_ref import HRM, Carry
+from hrmc.hrm_ref.act import freeze, initial_carry, resolve_budget, step
+from hrmc.hrm_ref.model import CosSin, HRMInner
 
 CARRY_NAMES = ("z_H", "z_L", "steps", "halted")
 

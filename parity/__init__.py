@@ -9,11 +9,11 @@ from typing import Callable
 
 import numpy as np
 
-from hrm_ref import HRM, Batch
-from hrm_ref.act import batch_size, resolve_budget
-from parity.agreement import format_agreement, task_agreement
-from parity.executors import EXECUTORS, TorchExecutor, make_executor
-from parity.gate import (ATOL, FLOOR_FACTOR, PSNR_DB, RTOL, Report, Row, step_parity, trajectory_parity,
+from hrmc.hrm_ref import HRM, Batch
+from hrmc.hrm_ref.act import batch_size, resolve_budget
+from hrmc.parity.agreement import format_agreement, task_agreement
+from hrmc.parity.executors import EXECUTORS, TorchExecutor, make_executor
+from hrmc.parity.gate import (ATOL, FLOOR_FACTOR, PSNR_DB, RTOL, Report, Row, step_parity, trajectory_parity,
                          whole_graph_parity)
 
 MODES = ("step", "trajectory")

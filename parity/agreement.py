@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from targets.executor import Arrays
+from hrmc.targets.executor import Arrays
 
 
 def answers(run: Arrays) -> np.ndarray | None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hrm_ref import HRM
-from hrm_ref.act import initial_carry
-from hrm_ref.ddim import DDIMScheduler
-from targets.executor import Executor
+from hrmc.hrm_ref import HRM
+from hrmc.hrm_ref.act import initial_carry
+from hrmc.hrm_ref.ddim import DDIMScheduler
+from hrmc.targets.executor import Executor
 
 
 def sample(executor: Executor, model: HRM, shape: tuple[int, ...], steps: int = 10, seed: int = 0,

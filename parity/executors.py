@@ -9,12 +9,12 @@ from typing import Callable
 
 import torch
 
-import hrm_ref
-from hrm_ref import HRM, Batch, Carry
-from hrm_ref.act import resolve_budget
+from hrmc import hrm_ref
+from hrmc.hrm_ref import HRM, Batch, Carry
+from hrmc.hrm_ref.act import resolve_budget
 from hrmc.errors import InputError
-import targets
-from targets.executor import Arrays, Executor, carry_arrays, to_numpy
+from hrmc import targets
+from hrmc.targets.executor import Arrays, Executor, carry_arrays, to_numpy
 
 
 class TorchExecutor(Executor):

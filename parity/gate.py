@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from hrm_ref import Batch, Carry
-from hrm_ref.act import initial_carry
-from parity.executors import TorchExecutor
-from targets.executor import Arrays, Executor
+from hrmc.hrm_ref import Batch, Carry
+from hrmc.hrm_ref.act import initial_carry
+from hrmc.parity.executors import TorchExecutor
+from hrmc.targets.executor import Arrays, Executor
 
 ATOL = RTOL = 1e-5
 PSNR_DB = 60.0  # float16 executors (the ANE): step-mode gate on states and per-token outputs, docs/design.md §4

@@ -7,6 +7,7 @@ one-step sibling. The step graph also gets `chunk-budget 1` (and, on request, a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -17,18 +18,18 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import NameFixPass
 
-from hrmc.errors import InputError
+from hrmc.errors import HrmcError, InputError
 from hrmc.files import atomic_output, check_output
-from lowering import read_metadata, step_path_for
-from lowering.artifact import PARTS_KEY, load_proto, save_bound, source_parts
-from passes._loops import PassInputError, restore_loop_labels
-from passes.act_to_masked_budget import ActToMaskedBudgetPass
-from passes.chunk_budget import ChunkBudgetPass
-from passes.cleanup import CleanupPass
-from passes.fp16 import Float16Pass
-from passes.fuse import FusePass
-from passes.strip_heads import StripHeadsPass
-from passes.unroll_cycles import UnrollCyclesPass
+from hrmc.lowering import read_metadata, step_path_for
+from hrmc.lowering.artifact import PARTS_KEY, load_proto, save_bound, source_parts
+from hrmc.passes._loops import PassInputError, restore_loop_labels
+from hrmc.passes.act_to_masked_budget import ActToMaskedBudgetPass
+from hrmc.passes.chunk_budget import ChunkBudgetPass
+from hrmc.passes.cleanup import CleanupPass
+from hrmc.passes.fp16 import Float16Pass
+from hrmc.passes.fuse import FusePass
+from hrmc.passes.strip_heads import StripHeadsPass
+from hrmc.passes.unroll_cycles import UnrollCyclesPass
 
 PASSES: dict[str, type[ir.passes.PassBase]] = {
     "unroll-cycles": UnrollCyclesPass,
@@ -100,10 +101,14 @@ def _load(path: Path) -> ir.Model:
 
 
 def structured_parts(structured: Path, progress: Callable[[str], None] = lambda _: None) -> dict[str, Path]:
-    """The export pair `structured` belongs to ({"act": …, "step": …}), checked against its record.
+    """The export pair `structured` belongs to ({"act": …, "step": …}), checked against its record."""
+    return _source_parts(structured, progress)[0]
 
-    `structured` itself is the act graph even where a graph tool rewrote it after export (onnxsim):
-    its step graph must still be the one its record names, and the graph must pass ONNX's checker."""
+
+def _source_parts(structured: Path, progress: Callable[[str], None]) -> tuple[dict[str, Path], bool]:
+    """`structured_parts`, and whether `structured` was rewritten after export. It is the act graph even
+    then (onnxsim rewrites files and keeps their metadata): its step graph must still be the one its
+    record names, and the graph must pass ONNX's checker."""
     parts, edited = source_parts(structured, "act", fallback={"act": structured, "step": step_path_for(structured)})
     if edited:
         progress(f"{Path(structured).name} differs from the graph hrmc export wrote (rewritten by a graph tool?): "
@@ -116,7 +121,22 @@ def structured_parts(structured: Path, progress: Callable[[str], None] = lambda 
     if "act" not in parts:
         raise InputError(f"{structured} is not a structured export (it holds {', '.join(parts)} graphs): "
                          "start from the model.onnx that hrmc export wrote")
-    return parts
+    return parts, edited
+
+
+@contextlib.contextmanager
+def _rewritten(structured: Path, edited: bool):
+    """hrmc's own exports lower or fail with a named reason; a graph rewritten after export may hold
+    anything ONNX's checker lets through (odd metadata, impossible constants): one line, naming it."""
+    try:
+        yield
+    except HrmcError:
+        raise
+    except Exception as err:
+        if not edited:
+            raise
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise InputError(f"{structured}: cannot lower this rewritten graph ({type(err).__name__}: {first})") from None
 
 
 def _save(model: ir.Model, path: Path) -> None:
@@ -142,16 +162,18 @@ def lower_onnx(structured: str | Path, out: str | Path, pipeline: str = "default
     def dump(suffix: str) -> Dump:
         return lambda name, model: _save(model, out.with_name(f"{out.stem}.{suffix}after-{name}.onnx"))
 
-    parts = structured_parts(structured, progress)
-    static = run_pipeline(_load(parts["act"]), pipeline, strip=strip, dump_after=dump_after, dump=dump(""))
+    parts, edited = _source_parts(structured, progress)
+    with _rewritten(structured, edited):
+        static = run_pipeline(_load(parts["act"]), pipeline, strip=strip, dump_after=dump_after, dump=dump(""))
+        static_proto = _checked_proto(static)
     step = run_pipeline(_load(parts["step"]), pipeline, strip=strip, chunk=1)
     chunked = None
     if chunk is not None and chunk > 1:
         chunked = run_pipeline(_load(parts["step"]), pipeline, strip=strip, chunk=chunk)
     chunk_path = out.with_name(f"{out.stem}.chunk{chunk}.onnx") if chunked is not None else None
-    parts = {"static": (out, static), "step": (step_path_for(out), step)} | (
-        {"chunk": (chunk_path, chunked)} if chunked is not None else {})
-    save_bound({role: (path, _checked_proto(model)) for role, (path, model) in parts.items()})
+    protos = {"static": (out, static_proto), "step": (step_path_for(out), _checked_proto(step))} | (
+        {"chunk": (chunk_path, _checked_proto(chunked))} if chunked is not None else {})
+    save_bound(protos)
     return LoweredModel(out, step_path_for(out), chunk_path, time.perf_counter() - started)
 
 

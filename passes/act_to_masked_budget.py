@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from passes._loops import PassInputError, inline_iteration, loops_of_kind, replace_loop
+from hrmc.passes._loops import PassInputError, inline_iteration, loops_of_kind, replace_loop
 
 BUDGET_KEY = "hrmc.budget"
 

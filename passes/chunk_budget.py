@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from passes._loops import PassInputError, clone_nodes
+from hrmc.passes._loops import PassInputError, clone_nodes
 
 CARRY = ("z_H", "z_L", "steps", "halted")
 

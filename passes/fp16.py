@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from passes.fuse import DOMAIN
+from hrmc.passes.fuse import DOMAIN
 
 F32, F16 = ir.DataType.FLOAT, ir.DataType.FLOAT16
 UNFUSED = ("ReduceMean", "Softmax")

@@ -21,7 +21,7 @@ import json
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from passes._loops import PassInputError
+from hrmc.passes._loops import PassInputError
 
 PROTECTED = ("halted", "steps", "steps_run", "z_H_next", "z_L_next", "steps_next", "halted_next",
              "halted_per_step", "steps_per_step")

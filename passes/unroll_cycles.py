@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from passes._loops import TRIP_COUNT, PassInputError, inline_iteration, loops_of_kind, replace_loop
+from hrmc.passes._loops import TRIP_COUNT, PassInputError, inline_iteration, loops_of_kind, replace_loop
 
 CYCLE_KINDS = ("h_cycles", "l_cycles")
 

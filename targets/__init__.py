@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-from targets.executor import Executor
+from hrmc.targets.executor import Executor
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,10 @@ class LowerOptions:
 
 
 TARGETS: dict[str, Target] = {target.name: target for target in (
-    Target("onnx", "default", ".onnx", False, "targets.onnx", ("onnx", "static", "chunked"), "float32"),
-    Target("mlx", "mlx", "", True, "targets.mlx", ("mlx", "mlx-chunked"), "float32"),
-    Target("coreml", "mlx", ".mlpackage", True, "targets.coreml", ("coreml", "coreml-chunked"), "float32"),
-    Target("ane", "mlx", ".mlpackage", True, "targets.coreml", ("ane",), "float16", ("float16x2", "float16")),
+    Target("onnx", "default", ".onnx", False, "hrmc.targets.onnx", ("onnx", "static", "chunked"), "float32"),
+    Target("mlx", "mlx", "", True, "hrmc.targets.mlx", ("mlx", "mlx-chunked"), "float32"),
+    Target("coreml", "mlx", ".mlpackage", True, "hrmc.targets.coreml", ("coreml", "coreml-chunked"), "float32"),
+    Target("ane", "mlx", ".mlpackage", True, "hrmc.targets.coreml", ("ane",), "float16", ("float16x2", "float16")),
 )}
 TARGET_OF_EXECUTOR = {executor: target for target in TARGETS.values() for executor in target.executors}
 

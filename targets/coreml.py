@@ -39,17 +39,17 @@ import numpy as np
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from hrm_ref import HRM, Batch, Carry
-from hrm_ref.act import initial_carry, resolve_budget
+from hrmc.hrm_ref import HRM, Batch, Carry
+from hrmc.hrm_ref.act import initial_carry, resolve_budget
 from hrmc import __version__
 from hrmc.binding import BindingError, Record, file_sha256, json_sha256, make_record, parse_record, verify
 from hrmc.errors import InputError
 from hrmc.files import atomic_folder, check_output_folder
-from lowering.artifact import PARTS_KEY
-from targets import TARGETS, LowerOptions, Target
-from targets.executor import DEFAULT_CHUNK, Arrays, Executor, carry_arrays
-from targets._nodes import LowerError, NodeReader, constant_array, op_key, require_static
-from targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
+from hrmc.lowering.artifact import PARTS_KEY
+from hrmc.targets import TARGETS, LowerOptions, Target
+from hrmc.targets.executor import DEFAULT_CHUNK, Arrays, Executor, carry_arrays
+from hrmc.targets._nodes import LowerError, NodeReader, constant_array, op_key, require_static
+from hrmc.targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
 
 logging.getLogger("coremltools").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", module="coremltools")
@@ -704,7 +704,7 @@ class CoreMLExecutor(Executor):
         self.artifact = Path(artifact) if artifact else None
 
     def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
-        from targets.onnx import check_source, lowered_source
+        from hrmc.targets.onnx import check_source, lowered_source
 
         self.policy, self.budget = policy, resolve_budget(model, policy, budget)
         self.size, seq_len = next(iter(batch.values())).shape[0], model.inner.sequence_length(batch)

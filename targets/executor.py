@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hrm_ref import HRM, Batch, Carry
+from hrmc.hrm_ref import HRM, Batch, Carry
 
 Arrays = dict[str, np.ndarray]
 DEFAULT_CHUNK = 4  # steps per graph call of the chunked executors

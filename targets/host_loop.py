@@ -11,9 +11,9 @@ from typing import Callable
 
 import numpy as np
 
-from hrm_ref import Batch, Carry
-from lowering.graph import CARRY_NAMES
-from targets.executor import Arrays, carry_arrays
+from hrmc.hrm_ref import Batch, Carry
+from hrmc.lowering.graph import CARRY_NAMES
+from hrmc.targets.executor import Arrays, carry_arrays
 
 ChunkCall = Callable[[dict[str, np.ndarray]], Arrays]
 

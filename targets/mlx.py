@@ -32,17 +32,17 @@ from typing import Callable
 import numpy as np
 import onnx_ir as ir
 
-from hrm_ref import HRM, Batch, Carry
-from hrm_ref.act import initial_carry, resolve_budget
+from hrmc.hrm_ref import HRM, Batch, Carry
+from hrmc.hrm_ref.act import initial_carry, resolve_budget
 from hrmc import __version__
 from hrmc.binding import file_sha256, json_sha256, make_record, parse_record, verify
 from hrmc.errors import InputError
 from hrmc.files import atomic_folder, check_output_folder
-from lowering.artifact import PARTS_KEY
-from targets import LowerOptions, Target
-from targets.executor import DEFAULT_CHUNK, Arrays, Executor, carry_arrays
-from targets._nodes import LowerError, NodeReader, op_key, require_static
-from targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
+from hrmc.lowering.artifact import PARTS_KEY
+from hrmc.targets import LowerOptions, Target
+from hrmc.targets.executor import DEFAULT_CHUNK, Arrays, Executor, carry_arrays
+from hrmc.targets._nodes import LowerError, NodeReader, op_key, require_static
+from hrmc.targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
 
 MODULE, WEIGHTS, CONFIG, README_FILE = "hrm_mlx.py", "weights.safetensors", "config.json", "README.md"
 FILES = {"module": MODULE, "weights": WEIGHTS, "readme": README_FILE}  # parts by role; config.json holds the record
@@ -454,7 +454,7 @@ class MlxExecutor(Executor):
         self.name = "mlx-chunked" if chunked else "mlx"
 
     def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
-        from targets.onnx import check_source, lowered_source
+        from hrmc.targets.onnx import check_source, lowered_source
 
         self.policy, self.budget = policy, resolve_budget(model, policy, budget)
         folder = self.artifact

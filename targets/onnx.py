@@ -20,21 +20,21 @@ from typing import Mapping
 import numpy as np
 import onnxruntime as ort
 
-from hrm_ref import HRM, Batch, Carry
-from hrm_ref.act import initial_carry, resolve_budget
+from hrmc.hrm_ref import HRM, Batch, Carry
+from hrmc.hrm_ref.act import initial_carry, resolve_budget
 from hrmc.errors import InputError
 from hrmc.files import check_output
-from lowering.artifact import bound_parts
-from lowering.export import export_onnx, read_metadata, step_path_for, weights_sha256
-from passes import lower_onnx, structured_parts
-from targets import LowerOptions, Target
-from targets.executor import DEFAULT_CHUNK, Arrays, Executor, carry_arrays
-from targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
+from hrmc.lowering.artifact import bound_parts
+from hrmc.lowering.export import export_onnx, read_metadata, step_path_for, weights_sha256
+from hrmc.passes import lower_onnx, structured_parts
+from hrmc.targets import LowerOptions, Target
+from hrmc.targets.executor import DEFAULT_CHUNK, Arrays, Executor, carry_arrays
+from hrmc.targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
 
 
 def session_options() -> ort.SessionOptions:
     """Every graph optimisation on; threads, memory pattern and spinning at onnxruntime's defaults,
-    which `python -m bench.ort_options` measured as good as any change to them on the dev machine."""
+    which `python -m hrmc.bench.ort_options` measured as good as any change to them on the dev machine."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # ORT warns about every constant it drops; errors still show

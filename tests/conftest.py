@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
-import hrm_ref
-from hrm_ref import HRM
+from hrmc import hrm_ref
+from hrmc.hrm_ref import HRM
 
 
 def upstream_arch(model: HRM) -> dict:
@@ -55,7 +55,7 @@ def upstream_checkpoint(tiny: HRM, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_export(tiny: HRM, tmp_path_factory) -> Path:
     """tiny, q-halt, exported once per test session (an export takes about a minute)."""
-    from lowering import export_onnx
+    from hrmc.lowering import export_onnx
 
     path = tmp_path_factory.mktemp("export") / "tiny.onnx"
     export_onnx(tiny, path, "q-halt")

@@ -13,12 +13,13 @@ GROUND = {"hrmc", "hrmc.__version__", "hrmc.errors", "hrmc.files", "hrmc.binding
 
 
 def part_of(module: str) -> str | None:
-    top = module.split(".")[0]
+    """The layer of `hrmc.passes.fuse` is passes; of `hrmc.cli`, the driver; of `hrmc.errors`, the ground."""
+    parts = module.split(".")
+    if parts[0] != "hrmc":
+        return None  # not ours
     if module in GROUND or any(module.startswith(g + ".") for g in GROUND - {"hrmc"}):
         return "ground"
-    if top == "hrmc":
-        return "driver"
-    return top if top in LAYERS else None
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "driver"
 
 
 def imports(path: Path) -> set[str]:
@@ -32,8 +33,10 @@ def imports(path: Path) -> set[str]:
 
 
 def module_name(path: Path) -> str:
+    """The installed name: passes/fuse.py is hrmc.passes.fuse (pyproject's package-dir)."""
     parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    parts = parts[:-1] if parts[-1] == "__init__" else parts
+    return ".".join(parts if parts[0] == "hrmc" else ("hrmc", *parts))
 
 
 def test_every_import_goes_down_a_layer_or_stays() -> None:

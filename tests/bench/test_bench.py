@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-import hrm_ref
-from bench.cuda import fixed_budget
-from bench.roofline import flops_per_step
-from hrm_ref.act import run
+from hrmc import hrm_ref
+from hrmc.bench.cuda import fixed_budget
+from hrmc.bench.roofline import flops_per_step
+from hrmc.hrm_ref.act import run
 from tests.hrmc.test_cli import assert_one_line_error, hrmc
 
 
@@ -50,7 +50,7 @@ def test_the_cuda_graph_schedule_is_the_reference_run(tiny) -> None:
 def test_ort_options_times_every_setting(tiny_export: Path) -> None:
     from click.testing import CliRunner
 
-    from bench.ort_options import VARIANTS, main as ort_options
+    from hrmc.bench.ort_options import VARIANTS, main as ort_options
 
     result = CliRunner().invoke(ort_options, ["--preset", "tiny", "--policy", "q-halt", "--runs", "1",
                                               "--onnx-model", str(tiny_export)])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import parity
+from hrmc import parity
 from hrmc import pipeline as driver
 from hrmc.cli import cli
 

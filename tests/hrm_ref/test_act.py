@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import hrm_ref
-from hrm_ref import HRM
+from hrmc import hrm_ref
+from hrmc.hrm_ref import HRM
 from hrmc.errors import InputError
 
 

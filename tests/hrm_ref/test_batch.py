@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import hrm_ref
-from hrm_ref import HRM, HRMConfig
+from hrmc import hrm_ref
+from hrmc.hrm_ref import HRM, HRMConfig
 from hrmc.errors import InputError
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 import yaml
 
-import hrm_ref
-from hrm_ref import HRM, HRMConfig
-from hrm_ref.presets import randomize_weights
+from hrmc import hrm_ref
+from hrmc.hrm_ref import HRM, HRMConfig
+from hrmc.hrm_ref.presets import randomize_weights
 from hrmc.errors import CheckpointError, HrmcError
 from tests.conftest import upstream_arch, write_upstream_checkpoint
 

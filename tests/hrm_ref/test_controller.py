@@ -10,9 +10,9 @@ import pytest
 import safetensors.torch
 import torch
 
-import hrm_ref
-from hrm_ref import HRM
-from hrm_ref.presets import randomize_weights
+from hrmc import hrm_ref
+from hrmc.hrm_ref import HRM
+from hrmc.hrm_ref.presets import randomize_weights
 from hrmc.errors import ConfigError, InputError
 
 CONTROLLERS = ["controller-grb", "controller-cab"]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import hrm_ref
-from hrm_ref.act import denoise
-from hrm_ref.ddim import DDIMScheduler
+from hrmc import hrm_ref
+from hrmc.hrm_ref.act import denoise
+from hrmc.hrm_ref.ddim import DDIMScheduler
 from hrmc.errors import ConfigError
 
 
@@ -48,8 +48,8 @@ def test_unknown_schedule_is_named() -> None:
 
 SAMPLE_SCRIPT = """
 import sys, hrm_ref
-from hrm_ref.act import denoise
-from hrm_ref.ddim import DDIMScheduler
+from hrmc.hrm_ref.act import denoise
+from hrmc.hrm_ref.ddim import DDIMScheduler
 model = hrm_ref.build_preset("denoiser")
 x = DDIMScheduler(1000, "cosine").sample(5, (2, 16, 64), lambda x, t, c: denoise(model, x, t, c), seed=11)
 sys.stdout.buffer.write(x.numpy().tobytes())

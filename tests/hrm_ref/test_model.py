@@ -11,9 +11,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import hrm_ref
-from hrm_ref import HRM, HRMConfig
-from hrm_ref.presets import randomize_weights
+from hrmc import hrm_ref
+from hrmc.hrm_ref import HRM, HRMConfig
+from hrmc.hrm_ref.presets import randomize_weights
 from tests.conftest import upstream_arch
 from tests.hrm_ref.upstream_oracle import UpstreamOracle
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import hrm_ref
-from hrm_ref import tasks, train
-from hrm_ref.presets import TRAINED_PRESETS, test_set_path
+from hrmc import hrm_ref
+from hrmc.hrm_ref import tasks, train
+from hrmc.hrm_ref.presets import TRAINED_PRESETS, test_set_path
 
 SMALL = {"sudoku4": 300, "sudoku6": 120}
 # Held-out exact accuracy (q-halt) each committed fixture must keep; docs/fixtures.md has the figures.

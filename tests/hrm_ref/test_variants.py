@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import hrm_ref
-from hrm_ref import HRM, HRMConfig
-from hrm_ref.act import denoise
-from hrm_ref.frontends import COUNTER_MAX, dead_energy_counters, encode_bytes
-from hrm_ref.heads import byte_error_rate, decode_hex, hex_accuracy, stablemax
+from hrmc import hrm_ref
+from hrmc.hrm_ref import HRM, HRMConfig
+from hrmc.hrm_ref.act import denoise
+from hrmc.hrm_ref.frontends import COUNTER_MAX, dead_energy_counters, encode_bytes
+from hrmc.hrm_ref.heads import byte_error_rate, decode_hex, hex_accuracy, stablemax
 from hrmc.errors import ConfigError, InputError
 
 EXPECTED_OUTPUTS = {  # preset → {output: shape per step for batch 3}

@@ -12,8 +12,8 @@ import onnx
 import onnx.numpy_helper
 import pytest
 
-import lowering
-import hrm_ref
+from hrmc import lowering
+from hrmc import hrm_ref
 from hrmc import files
 from hrmc.cli import main
 from tests.conftest import write_upstream_checkpoint
@@ -179,7 +179,7 @@ def test_bad_variant_options_are_one_line(capsys, argv: list[str], fragment: str
 def perturbed_copy(export: Path, folder: Path, initializer: str, amount: float) -> Path:
     """The exported pair with one weight nudged and its record rewritten to match, as a broken
     exporter would write it: only the numbers can tell."""
-    from lowering.artifact import save_bound
+    from hrmc.lowering.artifact import save_bound
 
     parts = {}
     for role, source in (("act", export), ("step", lowering.step_path_for(export))):
@@ -275,7 +275,7 @@ def test_static_and_chunked_executors_pass_the_gate(capsys, tiny_export: Path, p
 
 
 def test_chunked_stops_once_every_sample_halted(tiny, tiny_export: Path) -> None:
-    from parity.executors import make_executor
+    from hrmc.parity.executors import make_executor
 
     batch = hrm_ref.random_batch(tiny.config, 8, seed=0)
     full = make_executor("chunked", onnx_model=str(tiny_export), chunk=1)

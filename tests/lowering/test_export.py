@@ -9,11 +9,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-import hrm_ref
-from hrm_ref import HRM
+from hrmc import hrm_ref
+from hrmc.hrm_ref import HRM
 from hrmc.errors import InputError
-from lowering import export_onnx, read_metadata, step_path_for
-from lowering.export import weights_sha256
+from hrmc.lowering import export_onnx, read_metadata, step_path_for
+from hrmc.lowering.export import weights_sha256
 
 
 def loops(graph: onnx.GraphProto, depth: int = 0) -> list[tuple[int, str, str]]:

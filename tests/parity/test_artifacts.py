@@ -17,8 +17,8 @@ import onnx.numpy_helper
 import pytest
 
 from hrmc.cli import main
-from lowering.artifact import bound_parts, load_proto, save_bound
-from lowering.export import step_path_for
+from hrmc.lowering.artifact import bound_parts, load_proto, save_bound
+from hrmc.lowering.export import step_path_for
 from tests.hrmc.test_cli import assert_one_line_error
 
 
@@ -97,7 +97,7 @@ def test_a_tampered_whole_inference_graph_fails_the_default_mode(capsys, shipped
 
 
 def test_a_step_graph_from_another_export_is_refused(capsys, shipped: Path, tmp_path: Path, tiny) -> None:
-    from lowering import export_onnx
+    from hrmc.lowering import export_onnx
 
     other = tmp_path / "other"
     other.mkdir()

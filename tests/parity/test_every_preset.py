@@ -13,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import hrm_ref
-from hrm_ref import HRM, HRMConfig
-from hrm_ref.presets import randomize_weights
+from hrmc import hrm_ref
+from hrmc.hrm_ref import HRM, HRMConfig
+from hrmc.hrm_ref.presets import randomize_weights
 from hrmc.cli import main
-from lowering import export_onnx
-from parity import check_parity
+from hrmc.lowering import export_onnx
+from hrmc.parity import check_parity
 
 CASES = [("tiny", "max-steps"), ("sudoku", "max-steps"), ("sudoku", "q-halt"), ("nibble", "max-steps"),
          ("nibble", "q-halt"), ("hex", "max-steps"), ("hex", "q-halt"), ("nxt", "max-steps"), ("denoiser", "max-steps"),

@@ -13,7 +13,7 @@ import onnx.numpy_helper
 import pytest
 
 from hrmc.cli import main
-from lowering.artifact import bound_parts, load_proto
+from hrmc.lowering.artifact import bound_parts, load_proto
 from tests.hrmc.test_cli import assert_one_line_error, hrmc
 from tests.parity.test_artifacts import largest_weight, tamper
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import hrm_ref
-from hrm_ref import HRM, Batch, Carry
-from parity import check_parity
-from parity.executors import EXECUTORS, TorchExecutor
-from targets.executor import Arrays
-from parity.gate import _compare
+from hrmc import hrm_ref
+from hrmc.hrm_ref import HRM, Batch, Carry
+from hrmc.parity import check_parity
+from hrmc.parity.executors import EXECUTORS, TorchExecutor
+from hrmc.targets.executor import Arrays
+from hrmc.parity.gate import _compare
 
 
 class Nudged(TorchExecutor):

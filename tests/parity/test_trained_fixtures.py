@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import hrm_ref
-from hrm_ref.presets import TRAINED_PRESETS, test_set_path
+from hrmc import hrm_ref
+from hrmc.hrm_ref.presets import TRAINED_PRESETS, test_set_path
 from tests.hrmc.test_cli import hrmc
 
 PUZZLES = 32  # of each held-out set: enough to show agreement, small enough for the replayed Core ML executors
@@ -23,7 +23,7 @@ EXECUTORS = ("onnx", "static", "chunked", "mlx", "mlx-chunked", "coreml", "corem
 @pytest.fixture(scope="module", params=[name for name in TRAINED_PRESETS if test_set_path(name).is_file()])
 def fixture(request, tmp_path_factory) -> tuple[str, Path, Path]:
     """(preset, its q-halt export, the first PUZZLES held-out puzzles with labels)."""
-    from lowering import export_onnx
+    from hrmc.lowering import export_onnx
 
     name = request.param
     folder = tmp_path_factory.mktemp(name)

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from passes._loops import PassInputError
-from passes.act_to_masked_budget import ActToMaskedBudgetPass
+from hrmc.passes._loops import PassInputError
+from hrmc.passes.act_to_masked_budget import ActToMaskedBudgetPass
 from tests.passes.graphs import act_model, execute, op_types
 
 floats = st.floats(-1.5, 1.5, allow_nan=False).map(np.float32)
@@ -37,7 +37,7 @@ def test_the_budget_must_be_recorded() -> None:
 
 
 def test_the_real_export_becomes_static(tiny_export) -> None:
-    from passes.unroll_cycles import UnrollCyclesPass
+    from hrmc.passes.unroll_cycles import UnrollCyclesPass
 
     model = ir.load(str(tiny_export))
     UnrollCyclesPass()(model)

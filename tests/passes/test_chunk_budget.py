@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import hrm_ref
-from hrm_ref import HRM
-from lowering import step_path_for
-from passes import run_pipeline
-from passes._loops import PassInputError
-from passes.chunk_budget import ChunkBudgetPass
+from hrmc import hrm_ref
+from hrmc.hrm_ref import HRM
+from hrmc.lowering import step_path_for
+from hrmc.passes import run_pipeline
+from hrmc.passes._loops import PassInputError
+from hrmc.passes.chunk_budget import ChunkBudgetPass
 from tests.passes.graphs import execute
 
 CARRY = ("z_H", "z_L", "steps", "halted")

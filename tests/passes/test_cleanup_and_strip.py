@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from passes._loops import PassInputError
-from passes.cleanup import CleanupPass
-from passes.strip_heads import StripHeadsPass
+from hrmc.passes._loops import PassInputError
+from hrmc.passes.cleanup import CleanupPass
+from hrmc.passes.strip_heads import StripHeadsPass
 from tests.passes.graphs import OPSET, const, execute
 
 

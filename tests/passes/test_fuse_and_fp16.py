@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from passes.fp16 import Float16Pass
-from passes.fuse import DOMAIN, FusePass
+from hrmc.passes.fp16 import Float16Pass
+from hrmc.passes.fuse import DOMAIN, FusePass
 from tests.passes.graphs import block_model, execute
 
 shapes = st.fixed_dictionaries({"batch": st.integers(1, 3), "seq": st.integers(1, 6), "heads": st.integers(1, 3),

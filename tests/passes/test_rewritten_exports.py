@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from lowering import step_path_for
+from hrmc.lowering import step_path_for
 from tests.hrmc.test_cli import assert_one_line_error, hrmc
 
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from passes._loops import PassInputError
-from passes.unroll_cycles import UnrollCyclesPass
+from hrmc.passes._loops import PassInputError
+from hrmc.passes.unroll_cycles import UnrollCyclesPass
 from tests.passes.graphs import cycles_model, execute, op_types
 
 floats = st.floats(-1.5, 1.5, allow_nan=False).map(np.float32)

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from targets import coreml
+from hrmc.targets import coreml
 from tests.hrmc.test_cli import assert_one_line_error, hrmc
 
 
@@ -80,10 +80,10 @@ def test_float16_pairs_give_matmuls_their_float32_weights() -> None:
 
 
 def test_ane_float16_pairs_are_closer_to_float32_on_every_output(tiny, step_graph: Path) -> None:
-    import hrm_ref
-    from parity.executors import TorchExecutor
-    from parity.gate import psnr
-    from targets.host_loop import carry_feed, split_step
+    from hrmc import hrm_ref
+    from hrmc.parity.executors import TorchExecutor
+    from hrmc.parity.gate import psnr
+    from hrmc.targets.host_loop import carry_feed, split_step
 
     batch = hrm_ref.random_batch(tiny.config, 8, seed=0)
     carry = hrm_ref.initial_carry(tiny, batch)
@@ -142,7 +142,7 @@ def test_coreml_passes_the_trajectory_gate(capsys, tiny_export: Path) -> None:
 @pytest.fixture(scope="module")
 def step_graph(tiny_export: Path, tmp_path_factory) -> Path:
     """tiny's one-step graph after the `mlx` pipeline: what the Core ML lowering starts from."""
-    from passes import lower_onnx
+    from hrmc.passes import lower_onnx
 
     return lower_onnx(tiny_export, tmp_path_factory.mktemp("lowered") / "t.onnx", "mlx").step_path
 
@@ -158,8 +158,8 @@ def test_two_lowerings_give_byte_identical_packages(step_graph: Path, tmp_path: 
 
 def test_attention_per_head_computes_what_the_batched_heads_do(tiny, step_graph: Path) -> None:
     """The ANE flavour's attention (one [B, S, D] matmul pair per head, no transposes) against the batched one."""
-    import hrm_ref
-    from targets.host_loop import carry_feed
+    from hrmc import hrm_ref
+    from hrmc.targets.host_loop import carry_feed
 
     batch = hrm_ref.random_batch(tiny.config, 2, seed=5)
     feed = carry_feed(hrm_ref.initial_carry(tiny, batch), batch)
@@ -208,8 +208,8 @@ def test_inspect_reports_ane_readiness(capsys, step_graph: Path, tmp_path: Path)
 
 @pytest.mark.heavy  # a chunk package per step: a minute
 def test_coreml_chunked_runs_only_the_chunks_needed(tiny, tiny_export: Path) -> None:
-    import hrm_ref
-    from parity.executors import make_executor
+    from hrmc import hrm_ref
+    from hrmc.parity.executors import make_executor
 
     batch = hrm_ref.random_batch(tiny.config, 4, seed=3)
     executor = make_executor("coreml-chunked", onnx_model=str(tiny_export), chunk=1)

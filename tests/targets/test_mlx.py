@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import hrm_ref
+from hrmc import hrm_ref
 from hrmc.cli import main
-from lowering import step_path_for
-from targets import mlx as mlx_target
+from hrmc.lowering import step_path_for
+from hrmc.targets import mlx as mlx_target
 from tests.hrmc.test_cli import assert_one_line_error, hrmc
 
 
@@ -62,7 +62,7 @@ def test_mlx_passes_the_gate_in_both_modes(capsys, tiny_export: Path, executor: 
 
 
 def test_mlx_chunked_stops_once_every_sample_halted(tiny, tiny_export: Path) -> None:
-    from parity.executors import make_executor
+    from hrmc.parity.executors import make_executor
 
     batch = hrm_ref.random_batch(tiny.config, 4, seed=3)
     executor = make_executor("mlx-chunked", onnx_model=str(tiny_export), chunk=1)
@@ -117,10 +117,10 @@ def test_parity_torch_mlx_with_no_arguments_is_the_headline(capsys) -> None:
 
 @pytest.mark.heavy  # exports the denoiser: a minute
 def test_denoiser_ddim_sample_is_bit_identical_across_mlx_runs(capsys, tmp_path: Path) -> None:
-    from hrm_ref.act import denoise
-    from hrm_ref.ddim import DDIMScheduler
-    from parity.ddim import sample
-    from parity.executors import make_executor
+    from hrmc.hrm_ref.act import denoise
+    from hrmc.hrm_ref.ddim import DDIMScheduler
+    from hrmc.parity.ddim import sample
+    from hrmc.parity.executors import make_executor
 
     model = hrm_ref.build_preset("denoiser")
     batch = hrm_ref.random_batch(model.config, 2, seed=0)

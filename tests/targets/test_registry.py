@@ -8,9 +8,9 @@ from pathlib import Path
 import onnx_ir as ir
 import pytest
 
-import parity
-import targets
-from targets._nodes import op_key
+from hrmc import parity
+from hrmc import targets
+from hrmc.targets._nodes import op_key
 
 
 def test_every_executor_belongs_to_one_target_and_parity_offers_it() -> None:
@@ -35,7 +35,7 @@ def _ops(graph: ir.Graph) -> set[str]:
 @pytest.mark.parametrize("name", sorted({target.module for target in targets.TARGETS.values()}))
 def test_every_op_the_pipeline_emits_has_a_mapping(name: str, tiny_export: Path, tmp_path: Path) -> None:
     """The ops of tiny's lowered graphs (whole, step and chunk) against each op-table target's `OPS`."""
-    from passes import lower_onnx
+    from hrmc.passes import lower_onnx
 
     module = importlib.import_module(name)
     if not hasattr(module, "OPS"):

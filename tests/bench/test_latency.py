@@ -10,9 +10,9 @@ import platform
 
 import pytest
 
-import hrm_ref
-from hrm_ref.act import initial_carry
-from parity.executors import make_executor
+from hrmc import hrm_ref
+from hrmc.hrm_ref.act import initial_carry
+from hrmc.parity.executors import make_executor
 
 EXECUTORS = ["torch", "static", "chunked", "mlx"] + (["coreml", "ane"] if platform.system() == "Darwin" else [])
 CASES = [(preset, batch) for preset in ("tiny", "sudoku") for batch in (1, 8)]
