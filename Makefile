@@ -31,7 +31,7 @@ demo: setup
 
 # The default `pytest` skips the sudoku-size cases (marker `heavy`); this runs them too.
 test: setup
-	$(BIN)/python -m pytest -m "heavy or not heavy"
+	$(BIN)/python -m pytest -m "heavy or not heavy" --durations=25
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis
