@@ -17,16 +17,23 @@ from hrmc.errors import InputError
 
 
 def check_output(path: str | Path, suffix: str) -> Path:
-    """An output path must have `suffix` and an existing folder: checked before any long work."""
+    """An output file's path must have `suffix`, a writable folder, and no folder in its place: checked
+    before any long work."""
     path = Path(path)
-    if path.suffix != suffix:
+    _check_place(path, suffix)
+    if path.is_dir():
+        raise InputError(f"output {path} is a folder: name a file")
+    return path
+
+
+def _check_place(path: Path, suffix: str) -> None:
+    """What a file and a folder output share: the suffix (where one is asked for), an existing folder to
+    hold it, and the right to write there."""
+    if suffix and path.suffix != suffix:
         raise InputError(f"output {path} must end in {suffix}")
     if not path.parent.is_dir():
         raise InputError(f"output folder does not exist: {path.parent}")
-    if path.is_dir() and not suffix.endswith(".mlpackage") and suffix:
-        raise InputError(f"output {path} is a folder: name a file")
     _check_writable(path.parent)
-    return path
 
 
 def _check_writable(folder: Path) -> None:
@@ -42,10 +49,8 @@ def check_output_folder(path: str | Path, suffix: str = "", marker: str | None =
     """An output folder (an MLX folder, an .mlpackage): its suffix, an existing parent, no file in its place,
     and nothing hrmc did not write: an existing folder is replaced only when it is empty or holds `marker`
     (the file that an hrmc artifact of this kind always has), unless `force`."""
-    path = check_output(path, suffix) if suffix else Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"output folder does not exist: {path.parent}")
-    _check_writable(path.parent)
+    path = Path(path)
+    _check_place(path, suffix)
     if path.exists() and not path.is_dir():
         raise InputError(f"output {path} exists and is not a folder")
     here = Path.cwd().resolve()

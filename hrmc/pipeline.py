@@ -86,9 +86,7 @@ def check_target_output(target: str, out: str | Path, chunk: int | None = None, 
                         weights: str | None = None) -> Path:
     """Every path `hrmc lower` will write, and its options, checked before any work."""
     declared = TARGETS[target]
-    if weights is not None and weights not in declared.weights:
-        offered = f"stores them as {' or '.join(declared.weights)}" if declared.weights else "has no such choice"
-        raise InputError(f"--weights {weights}: the {target} target {offered}")
+    declared.weight_storage(weights)
     declared.backend().check_out(declared, out, chunk, force)
     return Path(out)
 

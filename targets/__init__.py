@@ -2,8 +2,9 @@
 
 A target names the pass pipeline whose graphs it lowers, the output it writes, the module that
 does the work and the executors it gives `hrmc parity` and `hrmc bench`. Its module (imported only
-when used: onnxruntime, MLX and coremltools load slowly) provides two functions:
+when used: onnxruntime, MLX and coremltools load slowly) provides three functions:
 
+    check_out(target, out, chunk, force)                # every output path, checked before any work
     lower(target, graphs, out, options) -> list[Path]   # the files or folders written
     executor(name, onnx_model, chunk, artifact) -> Executor
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
+from hrmc.errors import InputError
 from hrmc.targets.executor import Executor
 
 
@@ -26,14 +28,21 @@ class Target:
     name: str
     pipeline: str  # the pass pipeline (`hrmc passes`) whose graphs it lowers
     suffix: str  # its output's ("" for a folder of any name)
-    folder: bool  # whether that output is a folder
-    module: str  # where `lower` and `executor` live
+    module: str  # where `check_out`, `lower` and `executor` live
     executors: tuple[str, ...]  # the executor names it provides
     precision: str  # what those executors compute in: "float16" ones are judged on the float16 contract
     weights: tuple[str, ...] = ()  # how it may store weights (`lower --weights`), the default first
 
     def backend(self) -> ModuleType:
         return importlib.import_module(self.module)
+
+    def weight_storage(self, asked: str | None) -> str | None:
+        """How a lowering stores matmul weights: `asked` (`--weights`) if this target offers it, else its
+        default; None where it offers no choice."""
+        if asked is not None and asked not in self.weights:
+            offered = f"stores them as {' or '.join(self.weights)}" if self.weights else "has no such choice"
+            raise InputError(f"--weights {asked}: the {self.name} target {offered}")
+        return asked or (self.weights[0] if self.weights else None)
 
 
 @dataclass(frozen=True)
@@ -47,10 +56,10 @@ class LowerOptions:
 
 
 TARGETS: dict[str, Target] = {target.name: target for target in (
-    Target("onnx", "default", ".onnx", False, "hrmc.targets.onnx", ("onnx", "static", "chunked"), "float32"),
-    Target("mlx", "mlx", "", True, "hrmc.targets.mlx", ("mlx", "mlx-chunked"), "float32"),
-    Target("coreml", "mlx", ".mlpackage", True, "hrmc.targets.coreml", ("coreml", "coreml-chunked"), "float32"),
-    Target("ane", "mlx", ".mlpackage", True, "hrmc.targets.coreml", ("ane",), "float16", ("float16x2", "float16")),
+    Target("onnx", "default", ".onnx", "hrmc.targets.onnx", ("onnx", "static", "chunked"), "float32"),
+    Target("mlx", "mlx", "", "hrmc.targets.mlx", ("mlx", "mlx-chunked"), "float32"),
+    Target("coreml", "mlx", ".mlpackage", "hrmc.targets.coreml", ("coreml", "coreml-chunked"), "float32"),
+    Target("ane", "mlx", ".mlpackage", "hrmc.targets.coreml", ("ane",), "float16", ("float16x2", "float16")),
 )}
 TARGET_OF_EXECUTOR = {executor: target for target in TARGETS.values() for executor in target.executors}
 

@@ -392,7 +392,7 @@ def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: 
     """Build, convert and save one package per graph ({"static": …, "step": …, "chunk": …}) as a bound
     set (each records every package's files, hrmc.binding); all appear at once, or none. An existing
     folder is replaced only if hrmc wrote it (or `force`). `weights`: one of the flavour's (its default)."""
-    weights = check_weights(flavour, weights)
+    weights = TARGETS[flavour].weight_storage(weights) or _plain_weights(flavour)
     chunk = int(ir.load(str(graphs["chunk"])).metadata_props["hrmc.chunk"]) if "chunk" in graphs else None
     paths = package_paths(out, list(graphs), chunk)
     with contextlib.ExitStack() as stack:
@@ -410,12 +410,9 @@ def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: 
     return paths
 
 
-def check_weights(flavour: str, weights: str | None) -> str:
-    """The weight storage a lowering uses: `weights` if the flavour offers it, else its default."""
-    offered = TARGETS[flavour].weights or ("float32",)
-    if weights is not None and weights not in offered:
-        raise InputError(f"--weights {weights}: {flavour} packages store weights as {' or '.join(offered)}")
-    return weights or offered[0]
+def _plain_weights(flavour: str) -> str:
+    """One weight in the flavour's float type: a target with no choice, and packages written before the choice."""
+    return "float16" if FLAVOURS[flavour].float_type == "fp16" else "float32"
 
 
 def _convert(graph: Path, flavour: str, batch: int, source: str, weights: str):
@@ -800,10 +797,9 @@ class CoreMLExecutor(Executor):
 
     def weights(self) -> str:
         """How the packages store their weights (packages written before the key stored them plainly)."""
-        offered = TARGETS[self.flavour].weights or ("float32",)
         if self.artifact is None:
-            return offered[0]
-        return next(iter(self.packages.values())).meta.get("weights", offered[-1])
+            return TARGETS[self.flavour].weight_storage(None) or _plain_weights(self.flavour)
+        return next(iter(self.packages.values())).meta.get("weights", _plain_weights(self.flavour))
 
 
 def executor(name: str, onnx_model: str | Path | None, chunk: int | None,
@@ -823,6 +819,6 @@ def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -
         check_output_folder(path, target.suffix, f"Data/{PARTS_FILE}", force)
 
 
-__all__ = ["FLAVOURS", "LABEL", "OPS", "CoreMLExecutor", "CoreMLPackage", "LowerError", "check_weights", "lower_coreml",
+__all__ = ["FLAVOURS", "LABEL", "OPS", "CoreMLExecutor", "CoreMLPackage", "LowerError", "lower_coreml",
            "op_counts", "check_out", "executor", "lower",
            "package_info", "package_paths", "package_set", "read_package", "readiness", "replay", "saved_program"]
