@@ -29,7 +29,7 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "1 intra-op thread": ("default", {"intra_op_num_threads": 1}, {}),
     "no memory pattern": ("default", {"enable_mem_pattern": False}, {}),
     "no thread spinning": ("default", {}, {"session.intra_op.allow_spinning": "0"}),
-    "fused graph (mlx pipeline)": ("mlx", {}, {}),
+    "fused graph (fused pipeline)": ("fused", {}, {}),
 }
 
 

@@ -186,6 +186,8 @@ def list_passes() -> None:
     click.echo("pipelines (hrmc lower --pipeline NAME):")
     for name, steps in passes.PIPELINES.items():
         click.echo(f"  {name:<22}{' → '.join(steps)}")
+    aliases = ", ".join(f"{old} = {new}" for old, new in passes.PIPELINE_ALIASES.items())
+    click.echo(f"  (the 0.1 names still work: {aliases})")
 
 
 @cli.command()
@@ -211,8 +213,7 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
 
     pipeline = pipeline or driver.TARGETS[target].pipeline
     # Checked here too, because an export of a minute may come before the pipeline runs.
-    if pipeline not in passes.PIPELINES:
-        raise InputError(f"unknown pipeline {pipeline!r}: choose one of {', '.join(passes.PIPELINES)}")
+    passes.pipeline_passes(pipeline)
     driver.check_target_output(target, out, chunk, force, weights)
     if onnx_model is not None:
         _check_lowering_source(Path(onnx_model), checkpoint, config_path, preset, policy, budget, seq_len)

@@ -40,12 +40,15 @@ PASSES: dict[str, type[ir.passes.PassBase]] = {
     "fuse": FusePass,
     "fp16": Float16Pass,
 }
-# Named pipelines, as ordered pass names; `strip-heads` and `chunk-budget` are added on request.
+# Named pipelines, named by the graph they produce, as ordered pass names; `strip-heads` and
+# `chunk-budget` are added on request.
 PIPELINES: dict[str, tuple[str, ...]] = {
-    "default": ("unroll-cycles", "act-to-masked-budget", "cleanup"),
-    "mlx": ("unroll-cycles", "act-to-masked-budget", "cleanup", "fuse", "cleanup"),  # float32, fused primitives
-    "ane": ("unroll-cycles", "act-to-masked-budget", "cleanup", "fuse", "fp16", "cleanup"),
+    "static": ("unroll-cycles", "act-to-masked-budget", "cleanup"),  # plain ONNX ops: what onnxruntime runs
+    "fused": ("unroll-cycles", "act-to-masked-budget", "cleanup", "fuse", "cleanup"),  # float32, fused primitives
+    "fused-fp16": ("unroll-cycles", "act-to-masked-budget", "cleanup", "fuse", "fp16", "cleanup"),
 }
+# The names of release 0.1 (`--pipeline default|mlx|ane`), still accepted: users' scripts name them.
+PIPELINE_ALIASES = {"default": "static", "mlx": "fused", "ane": "fused-fp16"}
 Dump = Callable[[str, ir.Model], None]
 
 
@@ -69,12 +72,18 @@ def describe(name: str) -> str:
     return (module.__doc__ or "").strip().splitlines()[0]
 
 
+def pipeline_passes(pipeline: str) -> tuple[str, ...]:
+    """The passes of a named pipeline (or of its 0.1 alias)."""
+    name = PIPELINE_ALIASES.get(pipeline, pipeline)
+    if name not in PIPELINES:
+        raise InputError(f"unknown pipeline {pipeline!r}: choose one of {', '.join(PIPELINES)}")
+    return PIPELINES[name]
+
+
 def run_pipeline(model: ir.Model, pipeline: str, *, strip: tuple[str, ...] = (), chunk: int | None = None,
                  dump_after: str | None = None, dump: Dump = lambda name, model: None) -> ir.Model:
     """Run the named pipeline in place, then strip-heads and chunk-budget if asked for."""
-    if pipeline not in PIPELINES:
-        raise InputError(f"unknown pipeline {pipeline!r}: choose one of {', '.join(PIPELINES)}")
-    steps: list[tuple[str, ir.passes.PassBase]] = [(name, PASSES[name]()) for name in PIPELINES[pipeline]]
+    steps: list[tuple[str, ir.passes.PassBase]] = [(name, PASSES[name]()) for name in pipeline_passes(pipeline)]
     if strip:
         steps.append(("strip-heads", StripHeadsPass(strip)))
     if chunk is not None:
@@ -152,7 +161,7 @@ def _checked_proto(model: ir.Model) -> onnx.ModelProto:
     return proto
 
 
-def lower_onnx(structured: str | Path, out: str | Path, pipeline: str = "default", *, strip: tuple[str, ...] = (),
+def lower_onnx(structured: str | Path, out: str | Path, pipeline: str = "static", *, strip: tuple[str, ...] = (),
                chunk: int | None = None, dump_after: str | None = None,
                progress: Callable[[str], None] = lambda _: None) -> LoweredModel:
     """Lower `structured` (and its .step.onnx) to `out` (static), `out.step.onnx` and maybe `out.chunkK.onnx`."""
@@ -177,4 +186,5 @@ def lower_onnx(structured: str | Path, out: str | Path, pipeline: str = "default
     return LoweredModel(out, step_path_for(out), chunk_path, time.perf_counter() - started)
 
 
-__all__ = ["PASSES", "PIPELINES", "LoweredModel", "describe", "lower_onnx", "run_pipeline"]
+__all__ = ["PASSES", "PIPELINES", "PIPELINE_ALIASES", "LoweredModel", "describe", "lower_onnx", "pipeline_passes",
+           "run_pipeline"]

@@ -56,10 +56,10 @@ class LowerOptions:
 
 
 TARGETS: dict[str, Target] = {target.name: target for target in (
-    Target("onnx", "default", ".onnx", "hrmc.targets.onnx", ("onnx", "static", "chunked"), "float32"),
-    Target("mlx", "mlx", "", "hrmc.targets.mlx", ("mlx", "mlx-chunked"), "float32"),
-    Target("coreml", "mlx", ".mlpackage", "hrmc.targets.coreml", ("coreml", "coreml-chunked"), "float32"),
-    Target("ane", "mlx", ".mlpackage", "hrmc.targets.coreml", ("ane",), "float16", ("float16x2", "float16")),
+    Target("onnx", "static", ".onnx", "hrmc.targets.onnx", ("onnx", "static", "chunked"), "float32"),
+    Target("mlx", "fused", "", "hrmc.targets.mlx", ("mlx", "mlx-chunked"), "float32"),
+    Target("coreml", "fused", ".mlpackage", "hrmc.targets.coreml", ("coreml", "coreml-chunked"), "float32"),
+    Target("ane", "fused", ".mlpackage", "hrmc.targets.coreml", ("ane",), "float16", ("float16x2", "float16")),
 )}
 TARGET_OF_EXECUTOR = {executor: target for target in TARGETS.values() for executor in target.executors}
 

@@ -292,7 +292,7 @@ def _heads(x, heads: int) -> list:
     return [x] if heads == 1 else list(mb.split(x=x, num_splits=heads, axis=2))
 
 
-# The op-mapping table: every op the `mlx` / `ane` pipelines emit for hrmc's models.
+# The op-mapping table: every op the `fused` / `fused-fp16` pipelines emit for hrmc's models.
 OPS: dict[str, Callable[[Builder, ir.Node], object]] = {
     "Add": _binary("add"), "Sub": _binary("sub"), "Mul": _binary("mul"), "Div": _div, "Pow": _binary("pow"),
     "Max": _binary("maximum"), "Min": _binary("minimum"), "Mod": _binary("mod"),
@@ -702,7 +702,7 @@ def package_info(path: Path) -> CoreMLPackage:
 
 
 class CoreMLExecutor(Executor):
-    """Packages of one flavour, shipped (`artifact`) or lowered afresh from the `mlx`-pipeline graphs, run
+    """Packages of one flavour, shipped (`artifact`) or lowered afresh from the `fused`-pipeline graphs, run
     with predict on macOS and replayed elsewhere. `chunked` drives the chunk (or step) package from the host loop."""
 
     def __init__(self, flavour: str, onnx_model: str | Path | None = None, chunked: bool = False,
@@ -742,7 +742,7 @@ class CoreMLExecutor(Executor):
             self._folder = tempfile.TemporaryDirectory(prefix="hrmc-coreml-")
             chunk = (self.chunk or DEFAULT_CHUNK) if self.chunked else None
             structured, self.graphs = lowered_source(self.onnx_model, Path(self._folder.name), model, policy,
-                                                     self.budget, batch, "mlx", chunk)
+                                                     self.budget, batch, "fused", chunk)
             self.source = structured.name
             steps = chunk if "chunk" in self.graphs else 1
         self.chunk = steps if self.chunked else None

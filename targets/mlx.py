@@ -462,7 +462,7 @@ class MlxExecutor(Executor):
             self._folder = tempfile.TemporaryDirectory(prefix="hrmc-mlx-")
             work = Path(self._folder.name)
             chunk = (self.chunk or DEFAULT_CHUNK) if self.chunked else None
-            structured, graphs = lowered_source(self.onnx_model, work, model, policy, self.budget, batch, "mlx", chunk)
+            structured, graphs = lowered_source(self.onnx_model, work, model, policy, self.budget, batch, "fused", chunk)
             folder = lower_mlx(graphs, work / "mlx", structured.name).folder
         self.config, self.graphs = load_package(folder)
         check_source(self.config, folder, model, policy, self.budget, model.inner.sequence_length(batch))

@@ -2,7 +2,7 @@
 
 Executors:
 - `onnx`: the structured graphs of `hrmc export` (ACT and cycles as Loops).
-- `static`: the same after the `default` pass pipeline (no Loop or If). Its step model is
+- `static`: the same after the `static` pass pipeline (no Loop or If). Its step model is
   chunk-budget 1.
 - `chunked`: a k-step static graph with the carry in and out, driven by a host loop that stops
   once every sample has halted.
@@ -138,7 +138,7 @@ class OnnxExecutor(Executor):
 
 class StaticExecutor(OnnxExecutor):
     name = "static"
-    kind = "after the default pass pipeline, no Loop or If"
+    kind = "after the static pass pipeline, no Loop or If"
     whole_role = "static"
     chunk: int | None = None
 

@@ -60,7 +60,7 @@ def originals(tiny_export: Path, tmp_path_factory) -> dict[str, Path]:
     batch = hrm_ref.random_batch(model.config, 2, seed=0)
     np.savez(folder / "inputs.npz", **{name: value.numpy() for name, value in batch.items()})
     (folder / "lowered").mkdir()
-    step = lower_onnx(tiny_export, folder / "lowered" / "t.onnx", "mlx").step_path
+    step = lower_onnx(tiny_export, folder / "lowered" / "t.onnx", "fused").step_path
     package = lower_coreml({"step": step}, folder / "t.mlpackage", "ane", 2, "t.onnx", weights="float16")["step"]
     return {"checkpoint": folder / "tiny.safetensors", "inputs": folder / "inputs.npz", "export": tiny_export,
             "package": package}

@@ -229,7 +229,8 @@ def test_parity_usage_errors(capsys, tmp_path: Path) -> None:
 
 def test_passes_lists_passes_and_pipelines(capsys) -> None:
     code, out, _ = hrmc(capsys, "passes")
-    assert code == 0 and "unroll-cycles" in out and "default               unroll-cycles → act-to-masked-budget" in out
+    assert code == 0 and "unroll-cycles" in out and "static                unroll-cycles → act-to-masked-budget" in out
+    assert "the 0.1 names still work: default = static, mlx = fused, ane = fused-fp16" in out
 
 
 def test_lower_writes_static_step_and_chunk_graphs(capsys, tiny_export: Path, tmp_path: Path) -> None:
@@ -242,8 +243,8 @@ def test_lower_writes_static_step_and_chunk_graphs(capsys, tiny_export: Path, tm
     assert not {n.op_type for n in static.graph.node} & {"Loop", "If"}
 
 
-def test_the_ane_pipeline_leaves_no_control_flow_and_fuses(capsys, tiny_export: Path, tmp_path: Path) -> None:
-    code, _, _ = hrmc(capsys, "lower", "--onnx-model", str(tiny_export), "--policy", "q-halt", "--pipeline", "ane",
+def test_the_fused_fp16_pipeline_leaves_no_control_flow_and_fuses(capsys, tiny_export: Path, tmp_path: Path) -> None:
+    code, _, _ = hrmc(capsys, "lower", "--onnx-model", str(tiny_export), "--policy", "q-halt", "--pipeline", "fused-fp16",
                       "-o", str(tmp_path / "a.onnx"))
     static = onnx.load(tmp_path / "a.onnx")
     ops = {(n.domain, n.op_type) for n in static.graph.node}

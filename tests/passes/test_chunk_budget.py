@@ -20,7 +20,7 @@ CARRY = ("z_H", "z_L", "steps", "halted")
 
 
 def lowered_step(tiny_export, chunk: int) -> ir.Model:
-    return run_pipeline(ir.load(str(step_path_for(tiny_export))), "default", chunk=chunk)
+    return run_pipeline(ir.load(str(step_path_for(tiny_export))), "static", chunk=chunk)
 
 
 @settings(max_examples=4, deadline=None)

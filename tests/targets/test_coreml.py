@@ -144,7 +144,7 @@ def step_graph(tiny_export: Path, tmp_path_factory) -> Path:
     """tiny's one-step graph after the `mlx` pipeline: what the Core ML lowering starts from."""
     from hrmc.passes import lower_onnx
 
-    return lower_onnx(tiny_export, tmp_path_factory.mktemp("lowered") / "t.onnx", "mlx").step_path
+    return lower_onnx(tiny_export, tmp_path_factory.mktemp("lowered") / "t.onnx", "fused").step_path
 
 
 def test_two_lowerings_give_byte_identical_packages(step_graph: Path, tmp_path: Path) -> None:
