@@ -29,9 +29,10 @@ demo: setup
 	$(BIN)/hrmc lower --target ane --policy q-halt --batch 1 --onnx-model out/tiny.onnx -o out/tiny.mlpackage
 	$(BIN)/hrmc parity torch ane --policy q-halt --batch 1 --artifact out/tiny.mlpackage
 
-# The default `pytest` skips the sudoku-size cases (marker `heavy`); this runs them too.
+# The default `pytest` skips the sudoku-size cases (marker `heavy`); this runs them too, on both cores
+# (pytest-xdist), one thread per worker: two workers of two threads each would fight over two cores.
 test: setup
-	$(BIN)/python -m pytest -m "heavy or not heavy" --durations=25
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -m "heavy or not heavy" --durations=25
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -13,6 +13,7 @@ from hrmc.hrm_ref import HRM, Batch
 from hrmc.hrm_ref.act import batch_size, resolve_budget
 from hrmc.parity.agreement import format_agreement, task_agreement
 from hrmc.parity.executors import EXECUTORS, TorchExecutor, make_executor
+from hrmc.targets.executor import Arrays, Executor
 from hrmc.parity.gate import (ATOL, FLOOR_FACTOR, PSNR_DB, RTOL, Report, Row, step_parity, trajectory_parity,
                          whole_graph_parity)
 
@@ -20,10 +21,18 @@ MODES = ("step", "trajectory")
 
 
 def check_parity(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget: int | None, mode: str = "step",
-                 atol: float = ATOL, rtol: float = RTOL, psnr_db: float = PSNR_DB, seed: int = 0, model_name: str = "",
-                 onnx_model: str | None = None, chunk: int | None = None, artifact: str | None = None,
-                 labels: np.ndarray | None = None, progress: Callable[[str], None] = lambda _: None) -> Report:
-    """Run A and B on `batch` and gate them. `artifact` is B's shipped artifact: exactly those files run.
+                 **options) -> Report:
+    """Run A and B on `batch` and gate them in one mode (`check_modes` takes the options)."""
+    return check_modes(a, b, model, batch, policy=policy, budget=budget, modes=(mode,), **options)[0]
+
+
+def check_modes(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget: int | None,
+                modes: tuple[str, ...] = MODES, atol: float = ATOL, rtol: float = RTOL, psnr_db: float = PSNR_DB,
+                seed: int = 0, model_name: str = "", onnx_model: str | None = None, chunk: int | None = None,
+                artifact: str | None = None, labels: np.ndarray | None = None,
+                progress: Callable[[str], None] = lambda _: None) -> list[Report]:
+    """Run A and B on `batch` and gate them, one report per mode; the executors are prepared and run
+    once for all modes. `artifact` is B's shipped artifact: exactly those files run.
 
     Step mode checks every graph each executor runs: the step graph teacher-forced against A, and
     the whole-inference graph against the executor's own steps chained.
@@ -34,18 +43,27 @@ def check_parity(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budge
     for executor in executors:
         progress(f"preparing executor {executor.name}")
         executor.prepare(model, policy, budget, batch)
-    progress(f"comparing in {mode} mode")
     reference = TorchExecutor("float32")
     reference.prepare(model, policy, budget, batch)
-    report = Report(mode, [e.describe() for e in executors], model_name, policy, budget, batch_size(batch), seed,
-                    atol, rtol, psnr_db)
     exact = TorchExecutor("float64")
     exact.prepare(model, policy, budget, batch)
     progress("running the whole inference on both")
     runs = [executor.run(batch) for executor in executors]
-    report.task = task_agreement(*runs, labels)
-    if mode == "trajectory":
-        return trajectory_parity(*runs, reference, exact, batch, report)
+    reports = []
+    for mode in modes:
+        progress(f"comparing in {mode} mode")
+        report = Report(mode, [e.describe() for e in executors], model_name, policy, budget, batch_size(batch), seed,
+                        atol, rtol, psnr_db)
+        report.task = task_agreement(*runs, labels)
+        if mode == "trajectory":
+            reports.append(trajectory_parity(*runs, reference, exact, batch, report))
+        else:
+            reports.append(_step_mode(executors, runs, reference, exact, batch, report, progress))
+    return reports
+
+
+def _step_mode(executors: list[Executor], runs: list[Arrays], reference: TorchExecutor, exact: TorchExecutor,
+               batch: Batch, report: Report, progress: Callable[[str], None]) -> Report:
     step_parity(*executors, reference, exact, batch, report)
     for executor, run in zip(executors, runs):  # every graph an executor runs: its whole-inference graph too
         if executor.whole_graph() is not None:
@@ -116,4 +134,4 @@ def _weights_limit(row: Row, gate: float) -> str:
         ": below the gate, the model's float16 limit" if row.weights_psnr < gate else "")
 
 
-__all__ = ["EXECUTORS", "MODES", "PSNR_DB", "Report", "check_parity", "format_report"]
+__all__ = ["EXECUTORS", "MODES", "PSNR_DB", "Report", "check_modes", "check_parity", "format_report"]
