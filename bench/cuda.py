@@ -25,7 +25,7 @@ import torch
 from hrmc.bench import BenchReport, Row, machine, time_runs, versions
 from hrmc.bench.roofline import flops_per_step, matmul_peak
 from hrmc.hrm_ref import HRM, Batch, build_preset, random_batch
-from hrmc.hrm_ref.act import Carry, batch_size, initial_carry, run, step
+from hrmc.hrm_ref.act import Carry, batch_size, initial_carry, resolve_budget, run, step
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 PEAK_SIZE = 8192
@@ -95,7 +95,7 @@ def cuda_bench(preset: str, size: int, budget: int | None, *, runs: int = 20, co
         batch = {name: value.to("cuda") for name, value in random_batch(model.config, size, seed=0).items()}
         progress(f"measuring the {dtype_name} matmul peak")
         peaks[dtype_name] = round(matmul_peak(PEAK_SIZE, 2.0, "cuda", DTYPES[dtype_name]), 1)
-        rows += time_dtype(model, f"preset:{preset}", batch, budget or model.config.halt_max_steps, runs,
+        rows += time_dtype(model, f"preset:{preset}", batch, resolve_budget(model, "max-steps", budget), runs,
                            compile_step, peaks[dtype_name], drift, progress)
     return BenchReport(machine() | {"gpu": torch.cuda.get_device_name()}, versions(), peaks[dtypes[0]], rows,
                        extra={"matmul_peak_gflops": peaks, "max_abs_diff_vs_eager": drift})

@@ -2,8 +2,9 @@
 
 Halting policies:
 - `max-steps`: upstream's evaluation rule, every sample runs exactly `budget` steps.
-- `q-halt`: a sample halts once q_halt > q_continue, or at the budget. A halted sample's carry
-  and outputs stay frozen while the others go on.
+- `q-halt`: a sample halts once its q head says so, or at the budget: q_halt > q_continue, or
+  q_halt > 0 for TRM with `no_ACT_continue` (docs/design.md §2). A halted sample's carry and
+  outputs stay frozen while the others go on.
 
 `step` is the unit every parity check compares: the carry goes in and out explicitly.
 A model without ACT (fixed N×T mode, the denoiser) runs exactly one step.
@@ -69,6 +70,13 @@ def freeze(halted: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.
     return torch.where(_rows(halted, new), old, new)
 
 
+def q_says_halt(model: HRM, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Upstream's halting signal per sample: TRM without ACT continue reads q_halt alone."""
+    if model.config.no_ACT_continue:
+        return outputs["q_halt_logits"] > 0
+    return outputs["q_halt_logits"] > outputs["q_continue_logits"]
+
+
 def step(model: HRM, carry: Carry, batch: Batch, policy: str, budget: int) -> tuple[Carry, dict[str, torch.Tensor]]:
     """One ACT step. Outputs are those computed from `carry` for every row (halted rows included).
 
@@ -80,7 +88,7 @@ def step(model: HRM, carry: Carry, batch: Batch, policy: str, budget: int) -> tu
     steps = carry.steps + active.to(torch.int32)
     halt_now = steps >= budget
     if policy == "q-halt":
-        halt_now = halt_now | (outputs["q_halt_logits"] > outputs["q_continue_logits"])
+        halt_now = halt_now | q_says_halt(model, outputs)
     new_carry = Carry(freeze(carry.halted, carry.z_H, z_H), freeze(carry.halted, carry.z_L, z_L),
                       steps, carry.halted | halt_now)
     return new_carry, outputs

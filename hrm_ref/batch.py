@@ -101,9 +101,9 @@ def make_batch(config: HRMConfig, arrays: Mapping[str, np.ndarray], source: str)
     if inputs.ndim != 2 or not np.issubdtype(inputs.dtype, np.integer) or 0 in inputs.shape:
         raise InputError(f"{source}: 'inputs' must be a non-empty integer array [batch, seq], "
                          f"got {inputs.dtype} {list(inputs.shape)}")
-    if config.pos_encodings == "learned" and inputs.shape[1] != config.seq_len:
-        raise InputError(f"{source}: 'inputs' has {inputs.shape[1]} positions, "
-                         f"the model's learned positions fit {config.seq_len}")
+    fixed_by = "learned positions fit" if config.pos_encodings == "learned" else "mlp_t mixes" if config.mlp_t else None
+    if fixed_by and inputs.shape[1] != config.seq_len:
+        raise InputError(f"{source}: 'inputs' has {inputs.shape[1]} positions, the model's {fixed_by} {config.seq_len}")
     batch = {"inputs": torch.from_numpy(_integer_ids(inputs, "inputs", inputs.shape, config.vocab_size,
                                                      "token id", source))}
     if config.puzzle_emb_ndim > 0:

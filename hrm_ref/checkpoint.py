@@ -21,10 +21,10 @@ import yaml
 from hrmc.hrm_ref.config import arch_section, config_from_weights
 from hrmc.hrm_ref.model import HRM
 from hrmc.errors import CheckpointError
+from hrmc.names import ARCH
 
 KEY_PREFIXES = ("_orig_mod.model.", "model.", "")
 UPSTREAM_CONFIG_NAME = "all_config.yaml"
-SAFETENSORS_ARCH_KEY = "hrmc.arch"  # safetensors metadata holding the arch section as JSON
 
 
 def strip_key_prefix(state: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -75,11 +75,11 @@ def _read_arch(path: Path, config_path: Path | None, metadata: Mapping[str, str]
         except yaml.YAMLError as err:
             raise CheckpointError(f"cannot parse config {candidate}: {str(err).splitlines()[0]}") from None
         return arch_section(parsed, str(candidate)), str(candidate)
-    if SAFETENSORS_ARCH_KEY in metadata:
+    if ARCH in metadata:
         try:
-            arch = json.loads(metadata[SAFETENSORS_ARCH_KEY])
+            arch = json.loads(metadata[ARCH])
         except ValueError:
-            raise CheckpointError(f"{path}: metadata {SAFETENSORS_ARCH_KEY} is not JSON") from None
+            raise CheckpointError(f"{path}: metadata {ARCH} is not JSON") from None
         return arch_section(arch, f"{path} metadata"), f"{path} metadata"
     raise CheckpointError(f"no {UPSTREAM_CONFIG_NAME} beside {path}: pass the architecture with --config")
 
@@ -139,4 +139,4 @@ def save_checkpoint(model: HRM, path: str | Path) -> None:
     """Write `model` as one safetensors file that carries its arch config in the metadata."""
     arch = {k: v for k, v in model.config.to_arch_dict().items() if v is not None}
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-    safetensors.torch.save_file(tensors, str(path), metadata={SAFETENSORS_ARCH_KEY: json.dumps(arch)})
+    safetensors.torch.save_file(tensors, str(path), metadata={ARCH: json.dumps(arch)})

@@ -1,8 +1,9 @@
 """The HRM ACT v1 architecture config, read from upstream's `all_config.yaml` (`arch:` section).
 
 Upstream stores only the architecture in the yaml; the vocabulary size, the number of puzzle
-identifiers and (for learned positions) the sequence length come from the dataset, so we
-infer them from the weights' shapes (`config_from_weights`).
+identifiers and (for learned positions or TRM's mlp_t) the sequence length come from the dataset,
+so we infer them from the weights' shapes (`config_from_weights`). The yaml's `arch.name` picks the
+family: HRM, or TRM (docs/design.md §2, "The family: TRM"), which is a configuration of the same model.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import torch
 from hrmc.errors import CheckpointError, ConfigError
 
 FORWARD_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
-POS_ENCODINGS = ("rope", "learned")
+POS_ENCODINGS = ("rope", "learned", "none")  # none: TRM only (its mlp_t recipe)
+FAMILIES = ("hrm", "trm")
+# Upstream's `arch.name` of each family's ACT model (sapientinc/HRM, SamsungSAILMontreal/TinyRecursiveModels).
+ARCH_NAMES = {"hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1": "hrm",
+              "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1": "trm"}
+# Upstream TRM's own defaults for the keys its yaml may leave out (HRMConfig's defaults are HRM's).
+TRM_DEFAULTS = {"puzzle_emb_len": 16, "no_ACT_continue": True}
 # tokens: upstream's token ids; bytes: byte/split-nibble front end; latent: the DDIM denoiser's x_t;
 # hidden: a frozen LLM's last hidden states (the controller).
 INPUT_MODES = ("tokens", "bytes", "latent", "hidden")
@@ -32,6 +39,11 @@ MAX_ACCUMULATORS = 16  # one per nibble difference (hi - lo) mod 16
 
 def _find_multiple(a: int, b: int) -> int:
     return -(a // -b) * b
+
+
+def puzzle_positions(puzzle_emb_ndim: int, hidden_size: int, puzzle_emb_len: int = 0) -> int:
+    """Positions of the puzzle embedding: TRM's explicit puzzle_emb_len, else (0) ceil(ndim / hidden)."""
+    return puzzle_emb_len or -(puzzle_emb_ndim // -hidden_size)
 
 
 @dataclass(frozen=True)
@@ -53,9 +65,16 @@ class HRMConfig:
     rope_theta: float = 10000.0
     halt_max_steps: int = 16
     forward_dtype: str = "float32"
-    # Needed only for learned positions (its table has seq_len + puzzle_emb_len rows) and for
-    # generating a random batch; with RoPE the sequence length comes from the inputs.
+    # Needed only for learned positions (its table has seq_len + puzzle_emb_len rows), for mlp_t and
+    # for generating a random batch; otherwise the sequence length comes from the inputs.
     seq_len: int | None = None
+    # The family (docs/design.md §2): TRM runs one network, L_level, for both updates (H_layers ignored).
+    family: str = "hrm"
+    # Positions the puzzle embedding takes: 0 means ceil(puzzle_emb_ndim / hidden_size), which HRM
+    # always uses; TRM may state more (upstream's 16). Holds the resolved number once built.
+    puzzle_emb_len: int = 0
+    no_ACT_continue: bool = False  # TRM: q-halt stops on q_halt > 0, not q_halt > q_continue
+    mlp_t: bool = False  # TRM: a SwiGLU across the positions replaces attention (fixes seq_len)
     # Variants (hrmc's design documents); the defaults are upstream's model, bit for bit.
     input_mode: str = "tokens"
     nibble_index: str = "high"  # bytes: the 4-bit stream that indexes the FiLM
@@ -84,8 +103,8 @@ class HRMConfig:
             self._check_controller()
             for name, value in (("H_cycles", 1), ("L_cycles", self.inner_T), ("halt_max_steps", self.eval_segments)):
                 object.__setattr__(self, name, value)
-        positive = ("hidden_size", "num_heads", "H_cycles", "L_cycles",
-                    "H_layers", "L_layers", "halt_max_steps", "num_puzzle_identifiers")
+        positive = ("hidden_size", "num_heads", "H_cycles", "L_cycles", "L_layers", "halt_max_steps",
+                    "num_puzzle_identifiers") + (("H_layers",) if self.family == "hrm" else ())  # TRM has no H_level
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"config {name} must be at least 1, got {getattr(self, name)}")
@@ -105,6 +124,7 @@ class HRMConfig:
                 f"config forward_dtype {self.forward_dtype!r} is not one of {', '.join(FORWARD_DTYPES)}")
         if self.pos_encodings == "learned" and self.seq_len is None:
             raise ConfigError("config with learned positions needs seq_len")
+        self._check_family()
         self._check_variants()
 
     def _check_types(self) -> None:
@@ -126,11 +146,37 @@ class HRMConfig:
         if self.seq_len is not None and self.seq_len < 1:
             raise ConfigError(f"config seq_len must be at least 1, got {self.seq_len}")
 
-    def _check_variants(self) -> None:
-        def one_of(name: str, allowed) -> None:
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"config {name} {getattr(self, name)!r} is not one of {', '.join(map(str, allowed))}")
+    def _one_of(self, name: str, allowed) -> None:
+        if getattr(self, name) not in allowed:
+            raise ConfigError(f"config {name} {getattr(self, name)!r} is not one of {', '.join(map(str, allowed))}")
 
+    def _check_family(self) -> None:
+        """TRM's options need family trm; puzzle_emb_len is resolved to the positions it stands for."""
+        self._one_of("family", FAMILIES)
+        if self.family == "hrm":
+            for option, used in (("pos_encodings 'none'", self.pos_encodings == "none"), ("mlp_t", self.mlp_t),
+                                 ("no_ACT_continue", self.no_ACT_continue)):
+                if used:
+                    raise ConfigError(f"config {option} is a TRM option: it needs family 'trm'")
+            # HRM has no such key: its puzzle embedding always takes ceil(ndim / hidden) positions.
+            object.__setattr__(self, "puzzle_emb_len", puzzle_positions(self.puzzle_emb_ndim, self.hidden_size))
+            return
+        if self.puzzle_emb_len < 0:
+            raise ConfigError(f"config puzzle_emb_len must be >= 0, got {self.puzzle_emb_len}")
+        if self.puzzle_emb_len and not self.puzzle_emb_ndim:  # upstream's carry would not fit its input
+            raise ConfigError(f"config puzzle_emb_len {self.puzzle_emb_len} needs a puzzle embedding (puzzle_emb_ndim > 0)")
+        if 0 < self.puzzle_emb_len * self.hidden_size < self.puzzle_emb_ndim:
+            raise ConfigError(f"config puzzle_emb_len {self.puzzle_emb_len} is too short for puzzle_emb_ndim "
+                              f"{self.puzzle_emb_ndim}: it holds {self.puzzle_emb_len * self.hidden_size} values")
+        object.__setattr__(self, "puzzle_emb_len",
+                           puzzle_positions(self.puzzle_emb_ndim, self.hidden_size, self.puzzle_emb_len))
+        if self.mlp_t and self.input_mode not in ("tokens", "bytes"):
+            raise ConfigError(f"config mlp_t needs token inputs (input_mode tokens or bytes), got {self.input_mode!r}")
+        if self.mlp_t and self.seq_len is None:
+            raise ConfigError("config with mlp_t needs seq_len (its sequence SwiGLU is as wide as the positions)")
+
+    def _check_variants(self) -> None:
+        one_of = self._one_of
         one_of("input_mode", INPUT_MODES)
         one_of("nibble_index", ("high", "low"))
         one_of("hex_head", (None, *HEX_SYMBOLS))
@@ -154,18 +200,17 @@ class HRMConfig:
                               "hex or free-energy head")
 
     @property
-    def puzzle_emb_len(self) -> int:
-        """Positions the puzzle embedding takes in front of the tokens (ceil(ndim / hidden))."""
-        return -(self.puzzle_emb_ndim // -self.hidden_size)
-
-    @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
+    def swiglu_width(self, features: int) -> int:
+        """Inner width of a SwiGLU over `features`: round(expansion · features · 2/3) up to a multiple of 256."""
+        return _find_multiple(round(self.expansion * features * 2 / 3), 256)
+
     @property
     def intermediate_size(self) -> int:
-        """SwiGLU width: round(expansion · hidden · 2/3) rounded up to a multiple of 256."""
-        return _find_multiple(round(self.expansion * self.hidden_size * 2 / 3), 256)
+        """The channel SwiGLU's inner width."""
+        return self.swiglu_width(self.hidden_size)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -186,7 +231,8 @@ class HRMConfig:
         return dataclasses.asdict(self)
 
 
-# Keys of upstream's `arch:` section that we read; the rest (name, loss, exploration) is training-only.
+# Keys of upstream's `arch:` section that we read (`name` picks the family); the rest (loss,
+# exploration) is training-only.
 _ARCH_KEYS = {f.name for f in dataclasses.fields(HRMConfig)} - {"vocab_size", "num_puzzle_identifiers"}
 _INTERPOLATION = re.compile(r"^\$\{\.(\w+)\}$")
 
@@ -210,6 +256,16 @@ def arch_section(yaml_dict: Mapping[str, Any], source: str) -> dict[str, Any]:
         resolved[key] = value
     if "hidden_size" not in resolved:
         raise ConfigError(f"{source}: no arch.hidden_size: not an HRM config")
+    if "name" in resolved:  # upstream's yaml; ours (safetensors metadata) states `family` instead
+        name = resolved["name"]
+        family = ARCH_NAMES.get(name) if isinstance(name, str) else None
+        if family is None:
+            raise ConfigError(f"{source}: arch.name {name!r} is not a model hrmc runs: {', '.join(ARCH_NAMES)}")
+        if resolved.get("family", family) != family:
+            raise ConfigError(f"{source}: arch.family {resolved['family']!r} contradicts arch.name {name!r}")
+        resolved["family"] = family
+        if family == "trm":
+            resolved = TRM_DEFAULTS | resolved
     return {k: v for k, v in resolved.items() if k in _ARCH_KEYS}
 
 
@@ -247,11 +303,19 @@ def config_from_weights(arch: Mapping[str, Any], weights: Mapping[str, torch.Ten
                 f"{source}: arch.puzzle_emb_ndim is {arch['puzzle_emb_ndim']} but inner.puzzle_emb.weights "
                 f"has width {ndim}")
         extra["num_puzzle_identifiers"] = n_ids
+    # Learned positions and mlp_t's sequence SwiGLU span every position: puzzle embedding plus seq_len.
     if arch.get("pos_encodings", "rope") == "learned":
-        positions, _ = shape("inner.embed_pos.embedding_weight")
-        seq_len = positions - -(arch.get("puzzle_emb_ndim", 0) // -hidden)
+        positions_key, what = "inner.embed_pos.embedding_weight", "learned positions"
+    elif arch.get("mlp_t"):
+        positions_key, what = "inner.L_level.layers.0.mlp_t.down_proj.weight", "positions mlp_t mixes"
+    else:
+        positions_key = None
+    if positions_key:
+        positions = shape(positions_key)[0]
+        explicit_len = arch.get("puzzle_emb_len", 0) if arch.get("family") == "trm" else 0  # HRM has none
+        seq_len = positions - puzzle_positions(arch.get("puzzle_emb_ndim", 0), hidden, explicit_len)
         if arch.pop("seq_len", seq_len) != seq_len:
-            raise ConfigError(f"{source}: arch.seq_len does not match the {positions} learned positions")
+            raise ConfigError(f"{source}: arch.seq_len does not match the {positions} {what}")
         extra["seq_len"] = seq_len
     try:
         return HRMConfig(**arch, **extra)

@@ -4,7 +4,9 @@
 One call of `HRMInner.forward` is one ACT step's worth of reasoning (H_cycles × L_cycles L-steps
 and H_cycles H-steps); the ACT loop and halting live in `hrm_ref.act`. The variants of the design
 documents (byte front end, hex and free-energy heads, N×T mode, denoiser) are config options of
-this one model; with none enabled it is upstream's model, bit for bit.
+this one model; with none enabled it is upstream's model, bit for bit. So is TRM (`family: trm`,
+docs/design.md §2): no H_level, its one network `L_level` does the H-steps too, and its blocks may
+mix positions with a SwiGLU (`mlp_t`) instead of attention.
 """
 
 from __future__ import annotations
@@ -29,16 +31,29 @@ Batch = dict[str, torch.Tensor]
 
 
 class Block(nn.Module):
-    """Post-norm transformer block: h = rms(h + attn(h)); h = rms(h + mlp(h))."""
+    """Post-norm transformer block: h = rms(h + attn(h)); h = rms(h + mlp(h)).
+
+    With TRM's `mlp_t` a SwiGLU across the positions (`mlp_t`, as wide as puzzle_emb_len + seq_len)
+    replaces attention; it runs transposed, and so does its norm, which normalises over the positions.
+    """
 
     def __init__(self, config: HRMConfig) -> None:
         super().__init__()
-        self.self_attn = Attention(config.hidden_size, config.num_heads)
+        self.mixes_positions_by_mlp = config.mlp_t
+        if config.mlp_t:
+            positions = config.puzzle_emb_len + config.seq_len
+            self.mlp_t = SwiGLU(positions, config.swiglu_width(positions))
+        else:
+            self.self_attn = Attention(config.hidden_size, config.num_heads)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
         self.norm_eps = config.rms_norm_eps
 
     def forward(self, hidden_states: torch.Tensor, cos_sin: CosSin) -> torch.Tensor:
-        hidden_states = rms_norm(hidden_states + self.self_attn(hidden_states, cos_sin), self.norm_eps)
+        if self.mixes_positions_by_mlp:
+            by_position = hidden_states.transpose(1, 2)  # [batch, hidden, positions]
+            hidden_states = rms_norm(by_position + self.mlp_t(by_position), self.norm_eps).transpose(1, 2)
+        else:
+            hidden_states = rms_norm(hidden_states + self.self_attn(hidden_states, cos_sin), self.norm_eps)
         return rms_norm(hidden_states + self.mlp(hidden_states), self.norm_eps)
 
 
@@ -87,9 +102,10 @@ class HRMInner(nn.Module):
             self.puzzle_emb = PuzzleEmbedding(config.num_puzzle_identifiers, config.puzzle_emb_ndim)
         if config.pos_encodings == "rope":
             self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
-        else:
+        elif config.pos_encodings == "learned":
             self.embed_pos = CastedEmbedding(config.seq_len + config.puzzle_emb_len, config.hidden_size)
-        self.H_level = ReasoningModule(config, config.H_layers)
+        if config.family == "hrm":  # TRM's one network is L_level
+            self.H_level = ReasoningModule(config, config.H_layers)
         self.L_level = ReasoningModule(config, config.L_layers)
         # Upstream keeps these in the forward dtype; float32 here holds bfloat16 values exactly.
         self.H_init = nn.Buffer(torch.zeros(config.hidden_size), persistent=True)
@@ -152,8 +168,9 @@ class HRMInner(nn.Module):
         return z_H, z_L
 
     def h_step(self, z_H: torch.Tensor, z_L: torch.Tensor, cos_sin: CosSin) -> torch.Tensor:
-        """One H-step; the controller normalises z_H after it (its segments end in an RMSNorm)."""
-        z_H = self.H_level(z_H, z_L, cos_sin)
+        """One H-step, by H_level (TRM: by L_level, its one network); the controller normalises z_H
+        after it (its segments end in an RMSNorm)."""
+        z_H = (self.L_level if self.config.family == "trm" else self.H_level)(z_H, z_L, cos_sin)
         return rms_norm(z_H, self.config.rms_norm_eps) if self.config.input_mode == "hidden" else z_H
 
     def heads(self, z_H: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:

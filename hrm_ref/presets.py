@@ -44,6 +44,21 @@ PRESETS |= {
     "controller-cab": HRMConfig(vocab_size=128, input_mode="hidden", d_model=96, injector="cab", mem_tokens=4,
                                 segments=2, eval_segments=4, inner_T=2, seq_len=12, **_TINY_CORE),
 }
+# TRM (docs/design.md §2, the family): upstream's sudoku (mlp_t) and maze (attention) recipes, and
+# both forms on the tiny core, where puzzle_emb_len 3 > ceil(96 / 64) exercises the explicit length.
+_TRM = dict(family="trm", H_layers=0, L_layers=2, puzzle_emb_len=16, no_ACT_continue=True)  # config/arch/trm.yaml
+_TINY_TRM = _TINY_CORE | _TRM | dict(puzzle_emb_ndim=96, puzzle_emb_len=3, num_puzzle_identifiers=8, halt_max_steps=8)
+PRESETS |= {
+    # README's Sudoku-Extreme mlp_t run: H 3 × L 6, no positions; 5,028,866 parameters.
+    "trm-sudoku": HRMConfig(vocab_size=11, hidden_size=512, num_heads=8, H_cycles=3, L_cycles=6, expansion=4.0,
+                            puzzle_emb_ndim=512, num_puzzle_identifiers=1, seq_len=81, mlp_t=True,
+                            pos_encodings="none", **_TRM),
+    # README's Maze-Hard run (30×30, vocabulary PAD + "# SGo"): H 3 × L 4, RoPE; 6,822,914 parameters.
+    "trm-maze": HRMConfig(vocab_size=6, hidden_size=512, num_heads=8, H_cycles=3, L_cycles=4, expansion=4.0,
+                          puzzle_emb_ndim=512, num_puzzle_identifiers=1, seq_len=900, **_TRM),
+    "trm-tiny": HRMConfig(vocab_size=11, seq_len=16, **_TINY_TRM),
+    "trm-tiny-mlp-t": HRMConfig(vocab_size=11, seq_len=16, mlp_t=True, pos_encodings="none", **_TINY_TRM),
+}
 # Trained on real tasks (`python -m hrmc.hrm_ref.train NAME`, see docs/fixtures.md): the weights are the
 # committed `fixtures/NAME.safetensors`, the held-out puzzles with labels `fixtures/NAME-test.npz`.
 # Their configs are stated here and checked equal to the file's metadata when loaded.

@@ -20,6 +20,7 @@ from hrmc.hrm_ref.ddim import DDIMScheduler
 from hrmc.hrm_ref.presets import TRAINED_PRESETS, test_set_path
 from hrmc.errors import InputError
 from hrmc.files import atomic_output, check_output
+from hrmc.names import STATE_NAMES
 from hrmc.targets import TARGETS, LowerOptions
 
 DEFAULT_PRESET = "tiny"
@@ -121,7 +122,7 @@ def run_model(model: HRM, batch: Batch, policy: str, budget: int | None, seed: i
     """
     trajectory = hrm_ref.run(model, batch, policy, budget, on_step)
     arrays = {name: value.float().numpy() if value.is_floating_point() else value.numpy()
-              for name, value in trajectory.items() if name not in ("z_H", "z_L")}
+              for name, value in trajectory.items() if name not in STATE_NAMES}
     arrays |= {name: value.numpy() for name, value in batch.items()}
     if model.config.input_mode == "latent":
         sample = DDIMScheduler().sample(ddim_steps, tuple(batch["x_t"].shape),

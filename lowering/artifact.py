@@ -20,8 +20,8 @@ import onnx
 from hrmc.binding import BindingError, make_record, parse_record, verify
 from hrmc.errors import InputError
 from hrmc.files import atomic_output
+from hrmc.names import PARTS
 
-PARTS_KEY = "hrmc.parts"
 
 
 def load_proto(path: Path) -> onnx.ModelProto:
@@ -35,12 +35,12 @@ def load_proto(path: Path) -> onnx.ModelProto:
 
 
 def _record_text(proto: onnx.ModelProto) -> str | None:
-    return next((p.value for p in proto.metadata_props if p.key == PARTS_KEY), None)
+    return next((p.value for p in proto.metadata_props if p.key == PARTS), None)
 
 
 def content_sha256(proto: onnx.ModelProto) -> str:
     """sha256 of the model as serialised without its parts record."""
-    kept = [p for p in proto.metadata_props if p.key != PARTS_KEY]
+    kept = [p for p in proto.metadata_props if p.key != PARTS]
     if len(kept) == len(proto.metadata_props):
         return hashlib.sha256(proto.SerializeToString()).hexdigest()
     stripped = onnx.ModelProto()
@@ -53,13 +53,13 @@ def content_sha256(proto: onnx.ModelProto) -> str:
 def save_bound(parts: Mapping[str, tuple[Path, onnx.ModelProto]]) -> None:
     """Write {role: (path, model)} as one set: each file records every file's digest; all or none."""
     for _, proto in parts.values():
-        kept = [p for p in proto.metadata_props if p.key != PARTS_KEY]
+        kept = [p for p in proto.metadata_props if p.key != PARTS]
         del proto.metadata_props[:]
         proto.metadata_props.extend(kept)
     record = make_record({role: (path, content_sha256(proto)) for role, (path, proto) in parts.items()})
     with contextlib.ExitStack() as stack:
         for path, proto in parts.values():
-            proto.metadata_props.add(key=PARTS_KEY, value=json.dumps(record, sort_keys=True))
+            proto.metadata_props.add(key=PARTS, value=json.dumps(record, sort_keys=True))
             onnx.save(proto, stack.enter_context(atomic_output(path)))
 
 

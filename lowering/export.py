@@ -35,9 +35,9 @@ from hrmc import __version__
 from hrmc.errors import HrmcError, InputError
 from hrmc.files import check_output
 from hrmc.lowering.artifact import load_proto, save_bound
-from hrmc.lowering.graph import CARRY_NAMES, ACTGraph, StepGraph
+from hrmc.lowering.graph import ACTGraph, StepGraph
+from hrmc.names import CARRY_NAMES, LOOP, TRIP_COUNT, meta_key, unprefixed
 
-META_PREFIX = "hrmc."
 EXAMPLE_BATCH = 2  # traced with 2 rows: a batch of 1 would let the exporter specialise the batch dimension
 LOOP_KINDS_BY_DEPTH = {"act": ("act", "h_cycles", "l_cycles"), "step": ("h_cycles", "l_cycles")}
 
@@ -107,8 +107,8 @@ def _label_loops(graph: onnx.GraphProto, kinds: tuple[str, ...], trip_counts: di
                 raise ExportError(f"unexpected Loop {node.name} nested {depth + 1} deep")
             kind = kinds[depth]
             trip = trip_counts[kind]
-            node.metadata_props.add(key=META_PREFIX + "loop", value=kind)
-            node.metadata_props.add(key=META_PREFIX + "trip_count", value="" if trip is None else str(trip))
+            node.metadata_props.add(key=LOOP, value=kind)
+            node.metadata_props.add(key=TRIP_COUNT, value="" if trip is None else str(trip))
             found.append({"node": node.name, "kind": kind, "trip_count": trip, "depth": depth})
         for subgraph in _subgraphs(node):
             _label_loops(subgraph, kinds, trip_counts, found, depth + (node.op_type == "Loop"))
@@ -124,7 +124,7 @@ def _finish(proto: onnx.ModelProto, kind: str, model: HRM, policy: str, budget: 
                 "loops": json.dumps(loops), "weights_sha256": sha, "source": source}
     del proto.metadata_props[:]
     for key, value in metadata.items():
-        proto.metadata_props.add(key=META_PREFIX + key, value=value)
+        proto.metadata_props.add(key=meta_key(key), value=value)
     proto.producer_name, proto.producer_version = "hrmc", __version__
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -173,7 +173,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     """The hrmc metadata of an exported or lowered file; an error if the file was not made by hrmc."""
     path = Path(path)
     proto = load_proto(path)
-    props = {p.key.removeprefix(META_PREFIX): p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)}
+    props = unprefixed({p.key: p.value for p in proto.metadata_props})
     if "config" not in props:
         raise InputError(f"{path} was not made by hrmc export (no hrmc metadata)")
     return props | {"config": json.loads(props["config"]), "budget": int(props["budget"]),

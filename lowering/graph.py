@@ -19,8 +19,7 @@ from torch._higher_order_ops import while_loop
 from hrmc.hrm_ref import HRM, Carry
 from hrmc.hrm_ref.act import freeze, initial_carry, resolve_budget, step
 from hrmc.hrm_ref.model import CosSin, HRMInner
-
-CARRY_NAMES = ("z_H", "z_L", "steps", "halted")
+from hrmc.names import CARRY_NAMES
 
 
 def _counter() -> torch.Tensor:

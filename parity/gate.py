@@ -19,6 +19,7 @@ import torch
 
 from hrmc.hrm_ref import Batch, Carry
 from hrmc.hrm_ref.act import initial_carry
+from hrmc.names import CARRY_NAMES, STATE_NAMES
 from hrmc.parity.executors import TorchExecutor
 from hrmc.targets.executor import Arrays, Executor
 
@@ -33,7 +34,6 @@ Q_ERROR_LIMIT = 1e-2
 BAND_FACTOR = 8
 DECISION_OUTPUTS = ("q_halt_logits", "q_continue_logits")  # one number per sample: judged by decisions, not PSNR
 FLOOR_FACTOR = 10  # trajectory gate: drift ≤ max(ATOL, FLOOR_FACTOR × noise floor)
-CARRY_OUTPUTS = ("z_H", "z_L")
 DECISIONS = ("halted", "steps")
 
 
@@ -112,7 +112,7 @@ def _carry_at(trajectory: Arrays, model_start: Carry, step: int) -> Carry:
     if step == 0:
         return model_start
     return Carry(*(torch.from_numpy(np.ascontiguousarray(trajectory[name][step - 1]))
-                   for name in ("z_H", "z_L", "steps", "halted")))
+                   for name in CARRY_NAMES))
 
 
 def q_margin(outputs: Arrays) -> np.ndarray | None:
@@ -236,14 +236,14 @@ def chained_run(executor: Executor, start: Carry, batch: Batch) -> Arrays:
     while not bool(carry.halted.all()):
         outputs = executor.step(carry, batch)
         halted_before = carry.halted.numpy()
-        heads = {name: value for name, value in outputs.items() if name not in DECISIONS + CARRY_OUTPUTS}
+        heads = {name: value for name, value in outputs.items() if name not in DECISIONS + STATE_NAMES}
         if last is not None:
             heads = {name: np.where(halted_before.reshape((-1,) + (1,) * (value.ndim - 1)), last[name], value)
                      for name, value in heads.items()}
         last = heads
         for name, value in (heads | {name: outputs[name] for name in DECISIONS}).items():
             history.setdefault(name, []).append(value)
-        carry = Carry(*(torch.from_numpy(np.ascontiguousarray(outputs[name])) for name in ("z_H", "z_L", "steps", "halted")))
+        carry = Carry(*(torch.from_numpy(np.ascontiguousarray(outputs[name])) for name in CARRY_NAMES))
     return {name: np.stack(values) for name, values in history.items()}
 
 
@@ -263,7 +263,7 @@ def _drift(run_a: Arrays, run_b: Arrays, ref32: Arrays, ref64: Arrays, report: R
     close |= ref32["steps"][-1] != ref64["steps"][-1]
     differs = halting_a != halting_b
     compared = ~(differs & close) & (ref32["steps"][-1] == ref64["steps"][-1])
-    for name in [n for n in run_b if n in run_a and n in ref64 and n not in DECISIONS + CARRY_OUTPUTS]:
+    for name in [n for n in run_b if n in run_a and n in ref64 and n not in DECISIONS + STATE_NAMES]:
         envelope = 0.0
         for s in range(length):
             max_abs, max_rel, _ = _compare(run_a[name][s][compared], run_b[name][s][compared], report.rtol)

@@ -21,7 +21,8 @@ from onnx_ir.passes.common import NameFixPass
 from hrmc.errors import HrmcError, InputError
 from hrmc.files import atomic_output, check_output
 from hrmc.lowering import read_metadata, step_path_for
-from hrmc.lowering.artifact import PARTS_KEY, load_proto, save_bound, source_parts
+from hrmc.lowering.artifact import load_proto, save_bound, source_parts
+from hrmc import names
 from hrmc.passes._loops import PassInputError, restore_loop_labels
 from hrmc.passes.act_to_masked_budget import ActToMaskedBudgetPass
 from hrmc.passes.chunk_budget import ChunkBudgetPass
@@ -95,7 +96,7 @@ def run_pipeline(model: ir.Model, pipeline: str, *, strip: tuple[str, ...] = (),
             instance(model)
         except ir.passes.PreconditionError as err:
             raise PassInputError(f"{name}: {err}") from None
-        model.metadata_props["hrmc.passes"] = json.dumps(json.loads(model.metadata_props.get("hrmc.passes", "[]")) + [name])
+        model.metadata_props[names.PASSES] = json.dumps(json.loads(model.metadata_props.get(names.PASSES, "[]")) + [name])
         if name == dump_after:
             dump(name, model)
     return model
@@ -104,7 +105,7 @@ def run_pipeline(model: ir.Model, pipeline: str, *, strip: tuple[str, ...] = (),
 def _load(path: Path) -> ir.Model:
     read_metadata(path)  # refuses files hrmc did not make
     model = ir.load(str(path))
-    model.metadata_props.pop(PARTS_KEY, None)  # the export's record: the lowered set gets its own
+    model.metadata_props.pop(names.PARTS, None)  # the export's record: the lowered set gets its own
     restore_loop_labels(model, path)
     return model
 

@@ -16,9 +16,8 @@ import onnx_ir as ir
 from onnx_ir import _cloner
 
 from hrmc.errors import HrmcError
+from hrmc.names import LOOP, LOOPS, TRIP_COUNT
 
-LOOP_KIND = "hrmc.loop"
-TRIP_COUNT = "hrmc.trip_count"
 
 
 class PassInputError(HrmcError):
@@ -33,19 +32,19 @@ class Iteration:
 
 def loop_kind(node: ir.Node) -> str:
     """The kind hrmc's exporter recorded on a Loop node; an error for a Loop without it."""
-    if LOOP_KIND not in node.metadata_props:
+    if LOOP not in node.metadata_props:
         raise PassInputError(f"Loop node {node.name!r} has no hrmc metadata: was it made by hrmc export?")
-    return node.metadata_props[LOOP_KIND]
+    return node.metadata_props[LOOP]
 
 
 def restore_loop_labels(model: ir.Model, source: object) -> None:
     """Put back the Loop labels a graph tool dropped (onnxsim keeps model metadata, not node metadata):
     by node name from the export's `hrmc.loops` list, else by nesting depth, which fixes each kind."""
-    listed = json.loads(model.metadata_props.get("hrmc.loops", "[]"))
+    listed = json.loads(model.metadata_props.get(LOOPS, "[]"))
     by_name = {entry["node"]: entry for entry in listed}
     by_depth = {depth: [e for e in listed if e["depth"] == depth] for depth in {e["depth"] for e in listed}}
     for depth, node in _loops_with_depth(model.graph):
-        if LOOP_KIND in node.metadata_props:
+        if LOOP in node.metadata_props:
             continue
         entry = by_name.get(node.name)
         if entry is None and len(by_depth.get(depth, [])) == 1:  # renamed: one Loop per depth in an HRM export
@@ -53,7 +52,7 @@ def restore_loop_labels(model: ir.Model, source: object) -> None:
         if entry is None:
             raise PassInputError(f"{source}: Loop node {node.name!r} has no hrmc label and the model's hrmc.loops "
                                  "does not name it: was it made by hrmc export?")
-        node.metadata_props[LOOP_KIND] = entry["kind"]
+        node.metadata_props[LOOP] = entry["kind"]
         node.metadata_props[TRIP_COUNT] = "" if entry["trip_count"] is None else str(entry["trip_count"])
 
 
@@ -75,7 +74,7 @@ def loops_of_kind(graph: ir.Graph, kinds: tuple[str, ...]) -> list[ir.Node]:
         loop_kind(node)
         if len(node.outputs) != len(node.inputs) - 2:
             raise PassInputError(f"Loop node {node.name!r} has scan outputs, which hrmc's passes do not handle")
-    return [node for _, node in sorted(found, key=lambda pair: -pair[0]) if node.metadata_props[LOOP_KIND] in kinds]
+    return [node for _, node in sorted(found, key=lambda pair: -pair[0]) if node.metadata_props[LOOP] in kinds]
 
 
 def constant(graph: ir.Graph, before: ir.Node, value: np.ndarray, name: str) -> ir.Value:
@@ -104,7 +103,7 @@ def inline_iteration(loop: ir.Node, iteration: int, cond: ir.Value, values: list
     """Insert one copy of `loop`'s body before it, with the body inputs bound as given."""
     graph = loop.graph
     body = loop.attributes["body"].as_graph()
-    tag = f"{loop.metadata_props[LOOP_KIND][0]}{iteration}"  # a3, h1, l0: short, names add up over 10k nodes
+    tag = f"{loop.metadata_props[LOOP][0]}{iteration}"  # a3, h1, l0: short, names add up over 10k nodes
     counter = constant(graph, loop, np.array(iteration, dtype=np.int64), f"{tag}.iteration")
     value_map: dict[ir.Value, ir.Value | None] = dict(zip(body.inputs, [counter, cond, *values]))
     graph.insert_before(loop, clone_nodes(list(body), value_map, tag))

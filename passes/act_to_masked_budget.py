@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from hrmc.names import BUDGET, KIND
 from hrmc.passes._loops import PassInputError, inline_iteration, loops_of_kind, replace_loop
 
-BUDGET_KEY = "hrmc.budget"
 
 
 def select(graph: ir.Graph, before: ir.Node, active: ir.Value, new: ir.Value, old: ir.Value) -> ir.Value:
@@ -47,9 +47,9 @@ class ActToMaskedBudgetPass(ir.passes.InPlacePass):
         loops = loops_of_kind(model.graph, ("act",))
         if not loops:
             return ir.passes.PassResult(model, modified=False)
-        if BUDGET_KEY not in model.metadata_props:
-            raise PassInputError(f"ACT Loop node {loops[0].name!r}: the model records no {BUDGET_KEY}")
-        budget = int(model.metadata_props[BUDGET_KEY])
+        if BUDGET not in model.metadata_props:
+            raise PassInputError(f"ACT Loop node {loops[0].name!r}: the model records no {BUDGET}")
+        budget = int(model.metadata_props[BUDGET])
         for loop in loops:
             if loop.inputs[0] is not None:
                 raise PassInputError(f"ACT Loop node {loop.name!r} has a trip count input; expected a condition only")
@@ -62,5 +62,5 @@ class ActToMaskedBudgetPass(ir.passes.InPlacePass):
                 graph.insert_before(loop, still)
                 active = still.outputs[0]
             replace_loop(loop, values)
-        model.metadata_props["hrmc.kind"] = "static"
+        model.metadata_props[KIND] = "static"
         return ir.passes.PassResult(model, modified=True)

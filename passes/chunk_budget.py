@@ -22,9 +22,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from hrmc.names import CARRY_NAMES, CHUNK, KIND
 from hrmc.passes._loops import PassInputError, clone_nodes
 
-CARRY = ("z_H", "z_L", "steps", "halted")
 
 
 class ChunkBudgetPass(ir.passes.InPlacePass):
@@ -35,7 +35,7 @@ class ChunkBudgetPass(ir.passes.InPlacePass):
         self.steps = steps
 
     def requires(self, model: ir.Model) -> None:
-        if model.metadata_props.get("hrmc.kind") != "step":
+        if model.metadata_props.get(KIND) != "step":
             raise ir.passes.PreconditionError("it works on the one-step model (NAME.step.onnx)")
         loop = next((n for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.op_type in ("Loop", "If")), None)
         if loop is not None:
@@ -45,19 +45,19 @@ class ChunkBudgetPass(ir.passes.InPlacePass):
         graph = model.graph
         inputs = {value.name: value for value in graph.inputs}
         outputs = {value.name: value for value in graph.outputs}
-        carry_in = [inputs[name] for name in CARRY]
-        carry_out = [outputs[f"{name}_next"] for name in CARRY]
+        carry_in = [inputs[name] for name in CARRY_NAMES]
+        carry_out = [outputs[f"{name}_next"] for name in CARRY_NAMES]
         heads = [value for value in graph.outputs if value not in carry_out]
         body = list(graph)
         per_step = [[*carry_out, *heads]]
         for copy in range(1, self.steps):
-            value_map: dict[ir.Value, ir.Value | None] = dict(zip(carry_in, per_step[-1][:len(CARRY)]))
+            value_map: dict[ir.Value, ir.Value | None] = dict(zip(carry_in, per_step[-1][:len(CARRY_NAMES)]))
             graph.extend(clone_nodes(body, value_map, f"k{copy}"))
             per_step.append([value_map[value] for value in per_step[0]])
         axis = ir.node("Constant", [], {"value": ir.tensor(np.array([0], dtype=np.int64), name="chunk_axis")})
         graph.append(axis)
         stacked = {}
-        named = [(i, v.name) for i, v in enumerate(per_step[0])][len(CARRY):]
+        named = [(i, v.name) for i, v in enumerate(per_step[0])][len(CARRY_NAMES):]
         for index, name in named + [(2, "steps_per_step"), (3, "halted_per_step")]:
             pieces = [ir.node("Unsqueeze", [step[index], axis.outputs[0]]) for step in per_step]
             concat = ir.node("Concat", [p.outputs[0] for p in pieces], {"axis": 0})
@@ -67,10 +67,10 @@ class ChunkBudgetPass(ir.passes.InPlacePass):
             if first.shape is not None:
                 concat.outputs[0].shape = ir.Shape([self.steps, *first.shape])
             stacked[name] = concat.outputs[0]
-        last = per_step[-1][:len(CARRY)]
+        last = per_step[-1][:len(CARRY_NAMES)]
         for value in list(graph.outputs):
             graph.outputs.remove(value)
-        for name, value in zip(CARRY, last):
+        for name, value in zip(CARRY_NAMES, last):
             value.name = f"{name}_next"  # the final carry keeps the one-step model's names
             graph.outputs.append(value)
         for name, value in stacked.items():
@@ -79,6 +79,6 @@ class ChunkBudgetPass(ir.passes.InPlacePass):
                     old.name = f"{name}.step0"
             value.name = name
             graph.outputs.append(value)
-        model.metadata_props["hrmc.kind"] = "chunk"
-        model.metadata_props["hrmc.chunk"] = str(self.steps)
+        model.metadata_props[KIND] = "chunk"
+        model.metadata_props[CHUNK] = str(self.steps)
         return ir.passes.PassResult(model, modified=True)

@@ -21,6 +21,7 @@ import json
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
+from hrmc.names import OUTPUTS
 from hrmc.passes._loops import PassInputError
 
 PROTECTED = ("halted", "steps", "steps_run", "z_H_next", "z_L_next", "steps_next", "halted_next",
@@ -42,6 +43,6 @@ class StripHeadsPass(ir.passes.InPlacePass):
         for name in self.outputs:
             model.graph.outputs.remove(present[name])
         common.RemoveUnusedNodesPass()(model)
-        kept = json.loads(model.metadata_props.get("hrmc.outputs", "[]"))
-        model.metadata_props["hrmc.outputs"] = json.dumps([name for name in kept if name not in self.outputs])
+        kept = json.loads(model.metadata_props.get(OUTPUTS, "[]"))
+        model.metadata_props[OUTPUTS] = json.dumps([name for name in kept if name not in self.outputs])
         return ir.passes.PassResult(model, modified=bool(self.outputs))

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from hrmc.passes._loops import TRIP_COUNT, PassInputError, inline_iteration, loops_of_kind, replace_loop
+from hrmc.names import LOOP, TRIP_COUNT
+from hrmc.passes._loops import PassInputError, inline_iteration, loops_of_kind, replace_loop
 
 CYCLE_KINDS = ("h_cycles", "l_cycles")
 
@@ -30,7 +31,7 @@ class UnrollCyclesPass(ir.passes.InPlacePass):
         for loop in loops:
             trips = loop.metadata_props.get(TRIP_COUNT, "")
             if not trips.isdigit():
-                raise PassInputError(f"Loop node {loop.name!r} ({loop.metadata_props['hrmc.loop']}) has no fixed trip count")
+                raise PassInputError(f"Loop node {loop.name!r} ({loop.metadata_props[LOOP]}) has no fixed trip count")
             cond, values = loop.inputs[1], list(loop.inputs[2:])
             for iteration in range(int(trips)):
                 step = inline_iteration(loop, iteration, cond, values)

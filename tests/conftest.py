@@ -13,9 +13,10 @@ from hrmc.hrm_ref import HRM
 
 
 def upstream_arch(model: HRM) -> dict:
-    """The `arch:` section upstream's pretrain.py dumps for this model (training keys included)."""
+    """The `arch:` section upstream's pretrain.py dumps for this model (training keys included):
+    sapientinc/HRM's, or for a TRM TinyRecursiveModels' (config/arch/trm.yaml's keys)."""
     c = model.config
-    return {
+    arch = {
         "name": "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1",
         "loss": {"name": "losses@ACTLossHead", "loss_type": "stablemax_cross_entropy"},
         "halt_exploration_prob": 0.1, "halt_max_steps": c.halt_max_steps,
@@ -23,6 +24,10 @@ def upstream_arch(model: HRM) -> dict:
         "hidden_size": c.hidden_size, "num_heads": c.num_heads, "expansion": c.expansion,
         "puzzle_emb_ndim": c.puzzle_emb_ndim, "pos_encodings": c.pos_encodings,
     }
+    if c.family == "trm":
+        arch |= {"name": "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1", "forward_dtype": "bfloat16",
+                 "mlp_t": c.mlp_t, "puzzle_emb_len": c.puzzle_emb_len, "no_ACT_continue": c.no_ACT_continue}
+    return arch
 
 
 def write_upstream_checkpoint(model: HRM, folder: Path, prefix: str = "_orig_mod.model.", step: int = 52080) -> Path:

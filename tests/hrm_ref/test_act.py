@@ -36,6 +36,17 @@ def test_q_halt_freezes_halted_samples(tiny: HRM, batch: hrm_ref.Batch) -> None:
         assert q_halt > q_continue or halting_step == tiny.config.halt_max_steps
 
 
+def test_trm_without_act_continue_halts_on_q_halt_alone() -> None:
+    """TRM's no_ACT_continue rule is q_halt > 0, whatever q_continue says (docs/design.md §2)."""
+    model = hrm_ref.build_preset("trm-tiny-mlp-t")
+    out = hrm_ref.run(model, hrm_ref.random_batch(model.config, 32, seed=5), "q-halt")
+    q_halt, q_continue, budget = out["q_halt_logits"], out["q_continue_logits"], model.config.halt_max_steps
+    early = [(row, step) for row, step in enumerate(out["steps"][-1].tolist()) if step < budget]
+    for row, step in early:
+        assert q_halt[step - 1, row] > 0 and (q_halt[:step - 1, row] <= 0).all()
+    assert any(q_continue[step - 1, row] > q_halt[step - 1, row] for row, step in early), "HRM's rule would go on"
+
+
 def test_q_halt_and_max_steps_agree_until_a_sample_halts(tiny: HRM, batch: hrm_ref.Batch) -> None:
     full = hrm_ref.run(tiny, batch, "max-steps")
     early = hrm_ref.run(tiny, batch, "q-halt")

@@ -58,10 +58,14 @@ def test_unreadable_inputs_file(tiny: HRM, tmp_path: Path) -> None:
         hrm_ref.load_batch(tiny.config, tmp_path / "bad.npz")
 
 
-def test_learned_positions_fix_the_sequence_length() -> None:
-    config = HRMConfig(vocab_size=4, hidden_size=16, num_heads=2, pos_encodings="learned", seq_len=5)
-    with pytest.raises(InputError, match="has 6 positions, the model's learned positions fit 5"):
-        hrm_ref.make_batch(config, {"inputs": np.zeros((1, 6), np.int32)}, "x.npz")
+@pytest.mark.parametrize("config, fixed_by", [
+    (HRMConfig(vocab_size=4, hidden_size=16, num_heads=2, pos_encodings="learned", seq_len=5), "learned positions fit 5"),
+    (hrm_ref.PRESETS["trm-tiny-mlp-t"], "mlp_t mixes 16"),
+])
+def test_learned_positions_and_mlp_t_fix_the_sequence_length(config: HRMConfig, fixed_by: str) -> None:
+    inputs = np.zeros((1, config.seq_len + 1), np.int32)
+    with pytest.raises(InputError, match=f"has {config.seq_len + 1} positions, the model's {fixed_by}"):
+        hrm_ref.make_batch(config, {"inputs": inputs}, "x.npz")
 
 
 def test_random_batch_needs_a_sequence_length() -> None:

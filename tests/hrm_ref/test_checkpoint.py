@@ -10,8 +10,9 @@ import yaml
 
 from hrmc import hrm_ref
 from hrmc.hrm_ref import HRM, HRMConfig
+from hrmc.hrm_ref.config import arch_section
 from hrmc.hrm_ref.presets import randomize_weights
-from hrmc.errors import CheckpointError, HrmcError
+from hrmc.errors import CheckpointError, ConfigError, HrmcError
 from tests.conftest import upstream_arch, write_upstream_checkpoint
 
 
@@ -48,7 +49,8 @@ def test_config_that_contradicts_the_weights_is_named(tiny: HRM, upstream_checkp
         hrm_ref.load_checkpoint(upstream_checkpoint, tmp_path / "arch.yaml")
 
 
-@pytest.mark.parametrize("preset", ["tiny", "nibble", "hex", "nxt", "denoiser", "controller-cab"])
+@pytest.mark.parametrize("preset", ["tiny", "nibble", "hex", "nxt", "denoiser", "controller-cab", "trm-tiny",
+                                    "trm-tiny-mlp-t"])
 def test_safetensors_round_trip_carries_its_config(tmp_path: Path, preset: str) -> None:
     model = hrm_ref.build_preset(preset)
     hrm_ref.save_checkpoint(model, tmp_path / "model.safetensors")
@@ -92,6 +94,71 @@ def test_bad_keys_are_named(upstream_checkpoint: Path, change, message: str) -> 
     rewrite(upstream_checkpoint, change)
     with pytest.raises(CheckpointError, match=message):
         hrm_ref.load_checkpoint(upstream_checkpoint)
+
+
+TRM_NAME = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
+
+
+@pytest.fixture
+def trm_checkpoint(tmp_path: Path) -> Path:
+    """trm-tiny-mlp-t as TinyRecursiveModels' pretrain.py saves it."""
+    return write_upstream_checkpoint(hrm_ref.build_preset("trm-tiny-mlp-t"), tmp_path / "run")
+
+
+@pytest.mark.parametrize("forward_dtype", ["float32", "bfloat16", "float64"])
+def test_trm_checkpoint_loads_by_arch_name_in_every_dtype(trm_checkpoint: Path, forward_dtype: str) -> None:
+    """arch.name picks TRM; seq_len, which upstream's yaml leaves to the dataset, comes from mlp_t's width."""
+    loaded = hrm_ref.load_checkpoint(trm_checkpoint, forward_dtype=forward_dtype)
+    assert loaded.config == hrm_ref.PRESETS["trm-tiny-mlp-t"].replace(forward_dtype=forward_dtype)
+    outputs = hrm_ref.run(loaded, hrm_ref.random_batch(loaded.config, 2, seed=0), budget=2)
+    assert outputs["logits"].dtype == loaded.config.torch_dtype and torch.isfinite(outputs["logits"]).all()
+
+
+def rename_arch(checkpoint: Path, **changes) -> None:
+    config_path = checkpoint.parent / "all_config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["arch"] |= changes
+    config_path.write_text(yaml.dump(config))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"name": "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1", "H_layers": 2},
+     r"all_config\.yaml: config pos_encodings 'none' is a TRM option: it needs family 'trm'"),
+    ({"name": "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1", "H_layers": 2, "mlp_t": False,
+      "no_ACT_continue": False, "pos_encodings": "rope"}, r"missing keys inner\.H_level\.layers\.0\.mlp\.down_proj"),
+    ({"name": "recursive_reasoning.trm_singlez@TinyRecursiveReasoningModel_ACTV1"},
+     r"all_config\.yaml: arch\.name 'recursive_reasoning\.trm_singlez@TinyRecursiveReasoningModel_ACTV1' is not a "
+     r"model hrmc runs"),
+    ({"family": "hrm"}, r"arch\.family 'hrm' contradicts arch\.name"),
+])
+def test_arch_name_decides_the_model(trm_checkpoint: Path, changes: dict, message: str) -> None:
+    rename_arch(trm_checkpoint, **changes)
+    with pytest.raises(HrmcError, match=message):
+        hrm_ref.load_checkpoint(trm_checkpoint)
+
+
+def test_trm_yaml_without_trm_keys_takes_upstream_trms_defaults() -> None:
+    arch = {"name": TRM_NAME, "hidden_size": 64, "loss": {"name": "losses@ACTLossHead"}, "halt_exploration_prob": 0.1}
+    assert arch_section({"arch": arch}, "x") == {"family": "trm", "hidden_size": 64, "puzzle_emb_len": 16,
+                                                 "no_ACT_continue": True}
+    hrm = arch | {"name": "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1"}
+    assert arch_section({"arch": hrm}, "x") == {"family": "hrm", "hidden_size": 64}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.pop("_orig_mod.model.inner.L_level.layers.1.mlp_t.down_proj.weight"),
+     r"missing keys inner\.L_level\.layers\.1\.mlp_t\.down_proj\.weight"),
+    (lambda s: s.__setitem__("_orig_mod.model.inner.H_level.layers.0.mlp.down_proj.weight", torch.zeros(64, 256)),
+     r"unexpected keys inner\.H_level\.layers\.0\.mlp\.down_proj\.weight"),
+    (lambda s: s.__setitem__("_orig_mod.model.inner.L_level.layers.0.self_attn.o_proj.weight", torch.zeros(64, 64)),
+     r"unexpected keys inner\.L_level\.layers\.0\.self_attn\.o_proj\.weight"),
+    (lambda s: s.__setitem__("_orig_mod.model.inner.L_level.layers.0.mlp_t.gate_up_proj.weight", torch.zeros(512, 20)),
+     r"shape mismatch inner\.L_level\.layers\.0\.mlp_t\.gate_up_proj\.weight \(512, 20\) \(model \(512, 19\)\)"),
+])
+def test_bad_trm_keys_are_named(trm_checkpoint: Path, change, message: str) -> None:
+    rewrite(trm_checkpoint, change)
+    with pytest.raises(CheckpointError, match=message):
+        hrm_ref.load_checkpoint(trm_checkpoint)
 
 
 def test_unreadable_files_are_named(tmp_path: Path, upstream_checkpoint: Path) -> None:

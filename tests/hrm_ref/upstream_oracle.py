@@ -4,6 +4,7 @@ It reads a raw state_dict (`inner.…` keys) and an upstream `arch:` dict and fo
 operation order, including its ACT wrapper: the carry starts "halted", halted rows are reset to
 H_init/L_init and their data swapped in, and in eval every row halts at `halt_max_steps`.
 It shares no code with hrm_ref, so a wrong key, cycle order or reset rule there shows up here.
+`UpstreamTRMOracle` does the same for TinyRecursiveModels' `models/recursive_reasoning/trm.py`.
 """
 
 from __future__ import annotations
@@ -34,8 +35,14 @@ class UpstreamOracle:
         self.ndim = arch.get("puzzle_emb_ndim", 0)
         self.puzzle_len = -(self.ndim // -self.hidden)
         self.max_steps = halt_max_steps or arch["halt_max_steps"]
+        self.eps = arch.get("rms_norm_eps", 1e-5)
 
-    def _block(self, prefix: str, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def _swiglu(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(x, self.w[prefix + "gate_up_proj.weight"]).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, self.w[prefix + "down_proj.weight"])
+
+    def _mix(self, prefix: str, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """The block's first half: attention over the positions, residual, norm."""
         batch, seq, _ = h.shape
         head_dim = self.hidden // self.heads
         qkv = F.linear(h, self.w[prefix + "self_attn.qkv_proj.weight"]).view(batch, seq, 3 * self.heads, head_dim)
@@ -44,10 +51,11 @@ class UpstreamOracle:
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         attn = F.softmax(torch.matmul(q, k.transpose(-2, -1)) * head_dim ** -0.5, dim=-1)
         out = torch.matmul(attn, v).transpose(1, 2).reshape(batch, seq, self.hidden)
-        h = _rms(h + F.linear(out, self.w[prefix + "self_attn.o_proj.weight"]), self.arch.get("rms_norm_eps", 1e-5))
-        gate, up = F.linear(h, self.w[prefix + "mlp.gate_up_proj.weight"]).chunk(2, dim=-1)
-        mlp = F.linear(F.silu(gate) * up, self.w[prefix + "mlp.down_proj.weight"])
-        return _rms(h + mlp, self.arch.get("rms_norm_eps", 1e-5))
+        return _rms(h + F.linear(out, self.w[prefix + "self_attn.o_proj.weight"]), self.eps)
+
+    def _block(self, prefix: str, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        h = self._mix(prefix, h, cos, sin)
+        return _rms(h + self._swiglu(prefix + "mlp.", h), self.eps)
 
     def _level(self, name: str, layers: int, h: torch.Tensor, injection: torch.Tensor, cos, sin) -> torch.Tensor:
         h = h + injection
@@ -65,15 +73,27 @@ class UpstreamOracle:
             emb = 0.707106781 * (emb + self.w["inner.embed_pos.embedding_weight"])
         return math.sqrt(self.hidden) * emb
 
-    def inner(self, z_H, z_L, inputs, puzzle_ids):
-        x = self._embed(inputs, puzzle_ids)
+    def _rope_tables(self, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin; without RoPE the identity rotation (cos 1, sin 0)."""
         head_dim = self.hidden // self.heads
         inv_freq = 1.0 / (self.arch.get("rope_theta", 10000.0) ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        freqs = torch.outer(torch.arange(x.shape[1], dtype=torch.float32), inv_freq)
+        freqs = torch.outer(torch.arange(positions, dtype=torch.float32), inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos(), emb.sin()
         if self.arch.get("pos_encodings", "rope") != "rope":
-            cos, sin = torch.ones_like(cos), torch.zeros_like(sin)
+            return torch.ones_like(emb), torch.zeros_like(emb)
+        return emb.cos(), emb.sin()
+
+    def _outputs(self, z_H, z_L):
+        q = F.linear(z_H[:, 0], self.w["inner.q_head.weight"], self.w["inner.q_head.bias"]).to(torch.float32)
+        return z_H, z_L, F.linear(z_H, self.w["inner.lm_head.weight"])[:, self.puzzle_len:], q[..., 0], q[..., 1]
+
+    def halts(self, q_halt: torch.Tensor, q_continue: torch.Tensor) -> torch.Tensor:
+        """The q head's halting signal (upstream applies it only in training)."""
+        return q_halt > q_continue
+
+    def inner(self, z_H, z_L, inputs, puzzle_ids):
+        x = self._embed(inputs, puzzle_ids)
+        cos, sin = self._rope_tables(x.shape[1])
         H, L = self.arch["H_cycles"], self.arch["L_cycles"]
         for h_step in range(H):
             for l_step in range(L):
@@ -83,8 +103,7 @@ class UpstreamOracle:
                 z_H = self._level("H_level", self.arch["H_layers"], z_H, z_L, cos, sin)
         z_L = self._level("L_level", self.arch["L_layers"], z_L, z_H + x, cos, sin)
         z_H = self._level("H_level", self.arch["H_layers"], z_H, z_L, cos, sin)
-        q = F.linear(z_H[:, 0], self.w["inner.q_head.weight"], self.w["inner.q_head.bias"]).to(torch.float32)
-        return z_H, z_L, F.linear(z_H, self.w["inner.lm_head.weight"])[:, self.puzzle_len:], q[..., 0], q[..., 1]
+        return self._outputs(z_H, z_L)
 
     @torch.no_grad()
     def evaluate(self, inputs: torch.Tensor, puzzle_ids: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -111,3 +130,40 @@ class UpstreamOracle:
             halted = steps >= self.max_steps
             if halted.all():
                 return {name: torch.stack(values) for name, values in history.items()}
+
+
+class UpstreamTRMOracle(UpstreamOracle):
+    """TRM: one network (`L_level`) for both updates, H_cycles − 1 no-grad cycles then one with grad,
+    `puzzle_emb_len` positions (16 unless the arch says; 0 means HRM's ceil(ndim / hidden)), mlp_t
+    mixing over the positions while transposed, and the halting signal q_halt > 0 with no_ACT_continue."""
+
+    def __init__(self, weights: dict[str, torch.Tensor], arch: dict, halt_max_steps: int | None = None) -> None:
+        super().__init__(weights, arch, halt_max_steps)
+        self.puzzle_len = arch.get("puzzle_emb_len", 16) or self.puzzle_len
+
+    def _mix(self, prefix: str, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        if not self.arch.get("mlp_t", False):
+            return super()._mix(prefix, h, cos, sin)
+        h = h.transpose(1, 2)
+        return _rms(h + self._swiglu(prefix + "mlp_t.", h), self.eps).transpose(1, 2)
+
+    def halts(self, q_halt: torch.Tensor, q_continue: torch.Tensor) -> torch.Tensor:
+        return q_halt > 0 if self.arch.get("no_ACT_continue", True) else q_halt > q_continue
+
+    def inner(self, z_H, z_L, inputs, puzzle_ids):
+        x = self._embed(inputs, puzzle_ids)
+        cos, sin = self._rope_tables(x.shape[1])
+        layers = self.arch["L_layers"]
+        for _ in range(self.arch["H_cycles"] - 1):  # upstream's no-grad cycles
+            for _ in range(self.arch["L_cycles"]):
+                z_L = self._level("L_level", layers, z_L, z_H + x, cos, sin)
+            z_H = self._level("L_level", layers, z_H, z_L, cos, sin)
+        for _ in range(self.arch["L_cycles"]):  # the cycle with grad
+            z_L = self._level("L_level", layers, z_L, z_H + x, cos, sin)
+        z_H = self._level("L_level", layers, z_H, z_L, cos, sin)
+        return self._outputs(z_H, z_L)
+
+
+# The oracle of each upstream `arch.name`, as upstream's pretrain.py picks the model class by it.
+ORACLES = {"hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1": UpstreamOracle,
+           "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1": UpstreamTRMOracle}
