@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from hrmc.hrm_ref.config import HRMConfig
 from hrmc.hrm_ref.model import HRM, Batch
 from hrmc.errors import CheckpointError, InputError
 
@@ -70,11 +71,15 @@ def freeze(halted: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.
     return torch.where(_rows(halted, new), old, new)
 
 
+def halt_margin(config: HRMConfig, q_halt, q_continue):
+    """How far a sample is from its halting decision, positive to halt (tensors or arrays alike):
+    q_halt − q_continue, or q_halt alone for TRM without ACT continue (docs/design.md §2)."""
+    return q_halt if config.no_ACT_continue else q_halt - q_continue
+
+
 def q_says_halt(model: HRM, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Upstream's halting signal per sample: TRM without ACT continue reads q_halt alone."""
-    if model.config.no_ACT_continue:
-        return outputs["q_halt_logits"] > 0
-    return outputs["q_halt_logits"] > outputs["q_continue_logits"]
+    """Upstream's halting signal per sample."""
+    return halt_margin(model.config, outputs["q_halt_logits"], outputs["q_continue_logits"]) > 0
 
 
 def step(model: HRM, carry: Carry, batch: Batch, policy: str, budget: int) -> tuple[Carry, dict[str, torch.Tensor]]:

@@ -54,7 +54,7 @@ def check_modes(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget
         progress(f"comparing in {mode} mode")
         report = Report(mode, [e.describe() for e in executors], model_name, policy, budget, batch_size(batch), seed,
                         atol, rtol, psnr_db)
-        report.task = task_agreement(*runs, labels)
+        report.task = task_agreement(*runs, model.config, labels)
         if mode == "trajectory":
             reports.append(trajectory_parity(*runs, reference, exact, batch, report))
         else:

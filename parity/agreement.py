@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from hrmc.hrm_ref.act import halt_margin
+from hrmc.hrm_ref.config import HRMConfig
 from hrmc.targets.executor import Arrays
 
 
@@ -25,14 +27,14 @@ def accuracy(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"cells": float(right.mean()), "exact": float(right.all(axis=-1).mean())}
 
 
-def task_agreement(run_a: Arrays, run_b: Arrays, labels: np.ndarray | None = None) -> dict[str, Any]:
+def task_agreement(run_a: Arrays, run_b: Arrays, config: HRMConfig, labels: np.ndarray | None = None) -> dict[str, Any]:
     """Answers per cell and per sample, halting steps, the reference's (A's) smallest top-2 margin beside
     the largest final logit error, and each side's accuracy when `labels` are given."""
     report: dict[str, Any] = {"samples": int(run_a["steps"].shape[1])}
     halting_a, halting_b = run_a["steps"][-1], run_b["steps"][-1]
     report["halting_steps_agree"] = int((halting_a == halting_b).sum())
     if "q_halt_logits" in run_a and (halting_a != halting_b).any():  # how close the reference's calls were there
-        margin = np.abs(np.asarray(run_a["q_halt_logits"], np.float64) - run_a["q_continue_logits"])
+        margin = np.abs(halt_margin(config, np.asarray(run_a["q_halt_logits"], np.float64), run_a["q_continue_logits"]))
         report["halting_differs_reference_margins"] = [float(margin[:, i].min()) for i in np.flatnonzero(halting_a != halting_b)]
     answers_a, answers_b = answers(run_a), answers(run_b)
     if answers_a is None or answers_b is None:
@@ -54,7 +56,7 @@ def format_agreement(task: dict[str, Any]) -> list[str]:
     n = task["samples"]
     lines = [f"task agreement (whole runs, final answers): halting steps agree on {task['halting_steps_agree']} of {n}"]
     if "halting_differs_reference_margins" in task:
-        lines[0] += (" (where they differ, the reference's smallest |q_halt − q_continue|: "
+        lines[0] += (" (where they differ, the reference's smallest halting margin: "
                      + ", ".join(f"{m:.3g}" for m in task["halting_differs_reference_margins"][:8]) + ")")
     if "cells_agree" in task:
         lines[0] += (f"; answers agree on {task['samples_agree']} of {n} samples, {100 * task['cells_agree']:.2f} % of "

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from hrmc.hrm_ref import Batch, Carry
-from hrmc.hrm_ref.act import initial_carry
+from hrmc.hrm_ref.act import halt_margin, initial_carry
+from hrmc.hrm_ref.config import HRMConfig
 from hrmc.names import CARRY_NAMES, STATE_NAMES
 from hrmc.parity.executors import TorchExecutor
 from hrmc.targets.executor import Arrays, Executor
@@ -115,10 +116,12 @@ def _carry_at(trajectory: Arrays, model_start: Carry, step: int) -> Carry:
                    for name in CARRY_NAMES))
 
 
-def q_margin(outputs: Arrays) -> np.ndarray | None:
+def q_margin(outputs: Arrays, config: HRMConfig) -> np.ndarray | None:
+    """The halting margin per sample (`hrm_ref.act.halt_margin`) in float64; None for a model without q head."""
     if "q_halt_logits" not in outputs:
         return None
-    return np.asarray(outputs["q_halt_logits"], np.float64) - np.asarray(outputs["q_continue_logits"], np.float64)
+    return halt_margin(config, np.asarray(outputs["q_halt_logits"], np.float64),
+                       np.asarray(outputs["q_continue_logits"], np.float64))
 
 
 def step_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: TorchExecutor, batch: Batch,
@@ -145,7 +148,8 @@ def step_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: Torch
         out_a, out_b = a.step(carry, batch), b.step(carry, batch)
         out_32, out_64 = reference.step(carry, batch), exact.step(carry, batch)
         if half:
-            float16_step(out_a, out_b, out_32, out_64, rounded.step(carry, batch), s + 1, q_scale, report, decisions)
+            float16_step(out_a, out_b, out_32, out_64, rounded.step(carry, batch), s + 1, q_scale, report, decisions,
+                         reference.model.config)
             continue
         for name in [n for n in out_b if n in out_a and n not in DECISIONS]:
             max_abs, max_rel, needed = _compare(out_a[name], out_b[name], report.rtol)
@@ -156,7 +160,7 @@ def step_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: Torch
             report.rows.append(Row(name, s + 1, max_abs, max_rel, needed, limit, needed <= limit, floor))
         # A halting decision may differ only where the q values are within tolerance of a tie.
         differs = (out_a["halted"] != out_b["halted"]) | (out_a["steps"] != out_b["steps"])
-        margin = q_margin(out_b)
+        margin = q_margin(out_b, reference.model.config)
         close = np.zeros_like(differs) if margin is None else (
             np.abs(margin) <= 2 * (report.atol + report.rtol * np.abs(out_b["q_halt_logits"])))
         decisions["halting"].add(differs, close)
@@ -197,7 +201,7 @@ class Decisions:
 
 
 def float16_step(out_a: Arrays, out_b: Arrays, out_32: Arrays, out_64: Arrays, out_rounded: Arrays, step: int,
-                 q_scale: float, report: Report, decisions: dict[str, Decisions]) -> None:
+                 q_scale: float, report: Report, decisions: dict[str, Decisions], config: HRMConfig) -> None:
     """One step of the float16 contract (docs/design.md §4): states and per-token outputs on PSNR, q values on
     their absolute error against the q scale, decisions wherever the reference's margin is clear."""
     for name in [n for n in out_b if n in out_a and n not in DECISIONS]:
@@ -211,8 +215,8 @@ def float16_step(out_a: Arrays, out_b: Arrays, out_32: Arrays, out_64: Arrays, o
         else:
             report.rows.append(Row(name, step, max_abs, max_rel, needed, report.atol, bool(db >= report.psnr_db), floor,
                                    psnr=db, weights_psnr=weights_db, gated="psnr"))
-    if "q_halt_logits" in out_b:  # halting: the sign of q_halt − q_continue
-        margin, error = q_margin(out_32), np.abs(q_margin(out_rounded) - q_margin(out_32)).max()
+    if "q_halt_logits" in out_b:  # halting: the sign of the halting margin
+        margin, error = q_margin(out_32, config), np.abs(q_margin(out_rounded, config) - q_margin(out_32, config)).max()
         differs = (out_a["halted"] != out_b["halted"]) | (out_a["steps"] != out_b["steps"])
         decisions["halting"].add(differs, np.abs(margin) <= BAND_FACTOR * error, margin)
     if "logits" in out_b:  # answers: the argmax per position, against the top-1 minus top-2 logit margin
@@ -247,14 +251,15 @@ def chained_run(executor: Executor, start: Carry, batch: Batch) -> Arrays:
     return {name: np.stack(values) for name, values in history.items()}
 
 
-def _drift(run_a: Arrays, run_b: Arrays, ref32: Arrays, ref64: Arrays, report: Report, check: str) -> dict[str, Any]:
+def _drift(run_a: Arrays, run_b: Arrays, ref32: Arrays, ref64: Arrays, report: Report, check: str,
+           config: HRMConfig) -> dict[str, Any]:
     """Drift rows of two whole runs against the reference's noise floor; returns the halting comparison."""
     length = max(run["steps"].shape[0] for run in (run_a, run_b, ref32, ref64))
     run_a, run_b, ref32, ref64 = (_pad(run, length) for run in (run_a, run_b, ref32, ref64))
     halting_a, halting_b = run_a["steps"][-1], run_b["steps"][-1]
     # A sample is a close call if the reference's q margin, at some step up to its halting, is
     # within FLOOR_FACTOR × its own float64-vs-float32 noise.
-    margin32, margin64 = q_margin(ref32), q_margin(ref64)
+    margin32, margin64 = q_margin(ref32, config), q_margin(ref64, config)
     if margin64 is None:
         close = np.zeros(halting_a.shape, bool)
     else:
@@ -280,7 +285,8 @@ def _drift(run_a: Arrays, run_b: Arrays, ref32: Arrays, ref64: Arrays, report: R
 def trajectory_parity(run_a: Arrays, run_b: Arrays, reference: TorchExecutor, exact: TorchExecutor, batch: Batch,
                       report: Report) -> Report:
     """Whole runs of A and B, drift per step, gated against the reference's float64-vs-float32 noise floor."""
-    report.halting = _drift(run_a, run_b, reference.run(batch), exact.run(batch), report, "A vs B")
+    report.halting = _drift(run_a, run_b, reference.run(batch), exact.run(batch), report, "A vs B",
+                            reference.model.config)
     report.notes.append(f"trajectory mode: drift gated at max({report.atol:g}, {FLOOR_FACTOR} × noise floor); "
                         "noise floor = hrm_ref float64 vs float32 on the same inputs")
     if report.halting["left_out"]:
@@ -303,7 +309,7 @@ def whole_graph_parity(executor: Executor, whole: Arrays, reference: TorchExecut
         other = chained_run(executor, initial_carry(reference.model, batch), batch)
     else:
         check, against, other = f"{executor.name} whole vs the reference", "the reference's whole run", ref32
-    halting = _drift(whole, other, ref32, ref64, report, check)
+    halting = _drift(whole, other, ref32, ref64, report, check, reference.model.config)
     report.whole_graphs.append({"executor": executor.name, "graph": executor.whole_graph(), "check": check,
                                 "against": against, "halting": halting})
     return report

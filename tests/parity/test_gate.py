@@ -12,7 +12,7 @@ from hrmc.hrm_ref import HRM, Batch, Carry
 from hrmc.parity import check_parity
 from hrmc.parity.executors import EXECUTORS, TorchExecutor
 from hrmc.targets.executor import Arrays
-from hrmc.parity.gate import _compare
+from hrmc.parity.gate import _compare, q_margin
 
 
 class Nudged(TorchExecutor):
@@ -51,6 +51,20 @@ def test_compare_reports_the_tolerance_needed() -> None:
     max_abs, max_rel, needed = _compare(a, b, rtol=1e-5)
     assert max_abs == pytest.approx(1e-4) and max_rel == pytest.approx(2e-5, rel=1e-3)
     assert needed == pytest.approx(2e-5 - 1e-5 * (1 + 2e-5))  # the first element is the tight one
+
+
+def test_the_halting_margin_follows_the_models_rule(tiny: HRM) -> None:
+    trm = hrm_ref.build_preset("trm-tiny")
+    q = {"q_halt_logits": np.array([0.5, -0.25]), "q_continue_logits": np.array([3.0, -1.0])}
+    assert q_margin(q, tiny.config).tolist() == [-2.5, 0.75]  # HRM: halt when q_halt > q_continue
+    assert trm.config.no_ACT_continue and q_margin(q, trm.config).tolist() == [0.5, -0.25]  # TRM: when q_halt > 0
+
+
+def test_trm_halts_by_its_own_rule_in_the_gate() -> None:
+    trm = hrm_ref.build_preset("trm-tiny")
+    report = check_parity("torch", "torch", trm, hrm_ref.random_batch(trm.config, 8, seed=0), policy="q-halt",
+                          budget=None, mode="trajectory")
+    assert report.passed and report.halting["mismatched"] == report.halting["ambiguous"] == 0
 
 
 @pytest.mark.parametrize("mode", ["step", "trajectory"])
