@@ -15,15 +15,24 @@ from hrmc.hrm_ref import HRMConfig
 
 
 def flops_per_step(config: HRMConfig, batch: int, positions: int) -> int:
-    """Matmul FLOPs of one ACT step at `batch` samples of `positions` positions (puzzle embedding included)."""
+    """Matmul FLOPs of one ACT step at `batch` samples of `positions` positions (puzzle embedding included).
+
+    An H-step runs H_level's H_layers blocks; TRM's runs its one network again (L_layers blocks). A TRM
+    block with `mlp_t` mixes positions by a SwiGLU across them instead of attention."""
     h, inter = config.hidden_size, config.intermediate_size
     tokens = batch * positions
-    per_layer = (2 * tokens * h * 3 * h  # qkv projection
-                 + 2 * 2 * batch * positions * positions * h  # q·kᵀ and p·v over all heads
-                 + 2 * tokens * h * h  # output projection
-                 + 2 * tokens * h * 2 * inter + 2 * tokens * inter * h)  # SwiGLU
-    layers = config.H_cycles * (config.L_cycles * config.L_layers + config.H_layers)
-    heads_flops = 2 * tokens * h * max(config.vocab_size, 1) + 2 * batch * h * 2  # lm head, q head
+    if config.mlp_t:
+        width = config.swiglu_width(positions)
+        mixing = 2 * batch * h * positions * 2 * width + 2 * batch * h * width * positions  # SwiGLU across positions
+    else:
+        mixing = (2 * tokens * h * 3 * h  # qkv projection
+                  + 2 * 2 * batch * positions * positions * h  # q·kᵀ and p·v over all heads
+                  + 2 * tokens * h * h)  # output projection
+    per_layer = mixing + 2 * tokens * h * 2 * inter + 2 * tokens * inter * h  # + the channel SwiGLU
+    h_layers = config.L_layers if config.family == "trm" else config.H_layers
+    layers = config.H_cycles * (config.L_cycles * config.L_layers + h_layers)
+    answer_tokens = batch * (positions - config.puzzle_emb_len)  # the lm head reads the tokens, not the puzzle's
+    heads_flops = 2 * answer_tokens * h * max(config.vocab_size, 1) + 2 * batch * h * 2  # lm head, q head
     return layers * per_layer + heads_flops
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from hrmc import hrm_ref
@@ -29,7 +30,19 @@ def test_flops_per_step_counts_the_sudoku_arch() -> None:
     # 24 layer applications × (qkv 3h² + o h² + SwiGLU 3·h·inter) per token, attention 2·S²·h, heads
     h, inter, positions = 512, 1536, 82
     layer = 2 * positions * (4 * h * h + 3 * h * inter) + 4 * positions * positions * h
-    assert flops_per_step(config, 1, positions) == 24 * layer + 2 * positions * h * 11 + 2 * h * 2
+    assert flops_per_step(config, 1, positions) == 24 * layer + 2 * (positions - 1) * h * 11 + 2 * h * 2
+
+
+@pytest.mark.parametrize("preset", ["tiny", "trm-tiny", "trm-tiny-mlp-t"])
+def test_flops_per_step_is_what_torch_counts(preset: str) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = hrm_ref.build_preset(preset)
+    batch = hrm_ref.random_batch(model.config, 2, seed=0)
+    carry = hrm_ref.initial_carry(model, batch)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.inner(carry.z_H, carry.z_L, batch)
+    assert flops_per_step(model.config, 2, model.inner.positions(batch)) == counter.get_total_flops()
 
 
 def test_bench_refuses_an_unknown_executor(capsys) -> None:
