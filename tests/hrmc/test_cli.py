@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 import pytest
+import torch
 
 from hrmc import lowering
 from hrmc import hrm_ref
@@ -62,6 +63,24 @@ def test_run_from_an_upstream_checkpoint_and_inputs(capsys, tiny, tmp_path: Path
     np.savez(tmp_path / "in.npz", inputs=np.ones((2, 81), np.int64), puzzle_identifiers=np.array([1, 2]))
     code, out, _ = hrmc(capsys, "run", "--checkpoint", str(checkpoint), "--inputs", str(tmp_path / "in.npz"), "--json")
     assert code == 0 and json.loads(out)["seq_len"] == 81  # RoPE: any length
+
+
+@pytest.mark.parametrize("preset", ["trm-tiny", "trm-tiny-mlp-t"])
+def test_run_from_an_upstream_trm_checkpoint_is_that_model(capsys, tmp_path: Path, preset: str) -> None:
+    """A TRM `step_N` with upstream's `all_config.yaml` runs unchanged: the preset, its H_init / L_init
+    in bfloat16 as upstream saves them, halting by TRM's rule."""
+    model = hrm_ref.build_preset(preset)
+    checkpoint = write_upstream_checkpoint(model, tmp_path / "run")
+    length = [] if model.config.mlp_t else ["--seq-len", "16"]  # mlp_t's weights fix it; RoPE takes any
+    code, _, _ = hrmc(capsys, "run", "--checkpoint", str(checkpoint), *length, "--policy", "q-halt", "--batch", "4",
+                      "-o", str(tmp_path / "o.npz"))
+    for name in ("H_init", "L_init"):
+        getattr(model.inner, name).copy_(getattr(model.inner, name).to(torch.bfloat16))
+    expected = hrm_ref.run(model, hrm_ref.random_batch(model.config, 4, seed=0), "q-halt")
+    written = np.load(tmp_path / "o.npz")
+    heads = [name for name in expected if name not in ("z_H", "z_L")]  # run writes outputs, not the carry
+    assert code == 0 and set(written.files) >= set(heads) and written["halted"][-1].all()
+    assert all(np.array_equal(written[name], expected[name].numpy()) for name in heads)
 
 
 @pytest.mark.parametrize("argv, fragments", [
