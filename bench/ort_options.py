@@ -19,7 +19,8 @@ from hrmc.bench import time_runs
 from hrmc.hrm_ref import POLICIES, build_preset, random_batch
 from hrmc.hrm_ref.act import resolve_budget
 from hrmc.errors import HrmcError
-from hrmc.targets.onnx import lowered_source, session, session_options
+from hrmc.targets.base import lowered_source
+from hrmc.targets.onnx import session, session_options
 
 # name → (pass pipeline, SessionOptions attributes, session config entries)
 VARIANTS: dict[str, tuple[str, dict, dict]] = {

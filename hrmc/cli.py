@@ -86,7 +86,7 @@ def model_source(checkpoint: str | None, preset: str | None) -> str:
 def _check_lowering_source(onnx_model: Path, checkpoint, config_path, preset, policy, budget, seq_len) -> None:
     """`lower --onnx-model F` lowers F as exported: model options given beside it must agree with what
     F records (weights, policy, budget, sequence length), not be silently ignored."""
-    from hrmc.targets.onnx import check_source
+    from hrmc.targets.base import check_source
 
     meta = lowering.read_metadata(onnx_model)
     given = click.get_current_context().get_parameter_source("policy") == click.core.ParameterSource.COMMANDLINE

@@ -176,6 +176,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     props = unprefixed({p.key: p.value for p in proto.metadata_props})
     if "config" not in props:
         raise InputError(f"{path} was not made by hrmc export (no hrmc metadata)")
-    return props | {"config": json.loads(props["config"]), "budget": int(props["budget"]),
-                    "seq_len": int(props["seq_len"]), "outputs": json.loads(props["outputs"]),
-                    "loops": json.loads(props["loops"])}
+    parsed = {}
+    for key, parse in (("config", json.loads), ("budget", int), ("seq_len", int), ("outputs", json.loads),
+                       ("loops", json.loads)):
+        try:
+            parsed[key] = parse(props[key])
+        except (KeyError, ValueError):  # a JSONDecodeError is a ValueError
+            raise InputError(f"{path}: metadata {meta_key(key)} is missing or unreadable (edited or corrupted)") from None
+    return props | parsed

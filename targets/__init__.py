@@ -1,14 +1,28 @@
 """Stage 4 of the pipeline: the backends, each declared once here as a `Target`.
 
-A target names the pass pipeline whose graphs it lowers, the output it writes, the module that
-does the work and the executors it gives `hrmc parity` and `hrmc bench`. Its module (imported only
+A target names the pass pipeline whose graphs it lowers, the output it writes, the package that
+does the work and the executors it gives `hrmc parity` and `hrmc bench`. Its package (imported only
 when used: onnxruntime, MLX and coremltools load slowly) provides three functions:
 
     check_out(target, out, chunk, force)                # every output path, checked before any work
     lower(target, graphs, out, options) -> list[Path]   # the files or folders written
     executor(name, onnx_model, chunk, artifact) -> Executor
 
-Adding a backend is one module beside these and one line in `TARGETS`.
+Every backend is one folder of the same shape (`coreml/`, `mlx/`; `onnx/` runs the pass pipeline's
+graphs as they are, so it has no op table and no lowering of its own):
+
+    __init__.py    the three functions above, and the names other stages import
+    ops.py         OPS, the op-mapping table: each ONNX op the pipeline emits, in the target's terms
+    lowering.py    a static graph → the target's program or code, node by node through OPS
+    package.py     the artifact written (atomically, with its record of parts) and read back, verified
+    runtime.py     how a written artifact runs on this machine
+    executors.py   its executors: subclasses of `base.TargetExecutor`, which does what they share
+                   (not executor.py: the package's `executor` function would hide a module of that name)
+
+Beside them, what the backends share: `executor.py` (the executor contract), `base.py` (where an
+executor's graphs come from and how they are driven), `host_loop.py` (the chunk host loop) and
+`_nodes.py` (reading an ONNX node, for the lowerings). Adding a backend is one folder beside these
+and one line in `TARGETS`.
 """
 
 from __future__ import annotations

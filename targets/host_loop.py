@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from hrmc.hrm_ref import Batch, Carry
-from hrmc.lowering.graph import CARRY_NAMES
+from hrmc.names import CARRY_NAMES
 from hrmc.targets.executor import Arrays, carry_arrays
 
 ChunkCall = Callable[[dict[str, np.ndarray]], Arrays]

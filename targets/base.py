@@ -1,0 +1,139 @@
+"""What every target's executors share: where the graphs they run come from, and how they drive them.
+
+A target's executor runs graphs by role (`static`, or the export's `act`: the whole inference;
+`step`: one ACT step; `chunk`: k steps), each through its target's runtime (`call`). The rest is
+the same for every target, so `TargetExecutor` does it once:
+- where the graphs come from: a shipped artifact (`--artifact`), checked against the model, policy,
+  budget and sequence length it records and against `--chunk`, or graphs made afresh in a temporary
+  folder from the structured export (`--onnx-model`, checked, or a fresh export);
+- how they are driven: `step` calls the step graph on the given carry; `run` calls the
+  whole-inference graph, or, in a chunked executor, the chunk graph (the step graph for 1-step
+  chunks) from the host loop until every sample has halted.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+from hrmc.hrm_ref import HRM, Batch, Carry
+from hrmc.hrm_ref.act import initial_carry, resolve_budget
+from hrmc.errors import InputError
+from hrmc.lowering.export import export_onnx, read_metadata, weights_sha256
+from hrmc.passes import lower_onnx, structured_parts
+from hrmc.targets import TARGET_OF_EXECUTOR
+from hrmc.targets.executor import DEFAULT_CHUNK, Arrays, Executor, carry_arrays
+from hrmc.targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
+
+
+def check_source(meta: Mapping[str, object], where: Path, model: HRM | None, policy: str, budget: int,
+                 seq_len: int) -> None:
+    """An artifact (exported, lowered, emitted or packaged) must come from these weights (unless `model`
+    is None), with this policy, budget and sequence length: `meta` is the hrmc metadata it carries."""
+    if model is not None and meta.get("weights_sha256") != weights_sha256(model):
+        raise InputError(f"{where} was made from other weights than the model given (check --checkpoint/--preset)")
+    for what, given, recorded in (("policy", policy, meta.get("policy")), ("budget", budget, meta.get("budget")),
+                                  ("sequence length", seq_len, meta.get("seq_len"))):
+        if str(given) != str(recorded):
+            raise InputError(f"{where} was made with {what} {recorded}, not {given} (see --policy, --budget, --seq-len)")
+
+
+def structured_source(onnx_model: Path | None, folder: Path, model: HRM, policy: str, budget: int,
+                      batch: Batch) -> Path:
+    """The structured export every executor made afresh starts from: the given file, checked, or a fresh export."""
+    path = onnx_model
+    if path is None:
+        path = folder / "model.onnx"
+        export_onnx(model, path, policy, budget, batch)
+    structured_parts(path)
+    check_source(read_metadata(path), path, model, policy, budget, model.inner.sequence_length(batch))
+    return path
+
+
+def lowered_source(onnx_model: Path | None, work: Path, model: HRM, policy: str, budget: int, batch: Batch,
+                   pipeline: str, chunk: int | None = None) -> tuple[Path, dict[str, Path]]:
+    """The structured source (given or exported into `work`) and its graphs after `pipeline`, for a target."""
+    structured = structured_source(onnx_model, work, model, policy, budget, batch)
+    return structured, lower_onnx(structured, work / "static.onnx", pipeline, chunk=chunk).graphs
+
+
+class TargetExecutor(Executor):
+    """Base class of the targets' executors: subclasses set `name` (and `chunked`, `whole_role`) and
+    implement `open_shipped`, `open_fresh`, `call` and `graph_name`."""
+
+    chunked = False  # `run` drives the chunk graph from the host loop
+    whole_role = "static"  # the role of the whole-inference graph
+    chunked_step = True  # the step graph is a 1-step chunk graph (outputs stacked [1, …])
+
+    def __init__(self, onnx_model: str | Path | None = None, chunk: int | None = None,
+                 artifact: str | Path | None = None) -> None:
+        self.onnx_model = Path(onnx_model) if onnx_model else None
+        self.artifact = Path(artifact) if artifact else None
+        self.chunk, self.graph_calls = chunk, 0  # chunk: as asked (--chunk), then as run (None: not chunked)
+
+    @property
+    def precision(self) -> str:
+        return TARGET_OF_EXECUTOR[self.name].precision
+
+    def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
+        self.policy, self.budget = policy, resolve_budget(model, policy, budget)
+        self.start = carry_arrays(initial_carry(model, batch))
+        if self.artifact is not None:
+            steps = self.open_shipped(model, batch)
+            if self.chunked and self.chunk not in (None, steps):
+                raise InputError(f"--chunk {self.chunk}: {self.artifact} was lowered with {steps}-step chunks")
+        else:
+            self._work = tempfile.TemporaryDirectory(prefix=f"hrmc-{self.name}-")
+            chunk = (self.chunk or DEFAULT_CHUNK) if self.chunked else None
+            steps = self.open_fresh(model, batch, Path(self._work.name), chunk)
+        self.chunk = steps if self.chunked else None
+
+    def open_shipped(self, model: HRM, batch: Batch) -> int:
+        """Check and open the shipped artifact (`self.artifact`); returns the steps of its chunk graph (1: none)."""
+        raise NotImplementedError
+
+    def open_fresh(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> int:
+        """Make the graphs afresh in `work`, with `chunk`-step chunks where not None, and open them;
+        returns the steps of the chunk graph (1: none)."""
+        raise NotImplementedError
+
+    def call(self, role: str, feed: dict) -> Arrays:
+        """Run the graph of `role` on numpy inputs; outputs with the ONNX graph's names and types."""
+        raise NotImplementedError
+
+    def graph_name(self, role: str) -> str:
+        """The graph of `role`, as reports name it."""
+        raise NotImplementedError
+
+    def structured(self, model: HRM, batch: Batch, work: Path) -> Path:
+        """The structured export graphs made afresh start from: `--onnx-model`, checked, or a fresh export into `work`."""
+        return structured_source(self.onnx_model, work, model, self.policy, self.budget, batch)
+
+    def lowered(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> tuple[Path, dict[str, Path]]:
+        """The structured source and its graphs after its target's pass pipeline, made in `work`."""
+        pipeline = TARGET_OF_EXECUTOR[self.name].pipeline
+        return lowered_source(self.onnx_model, work, model, self.policy, self.budget, batch, pipeline, chunk)
+
+    def check(self, meta: Mapping[str, object], where: Path, model: HRM, batch: Batch) -> None:
+        """What an artifact records (`meta`) must match the model, policy, budget and sequence length run."""
+        check_source(meta, where, model, self.policy, self.budget, model.inner.sequence_length(batch))
+
+    def step(self, carry: Carry, batch: Batch) -> Arrays:
+        return split_step(self.call("step", carry_feed(carry, batch)), self.chunked_step)
+
+    def run(self, batch: Batch) -> Arrays:
+        if self.chunk is None:
+            return until_steps_run(self.call(self.whole_role, {name: value.numpy() for name, value in batch.items()}))
+        role = "chunk" if self.chunk > 1 else "step"  # a chunk graph is lowered only for chunks of 2 steps or more
+        trajectory, self.graph_calls = run_chunks(lambda feed: self.call(role, feed), self.start, batch, self.chunk)
+        return trajectory
+
+    def whole_graph(self) -> str:
+        if self.chunk is None:
+            return self.graph_name(self.whole_role)
+        return f"{self.graph_name('chunk')} in a host loop"
+
+    def shipped(self) -> str:
+        """The start of `describe`'s parenthesis: the shipped artifact's name, if one runs."""
+        return f"shipped artifact {self.artifact.name}, " if self.artifact else ""

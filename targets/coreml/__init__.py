@@ -1,0 +1,66 @@
+"""The Core ML backend: the post-pass graph, op by op, as a MIL program → `.mlpackage` (mlprogram).
+
+`lower_coreml(graphs, out, flavour, batch)` builds the MIL program with coremltools' Builder (`OPS` is the
+op-mapping table; a node without an entry fails at lower time naming the op and the node), then
+`ct.convert(..., convert_to="mlprogram")` and saves atomically. Two flavours:
+
+- `coreml`: float32 compute precision, CPU_ONLY: parity grade.
+- `ane`: float16 compute precision, CPU_AND_NE, fixed shapes and no control flow (the static graph),
+  attention one head at a time (apple/ml-ane-transformers). Its other rewrites, the channels-first
+  (B, C, 1, S) layout with 1×1 convolutions, are not applied: they move the sequence axis (82 for
+  sudoku) last, where the ANE pads rows to 64 bytes, while HRM's widths (64·k) already fill them
+  (`hrmc inspect` shows the alignment). Without a Neural Engine to time it on, we keep the layout
+  whose tensors are aligned.
+
+Core ML packages have fixed shapes here (the ANE wants them): the batch is fixed at lower time,
+int64 becomes int32, and bool inputs and outputs travel as int32 (Core ML I/O has no bool).
+
+On Linux `predict()` does not exist, so the `coreml` and `ane` executors replay the *saved* package:
+its MIL program is read back and every op is rebuilt from numpy constants, so that coremltools'
+own `value_inference` computes it (`FALLBACK` covers ops without one). That checks the lowering
+against MIL's reference semantics, not Core ML's runtime kernels: every report says so.
+
+    ops.py        OPS: each ONNX op as MIL ops
+    lowering.py   Builder, build_program: one static graph → a MIL program; the flavours
+    package.py    lower_coreml: the bound .mlpackage set, written and read back
+    runtime.py    predict on macOS, the MIL replay elsewhere
+    executors.py  CoreMLExecutor: coreml, coreml-chunked, ane
+    readiness.py  the ANE-readiness report of `hrmc inspect`
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hrmc.files import check_output_folder
+from hrmc.targets import LowerOptions, Target
+from hrmc.targets._nodes import LowerError
+from hrmc.targets.coreml.executors import CoreMLExecutor
+from hrmc.targets.coreml.lowering import FLAVOURS, build_program
+from hrmc.targets.coreml.ops import OPS
+from hrmc.targets.coreml.package import (PARTS_FILE, CoreMLPackage, lower_coreml, op_counts, package_info,
+                                         package_paths, package_set, read_package)
+from hrmc.targets.coreml.readiness import ANE_ALIGNMENT_BYTES, readiness
+from hrmc.targets.coreml.runtime import LABEL, replay, saved_program
+
+
+def executor(name: str, onnx_model: str | Path | None, chunk: int | None,
+             artifact: str | Path | None) -> CoreMLExecutor:
+    return CoreMLExecutor(name.removesuffix("-chunked"), onnx_model, name.endswith("-chunked"), chunk, artifact)
+
+
+def lower(target: Target, graphs: dict[str, Path], out: str | Path, options: LowerOptions) -> list[Path]:
+    return list(lower_coreml(graphs, out, target.name, options.batch, options.source, options.progress,
+                             options.force, options.weights).values())
+
+
+def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -> None:
+    """Every package `lower` will write: new, or a set hrmc wrote (unless `force`)."""
+    roles = ["static", "step"] + (["chunk"] if chunk and chunk > 1 else [])
+    for path in package_paths(out, roles, chunk).values():
+        check_output_folder(path, target.suffix, f"Data/{PARTS_FILE}", force)
+
+
+__all__ = ["ANE_ALIGNMENT_BYTES", "FLAVOURS", "LABEL", "OPS", "CoreMLExecutor", "CoreMLPackage", "LowerError",
+           "build_program", "check_out", "executor", "lower", "lower_coreml", "op_counts",
+           "package_info", "package_paths", "package_set", "read_package", "readiness", "replay", "saved_program"]

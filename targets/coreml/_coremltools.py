@@ -1,0 +1,31 @@
+"""coremltools, imported once and quietly for every module of the Core ML backend.
+
+Off macOS coremltools prints to stderr on import ("Failed to load _MLModelProxy") and during
+conversion, and logs warnings for every op; our reports say what matters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+
+logging.getLogger("coremltools").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", module="coremltools")
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """coremltools prints to stderr on import off macOS and during conversion; our reports say what matters."""
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+        yield
+
+
+with quiet_stderr():
+    import coremltools as ct  # prints "Failed to load _MLModelProxy" lines off macOS
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import Function, Program
+    from coremltools.converters.mil.mil import types as mil_types
+
+__all__ = ["Function", "Program", "ct", "mb", "mil_types", "quiet_stderr"]

@@ -1,0 +1,145 @@
+"""The Core ML lowering: one static ONNX graph → a MIL program at a fixed batch, through coremltools' Builder.
+
+`Builder` walks the graph node by node and emits each node's MIL ops through the op table (`OPS`,
+ops.py); `build_program` wraps the result in the program's main function, with the graph's inputs
+and outputs in the types Core ML I/O has. A flavour (`FLAVOURS`) says in which precision the
+program is built, on which compute units it runs and how it computes attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from hrmc.targets._nodes import LowerError, NodeReader, constant_array, op_key, require_static
+from hrmc.targets.coreml._coremltools import Function, Program, ct, mb, mil_types
+from hrmc.targets.coreml.ops import MIL_DTYPES, MIL_TYPES, OPS, mil_array
+
+
+@dataclass(frozen=True)
+class Flavour:
+    float_type: str  # the MIL type every float tensor inside the program has
+    compute_units: object
+    description: str
+    heads_apart: bool = False  # attention as one small matmul pair per head, no 4-D transposes (ANE)
+
+
+# The program is built in its final precision, so ct.convert runs no pass pipeline: coremltools'
+# passes (its fp16 pass above all) take minutes on an unrolled graph, and ours already ran on ONNX.
+FLAVOURS = {"coreml": Flavour("fp32", ct.ComputeUnit.CPU_ONLY, "float32, CPU_ONLY"),
+            "ane": Flavour("fp16", ct.ComputeUnit.CPU_AND_NE, "float16, CPU_AND_NE, attention per head", True)}
+# float16x2: each matmul weight W as the float16 pair hi = fp16(W), lo = fp16(W - hi), stacked along the
+# contracted axis and read by one matmul of [x, x], so its accumulation adds both halves before the one
+# rounding of its output: float32-exact weights, twice the weight bytes and matmul work, every op still
+# float16 for the ANE. float16 weights alone cost random-weight sudoku 59.4 dB on logits (docs/design.md §4).
+
+
+def plain_weights(flavour: str) -> str:
+    """One weight in the flavour's float type: a target with no choice, and packages written before the choice."""
+    return "float16" if FLAVOURS[flavour].float_type == "fp16" else "float32"
+
+
+class Builder(NodeReader):
+    """Maps one ONNX graph's nodes to MIL ops inside the current Function; `env` holds the MIL vars."""
+
+    def __init__(self, source: str, float_type: str = "fp32", heads_apart: bool = False,
+                 weight_pairs: bool = False) -> None:
+        super().__init__(source)
+        self.env = {}
+        self.float_type, self.heads_apart, self.weight_pairs = float_type, heads_apart, weight_pairs
+        self.float_dtype = np.float16 if float_type == "fp16" else np.float32
+
+    def scalar(self, value: float) -> np.ndarray:
+        """A float constant in the program's float type."""
+        return self.float_dtype(value)
+
+    def array(self, array: np.ndarray) -> np.ndarray:
+        """A constant as MIL takes it: int64 as int32, floats in the program's float type."""
+        array = mil_array(array)
+        return array.astype(self.float_dtype) if array.dtype.kind == "f" else array
+
+    def const(self, value: ir.Value | None) -> np.ndarray | None:
+        """Constants of the graph, and values MIL inferred while building (shapes at the fixed batch)."""
+        array = constant_array(value)
+        if array is not None or value is None:
+            return array
+        var = self.env.get(value.name)
+        return None if var is None or var.val is None else np.asarray(var.val)
+
+    def var(self, value: ir.Value):
+        if value.name not in self.env:
+            array = constant_array(value)
+            if array is None:
+                raise self.fail(f"input {value.name!r} is not defined")
+            # one const per initializer, however many unrolled steps read it: weights are never copied
+            self.env[value.name] = mb.const(val=self.array(array))
+        return self.env[value.name]
+
+    def matmul(self, x: ir.Value, y: ir.Value, transpose_y: bool = False):
+        """x·y, or x·yᵀ; a constant float32 y in float16 pairs when the lowering asks for them (float16x2)."""
+        weight = constant_array(y)
+        if not self.weight_pairs or weight is None or weight.dtype != np.float32:
+            return mb.matmul(x=self.var(x), y=self.var(y), transpose_y=transpose_y)
+        key = f"{y.name} (float16 pair)"
+        if key not in self.env:
+            high = weight.astype(np.float16)
+            low = (weight - high.astype(np.float32)).astype(np.float16)
+            self.env[key] = mb.const(val=np.concatenate([high, low], axis=-1 if transpose_y else -2))
+        doubled = mb.concat(values=[self.var(x), self.var(x)], axis=-1)
+        return mb.matmul(x=doubled, y=self.env[key], transpose_y=transpose_y)
+
+    def emit(self, node: ir.Node) -> None:
+        self.node, key = node, op_key(node)
+        if key not in OPS:
+            raise self.fail(f"no MIL lowering for op {key!r}")
+        results = OPS[key](self, node)
+        results = results if isinstance(results, (list, tuple)) else [results]
+        for output, result in zip(node.outputs, results):
+            self.env[output.name] = result
+
+
+def build_program(model: ir.Model, batch: int, source: str, float_type: str = "fp32",
+                  heads_apart: bool = False, weight_pairs: bool = False) -> Program:
+    """The MIL program of a static ONNX graph at a fixed batch size.
+
+    int64 becomes int32; bool inputs and outputs travel as int32 (Core ML I/O has no bool) and float
+    ones in `float_type` (float16 I/O, from iOS 16, spares the ANE a cast at each end).
+    """
+    graph = model.graph
+    require_static(graph, source, "Core ML")
+    inside = {value.name: _inside_type(value, float_type) for value in graph.inputs}
+    specs = {}
+    for value in graph.inputs:
+        dims = [batch if not isinstance(d, int) else d for d in value.shape]
+        specs[value.name] = mb.placeholder(shape=dims, dtype=MIL_TYPES["int32" if inside[value.name] == "bool"
+                                                                         else inside[value.name]])
+    builder = Builder(source, float_type, heads_apart, weight_pairs)
+    # MIL names unnamed ops from a process-wide counter (ct.convert clears it after, a replay does not):
+    # start from zero so the names, and so the package bytes, depend on this graph only
+    mb.name_count.clear()
+    with Function(specs, opset_version=ct.target.iOS17) as function:
+        for value in graph.inputs:
+            var = function.inputs[value.name]
+            builder.env[value.name] = mb.cast(x=var, dtype="bool") if inside[value.name] == "bool" else var
+        for node in graph:
+            builder.emit(node)
+        outputs = []
+        for value in graph.outputs:
+            var = builder.env[value.name]
+            if var.dtype == mil_types.bool:
+                var = mb.cast(x=var, dtype="int32")
+            outputs.append(mb.identity(x=var, name=value.name))
+        function.set_outputs(outputs)
+    program = Program()
+    program.add_function("main", function)
+    return program
+
+
+def _inside_type(value: ir.Value, float_type: str) -> str:
+    """The MIL type a graph input has inside the program."""
+    if value.dtype not in MIL_DTYPES:
+        raise LowerError(f"graph input {value.name!r} is {value.dtype.name}, which has no MIL type")
+    inside = MIL_DTYPES[value.dtype]
+    return float_type if inside in ("fp32", "fp16") else inside

@@ -1,0 +1,91 @@
+"""Running a saved Core ML package: `predict` on macOS, the MIL replay elsewhere.
+
+On Linux `predict()` does not exist, so a package's *saved* MIL program is read back and every op
+is rebuilt from numpy constants, so that coremltools' own `value_inference` computes it
+(`FALLBACK` covers ops without one). That checks the lowering against MIL's reference semantics,
+not Core ML's runtime kernels: `runs_with()` says which of the two ran, for every report.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from hrmc.targets.coreml._coremltools import Function, ct, mb
+from hrmc.targets.coreml.ops import mil_array
+from hrmc.targets.coreml.package import read_package
+
+LABEL = ("MIL reference semantics (coremltools value_inference replay on Linux, float16 matmuls summed in float32; "
+         "not Core ML's runtime kernels)")
+
+Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def load(package: Path, compute_units) -> Predict:
+    """A saved package as a function of its inputs: Core ML's predict on macOS, the replay of its
+    MIL program elsewhere. Load once, call many times."""
+    if platform.system() == "Darwin":
+        return ct.models.MLModel(str(package), compute_units=compute_units).predict
+    return functools.partial(replay, saved_program(package))
+
+
+def runs_with() -> str:
+    """What computes a package's outputs on this machine, for reports."""
+    return "Core ML predict" if platform.system() == "Darwin" else LABEL
+
+
+def _matmul(x: np.ndarray, y: np.ndarray, transpose_x: bool = False, transpose_y: bool = False) -> np.ndarray:
+    """MIL's matmul. numpy multiplies float16 operands one output element at a time, adding in float32
+    and rounding once (1.4 s for one projection of sudoku): the same float32 sums through BLAS, rounded
+    once, take 0.05 s. Only the order of the float32 additions differs (one float16 ulp on 0.06 % of
+    the elements), as it does between any two kernels."""
+    x, y = (np.swapaxes(a, -1, -2) if flag else a for a, flag in ((x, transpose_x), (y, transpose_y)))
+    if x.dtype == np.float16 and y.dtype == np.float16:
+        return np.matmul(x.astype(np.float32), y.astype(np.float32)).astype(np.float16)
+    return np.matmul(x, y)
+
+
+FALLBACK: dict[str, Callable[..., np.ndarray]] = {
+    "silu": lambda x: x / (1 + np.exp(-x)),  # MIL's silu has no value_inference
+    "matmul": _matmul,
+}
+
+
+def saved_program(package: str | Path) -> Function:
+    """The main function of the MIL program a saved package holds, read back from its files."""
+    from coremltools.converters.mil.frontend.milproto.load import load as load_milproto
+
+    spec, weights = read_package(package)
+    return load_milproto(spec, spec.specificationVersion, str(weights)).functions["main"]
+
+
+def replay(main: Function, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a saved program's main function op by op with numpy values (MIL reference semantics)."""
+    values = {name: mil_array(feed[name]) for name in main.inputs}
+    with Function({}, opset_version=main.opset_version):
+        for op in main.operations:
+            if op.op_type == "const":
+                values[op.outputs[0].name] = op.outputs[0].val
+                continue
+            arguments = {name: _replay_value(var, values) for name, var in op.inputs.items()}
+            if op.op_type in FALLBACK:
+                results = [FALLBACK[op.op_type](**arguments)]
+            else:
+                built = getattr(mb, op.op_type)(**arguments)
+                results = [var.val for var in (built if isinstance(built, (list, tuple)) else [built])]
+            for output, result in zip(op.outputs, results):
+                values[output.name] = np.asarray(result)
+    return {var.name: values[var.name] for var in main.outputs}
+
+
+def _replay_value(var, values):
+    if isinstance(var, (list, tuple)):
+        return [_replay_value(v, values) for v in var]
+    value = values[var.name] if var.name in values else var.val  # strings (modes) stay Python strings
+    # numpy scalars as Python scalars: MIL's value_inference passes them to numpy as `keepdims` and the like
+    scalar = isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0 and np.asarray(value).dtype.kind in "biu"
+    return value.item() if scalar else value

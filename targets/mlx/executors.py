@@ -1,0 +1,55 @@
+"""The MLX executors: `mlx` (the whole-inference module and the step module) and `mlx-chunked`.
+
+Each runs an emitted folder, shipped (`--artifact`, checked against its record) or emitted afresh
+from the `fused`-pipeline graphs, loaded and compiled, on MLX's default device; `mlx-chunked`
+drives the chunk module (or the step module) from the host loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hrmc.hrm_ref import HRM, Batch
+from hrmc.targets.base import TargetExecutor
+from hrmc.targets.executor import Arrays
+from hrmc.targets.mlx.lowering import module_name
+from hrmc.targets.mlx.package import lower_mlx
+from hrmc.targets.mlx.runtime import load_package, run
+
+
+class MlxExecutor(TargetExecutor):
+    """The emitted folder (shipped, or emitted afresh), loaded and compiled, on MLX's default device.
+    `chunked` drives the chunk module (or the step module) from the host loop."""
+
+    def __init__(self, onnx_model: str | Path | None = None, chunked: bool = False, chunk: int | None = None,
+                 artifact: str | Path | None = None) -> None:
+        super().__init__(onnx_model, chunk, artifact)
+        self.chunked = chunked
+        self.name = "mlx-chunked" if chunked else "mlx"
+
+    def open_shipped(self, model: HRM, batch: Batch) -> int:
+        return self.open(self.artifact, model, batch)
+
+    def open_fresh(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> int:
+        structured, graphs = self.lowered(model, batch, work, chunk)
+        return self.open(lower_mlx(graphs, work / "mlx", structured.name).folder, model, batch)
+
+    def open(self, folder: Path, model: HRM, batch: Batch) -> int:
+        self.config, self.graphs = load_package(folder)
+        self.check(self.config, folder, model, batch)
+        return int(self.config["chunk"]) if self.config.get("chunk") else 1
+
+    def call(self, role: str, feed: dict[str, np.ndarray]) -> Arrays:
+        return run(self.graphs[module_name(role)], feed)
+
+    def graph_name(self, role: str) -> str:
+        return f"the {module_name(role)} module"
+
+    def describe(self) -> str:
+        import mlx.core as mx
+
+        how = f"{self.chunk}-step chunks, host loop" if self.chunk else "whole inference"
+        return (f"{self.name} ({self.shipped()}pipeline mlx, emitted module, mx.compile, {how}; mlx {mx.__version__}, "
+                f"{mx.default_device()})")

@@ -1,0 +1,77 @@
+"""The onnxruntime executors `onnx`, `static` and `chunked` (the package's docstring says what each
+runs): one onnxruntime session per graph they call, the step graph's outputs read as the graph
+says it stacks them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from hrmc.hrm_ref import HRM, Batch
+from hrmc.lowering.export import read_metadata
+from hrmc.passes import lower_onnx, structured_parts
+from hrmc.targets.base import TargetExecutor
+from hrmc.targets.executor import Arrays
+from hrmc.targets.onnx.package import chunk_steps, shipped_graphs
+from hrmc.targets.onnx.runtime import run_named, session
+
+
+class OnnxExecutor(TargetExecutor):
+    """The structured export, Loops and all: its whole graph and its step graph, one session each."""
+
+    name = "onnx"
+    kind = "structured graph with Loops"
+    whole_role = "act"
+
+    def open_shipped(self, model: HRM, batch: Batch) -> int:
+        graphs, meta = shipped_graphs(self.artifact, self.whole_role)
+        self.check(meta, self.artifact, model, batch)
+        return self.open(graphs)
+
+    def open_fresh(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> int:
+        return self.open(self.fresh_graphs(self.structured(model, batch, work), work, chunk))
+
+    def fresh_graphs(self, structured: Path, work: Path, chunk: int | None) -> dict[str, Path]:
+        """No artifact given: the graphs this executor runs, made from the structured export."""
+        return structured_parts(structured)
+
+    def open(self, graphs: dict[str, Path]) -> int:
+        self.graphs = graphs
+        roles = [self.whole_role, "step"] + (["chunk"] if self.chunked and "chunk" in graphs else [])
+        self.sessions = {role: session(graphs[role]) for role in roles}
+        self.chunked_step = read_metadata(graphs["step"]).get("kind") == "chunk"
+        return chunk_steps(graphs)
+
+    def call(self, role: str, feed: dict[str, np.ndarray]) -> Arrays:
+        return run_named(self.sessions[role], feed)
+
+    def graph_name(self, role: str) -> str:
+        return self.graphs.get(role, self.graphs["step"]).name
+
+    def describe(self) -> str:
+        shipped = "shipped artifact " if self.artifact else ""
+        return f"{self.name} ({shipped}{self.graphs[self.whole_role].name}: {self.kind}, onnxruntime {ort.__version__}, CPU)"
+
+
+class StaticExecutor(OnnxExecutor):
+    name = "static"
+    kind = "after the static pass pipeline, no Loop or If"
+    whole_role = "static"
+
+    def fresh_graphs(self, structured: Path, work: Path, chunk: int | None) -> dict[str, Path]:
+        return lower_onnx(structured, work / "model.static.onnx", chunk=chunk).graphs
+
+
+class ChunkedExecutor(StaticExecutor):
+    """A host loop over the k-step graph: stops as soon as every sample has halted."""
+
+    name = "chunked"
+    chunked = True
+
+    def open(self, graphs: dict[str, Path]) -> int:
+        steps = super().open(graphs)
+        self.kind = f"{steps}-step chunks of the static graph, host loop"
+        return steps

@@ -1,0 +1,31 @@
+"""A shipped ONNX artifact: its graphs by role, verified against the parts they record, and their chunk.
+
+What `hrmc export` writes (role `act`: the structured graph, and its step graph) and what
+`hrmc lower --target onnx` writes (role `static`, its step graph and maybe a chunk graph) are bound
+sets (hrmc.lowering.artifact); files written before hrmc recorded parts are found by their names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hrmc.errors import InputError
+from hrmc.lowering.artifact import bound_parts
+from hrmc.lowering.export import read_metadata, step_path_for
+
+
+def shipped_graphs(artifact: Path, whole: str) -> tuple[dict[str, Path], dict]:
+    """The graphs of a shipped ONNX artifact by role, bound, and the hrmc metadata it records; `whole` is
+    the role its whole-inference graph must have (act: an export; static: a lowered set)."""
+    parts = bound_parts(artifact, fallback={whole: artifact, "step": step_path_for(artifact)})
+    meta = read_metadata(artifact)
+    if whole not in parts or meta.get("kind") != whole:
+        made_by = {"act": "hrmc export", "static": "hrmc lower --target onnx"}[whole]
+        raise InputError(f"{artifact} is not a {whole} graph ({meta.get('kind')}): this executor runs what {made_by} "
+                         "writes")
+    return parts, meta
+
+
+def chunk_steps(graphs: dict[str, Path]) -> int:
+    """Steps per call of the chunk graph among `graphs` (1: none, the step graph serves)."""
+    return int(read_metadata(graphs["chunk"])["chunk"]) if "chunk" in graphs else 1
