@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -58,10 +59,23 @@ def upstream_checkpoint(tiny: HRM, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_export(tiny: HRM, tmp_path_factory) -> Path:
-    """tiny, q-halt, exported once per test session (an export takes about a minute)."""
+def exported(tmp_path_factory) -> Callable[[str, str], Path]:
+    """`exported(preset, policy)`: that preset's export pair, written once per test session (an export
+    takes 10–60 s) and shared by every test that asks."""
     from hrmc.lowering import export_onnx
 
-    path = tmp_path_factory.mktemp("export") / "tiny.onnx"
-    export_onnx(tiny, path, "q-halt")
-    return path
+    made: dict[tuple[str, str], Path] = {}
+
+    def export(preset: str, policy: str = "q-halt") -> Path:
+        if (preset, policy) not in made:
+            path = tmp_path_factory.mktemp("export") / f"{preset}.onnx"
+            export_onnx(hrm_ref.build_preset(preset), path, policy)
+            made[preset, policy] = path
+        return made[preset, policy]
+    return export
+
+
+@pytest.fixture(scope="session")
+def tiny_export(exported) -> Path:
+    """tiny, q-halt, exported once per test session."""
+    return exported("tiny")

@@ -27,7 +27,8 @@ from hrmc.parity import check_modes
 
 CASES = [("tiny", "max-steps"), ("sudoku", "max-steps"), ("sudoku-shaped", "q-halt"), ("nibble", "max-steps"),
          ("nibble", "q-halt"), ("hex", "max-steps"), ("hex", "q-halt"), ("nxt", "max-steps"), ("denoiser", "max-steps"),
-         ("controller-grb", "max-steps"), ("controller-grb", "q-halt"), ("controller-cab", "q-halt")]
+         ("controller-grb", "max-steps"), ("controller-grb", "q-halt"), ("controller-cab", "q-halt"),
+         ("trm-tiny", "max-steps"), ("trm-tiny", "q-halt"), ("trm-tiny-mlp-t", "q-halt")]
 SUDOKU_SHAPED = PRESETS["sudoku"].replace(hidden_size=128, num_heads=2, puzzle_emb_ndim=128, H_layers=2, L_layers=2,
                                           halt_max_steps=8)
 

@@ -33,8 +33,9 @@ def _ops(graph: ir.Graph) -> set[str]:
 
 
 @pytest.mark.parametrize("name", sorted({target.module for target in targets.TARGETS.values()}))
-def test_every_op_the_pipeline_emits_has_a_mapping(name: str, tiny_export: Path, tmp_path: Path) -> None:
-    """The ops of tiny's lowered graphs (whole, step and chunk) against each op-table target's `OPS`."""
+@pytest.mark.parametrize("preset", ["tiny", "trm-tiny", "trm-tiny-mlp-t"])  # HRM, TRM with attention, TRM with mlp_t
+def test_every_op_the_pipeline_emits_has_a_mapping(name: str, preset: str, exported, tmp_path: Path) -> None:
+    """The ops of each family's lowered graphs (whole, step and chunk) against each op-table target's `OPS`."""
     from hrmc.passes import lower_onnx
 
     module = importlib.import_module(name)
@@ -42,6 +43,6 @@ def test_every_op_the_pipeline_emits_has_a_mapping(name: str, tiny_export: Path,
         pytest.skip(f"{name} runs ONNX graphs as they are (onnxruntime): no op table")
     pipelines = {t.pipeline for t in targets.TARGETS.values() if t.module == name}
     for pipeline in pipelines:
-        lowered = lower_onnx(tiny_export, tmp_path / f"{pipeline}.onnx", pipeline, chunk=2)
+        lowered = lower_onnx(exported(preset), tmp_path / f"{pipeline}.onnx", pipeline, chunk=2)
         emitted = set().union(*(_ops(ir.load(str(path)).graph) for path in lowered.graphs.values()))
         assert emitted <= set(module.OPS), f"{name} has no mapping for {sorted(emitted - set(module.OPS))}"
