@@ -70,11 +70,10 @@ def _step_mode(executors: list[Executor], runs: list[Arrays], reference: TorchEx
             progress(f"checking {executor.name}'s whole-inference graph ({executor.whole_graph()}) against its steps")
             whole_graph_parity(executor, run, reference, exact, batch, report)
     if report.whole_graphs:
-        report.notes.append(f"whole-inference graphs: run whole and compared, drift gated at max({report.atol:g}, "
-                            f"{FLOOR_FACTOR} × noise floor) as in trajectory mode, with the reference's whole run "
-                            "(float32 executors) or with the executor's own step graph chained from the initial carry "
-                            "(float16 executors, whose rounding the recurrence amplifies past any float32 floor; "
-                            "their step graph is the one gated against the reference)")
+        report.notes.append(f"whole-inference graphs: run whole and compared with the executor's own step graph "
+                            f"chained from the initial carry, drift gated at max({report.atol:g}, {FLOOR_FACTOR} × "
+                            "noise floor) as in trajectory mode; the step graph is the one gated against the "
+                            "reference (the whole runs against the reference's: --mode trajectory)")
     return report
 
 

@@ -76,7 +76,7 @@ def test_an_untouched_artifact_passes_and_is_named(capsys, shipped: Path, execut
     code, out, err = gate(capsys, executor, shipped / name)
     assert code == 0 and out.rstrip().endswith("PASS"), out + err
     assert f"shipped artifact {name}" in out
-    assert f"{executor} whole vs the reference" in out  # the whole-inference graph is checked in step mode too
+    assert f"{executor} whole vs its steps" in out  # the whole-inference graph is checked in step mode too
 
 
 @pytest.mark.parametrize("name", ["tiny.onnx", "tiny.static.onnx"])
@@ -93,7 +93,7 @@ def test_a_tampered_whole_inference_graph_fails_the_default_mode(capsys, shipped
     rebound = copy_of(shipped / name, tmp_path / "rebound")
     tamper(rebound, change, rebind=True)  # the record agrees with the broken file: only the numbers can tell
     code, out, _ = gate(capsys, executor, rebound)
-    assert code == 1 and f"FAIL: {executor} whole vs the reference: logits from step 1" in out, out
+    assert code == 1 and f"FAIL: {executor} whole vs its steps: logits from step 1" in out, out
 
 
 def test_a_step_graph_from_another_export_is_refused(capsys, shipped: Path, tmp_path: Path, tiny) -> None:
@@ -134,7 +134,7 @@ def test_an_artifact_of_the_wrong_kind_or_model_is_refused(capsys, shipped: Path
 
 def test_mlx_folder_as_shipped(capsys, shipped: Path, tmp_path: Path) -> None:
     code, out, err = gate(capsys, "mlx", shipped / "tiny-mlx")
-    assert code == 0 and "shipped artifact tiny-mlx" in out and "mlx whole vs the reference" in out, out + err
+    assert code == 0 and "shipped artifact tiny-mlx" in out and "mlx whole vs its steps" in out, out + err
 
     edited = tmp_path / "edited-mlx"
     shutil.copytree(shipped / "tiny-mlx", edited)
