@@ -5,8 +5,9 @@ paths from any test; here every weight is random (truncated LeCun normal, as ups
 `trunc_normal_init_` for linear layers) with zero biases, so under `q-halt` samples halt at
 varied steps (tiny, 64 random samples: about half before the budget, none at step 1).
 
-The trained presets (`TRAINED_PRESETS`: 4×4 and 6×6 Sudoku on the tiny core) load their committed
-weights from `fixtures/` instead; `test_set_path(name)` is their held-out test set with labels.
+The trained presets (`TRAINED_PRESETS`: 4×4 and 6×6 Sudoku on the tiny core, 4×4 also as a TRM)
+load their committed weights from `fixtures/` instead; `test_set_path(name)` is their held-out
+test set with labels.
 """
 
 from __future__ import annotations
@@ -62,12 +63,15 @@ PRESETS |= {
 # Trained on real tasks (`python -m hrmc.hrm_ref.train NAME`, see docs/fixtures.md): the weights are the
 # committed `fixtures/NAME.safetensors`, the held-out puzzles with labels `fixtures/NAME-test.npz`.
 # Their configs are stated here and checked equal to the file's metadata when loaded.
-TRAINED_PRESETS = ("sudoku4", "sudoku6")
+TRAINED_PRESETS = ("sudoku4", "sudoku6", "trm-sudoku4")
 PRESETS |= {
     "sudoku4": HRMConfig(vocab_size=6, puzzle_emb_ndim=64, num_puzzle_identifiers=1, halt_max_steps=8, seq_len=16,
                          **_TINY_CORE),
     "sudoku6": HRMConfig(vocab_size=8, puzzle_emb_ndim=64, num_puzzle_identifiers=1, halt_max_steps=8, seq_len=36,
                          **_TINY_CORE),
+    # sudoku4's task and puzzle embedding (one position) as a TRM: one 2-layer network, H 2 × L 3, RoPE.
+    "trm-sudoku4": HRMConfig(vocab_size=6, puzzle_emb_ndim=64, num_puzzle_identifiers=1, halt_max_steps=8, seq_len=16,
+                             **_TINY_CORE | _TRM | dict(H_cycles=2, L_cycles=3, puzzle_emb_len=1)),
 }
 FIXTURES_DIR = Path(__file__).parent / "fixtures"
 PRESET_SEED = 20250626

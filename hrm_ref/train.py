@@ -1,6 +1,6 @@
 """Train the trained presets' fixtures, as upstream's `pretrain.py` + `ACTLossHead` do (facts, not code).
 
-    python -m hrmc.hrm_ref.train sudoku4 [--threads 2] [-o hrm_ref/fixtures]
+    python -m hrmc.hrm_ref.train sudoku4 [--threads 2] [-o hrm_ref/fixtures]    # or sudoku6, trm-sudoku4
 
 writes `<name>.safetensors` (arch config in the metadata) and `<name>-test.npz` (the held-out
 puzzles with their labels). The recipe follows upstream's training:
@@ -17,6 +17,11 @@ puzzles with their labels). The recipe follows upstream's training:
   sample draws a minimum of steps in [2, budget]);
 - init as upstream: LeCun truncated normal, q head weight 0 and bias -5, puzzle embedding zero.
 AdamW (upstream uses AdamATan2) with linear warmup and a cosine decay.
+
+A TRM (`family: trm`) trains in the same loop as TinyRecursiveModels' training does, where it differs:
+the gradient covers the whole last H cycle (its L-steps and the H-step), the earlier H cycles run
+under no_grad; with `no_ACT_continue` a sample halts on q_halt > 0 (exploration as above) and the q
+loss is the q_halt BCE alone: no q_continue target, so no look-ahead forward.
 
 Deterministic: the data and every random draw come from the recipe's seeds; torch runs with
 deterministic algorithms. Torch's CPU kernels round differently with another thread count (measured:
@@ -44,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hrmc.hrm_ref import tasks
-from hrmc.hrm_ref.act import run
+from hrmc.hrm_ref.act import halt_margin, run
 from hrmc.hrm_ref.checkpoint import save_checkpoint
 from hrmc.hrm_ref.config import HRMConfig
 from hrmc.hrm_ref.model import HRM, HRMInner
@@ -76,6 +81,8 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "sudoku4": Recipe("sudoku4", PRESETS["sudoku4"], steps=4000, n_train=20000),
     "sudoku6": Recipe("sudoku6", PRESETS["sudoku6"], steps=2800, n_train=50000),
+    # sudoku4's puzzles, seeds and optimiser on a TRM: the two fixtures compare.
+    "trm-sudoku4": Recipe("sudoku4", PRESETS["trm-sudoku4"], steps=6000, n_train=20000),
 }
 
 
@@ -120,22 +127,40 @@ def inference_copy(model: HRM) -> HRM:
     return frozen.eval()
 
 
+def graph_L_steps(config: HRMConfig) -> int:
+    """L-steps of an ACT step's last H cycle that keep a graph: HRM's one-step gradient keeps only
+    the last one; TRM's keeps the whole last H cycle (every L-step of it, then the H-step)."""
+    return config.L_cycles if config.family == "trm" else 1
+
+
 def one_step_grad(inner: HRMInner, z_H: torch.Tensor, z_L: torch.Tensor,
                   batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """`HRMInner.forward` with upstream's gradient: only the last L-step and H-step keep a graph."""
+    """`HRMInner.forward` with upstream's gradient: the last `graph_L_steps` L-steps and the last
+    H-step keep a graph, every earlier step runs under no_grad; the new carry is detached."""
     config = inner.config
     injection = inner.input_embeddings(batch)
     cos_sin = inner.cos_sin(injection)
+    last_h, with_graph = config.H_cycles - 1, graph_L_steps(config)
     with torch.no_grad():
         for h in range(config.H_cycles):
-            for l in range(config.L_cycles):
-                if not (h == config.H_cycles - 1 and l == config.L_cycles - 1):
-                    z_L = inner.L_level(z_L, z_H + injection, cos_sin)
-            if h != config.H_cycles - 1:
+            for _ in range(config.L_cycles - (with_graph if h == last_h else 0)):
+                z_L = inner.L_level(z_L, z_H + injection, cos_sin)
+            if h != last_h:
                 z_H = inner.h_step(z_H, z_L, cos_sin)
-    z_L = inner.L_level(z_L, z_H + injection, cos_sin)
+    for _ in range(with_graph):
+        z_L = inner.L_level(z_L, z_H + injection, cos_sin)
     z_H = inner.h_step(z_H, z_L, cos_sin)
     return z_H.detach(), z_L.detach(), inner.heads(z_H, batch)
+
+
+@torch.no_grad()
+def q_continue_target(inner: HRMInner, z_H: torch.Tensor, z_L: torch.Tensor, data: dict[str, torch.Tensor],
+                      last: torch.Tensor) -> torch.Tensor:
+    """q_continue's bootstrapped target: sigmoid of the next step's max(q_halt, q_continue), or its
+    q_halt at the last step."""
+    _, _, following = inner(z_H, z_L, data)
+    return torch.sigmoid(torch.where(last, following["q_halt_logits"],
+                                     torch.maximum(following["q_halt_logits"], following["q_continue_logits"])))
 
 
 def learning_rate(recipe: Recipe, step: int) -> float:
@@ -195,20 +220,18 @@ def _train(recipe: Recipe, train_set: dict[str, np.ndarray], steps: int,
         with torch.no_grad():
             ACT_steps = ACT_steps + 1
             last = ACT_steps >= budget
-            halted = last | (q_halt > q_continue)
+            halted = last | (halt_margin(config, q_halt, q_continue) > 0)
             explore = torch.rand(size, generator=generator) < recipe.halt_exploration_prob
             min_steps = explore * torch.randint(2, budget + 1, (size,), generator=generator, dtype=torch.int32)
             halted = halted & (ACT_steps >= min_steps)
-            _, _, following = inner(z_H, z_L, data)
-            target = torch.sigmoid(torch.where(last, following["q_halt_logits"],
-                                               torch.maximum(following["q_halt_logits"],
-                                                             following["q_continue_logits"])))
             labels = data["labels"]
             correct = (outputs["logits"].argmax(-1) == labels).all(-1)
         lm_loss = (loss_fn(outputs["logits"], labels) / labels.shape[1]).sum()
-        q_halt_loss = F.binary_cross_entropy_with_logits(q_halt, correct.to(q_halt.dtype), reduction="sum")
-        q_continue_loss = F.binary_cross_entropy_with_logits(q_continue, target, reduction="sum")
-        loss = lm_loss + 0.5 * (q_halt_loss + q_continue_loss)
+        q_loss = F.binary_cross_entropy_with_logits(q_halt, correct.to(q_halt.dtype), reduction="sum")
+        if not config.no_ACT_continue:  # TRM without ACT continue trains q_halt alone
+            q_loss = q_loss + F.binary_cross_entropy_with_logits(
+                q_continue, q_continue_target(inner, z_H, z_L, data, last), reduction="sum")
+        loss = lm_loss + 0.5 * q_loss
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(recipe, step)
         optimizer.zero_grad(set_to_none=True)

@@ -14,7 +14,7 @@ from hrmc.hrm_ref.presets import TRAINED_PRESETS, test_set_path
 
 SMALL = {"sudoku4": 300, "sudoku6": 120}
 # Held-out exact accuracy (q-halt) each committed fixture must keep; docs/fixtures.md has the figures.
-EXACT_BAR = {"sudoku4": 0.95, "sudoku6": 0.93}  # measured: 1.000 and 0.957
+EXACT_BAR = {"sudoku4": 0.95, "sudoku6": 0.93, "trm-sudoku4": 0.95}  # measured: 1.000, 0.957 and 0.977
 
 
 @pytest.fixture(scope="module", params=sorted(SMALL))
@@ -84,22 +84,61 @@ def test_count_solutions_sees_ambiguity() -> None:
     assert tasks.count_solutions(np.full((4, 4), 1), 2, 2) == 0
 
 
-def test_training_steps_change_the_weights() -> None:
-    recipe = dataclasses.replace(train.RECIPES["sudoku4"], batch_size=8, warmup=1, log_every=1)
+@pytest.mark.parametrize("name", ["sudoku4", "trm-sudoku4"])
+def test_training_steps_change_the_weights(monkeypatch, name: str) -> None:
+    recipe = dataclasses.replace(train.RECIPES[name], batch_size=8, warmup=1, log_every=1)
     data = tasks.sudoku_dataset("sudoku4", 32, seed=11)
     lines: list[str] = []
+    look_aheads = []  # TRM without ACT continue has no q_continue target, so no look-ahead forward
+    q_continue_target = train.q_continue_target
+
+    def counted(*args):
+        look_aheads.append(args)
+        return q_continue_target(*args)
+
+    monkeypatch.setattr(train, "q_continue_target", counted)
     threads = torch.get_num_threads()
     model, losses = train.train(recipe, data, steps=3, log=lines.append)
+    assert len(look_aheads) == (0 if recipe.config.no_ACT_continue else 3)
     assert torch.get_num_threads() == threads and len(lines) == 3 and len(losses) == 3
     assert all(np.isfinite(losses))
     start = train.init_model(recipe.config, recipe.seed)
-    changed = [name for name, value in model.state_dict().items()
-               if not torch.equal(value, start.state_dict()[name])]
+    changed = [key for key, value in model.state_dict().items()
+               if not torch.equal(value, start.state_dict()[key])]
     assert "inner.lm_head.weight" in changed and "inner.L_level.layers.0.self_attn.qkv_proj.weight" in changed
     assert "inner.q_head.bias" in changed
     frozen = train.inference_copy(model)
     assert not any(p.requires_grad for p in frozen.parameters())
     assert all(torch.equal(a, b) for a, b in zip(frozen.state_dict().values(), model.state_dict().values()))
+
+
+@pytest.mark.parametrize("name", ["sudoku4", "trm-sudoku4"])
+def test_one_step_gradient_keeps_upstreams_graph(name: str) -> None:
+    """HRM keeps a graph for the last L-step and H-step; TRM for its whole last H cycle. The values
+    are the inference forward's, bit for bit."""
+    model = train.init_model(hrm_ref.PRESETS[name], seed=0)
+    inner, config = model.inner, model.config
+    batch = {k: torch.from_numpy(v) for k, v in tasks.sudoku_dataset("sudoku4", 4, seed=2).items()}
+    calls: list[tuple[str, bool]] = []
+    levels = [inner.L_level] + ([inner.H_level] if config.family == "hrm" else [])
+    hooks = [level.register_forward_hook(lambda module, args, out: calls.append(
+        ("L" if module is inner.L_level else "H", torch.is_grad_enabled()))) for level in levels]
+    z_H, z_L = inner.initial_state(4, inner.positions(batch))
+    try:
+        new_H, new_L, outputs = train.one_step_grad(inner, z_H, z_L, batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    H, L = config.H_cycles, config.L_cycles
+    h_by = "L" if config.family == "trm" else "H"  # TRM's one network does the H-steps too
+    schedule = [level for _ in range(H) for level in ["L"] * L + [h_by]]
+    with_graph = L + 1 if config.family == "trm" else 2
+    assert calls == [(level, i >= len(schedule) - with_graph) for i, level in enumerate(schedule)]
+    assert not new_H.requires_grad and not new_L.requires_grad and outputs["logits"].requires_grad
+    with torch.no_grad():
+        expected = inner(z_H, z_L, batch)
+    assert torch.equal(new_H, expected[0]) and torch.equal(new_L, expected[1])
+    assert all(torch.equal(outputs[k], expected[2][k]) for k in outputs)
 
 
 def test_trained_presets_are_listed_with_their_files() -> None:
@@ -132,5 +171,5 @@ def test_trained_fixture_solves_its_held_out_puzzles(name: str) -> None:
     assert exact >= EXACT_BAR[name], f"{name}: {exact:.3f} of held-out puzzles solved"
     assert right.float().mean().item() >= exact
     mean_steps = outputs["steps"][-1].float().mean().item()
-    if name == "sudoku4":
+    if name in ("sudoku4", "trm-sudoku4"):  # TRM's q head halts every held-out puzzle at step 1
         assert mean_steps < model.config.halt_max_steps, "the q head should halt before the budget"
