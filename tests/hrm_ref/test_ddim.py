@@ -47,7 +47,8 @@ def test_unknown_schedule_is_named() -> None:
 
 
 SAMPLE_SCRIPT = """
-import sys, hrm_ref
+import sys
+from hrmc import hrm_ref
 from hrmc.hrm_ref.act import denoise
 from hrmc.hrm_ref.ddim import DDIMScheduler
 model = hrm_ref.build_preset("denoiser")
