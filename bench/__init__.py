@@ -9,6 +9,7 @@ and are set against this machine's float32 matmul peak, measured in the same run
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import time
@@ -56,12 +57,13 @@ def machine() -> dict:
 
 
 def versions() -> dict:
+    """Installed versions, read from the distributions' metadata: importing coremltools only for its
+    version would print its macOS-only warnings into every report."""
     found = {}
     for name in ("torch", "onnxruntime", "onnx", "mlx", "coremltools", "numpy"):
         try:
-            module = __import__(f"{name}.core" if name == "mlx" else name, fromlist=["__version__"])
-            found[name] = getattr(module, "__version__", "?")
-        except ImportError:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             found[name] = None
     return found
 
