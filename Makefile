@@ -31,8 +31,10 @@ demo: setup
 
 # The default `pytest` skips the sudoku-size cases (marker `heavy`); this runs them too, on both cores
 # (pytest-xdist), one thread per worker: two workers of two threads each would fight over two cores.
+# pytest-benchmark warns that xdist disables it: the benchmarks run only under `pytest --benchmark-only`.
 test: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -m "heavy or not heavy" --durations=25
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -m "heavy or not heavy" --durations=25 \
+		-W "ignore::pytest_benchmark.logger.PytestBenchmarkWarning"
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis
