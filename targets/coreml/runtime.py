@@ -64,10 +64,15 @@ def saved_program(package: str | Path) -> Function:
 
 
 def replay(main: Function, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run a saved program's main function op by op with numpy values (MIL reference semantics)."""
+    """Run a saved program's main function op by op with numpy values (MIL reference semantics).
+
+    Each value is dropped after its last reader: a whole-inference package holds every step's
+    activations, and keeping them all ran trm-maze (900 positions) out of 24 GiB."""
     values = {name: mil_array(feed[name]) for name in main.inputs}
+    last_reader = {name: index for index, op in enumerate(main.operations) for name in _input_names(op)}
+    kept = {var.name for var in main.outputs}
     with Function({}, opset_version=main.opset_version):
-        for op in main.operations:
+        for index, op in enumerate(main.operations):
             if op.op_type == "const":
                 values[op.outputs[0].name] = op.outputs[0].val
                 continue
@@ -79,7 +84,18 @@ def replay(main: Function, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]
                 results = [var.val for var in (built if isinstance(built, (list, tuple)) else [built])]
             for output, result in zip(op.outputs, results):
                 values[output.name] = np.asarray(result)
+            for name in _input_names(op):
+                if last_reader[name] == index and name not in kept:
+                    values.pop(name, None)
     return {var.name: values[var.name] for var in main.outputs}
+
+
+def _input_names(op) -> set[str]:
+    """The names of the values an op reads (inputs may be lists of values)."""
+    names = set()
+    for var in op.inputs.values():
+        names.update(v.name for v in (var if isinstance(var, (list, tuple)) else [var]))
+    return names
 
 
 def _replay_value(var, values):
