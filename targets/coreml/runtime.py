@@ -66,27 +66,29 @@ def saved_program(package: str | Path) -> Function:
 def replay(main: Function, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run a saved program's main function op by op with numpy values (MIL reference semantics).
 
-    Each value is dropped after its last reader: a whole-inference package holds every step's
-    activations, and keeping them all ran trm-maze (900 positions) out of 24 GiB."""
+    Each value is dropped after its last reader, and each op is built in a scratch function of its
+    own: a whole-inference package holds every step's activations, and keeping them all ran trm-maze
+    (900 positions) out of 24 GiB."""
     values = {name: mil_array(feed[name]) for name in main.inputs}
     last_reader = {name: index for index, op in enumerate(main.operations) for name in _input_names(op)}
     kept = {var.name for var in main.outputs}
-    with Function({}, opset_version=main.opset_version):
-        for index, op in enumerate(main.operations):
-            if op.op_type == "const":
-                values[op.outputs[0].name] = op.outputs[0].val
-                continue
-            arguments = {name: _replay_value(var, values) for name, var in op.inputs.items()}
-            if op.op_type in FALLBACK:
-                results = [FALLBACK[op.op_type](**arguments)]
-            else:
+    for index, op in enumerate(main.operations):
+        if op.op_type == "const":
+            values[op.outputs[0].name] = op.outputs[0].val
+            continue
+        arguments = {name: _replay_value(var, values) for name, var in op.inputs.items()}
+        if op.op_type in FALLBACK:
+            results = [FALLBACK[op.op_type](**arguments)]
+        else:
+            # A scratch function per op: every op built in one would stay in it, with its value.
+            with Function({}, opset_version=main.opset_version):
                 built = getattr(mb, op.op_type)(**arguments)
                 results = [var.val for var in (built if isinstance(built, (list, tuple)) else [built])]
-            for output, result in zip(op.outputs, results):
-                values[output.name] = np.asarray(result)
-            for name in _input_names(op):
-                if last_reader[name] == index and name not in kept:
-                    values.pop(name, None)
+        for output, result in zip(op.outputs, results):
+            values[output.name] = np.asarray(result)
+        for name in _input_names(op):
+            if last_reader[name] == index and name not in kept:
+                values.pop(name, None)
     return {var.name: values[var.name] for var in main.outputs}
 
 
