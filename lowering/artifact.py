@@ -23,7 +23,6 @@ from hrmc.files import atomic_output
 from hrmc.names import PARTS
 
 
-
 def load_proto(path: Path) -> onnx.ModelProto:
     """The model in `path`, or one line saying why it cannot be read."""
     if not path.is_file():

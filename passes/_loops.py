@@ -19,7 +19,6 @@ from hrmc.errors import HrmcError
 from hrmc.names import LOOP, LOOPS, TRIP_COUNT
 
 
-
 class PassInputError(HrmcError):
     """The graph is not one this pass can transform (named node, reason)."""
 
@@ -112,11 +111,17 @@ def inline_iteration(loop: ir.Node, iteration: int, cond: ir.Value, values: list
 
 
 def replace_loop(loop: ir.Node, final_values: list[ir.Value]) -> None:
-    """Let the Loop's users read `final_values` instead, then drop the Loop."""
+    """Let the Loop's users read `final_values` instead, then drop the Loop and detach its body from the
+    values it read: weights would otherwise keep the dropped body's nodes as users, and outlive their
+    last real reader (`cleanup`'s unused-node removal keeps a value anything uses)."""
     for output, value in zip(loop.outputs, final_values):
         was_output = output.is_graph_output()
         name = output.name
         output.replace_all_uses_with(value, replace_graph_outputs=True)
         if was_output:  # keep output names stable: peer tools match by name
             output.name, value.name = f"{name}.replaced", name
+    body = loop.attributes["body"].as_graph()
     loop.graph.remove(loop, safe=True)
+    for node in body.all_nodes():
+        for index in range(len(node.inputs)):
+            node.replace_input_with(index, None)

@@ -11,7 +11,7 @@ Before:
 After:
     W.transposed (initializer [in, out]) ──► MatMul(x, W.transposed) … MatMul(z, W.transposed)
 
-W itself goes once nothing else reads it (`cleanup`'s unused-node removal).
+W itself goes once nothing else reads it.
 """
 
 from __future__ import annotations
@@ -39,10 +39,6 @@ class FoldWeightTransposesPass(ir.passes.InPlacePass):
                 graph.register_initializer(folded[key])
             node.outputs[0].replace_all_uses_with(folded[key])
             graph.remove(node, safe=True)
-        # A weight nothing reads any more goes now: the bodies of unrolled Loops, detached from the graph,
-        # still count as its users, so the unused-node removal would keep it.
-        live = set(graph.all_nodes())
-        for name in {name for name, _ in folded}:
-            if not any(user in live for user, _ in graph.initializers[name].uses()):
-                del graph.initializers[name]
+            if not source.uses() and not source.is_graph_input():  # W itself, once nothing reads it
+                del graph.initializers[source.name]
         return ir.passes.PassResult(model, modified=bool(folded))
