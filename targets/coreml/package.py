@@ -23,13 +23,13 @@ from hrmc import __version__
 from hrmc.binding import BindingError, Record, file_sha256, json_sha256, make_record, parse_record, verify
 from hrmc.errors import InputError
 from hrmc.files import atomic_folder
-from hrmc.names import PARTS, unprefixed
+from hrmc.names import CHUNK, PARTS, meta_key, unprefixed
 from hrmc.targets import TARGETS
 from hrmc.targets.coreml._coremltools import Program, ct, quiet_stderr
 from hrmc.targets.coreml.lowering import FLAVOURS, build_program, plain_weights
 
 PARTS_FILE = "com.hrmc/parts.json"  # under Data/: the package's record (hrmc.binding)
-BOOL_OUTPUTS = "hrmc.bool_outputs"  # user metadata: outputs that are bool in the ONNX graph, int32 in the package
+BOOL_OUTPUTS = "bool_outputs"  # hrmc.bool_outputs in the user metadata: outputs bool in the ONNX graph, int32 here
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: 
     set (each records every package's files, hrmc.binding); all appear at once, or none. An existing
     folder is replaced only if hrmc wrote it (or `force`). `weights`: one of the flavour's (its default)."""
     weights = TARGETS[flavour].weight_storage(weights) or plain_weights(flavour)
-    chunk = int(ir.load(str(graphs["chunk"])).metadata_props["hrmc.chunk"]) if "chunk" in graphs else None
+    chunk = int(ir.load(str(graphs["chunk"])).metadata_props[CHUNK]) if "chunk" in graphs else None
     paths = package_paths(out, list(graphs), chunk)
     with contextlib.ExitStack() as stack:
         temporaries = {role: stack.enter_context(atomic_folder(path, marker=f"Data/{PARTS_FILE}", force=force))
@@ -88,10 +88,9 @@ def _convert(graph: Path, flavour: str, batch: int, source: str, weights: str):
     package.short_description = (f"HRM lowered by hrmc {__version__} ({flavour}: {chosen.description}, {weights} "
                                  f"weights) from {source}")
     package.version = __version__
-    package.user_defined_metadata.update({"hrmc.version": __version__, "hrmc.flavour": flavour, "hrmc.batch": str(batch),
-                                          "hrmc.weights": weights,
-                                          **{f"hrmc.{k}": v for k, v in meta.items()},
-                                          BOOL_OUTPUTS: json.dumps(bools)})
+    ours = {"version": __version__, "flavour": flavour, "batch": str(batch), "weights": weights}
+    package.user_defined_metadata.update({meta_key(k): v for k, v in (ours | meta).items()}
+                                         | {meta_key(BOOL_OUTPUTS): json.dumps(bools)})
     for value in model.graph.inputs:
         package.input_description[value.name] = f"{value.name} ({value.dtype.name.lower()} in the ONNX graph)"
     for value in model.graph.outputs:
@@ -232,11 +231,11 @@ def count_ops(block) -> dict[str, int]:
 def package_info(path: Path) -> CoreMLPackage:
     """What the executor needs to know of a saved package: flavour, batch, bool outputs, hrmc's metadata."""
     spec = read_package(path)[0]
-    meta = {k.removeprefix("hrmc."): v for k, v in spec.description.metadata.userDefined.items() if k.startswith("hrmc.")}
+    meta = unprefixed(dict(spec.description.metadata.userDefined))
     if "flavour" not in meta or "batch" not in meta:
         raise InputError(f"{path} was not written by hrmc lower (no hrmc metadata)")
-    if BOOL_OUTPUTS.removeprefix("hrmc.") in meta:
-        bools = tuple(json.loads(meta[BOOL_OUTPUTS.removeprefix("hrmc.")]))
+    if BOOL_OUTPUTS in meta:
+        bools = tuple(json.loads(meta[BOOL_OUTPUTS]))
     else:  # packages written before the key: their output descriptions say it
         bools = tuple(o.name for o in spec.description.output if o.shortDescription.endswith("(bool in the ONNX graph)"))
     return CoreMLPackage(path, meta["flavour"], int(meta["batch"]), bools, meta)

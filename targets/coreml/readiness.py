@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from hrmc.errors import InputError
+from hrmc.names import unprefixed
 from hrmc.targets.coreml._coremltools import ct
 from hrmc.targets.coreml.package import PARTS_FILE, count_ops, main_block, package_set
 
@@ -56,8 +57,8 @@ def readiness(package: str | Path) -> dict:
     weights = weights_folder / "weight.bin"
     if not weights.is_file():
         raise InputError(f"{weights}: missing (the package's weights)")
-    meta = dict(spec.description.metadata.userDefined)
-    return {"package": str(package), "flavour": meta.get("hrmc.flavour"), "ops": count_ops(block),
+    meta = unprefixed(dict(spec.description.metadata.userDefined))
+    return {"package": str(package), "flavour": meta.get("flavour"), "ops": count_ops(block),
             "not_on_ane": findings, "largest_tensors": largest,
             "weight_bytes": weights.stat().st_size,
             "compute_plan": _compute_plan(package),

@@ -67,7 +67,7 @@ def lower_mlx(graphs: dict[str, Path], folder: str | Path, source: str, force: b
     title = f"HRM ({meta.get('source', 'model')}) for MLX"
     code = emit_module(models, weights, title, source)
     config = {"hrmc_version": __version__, "source": source, "graphs": {k: module_name(k) for k in models},
-              "chunk": models["chunk"].metadata_props.get("hrmc.chunk") if "chunk" in models else None,
+              "chunk": models["chunk"].metadata_props.get(names.CHUNK) if "chunk" in models else None,
               **{key: _json(value) for key, value in meta.items()}}
     with atomic_folder(folder, marker=MODULE, force=force) as temporary:
         (temporary / MODULE).write_text(code)
