@@ -12,10 +12,10 @@ import numpy as np
 from hrmc.hrm_ref import HRM, Batch
 from hrmc.hrm_ref.act import batch_size, resolve_budget
 from hrmc.parity.agreement import format_agreement, task_agreement
-from hrmc.parity.executors import EXECUTORS, TorchExecutor, make_executor
+from hrmc.parity.executors import EXECUTORS, make_executor
 from hrmc.targets.executor import Arrays, Executor
-from hrmc.parity.gate import (ATOL, FLOOR_FACTOR, PSNR_DB, RTOL, Report, Row, step_parity, trajectory_parity,
-                         whole_graph_parity)
+from hrmc.parity.gate import (ATOL, FLOOR_FACTOR, PSNR_DB, RTOL, Reference, Report, Row, step_parity,
+                              trajectory_parity, whole_graph_parity)
 
 MODES = ("step", "trajectory")
 
@@ -43,32 +43,30 @@ def check_modes(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget
     for executor in executors:
         progress(f"preparing executor {executor.name}")
         executor.prepare(model, policy, budget, batch)
-    reference = TorchExecutor("float32")
-    reference.prepare(model, policy, budget, batch)
-    exact = TorchExecutor("float64")
-    exact.prepare(model, policy, budget, batch)
+    reference = Reference.prepared(model, policy, budget, batch)
     progress("running the whole inference on both")
     runs = [executor.run(batch) for executor in executors]
+    task = task_agreement(*runs, model.config, labels)
     reports = []
     for mode in modes:
         progress(f"comparing in {mode} mode")
         report = Report(mode, [e.describe() for e in executors], model_name, policy, budget, batch_size(batch), seed,
                         atol, rtol, psnr_db)
-        report.task = task_agreement(*runs, model.config, labels)
+        report.task = task
         if mode == "trajectory":
-            reports.append(trajectory_parity(*runs, reference, exact, batch, report))
+            reports.append(trajectory_parity(*runs, reference, report))
         else:
-            reports.append(_step_mode(executors, runs, reference, exact, batch, report, progress))
+            reports.append(_step_mode(executors, runs, reference, batch, report, progress))
     return reports
 
 
-def _step_mode(executors: list[Executor], runs: list[Arrays], reference: TorchExecutor, exact: TorchExecutor,
-               batch: Batch, report: Report, progress: Callable[[str], None]) -> Report:
-    step_parity(*executors, reference, exact, batch, report)
+def _step_mode(executors: list[Executor], runs: list[Arrays], reference: Reference, batch: Batch, report: Report,
+               progress: Callable[[str], None]) -> Report:
+    step_parity(*executors, reference, batch, report)
     for executor, run in zip(executors, runs):  # every graph an executor runs: its whole-inference graph too
         if executor.whole_graph() is not None:
             progress(f"checking {executor.name}'s whole-inference graph ({executor.whole_graph()}) against its steps")
-            whole_graph_parity(executor, run, reference, exact, batch, report)
+            whole_graph_parity(executor, run, reference, batch, report)
     if report.whole_graphs:
         report.notes.append(f"whole-inference graphs: run whole and compared with the executor's own step graph "
                             f"chained from the initial carry, drift gated at max({report.atol:g}, {FLOOR_FACTOR} × "

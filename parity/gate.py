@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hrmc.hrm_ref import Batch, Carry
+from hrmc.hrm_ref import HRM, Batch, Carry
 from hrmc.hrm_ref.act import halt_margin, initial_carry
 from hrmc.hrm_ref.config import HRMConfig
 from hrmc.names import CARRY_NAMES, STATE_NAMES
@@ -124,8 +124,27 @@ def q_margin(outputs: Arrays, config: HRMConfig) -> np.ndarray | None:
                        np.asarray(outputs["q_continue_logits"], np.float64))
 
 
-def step_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: TorchExecutor, batch: Batch,
-                report: Report) -> Report:
+@dataclass
+class Reference:
+    """hrm_ref on the compared batch, in float32 (the reference) and float64 (its noise floor): executors for
+    the teacher-forced steps, and their whole runs, which every check reads and which run once."""
+
+    float32: TorchExecutor
+    float64: TorchExecutor
+    run32: Arrays
+    run64: Arrays
+
+    @classmethod
+    def prepared(cls, model: HRM, policy: str, budget: int, batch: Batch) -> "Reference":
+        executors = []
+        for dtype in ("float32", "float64"):
+            executor = TorchExecutor(dtype)
+            executor.prepare(model, policy, budget, batch)
+            executors.append(executor)
+        return cls(*executors, *(executor.run(batch) for executor in executors))
+
+
+def step_parity(a: Executor, b: Executor, ref: Reference, batch: Batch, report: Report) -> Report:
     """Teacher-forced: every step of the reference trajectory, from the reference's carry.
 
     float32 executors: every output within |a − b| ≤ limit + rtol·|b|, limit = max(atol, 10 × the
@@ -134,7 +153,7 @@ def step_parity(a: Executor, b: Executor, reference: TorchExecutor, exact: Torch
     logits of magnitude 30–40: 5e-5). A halting decision may differ only within tolerance of a tie.
     float16 executors (`float16_step`): the float16 contract. Beside each row: the reference's own one-step rounding noise (float64 vs float32 from the same carry).
     """
-    trajectory = reference.run(batch)
+    reference, exact, trajectory = ref.float32, ref.float64, ref.run32
     start = initial_carry(reference.model, batch)
     half = "float16" in (a.precision, b.precision)
     if half:
@@ -282,11 +301,9 @@ def _drift(run_a: Arrays, run_b: Arrays, ref32: Arrays, ref64: Arrays, report: R
             "steps_a": halting_a.tolist(), "steps_b": halting_b.tolist(), "left_out": int((~compared).sum())}
 
 
-def trajectory_parity(run_a: Arrays, run_b: Arrays, reference: TorchExecutor, exact: TorchExecutor, batch: Batch,
-                      report: Report) -> Report:
+def trajectory_parity(run_a: Arrays, run_b: Arrays, ref: Reference, report: Report) -> Report:
     """Whole runs of A and B, drift per step, gated against the reference's float64-vs-float32 noise floor."""
-    report.halting = _drift(run_a, run_b, reference.run(batch), exact.run(batch), report, "A vs B",
-                            reference.model.config)
+    report.halting = _drift(run_a, run_b, ref.run32, ref.run64, report, "A vs B", ref.float32.model.config)
     report.notes.append(f"trajectory mode: drift gated at max({report.atol:g}, {FLOOR_FACTOR} × noise floor); "
                         "noise floor = hrm_ref float64 vs float32 on the same inputs")
     if report.halting["left_out"]:
@@ -294,8 +311,7 @@ def trajectory_parity(run_a: Arrays, run_b: Arrays, reference: TorchExecutor, ex
     return report
 
 
-def whole_graph_parity(executor: Executor, whole: Arrays, reference: TorchExecutor, exact: TorchExecutor,
-                       batch: Batch, report: Report) -> Report:
+def whole_graph_parity(executor: Executor, whole: Arrays, ref: Reference, batch: Batch, report: Report) -> Report:
     """Step mode's second half: the executor's whole-inference graph, run whole (`whole`), against its own
     step graph (which step parity has just checked against the reference) chained from the initial carry,
     drift gated at max(atol, 10 × the reference's noise floor) as trajectory mode gates.
@@ -304,10 +320,10 @@ def whole_graph_parity(executor: Executor, whole: Arrays, reference: TorchExecut
     and where the noise floor grows 30-fold in one step (random-weight TRM sudoku, 42 layers a step) a
     correct executor's whole run crosses 10 × the floor by chance. Trajectory mode is that comparison.
     """
-    ref32, ref64 = reference.run(batch), exact.run(batch)
     check, against = f"{executor.name} whole vs its steps", "its own step graph chained from the initial carry"
-    other = chained_run(executor, initial_carry(reference.model, batch), batch)
-    halting = _drift(whole, other, ref32, ref64, report, check, reference.model.config)
+    model = ref.float32.model
+    other = chained_run(executor, initial_carry(model, batch), batch)
+    halting = _drift(whole, other, ref.run32, ref.run64, report, check, model.config)
     report.whole_graphs.append({"executor": executor.name, "graph": executor.whole_graph(), "check": check,
                                 "against": against, "halting": halting})
     return report
