@@ -244,11 +244,27 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
 @click.option("--runs", type=POSITIVE, default=5, show_default=True, help="Timed runs per executor (after one warm-up).")
 @click.option("--onnx-model", type=click.Path(), help="The structured export the ONNX-based executors start from.")
 @click.option("--chunk", type=STEPS, help="Steps per graph call of the chunked executors (default 4).")
+@click.option("--estimate", type=click.Choice(["ane"]),
+              help="Time nothing: estimate the ane package's latency per Apple chip from its ops (an analytic "
+                   "roofline model, not a measurement), at --batch (default: 1 and 8).")
+@click.option("--chip", "chips", multiple=True,
+              help="--estimate: the chips to model, repeated or comma-separated (m1, m2, m3, m4, a17, a18; "
+                   "default all).")
+@click.option("--artifact", type=click.Path(),
+              help="--estimate: an ane .mlpackage (hrmc lower --target ane) to estimate at its own batch, "
+                   "instead of lowering the model.")
 def bench(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, executors, runs,
-          onnx_model, chunk) -> None:
-    """Time the whole inference on each executor, with GFLOP/s against this machine's matmul peak."""
+          onnx_model, chunk, estimate, chips, artifact) -> None:
+    """Time the whole inference on each executor, with GFLOP/s against this machine's matmul peak (or,
+    with --estimate ane, estimate the ANE's latency from the lowered package's ops)."""
     from hrmc import bench as benchmarks
 
+    if estimate:
+        _estimate(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, onnx_model, chips,
+                  artifact)
+        return
+    if artifact is not None:
+        raise InputError("--artifact: only read with --estimate ane")
     names = [name for name in executors.split(",") if name]
     unknown = [name for name in names if name not in parity.EXECUTORS]
     if unknown or not names:
@@ -260,6 +276,23 @@ def bench(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
                                   preset=model_source(checkpoint, preset), onnx_model=onnx_model, chunk=chunk,
                                   progress=progress)
     click.echo(json.dumps(report.to_dict()) if as_json else benchmarks.format_bench(report))
+
+
+def _estimate(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, onnx_model, chips,
+              artifact) -> None:
+    """`bench --estimate ane`: the shipped package at its own batch, or the model lowered at each batch."""
+    from hrmc.bench import estimate
+
+    chosen = estimate.parse_chips(chips)  # before a lowering of minutes
+    if artifact is not None:
+        report = estimate.estimate_artifact(artifact, chosen)
+    else:
+        source = click.get_current_context().get_parameter_source("batch_size")
+        given = source == click.core.ParameterSource.COMMANDLINE
+        report = estimate.estimate_model(driver.load_model(checkpoint, preset, config_path),
+                                         model_source(checkpoint, preset), policy, budget,
+                                         [batch_size] if given else [1, 8], seed, chosen, onnx_model, progress)
+    click.echo(json.dumps(report.to_dict()) if as_json else estimate.format_estimate(report))
 
 
 @cli.command()

@@ -1,0 +1,110 @@
+"""`hrmc bench --estimate ane`: the ANE latency estimate's FLOP count, its model, its chip table and its CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hrmc import hrm_ref
+from hrmc.bench.ane_chips import CHIPS
+from hrmc.bench.estimate import OpCost, op_costs, package_time
+from hrmc.bench.roofline import flops_per_step
+from tests.hrmc.test_cli import assert_one_line_error, hrmc
+
+
+@pytest.fixture(scope="module")
+def graphs(tiny_export: Path, tmp_path_factory) -> dict[str, Path]:
+    """tiny's static and step graphs after the ane pass pipeline (q-halt, budget 8)."""
+    from hrmc.passes import lower_onnx
+
+    return lower_onnx(tiny_export, tmp_path_factory.mktemp("lowered") / "t.onnx", "fused").graphs
+
+
+@pytest.fixture(scope="module")
+def ane_set(graphs: dict[str, Path], tmp_path_factory) -> dict[str, Path]:
+    """tiny's ane package set at batch 1, float16x2 weights (the default)."""
+    from hrmc.targets.coreml import lower_coreml
+
+    return lower_coreml(graphs, tmp_path_factory.mktemp("ane") / "t.mlpackage", "ane", 1, "t.onnx")
+
+
+def test_matmul_flops_are_what_the_model_computes(tiny, ane_set: dict[str, Path]) -> None:
+    """Each weight matmul runs twice (its float16 pair), attention's activation products once: halving the
+    first and adding the second gives the model's matmul FLOPs, counted from its config (bench.roofline)."""
+    costs = op_costs(ane_set["step"])
+    batch = hrm_ref.random_batch(tiny.config, 1, seed=0)
+    weighted = sum(c.flops for c in costs if c.type == "matmul" and c.weight_bytes > 16)  # flags are 1-byte constants
+    products = sum(c.flops for c in costs if c.type == "matmul" and c.weight_bytes <= 16)
+    assert weighted // 2 + products == flops_per_step(tiny.config, 1, tiny.inner.positions(batch))
+    everything = sum(c.flops for c in costs)
+    assert weighted + products < everything < 1.05 * (weighted + products)  # norms, softmax, SwiGLU: a few %
+    assert sum(c.type == "const" for c in costs) == 0 and all(c.bytes >= c.weight_bytes >= 0 for c in costs)
+
+
+def test_the_roofline_charges_the_bound_plus_the_overheads() -> None:
+    chip = CHIPS["m4"]
+    compute_bound = OpCost("matmul", int(chip.float16_flops / 1000), 2, 0)  # 1 ms of FLOPs, 2 bytes
+    memory_bound = OpCost("add", 1, int(chip.memory_bandwidth / 500), 0)  # 2 ms of bytes
+    timing = package_time([compute_bound, memory_bound], chip)
+    assert timing.compute == pytest.approx(1e-3) and timing.memory == pytest.approx(2e-3)
+    assert timing.overhead == pytest.approx(chip.call_overhead + 2 * chip.op_overhead)
+    assert package_time([compute_bound, memory_bound, compute_bound], chip).total > timing.total  # one more op
+
+
+def test_the_whole_inference_and_a_larger_batch_cost_more(capsys, tiny_export: Path,
+                                                          ane_set: dict[str, Path]) -> None:
+    """The static package (8 steps unrolled) has more ops than the step package; batch 4 moves more than 1."""
+    code, out, _ = hrmc(capsys, "bench", "--estimate", "ane", "--artifact", str(ane_set["static"]), "--json")
+    one = json.loads(out)
+    assert code == 0 and [row["batch"] for row in one["rows"]] == [1] * len(CHIPS)
+    ops = {package["role"]: package["ops"] for package in one["packages"]}
+    assert ops["static"] > 4 * ops["step"]
+    for row in one["rows"]:
+        assert row["whole_ms"] > row["step_ms"] > 0
+        assert (row["step_from"], row["whole_from"]) == ("step package", "static package")
+    code, out, err = hrmc(capsys, "bench", "--estimate", "ane", "--onnx-model", str(tiny_export), "--policy", "q-halt",
+                          "--batch", "4", "--chip", "m1", "--chip", "a18", "--json")
+    four = json.loads(out)
+    assert code == 0 and "converting the static graph (batch 4)" in err
+    assert [(row["chip"], row["batch"]) for row in four["rows"]] == [("m1", 4), ("a18", 4)]
+    smaller = {row["chip"]: row for row in one["rows"]}
+    for row in four["rows"]:
+        assert row["step_ms"] > smaller[row["chip"]]["step_ms"] and row["whole_ms"] > smaller[row["chip"]]["whole_ms"]
+
+
+def test_the_report_says_it_is_an_estimate_and_names_its_sources(capsys, graphs: dict[str, Path],
+                                                                 tmp_path: Path) -> None:
+    from hrmc.targets.coreml import lower_coreml
+
+    alone = lower_coreml({"step": graphs["step"]}, tmp_path / "s.mlpackage", "ane", 1, "t.onnx")["step"]
+    code, out, _ = hrmc(capsys, "bench", "--estimate", "ane", "--artifact", str(alone), "--chip", "m4,a17")
+    assert code == 0 and "ESTIMATE" in out and "not a measurement" in out
+    assert "Apple introduces M4 chip" in out and "a17: NOT PUBLISHED for this chip, assumed: memory_bandwidth" in out
+    assert "(step: step package; whole: step package × budget)" in out  # no static package: derived, and said so
+    code, out, _ = hrmc(capsys, "bench", "--estimate", "ane", "--artifact", str(alone), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["kind"] == "estimate" and "not a measurement" in report["note"]
+    assert [chip["name"] for chip in report["chips"]] == list(CHIPS)
+    for chip in report["chips"]:
+        assert set(chip["sources"]) == {"float16_flops", "memory_bandwidth", "call_overhead", "op_overhead"}
+        assert set(chip["assumed"]) <= set(chip["sources"]) and all(chip["sources"].values())
+
+
+def test_every_assumed_number_is_said_to_be_unpublished() -> None:
+    for chip in CHIPS.values():
+        for number in chip.assumed:
+            assert "not published" in chip.sources[number] or "assumed" in chip.sources[number], (chip.name, number)
+
+
+def test_bad_input_is_one_line_and_exit_2(capsys, graphs: dict[str, Path], tmp_path: Path) -> None:
+    assert_one_line_error(*hrmc(capsys, "bench", "--estimate", "ane", "--chip", "m1,m9")[::2], "unknown chip m9")
+    from hrmc.targets.coreml import lower_coreml
+
+    coreml = lower_coreml({"step": graphs["step"]}, tmp_path / "c.mlpackage", "coreml", 1, "t.onnx")["step"]
+    assert_one_line_error(*hrmc(capsys, "bench", "--estimate", "ane", "--artifact", str(coreml))[::2],
+                          "is a coreml package")
+    assert_one_line_error(*hrmc(capsys, "bench", "--estimate", "ane", "--artifact", str(tmp_path / "none"))[::2],
+                          "expected an ane .mlpackage")
+    assert_one_line_error(*hrmc(capsys, "bench", "--artifact", str(coreml))[::2], "only read with --estimate")
