@@ -26,7 +26,7 @@ from hrmc import parity
 from hrmc.parity.agreement import accuracy
 from hrmc import __version__
 from hrmc import pipeline as driver
-from hrmc.errors import HrmcError, InputError
+from hrmc.errors import GateFailure, HrmcError, InputError
 from hrmc.files import check_output, size_of
 
 FORWARD_DTYPES = ("float32", "float64", "bfloat16")
@@ -227,7 +227,8 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
                                               model_source(checkpoint, preset), progress).act_path
         result = driver.lower_target(structured, out, target, pipeline, Path(folder), progress=progress,
                                      strip=tuple(filter(None, (strip or "").split(","))), chunk=chunk,
-                                     dump_after=dump_after, batch=batch_size, force=force, weights=weights)
+                                     dump_after=dump_after, batch=batch_size, force=force, weights=weights,
+                                     seed=seed)
     if as_json:
         click.echo(json.dumps({"target": target, "pipeline": pipeline, "files": [str(p) for p in result.written],
                                "seconds": round(result.seconds, 2)}))
@@ -298,13 +299,22 @@ def _estimate(checkpoint, config_path, preset, policy, budget, batch_size, seed,
 @cli.command()
 @click.argument("package", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def inspect(package, as_json) -> None:
+@click.option("--ranges", is_flag=True,
+              help="Replay the whole inference in float32 and report every op within 2× of float16's limits.")
+@click.option("--inputs", type=click.Path(), help="--ranges: npz inputs (default: a seeded random batch).")
+@click.option("--seed", type=int, default=0, show_default=True, help="--ranges: seed of the random batch.")
+def inspect(package, as_json, ranges, inputs, seed) -> None:
     """ANE-readiness report of a Core ML package: op counts, what keeps work off the ANE, tensors, weights."""
     path = Path(package)
     if path.suffix != ".mlpackage" or not path.is_dir():
         raise InputError(f"{path}: expected an .mlpackage folder (from hrmc lower --target coreml|ane)")
-    from hrmc.targets.coreml import ANE_ALIGNMENT_BYTES, readiness
+    if inputs is not None and not ranges:
+        raise InputError("--inputs: only read with --ranges")
+    from hrmc.targets.coreml import ANE_ALIGNMENT_BYTES, range_report, readiness
 
+    if ranges:
+        _print_ranges(range_report(path, inputs, seed), as_json)
+        return
     report = readiness(path)
     if as_json:
         click.echo(json.dumps(report))
@@ -321,6 +331,27 @@ def inspect(package, as_json) -> None:
         click.echo(f"  {tensor['name']:<24}{str(tensor['shape']):<20}{tensor['last_axis_bytes']:>6} B  "
                    f"{'aligned' if tensor['aligned'] else 'padded'}")
     click.echo(f"compute plan: {report['compute_plan']}")
+
+
+def _print_ranges(report: dict, as_json: bool) -> None:
+    """`inspect --ranges`; exit 1 where a value overflows float16 on the ANE."""
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        limits = ", ".join(f"{what} {limit:g}" for what, limit in report["limits"].items())
+        click.echo(f"{report['package']}: {report['ops']:,} ops, {report['replay']} on {report['inputs']}")
+        click.echo(f"limits: {limits}; reported within {report['headroom']:g}× of them")
+        for title, rows in (("near a limit", report["flagged"]), ("tightest", report["tightest"])):
+            click.echo(f"{title}:" + ("" if rows else " none"))
+            if len(rows) > 20:
+                click.echo(f"  (the 20 tightest of {len(rows)}; --json lists every one)")
+            for row in rows[:20]:
+                node = f"  ONNX {row['node']}" if row["node"] else ""
+                headroom = "OVERFLOW" if row["overflows"] else f"{row['headroom']:.2f}×"
+                click.echo(f"  {row['op']:<14}{row['name']:<28}{row['max_abs']:>12.6g} / {row['limit']:<8g}"
+                           f"{headroom:>10}{node}")
+    if report["overflows"]:
+        raise GateFailure(f"float16 overflow: {report['overflows'][0]}")
 
 
 @cli.command("parity")

@@ -95,7 +95,7 @@ def check_target_output(target: str, out: str | Path, chunk: int | None = None, 
 def lower_target(structured: str | Path, out: str | Path, target: str, pipeline: str, work: Path, *,
                  progress: Callable[[str], None], strip: tuple[str, ...] = (), chunk: int | None = None,
                  dump_after: str | None = None, batch: int = 1, force: bool = False,
-                 weights: str | None = None) -> Lowered:
+                 weights: str | None = None, seed: int = 0) -> Lowered:
     """`hrmc lower`: the pass pipeline (stage 3), then the target's own lowering (stage 4)."""
     from hrmc import passes
 
@@ -109,7 +109,7 @@ def lower_target(structured: str | Path, out: str | Path, target: str, pipeline:
                                progress=progress).graphs
     if declared.suffix != ".onnx":
         progress(f"lowering to {target}")
-    options = LowerOptions(Path(structured).name, batch, force, weights, progress)
+    options = LowerOptions(Path(structured).name, batch, force, weights, seed, progress)
     return Lowered(declared.backend().lower(declared, graphs, out, options), time.perf_counter() - started)
 
 

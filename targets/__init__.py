@@ -66,6 +66,7 @@ class LowerOptions:
     batch: int = 1  # the fixed batch of a Core ML package
     force: bool = False  # replace an output folder hrmc did not write
     weights: str | None = None  # one of the target's `weights`
+    seed: int = 0  # the seeded random batch the lowering's own checks run on (the ane range check)
     progress: Callable[[str], None] = field(default=lambda _: None)
 
 

@@ -26,10 +26,12 @@ against MIL's reference semantics, not Core ML's runtime kernels: every report s
     runtime.py    predict on macOS, the MIL replay elsewhere
     executors.py  CoreMLExecutor: coreml, coreml-chunked, ane
     readiness.py  the ANE-readiness report of `hrmc inspect`
+    ranges.py     the float16 range report (`inspect --ranges`) and `lower --target ane`'s range check
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from hrmc.files import check_output_folder
@@ -40,6 +42,7 @@ from hrmc.targets.coreml.lowering import FLAVOURS, build_program
 from hrmc.targets.coreml.ops import OPS
 from hrmc.targets.coreml.package import (PARTS_FILE, CoreMLPackage, lower_coreml, op_counts, package_info,
                                          package_paths, package_set, read_package)
+from hrmc.targets.coreml.ranges import check_ranges, range_report
 from hrmc.targets.coreml.readiness import ANE_ALIGNMENT_BYTES, readiness
 from hrmc.targets.coreml.runtime import LABEL, replay, saved_program
 
@@ -50,8 +53,12 @@ def executor(name: str, onnx_model: str | Path | None, chunk: int | None,
 
 
 def lower(target: Target, graphs: dict[str, Path], out: str | Path, options: LowerOptions) -> list[Path]:
+    """The package set; a float16 flavour's whole inference checked against float16's limits first (ranges.py)."""
+    check = None
+    if FLAVOURS[target.name].float_type == "fp16":
+        check = functools.partial(check_ranges, seed=options.seed, progress=options.progress)
     return list(lower_coreml(graphs, out, target.name, options.batch, options.source, options.progress,
-                             options.force, options.weights).values())
+                             options.force, options.weights, check).values())
 
 
 def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -> None:
@@ -63,4 +70,5 @@ def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -
 
 __all__ = ["ANE_ALIGNMENT_BYTES", "FLAVOURS", "LABEL", "OPS", "CoreMLExecutor", "CoreMLPackage", "LowerError",
            "build_program", "check_out", "executor", "lower", "lower_coreml", "op_counts",
-           "package_info", "package_paths", "package_set", "read_package", "readiness", "replay", "saved_program"]
+           "package_info", "package_paths", "package_set", "range_report", "read_package", "readiness", "replay",
+           "saved_program"]

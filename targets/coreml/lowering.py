@@ -8,7 +8,8 @@ program is built, on which compute units it runs and how it computes attention.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
@@ -24,12 +25,14 @@ class Flavour:
     compute_units: object
     description: str
     heads_apart: bool = False  # attention as one small matmul pair per head, no 4-D transposes (ANE)
+    overflow_safe_norm: bool = False  # RMSNorm as a layer_norm over [x, −x]: no x² to overflow float16 (ANE)
 
 
 # The program is built in its final precision, so ct.convert runs no pass pipeline: coremltools'
 # passes (its fp16 pass above all) take minutes on an unrolled graph, and ours already ran on ONNX.
 FLAVOURS = {"coreml": Flavour("fp32", ct.ComputeUnit.CPU_ONLY, "float32, CPU_ONLY"),
-            "ane": Flavour("fp16", ct.ComputeUnit.CPU_AND_NE, "float16, CPU_AND_NE, attention per head", True)}
+            "ane": Flavour("fp16", ct.ComputeUnit.CPU_AND_NE,
+                           "float16, CPU_AND_NE, attention per head, overflow-safe RMSNorm", True, True)}
 # float16x2: each matmul weight W as the float16 pair hi = fp16(W), lo = fp16(W - hi), stacked along the
 # contracted axis and read by one matmul of [x, x], so its accumulation adds both halves before the one
 # rounding of its output: float32-exact weights, twice the weight bytes and matmul work, every op still
@@ -44,12 +47,12 @@ def plain_weights(flavour: str) -> str:
 class Builder(NodeReader):
     """Maps one ONNX graph's nodes to MIL ops inside the current Function; `env` holds the MIL vars."""
 
-    def __init__(self, source: str, float_type: str = "fp32", heads_apart: bool = False,
-                 weight_pairs: bool = False) -> None:
+    def __init__(self, source: str, flavour: Flavour, weight_pairs: bool = False) -> None:
         super().__init__(source)
         self.env = {}
-        self.float_type, self.heads_apart, self.weight_pairs = float_type, heads_apart, weight_pairs
-        self.float_dtype = np.float16 if float_type == "fp16" else np.float32
+        self.float_type, self.heads_apart = flavour.float_type, flavour.heads_apart
+        self.overflow_safe_norm, self.weight_pairs = flavour.overflow_safe_norm, weight_pairs
+        self.float_dtype = np.float16 if flavour.float_type == "fp16" else np.float32
 
     def scalar(self, value: float) -> np.ndarray:
         """A float constant in the program's float type."""
@@ -100,14 +103,23 @@ class Builder(NodeReader):
             self.env[output.name] = result
 
 
-def build_program(model: ir.Model, batch: int, source: str, float_type: str = "fp32",
-                  heads_apart: bool = False, weight_pairs: bool = False) -> Program:
+@dataclass
+class MilProgram:
+    """A built MIL program, and the ONNX node each of its ops computes (by the op's first output name):
+    the range report and the localisation name ONNX nodes, which a user can find in the graphs."""
+
+    program: Program
+    origins: dict[str, str] = field(default_factory=dict)
+
+
+def build_program(model: ir.Model, batch: int, source: str, flavour: Flavour = FLAVOURS["coreml"],
+                  weight_pairs: bool = False) -> MilProgram:
     """The MIL program of a static ONNX graph at a fixed batch size.
 
     int64 becomes int32; bool inputs and outputs travel as int32 (Core ML I/O has no bool) and float
-    ones in `float_type` (float16 I/O, from iOS 16, spares the ANE a cast at each end).
+    ones in the flavour's float type (float16 I/O, from iOS 16, spares the ANE a cast at each end).
     """
-    graph = model.graph
+    graph, float_type = model.graph, flavour.float_type
     require_static(graph, source, "Core ML")
     inside = {value.name: _inside_type(value, float_type) for value in graph.inputs}
     specs = {}
@@ -115,16 +127,20 @@ def build_program(model: ir.Model, batch: int, source: str, float_type: str = "f
         dims = [batch if not isinstance(d, int) else d for d in value.shape]
         specs[value.name] = mb.placeholder(shape=dims, dtype=MIL_TYPES["int32" if inside[value.name] == "bool"
                                                                          else inside[value.name]])
-    builder = Builder(source, float_type, heads_apart, weight_pairs)
+    builder = Builder(source, flavour, weight_pairs)
     # MIL names unnamed ops from a process-wide counter (ct.convert clears it after, a replay does not):
     # start from zero so the names, and so the package bytes, depend on this graph only
     mb.name_count.clear()
+    origins = {}
     with Function(specs, opset_version=ct.target.iOS17) as function:
         for value in graph.inputs:
             var = function.inputs[value.name]
             builder.env[value.name] = mb.cast(x=var, dtype="bool") if inside[value.name] == "bool" else var
         for node in graph:
+            before = function.operations[-1] if len(function.operations) else None
             builder.emit(node)
+            emitted = itertools.takewhile(lambda op: op is not before, reversed(function.operations))
+            origins.update((op.outputs[0].name, node.name) for op in emitted if op.op_type != "const")
         outputs = []
         for value in graph.outputs:
             var = builder.env[value.name]
@@ -134,7 +150,7 @@ def build_program(model: ir.Model, batch: int, source: str, float_type: str = "f
         function.set_outputs(outputs)
     program = Program()
     program.add_function("main", function)
-    return program
+    return MilProgram(program, origins)
 
 
 def _inside_type(value: ir.Value, float_type: str) -> str:

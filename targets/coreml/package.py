@@ -29,6 +29,9 @@ from hrmc.targets.coreml._coremltools import Program, ct, quiet_stderr
 from hrmc.targets.coreml.lowering import FLAVOURS, build_program, plain_weights
 
 PARTS_FILE = "com.hrmc/parts.json"  # under Data/: the package's record (hrmc.binding)
+ORIGINS_FILE = "com.hrmc/origins.json"  # under Data/: the ONNX node of each MIL op, by function
+HRMC_FILES = {PARTS_FILE: "sha256 of every file of this package and of its set (hrmc lower)",
+              ORIGINS_FILE: "the ONNX node each op of the program computes, by the op's first output (hrmc lower)"}
 BOOL_OUTPUTS = "bool_outputs"  # hrmc.bool_outputs in the user metadata: outputs bool in the ONNX graph, int32 here
 
 
@@ -51,10 +54,12 @@ def package_paths(out: str | Path, roles: list[str], chunk: int | None = None) -
 
 def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: int, source: str,
                  progress: Callable[[str], None] = lambda _: None, force: bool = False,
-                 weights: str | None = None) -> dict[str, Path]:
+                 weights: str | None = None, check: Callable[[Path, Path], None] | None = None) -> dict[str, Path]:
     """Build, convert and save one package per graph ({"static": …, "step": …, "chunk": …}) as a bound
     set (each records every package's files, hrmc.binding); all appear at once, or none. An existing
-    folder is replaced only if hrmc wrote it (or `force`). `weights`: one of the flavour's (its default)."""
+    folder is replaced only if hrmc wrote it (or `force`). `weights`: one of the flavour's (its default).
+    `check(written, path)` runs on the whole-inference package before the set appears; what it raises
+    leaves nothing behind."""
     weights = TARGETS[flavour].weight_storage(weights) or plain_weights(flavour)
     chunk = int(ir.load(str(graphs["chunk"])).metadata_props[CHUNK]) if "chunk" in graphs else None
     paths = package_paths(out, list(graphs), chunk)
@@ -63,24 +68,24 @@ def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: 
                        for role, path in paths.items()}
         for role, graph in graphs.items():
             progress(f"converting the {role} graph (batch {batch})")
-            _save_package(_convert(graph, flavour, batch, source, weights), temporaries[role])
+            _save_package(*_convert(graph, flavour, batch, source, weights), temporaries[role])
         files = {role: _package_files(temporary) for role, temporary in temporaries.items()}
         record = make_record({role: (paths[role], json_sha256(_flat(files[role]))) for role in paths})
         for role, temporary in temporaries.items():
-            (temporary / "Data" / PARTS_FILE).parent.mkdir()
             (temporary / "Data" / PARTS_FILE).write_text(json.dumps({"files": files[role], "set": record},
                                                                      indent=1, sort_keys=True))
+        if check is not None and "static" in temporaries:
+            check(temporaries["static"], paths["static"])
     return paths
 
 
 def _convert(graph: Path, flavour: str, batch: int, source: str, weights: str):
-    """The MLModel of one static ONNX graph, with hrmc's metadata."""
+    """The MLModel of one static ONNX graph, with hrmc's metadata, and its ops' ONNX nodes."""
     model = ir.load(str(graph))
     chosen = FLAVOURS[flavour]
-    program = build_program(model, batch, f"{source} ({graph.name})", chosen.float_type, chosen.heads_apart,
-                            weight_pairs=weights == "float16x2")
-    with quiet_stderr(), _unprinted(program):
-        package = ct.convert(program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT32,
+    built = build_program(model, batch, f"{source} ({graph.name})", chosen, weight_pairs=weights == "float16x2")
+    with quiet_stderr(), _unprinted(built.program):
+        package = ct.convert(built.program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT32,
                              compute_units=chosen.compute_units, minimum_deployment_target=ct.target.iOS17,
                              pass_pipeline=ct.PassPipeline.EMPTY)
     meta = unprefixed({key: value for key, value in model.metadata_props.items() if key != PARTS})
@@ -95,11 +100,13 @@ def _convert(graph: Path, flavour: str, batch: int, source: str, weights: str):
         package.input_description[value.name] = f"{value.name} ({value.dtype.name.lower()} in the ONNX graph)"
     for value in model.graph.outputs:
         package.output_description[value.name] = f"{value.name} ({value.dtype.name.lower()} in the ONNX graph)"
-    return package
+    return package, built.origins
 
 
-def _save_package(package, folder: Path) -> None:
+def _save_package(package, origins: dict[str, str], folder: Path) -> None:
     package.save(str(folder))
+    (folder / "Data" / ORIGINS_FILE).parent.mkdir()
+    (folder / "Data" / ORIGINS_FILE).write_text(json.dumps({"main": origins}, indent=0, sort_keys=True))
     _make_reproducible(folder)
 
 
@@ -124,9 +131,9 @@ def _make_reproducible(package: Path) -> None:
     manifest["itemInfoEntries"] = {ids[old]: entry for old, entry in sorted(manifest["itemInfoEntries"].items(),
                                                                                key=lambda item: item[1]["path"])}
     manifest["rootModelIdentifier"] = ids[manifest["rootModelIdentifier"]]
-    manifest["itemInfoEntries"][str(uuid.uuid5(uuid.NAMESPACE_URL, PARTS_FILE))] = {
-        "author": "com.hrmc", "description": "sha256 of every file of this package and of its set (hrmc lower)",
-        "name": Path(PARTS_FILE).name, "path": PARTS_FILE}
+    for path, description in HRMC_FILES.items():
+        manifest["itemInfoEntries"][str(uuid.uuid5(uuid.NAMESPACE_URL, path))] = {
+            "author": "com.hrmc", "description": description, "name": Path(path).name, "path": path}
     manifest_path.write_text(json.dumps(manifest, indent=4))
     spec_path = package / "Data" / _root_model(manifest)
     spec = ct.proto.Model_pb2.Model()
@@ -214,6 +221,18 @@ def main_block(package: str | Path):
         raise InputError(f"{package} is not an mlprogram package")
     function = spec.mlProgram.functions["main"]
     return spec, function.block_specializations[function.opset], weights
+
+
+def origins(package: str | Path, function: str = "main") -> dict[str, str]:
+    """The ONNX node each op of a package's function computes, by the op's first output name; empty
+    for packages written before hrmc recorded origins."""
+    path = Path(package) / "Data" / ORIGINS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text())[function])
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{path}: unreadable (edited by hand?)") from None
 
 
 def op_counts(package: str | Path) -> dict[str, int]:

@@ -19,8 +19,8 @@ from hrmc.targets.coreml._coremltools import Function, ct, mb
 from hrmc.targets.coreml.ops import mil_array
 from hrmc.targets.coreml.package import read_package
 
-LABEL = ("MIL reference semantics (coremltools value_inference replay on Linux, float16 matmuls summed in float32; "
-         "not Core ML's runtime kernels)")
+LABEL = ("MIL reference semantics (coremltools value_inference replay on Linux, float16 matmuls summed and "
+         "layer_norm computed in float32; not Core ML's runtime kernels)")
 
 Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -49,9 +49,22 @@ def _matmul(x: np.ndarray, y: np.ndarray, transpose_x: bool = False, transpose_y
     return np.matmul(x, y)
 
 
+def _layer_norm(x: np.ndarray, axes, epsilon=1e-5) -> np.ndarray:
+    """MIL's layer_norm as the ANE's kernel is reported to compute it, without overflow (ANEMLL,
+    apple/coremltools#2585): here in float32, rounded once to x's type. coremltools' value_inference
+    squares float16 in float16, which overflows from |x| = 256, and returns float64. (The lowering
+    gives it no gamma or beta.)"""
+    wide = x.astype(np.float32)
+    axes = tuple(int(axis) for axis in np.atleast_1d(axes))
+    centred = wide - wide.mean(axis=axes, keepdims=True)
+    normed = centred / np.sqrt(np.mean(np.square(centred), axis=axes, keepdims=True) + np.float32(epsilon))
+    return normed.astype(x.dtype)
+
+
 FALLBACK: dict[str, Callable[..., np.ndarray]] = {
     "silu": lambda x: x / (1 + np.exp(-x)),  # MIL's silu has no value_inference
     "matmul": _matmul,
+    "layer_norm": _layer_norm,
 }
 
 
@@ -63,20 +76,31 @@ def saved_program(package: str | Path) -> Function:
     return load_milproto(spec, spec.specificationVersion, str(weights)).functions["main"]
 
 
-def replay(main: Function, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+Observe = Callable[[object, list[np.ndarray]], None]  # called with each computed op and its results
+
+
+def replay(main: Function, feed: dict[str, np.ndarray], observe: Observe | None = None,
+           float32: bool = False) -> dict[str, np.ndarray]:
     """Run a saved program's main function op by op with numpy values (MIL reference semantics).
+
+    `observe(op, results)` sees every op but constants. `float32`: a float16 program computed in
+    float32 (its constants, inputs and casts widened), for the range analysis: the values float16
+    would have to hold, not float16's own.
 
     Each value is dropped after its last reader, and each op is built in a scratch function of its
     own: a whole-inference package holds every step's activations, and keeping them all ran trm-maze
     (900 positions) out of 24 GiB."""
-    values = {name: mil_array(feed[name]) for name in main.inputs}
+    widen = _widen if float32 else (lambda value: value)
+    values = {name: widen(mil_array(feed[name])) for name in main.inputs}
     last_reader = {name: index for index, op in enumerate(main.operations) for name in _input_names(op)}
     kept = {var.name for var in main.outputs}
     for index, op in enumerate(main.operations):
         if op.op_type == "const":
-            values[op.outputs[0].name] = op.outputs[0].val
+            values[op.outputs[0].name] = widen(op.outputs[0].val)
             continue
-        arguments = {name: _replay_value(var, values) for name, var in op.inputs.items()}
+        arguments = {name: widen(_replay_value(var, values)) for name, var in op.inputs.items()}
+        if float32 and op.op_type == "cast" and arguments["dtype"] == "fp16":
+            arguments["dtype"] = "fp32"
         if op.op_type in FALLBACK:
             results = [FALLBACK[op.op_type](**arguments)]
         else:
@@ -84,12 +108,24 @@ def replay(main: Function, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]
             with Function({}, opset_version=main.opset_version):
                 built = getattr(mb, op.op_type)(**arguments)
                 results = [var.val for var in (built if isinstance(built, (list, tuple)) else [built])]
+        results = [np.asarray(result) for result in results]
+        if observe is not None:
+            observe(op, results)
         for output, result in zip(op.outputs, results):
-            values[output.name] = np.asarray(result)
+            values[output.name] = result
         for name in _input_names(op):
             if last_reader[name] == index and name not in kept:
                 values.pop(name, None)
     return {var.name: values[var.name] for var in main.outputs}
+
+
+def _widen(value):
+    """float16 arrays and scalars as float32; anything else (lists of values too) as it is."""
+    if isinstance(value, (list, tuple)):
+        return [_widen(v) for v in value]
+    if isinstance(value, (np.ndarray, np.generic)) and value.dtype == np.float16:
+        return value.astype(np.float32)
+    return value
 
 
 def _input_names(op) -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from onnx import TensorProto, helper
 
 from hrmc.targets import coreml
 from tests.hrmc.test_cli import assert_one_line_error, hrmc
+
+ANE = coreml.FLAVOURS["ane"]
 
 
 def test_lower_writes_packages_without_control_flow(capsys, tiny_export: Path, tmp_path: Path) -> None:
@@ -51,7 +54,7 @@ def test_integer_division_and_cumsum_follow_onnx_under_mil_semantics() -> None:
     feed = {"x": np.array([[7, -7, 7, -7], [0, 5, -9, 9]], np.int32),
             "y": np.array([[2, 2, -2, -2], [3, -5, 4, -4]], np.int32)}
     expected = ort.InferenceSession(proto.SerializeToString()).run(None, feed)
-    program = coreml.build_program(ir.serde.deserialize_model(proto), 2, "g.onnx")
+    program = coreml.build_program(ir.serde.deserialize_model(proto), 2, "g.onnx").program
     replayed = coreml.replay(program.functions["main"], feed)
     np.testing.assert_array_equal(replayed["q"], expected[0])
     np.testing.assert_array_equal(replayed["c"], expected[1])
@@ -71,8 +74,8 @@ def test_float16_pairs_give_matmuls_their_float32_weights() -> None:
                                helper.make_tensor("wt", TensorProto.FLOAT, weight.T.shape, weight.T.ravel())])
     model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
     exact = (x.astype(np.float64) @ weight.astype(np.float64)).astype(np.float16)
-    replayed = {pairs: coreml.replay(coreml.build_program(model, 3, "g.onnx", "fp16", weight_pairs=pairs)
-                                     .functions["main"], {"x": x}) for pairs in (False, True)}
+    replayed = {pairs: coreml.replay(coreml.build_program(model, 3, "g.onnx", ANE, weight_pairs=pairs)
+                                     .program.functions["main"], {"x": x}) for pairs in (False, True)}
     for name in "yz":
         ulps = np.abs(replayed[True][name].astype(np.float32) - exact) / np.spacing(np.abs(exact))
         assert ulps.max() <= 1, name  # within the one rounding of the output
@@ -95,7 +98,7 @@ def test_ane_float16_pairs_are_closer_to_float32_on_every_output(tiny, step_grap
     model = ir.load(str(step_graph))
     db = {}
     for pairs in (False, True):
-        main = coreml.build_program(model, 8, "t.onnx", "fp16", True, weight_pairs=pairs).functions["main"]
+        main = coreml.build_program(model, 8, "t.onnx", ANE, weight_pairs=pairs).program.functions["main"]
         outputs = split_step(coreml.replay(main, feed), chunked=True)
         outputs["q"], expected["q"] = (np.concatenate([arrays["q_halt_logits"], arrays["q_continue_logits"]])
                                        for arrays in (outputs, expected))
@@ -153,7 +156,7 @@ def test_two_lowerings_give_byte_identical_packages(step_graph: Path, tmp_path: 
         (tmp_path / name).mkdir()
         package = coreml.lower_coreml({"step": step_graph}, tmp_path / name / "t.mlpackage", "ane", 1, "t.onnx")["step"]
         contents.append({p.relative_to(package): p.read_bytes() for p in sorted(package.rglob("*")) if p.is_file()})
-    assert contents[0] == contents[1] and len(contents[0]) == 4  # spec, weights, manifest, hrmc's parts record
+    assert contents[0] == contents[1] and len(contents[0]) == 5  # spec, weights, manifest, hrmc's parts and origins
 
 
 def test_attention_per_head_computes_what_the_batched_heads_do(tiny, step_graph: Path) -> None:
@@ -164,8 +167,9 @@ def test_attention_per_head_computes_what_the_batched_heads_do(tiny, step_graph:
     batch = hrm_ref.random_batch(tiny.config, 2, seed=5)
     feed = carry_feed(hrm_ref.initial_carry(tiny, batch), batch)
     model = ir.load(str(step_graph))
-    programs = {apart: coreml.build_program(model, 2, "t.onnx", heads_apart=apart).functions["main"]
-                for apart in (False, True)}
+    flavours = {apart: dataclasses.replace(coreml.FLAVOURS["coreml"], heads_apart=apart) for apart in (False, True)}
+    programs = {apart: coreml.build_program(model, 2, "t.onnx", flavour).program.functions["main"]
+                for apart, flavour in flavours.items()}
     types = {apart: [op.op_type for op in main.operations] for apart, main in programs.items()}
     assert "transpose" in types[False] and "transpose" not in types[True]
     batched, per_head = (coreml.replay(programs[apart], feed) for apart in (False, True))
