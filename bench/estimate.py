@@ -14,9 +14,9 @@ squeeze, identity) none; every other op, elementwise, 1 per output element. Byte
 (weights included) and every output, at its element type's width (float16 2 bytes). The chips'
 numbers, each with its source, are in `bench.ane_chips`.
 
-Whole inference = one call of the static package (every ACT step of the budget, unrolled); per step =
-one call of the step package. A set without a step package gives per step = whole / budget; one
-without a static package, whole = budget × per step (the report names which).
+Whole inference = one call of the inference function (every ACT step of the budget, unrolled); per step =
+one call of the step function. A package without a step function gives per step = whole / budget; one
+without an inference function, whole = budget × per step (the report names which).
 
 What a roofline does not see, each of which moves real latency away from these figures:
 - ANE tiling: work is cut into tiles across 16 cores with rows padded to 64 bytes, so small or oddly
@@ -46,7 +46,7 @@ from hrmc.hrm_ref.act import resolve_budget
 from hrmc.targets import TARGETS
 from hrmc.targets.base import lowered_source
 from hrmc.targets.coreml._coremltools import ct
-from hrmc.targets.coreml.package import lower_coreml, main_block, package_info, package_set
+from hrmc.targets.coreml.package import PackageFunction, function_block, lower_coreml, package_functions
 
 MOVES = frozenset({"reshape", "expand_dims", "squeeze", "identity", "concat", "split", "slice_by_index",
                    "slice_by_size", "gather", "gather_nd", "pad", "tile", "transpose"})
@@ -131,10 +131,10 @@ class EstimateReport:
                 "rows": [asdict(row) for row in self.rows]}
 
 
-def op_costs(package: str | Path) -> list[OpCost]:
-    """FLOPs and bytes of every op of the package's main function (`const` ops hold data: not counted)."""
-    spec, block, _ = main_block(package)
-    tensors = {value.name: _shape(value.type) for value in spec.mlProgram.functions["main"].inputs}
+def op_costs(function: PackageFunction) -> list[OpCost]:
+    """FLOPs and bytes of every op of one function of a package (`const` ops hold data: not counted)."""
+    spec, block, _ = function_block(function.path, function.name)
+    tensors = {value.name: _shape(value.type) for value in spec.mlProgram.functions[function.name].inputs}
     constants: dict[str, object] = {}
     costs = []
     for op in block.operations:
@@ -212,13 +212,12 @@ def estimate_artifact(path: str | Path, chips: list[Chip]) -> EstimateReport:
     path = Path(path)
     if path.suffix != ".mlpackage" or not path.is_dir():
         raise InputError(f"--artifact: {path}: expected an ane .mlpackage folder (from hrmc lower --target ane)")
-    info = package_info(path)
-    if info.flavour != "ane":
-        raise InputError(f"--artifact: {path} is a {info.flavour} package: --estimate ane reads ane packages "
+    functions = package_functions(path)
+    meta = next(iter(functions.values())).meta
+    if meta["flavour"] != "ane":
+        raise InputError(f"--artifact: {path} is a {meta['flavour']} package: --estimate ane reads ane packages "
                          f"(hrmc lower --target ane)")
-    packages = [Package(role, member.name, info.batch, op_costs(member))
-                for role, member in package_set(path).items() if role in ("static", "step")]
-    meta = info.meta
+    packages = [_package(function) for role, function in functions.items() if role in ("static", "step")]
     report = EstimateReport(meta["source"], meta["policy"], int(meta["budget"]), meta["weights"], chips, packages)
     _add_rows(report)
     return report
@@ -241,10 +240,15 @@ def estimate_model(model: HRM, source: str, policy: str, budget: int | None, bat
         for size in batches:
             written = lower_coreml(graphs, work / f"batch{size}.mlpackage", target.name, size, structured.name,
                                    progress)
-            packages += [Package(role, path.name, size, op_costs(path)) for role, path in written.items()]
+            packages += [_package(function) for function in package_functions(written).values()]
     report = EstimateReport(source, policy, budget, target.weight_storage(None), chips, packages)
     _add_rows(report)
     return report
+
+
+def _package(function: PackageFunction) -> Package:
+    name = function.path.name if function.name == "main" else f"{function.path.name} ({function.name})"
+    return Package(function.role, name, function.batch, op_costs(function))
 
 
 def _add_rows(report: EstimateReport) -> None:
@@ -254,13 +258,13 @@ def _add_rows(report: EstimateReport) -> None:
             timings = {package.role: package_time(package.costs, chip) for package in report.packages
                        if package.batch == size}
             if "step" in timings:
-                step, step_from = timings["step"], "step package"
+                step, step_from = timings["step"], "step function"
             else:
-                step, step_from = timings["static"].scaled(1 / report.budget), "static package / budget"
+                step, step_from = timings["static"].scaled(1 / report.budget), "inference function / budget"
             if "static" in timings:
-                whole, whole_from = timings["static"], "static package"
+                whole, whole_from = timings["static"], "inference function"
             else:
-                whole, whole_from = step.scaled(report.budget), "step package × budget"
+                whole, whole_from = step.scaled(report.budget), "step function × budget"
             report.rows.append(Row(chip.name, size, _ms(step.total), _ms(whole.total), step_from, whole_from,
                                    _ms(whole.compute), _ms(whole.memory), _ms(whole.overhead)))
 
@@ -283,7 +287,7 @@ def format_estimate(report: EstimateReport) -> str:
     chips = {chip.name: chip for chip in report.chips}
     for row in report.rows:
         chip = chips[row.chip]
-        derived = "" if row.step_from == "step package" and row.whole_from == "static package" else \
+        derived = "" if row.step_from == "step function" and row.whole_from == "inference function" else \
             f"  (step: {row.step_from}; whole: {row.whole_from})"
         lines.append(f"{row.chip:<6}{chip.float16_flops / 1e12:>8.1f}{chip.memory_bandwidth / 1e9:>7.1f}"
                      f"{row.batch:>6}{row.step_ms:>10.3g}{row.whole_ms:>11.4g}   {row.whole_compute_ms:.4g} / "

@@ -319,11 +319,17 @@ def inspect(package, as_json, ranges, inputs, seed) -> None:
     if as_json:
         click.echo(json.dumps(report))
         return
-    click.echo(f"{path}: flavour {report['flavour']}, {sum(report['ops'].values()):,} ops, "
-               f"{report['weight_bytes']:,} weight bytes")
-    click.echo("parts: " + (f"every file matches its recorded sha256 (set: {', '.join(report['set'].values())})"
-                            if report["bound"] else "no record (written before hrmc recorded parts): not verified"))
-    click.echo("ops: " + ", ".join(f"{op} {count}" for op, count in report["ops"].items()))
+    click.echo(f"{path}: flavour {report['flavour']}, {report['weights']} weights")
+    click.echo("functions: " + ", ".join(f"{name} ({function['role']}, {function['ops']:,} ops)"
+                                         for name, function in report["functions"].items()))
+    per_parameter = report["weight_bytes_per_float16_parameter"]
+    click.echo(f"weights: {report['weight_bytes']:,} bytes in one file" + (
+        f", {per_parameter:.3f}× the float16 bytes of the model's {report['parameters']:,} parameters"
+        if per_parameter else ""))
+    click.echo("parts: " + ("every file matches its recorded sha256" if report["bound"]
+                            else "no record (written before hrmc recorded parts): not verified"))
+    click.echo(f"ops of {next(iter(report['functions']))}: " + ", ".join(f"{op} {count}"
+                                                                          for op, count in report["ops"].items()))
     click.echo("kept off the ANE: " + ("; ".join(f"{what} ×{count}" for what, count in report["not_on_ane"].items())
                                        or "nothing found"))
     click.echo(f"largest activations (last axis vs the ANE's {ANE_ALIGNMENT_BYTES}-byte alignment):")

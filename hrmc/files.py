@@ -94,7 +94,7 @@ def atomic_folder(path: str | Path, marker: str | None = None, force: bool = Fal
         raise InputError(f"cannot write in {path.parent}: {err.strerror}") from None
     try:
         yield temporary
-        os.chmod(temporary, 0o777 & ~_umask())  # mkdtemp makes it 0700
+        _give_umask_modes(temporary)
         if path.exists():  # a folder cannot be replaced by one rename: move the old one aside, then delete it
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / "previous")
@@ -104,6 +104,18 @@ def atomic_folder(path: str | Path, marker: str | None = None, force: bool = Fal
             os.replace(temporary, path)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _give_umask_modes(folder: Path) -> None:
+    """The modes a user's umask gives new files and folders, to `folder` and everything in it: mkdtemp
+    makes folders 0700, and coremltools writes the model spec through a 0600 temporary file."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, folders, files in os.walk(folder):
+        for name in folders:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
 def _umask() -> int:

@@ -6,7 +6,7 @@
 #   defaults: --preset tiny, --policy q-halt, --batch 1, --psnr hrmc's own (60), --executors onnx,static,mlx,coreml,ane, OUTDIR hrmc-artifacts
 #
 # Writes OUTDIR/model.onnx (+ .step.onnx), model.static.onnx (+ .step), model-mlx/,
-# model.mlpackage (+ .step), model-ane.mlpackage (+ .step), and OUTDIR/reports/:
+# model.mlpackage, model-ane.mlpackage (functions inference and step), and OUTDIR/reports/:
 # one `hrmc parity --json` report per executor (onnx.json, static.json, mlx.json, coreml.json,
 # ane.json), inspect-ane.json and summary.txt.
 #

@@ -1,8 +1,9 @@
 """The Core ML backend: the post-pass graph, op by op, as a MIL program → `.mlpackage` (mlprogram).
 
-`lower_coreml(graphs, out, flavour, batch)` builds the MIL program with coremltools' Builder (`OPS` is the
-op-mapping table; a node without an entry fails at lower time naming the op and the node), then
-`ct.convert(..., convert_to="mlprogram")` and saves atomically. Two flavours:
+`lower_coreml(graphs, out, flavour, batch)` builds each graph's MIL program with coremltools' Builder
+(`OPS` is the op-mapping table; a node without an entry fails at lower time naming the op and the
+node), converts it (`ct.convert(..., convert_to="mlprogram")`), and joins them into one multifunction
+package (`inference`, `step`, `chunkK`) over one weight file, saved atomically. Two flavours:
 
 - `coreml`: float32 compute precision, CPU_ONLY: parity grade.
 - `ane`: float16 compute precision, CPU_AND_NE, fixed shapes and no control flow (the static graph),
@@ -22,7 +23,7 @@ against MIL's reference semantics, not Core ML's runtime kernels: every report s
 
     ops.py        OPS: each ONNX op as MIL ops
     lowering.py   Builder, build_program: one static graph → a MIL program; the flavours
-    package.py    lower_coreml: the bound .mlpackage set, written and read back
+    package.py    lower_coreml: the multifunction .mlpackage, written and read back (0.1's package sets too)
     runtime.py    predict on macOS, the MIL replay elsewhere
     executors.py  CoreMLExecutor: coreml, coreml-chunked, ane
     readiness.py  the ANE-readiness report of `hrmc inspect`
@@ -40,8 +41,8 @@ from hrmc.targets._nodes import LowerError
 from hrmc.targets.coreml.executors import CoreMLExecutor
 from hrmc.targets.coreml.lowering import FLAVOURS, build_program
 from hrmc.targets.coreml.ops import OPS
-from hrmc.targets.coreml.package import (PARTS_FILE, CoreMLPackage, lower_coreml, op_counts, package_info,
-                                         package_paths, package_set, read_package)
+from hrmc.targets.coreml.package import (PARTS_FILE, PackageFunction, lower_coreml, op_counts, package_functions,
+                                         read_package)
 from hrmc.targets.coreml.ranges import check_ranges, range_report
 from hrmc.targets.coreml.readiness import ANE_ALIGNMENT_BYTES, readiness
 from hrmc.targets.coreml.runtime import LABEL, replay, saved_program
@@ -53,22 +54,19 @@ def executor(name: str, onnx_model: str | Path | None, chunk: int | None,
 
 
 def lower(target: Target, graphs: dict[str, Path], out: str | Path, options: LowerOptions) -> list[Path]:
-    """The package set; a float16 flavour's whole inference checked against float16's limits first (ranges.py)."""
+    """The package; a float16 flavour's whole inference checked against float16's limits first (ranges.py)."""
     check = None
     if FLAVOURS[target.name].float_type == "fp16":
         check = functools.partial(check_ranges, seed=options.seed, progress=options.progress)
-    return list(lower_coreml(graphs, out, target.name, options.batch, options.source, options.progress,
-                             options.force, options.weights, check).values())
+    return [lower_coreml(graphs, out, target.name, options.batch, options.source, options.progress,
+                         options.force, options.weights, check)]
 
 
 def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -> None:
-    """Every package `lower` will write: new, or a set hrmc wrote (unless `force`)."""
-    roles = ["static", "step"] + (["chunk"] if chunk and chunk > 1 else [])
-    for path in package_paths(out, roles, chunk).values():
-        check_output_folder(path, target.suffix, f"Data/{PARTS_FILE}", force)
+    """The package `lower` will write: new, or one hrmc wrote (unless `force`)."""
+    check_output_folder(out, target.suffix, f"Data/{PARTS_FILE}", force)
 
 
-__all__ = ["ANE_ALIGNMENT_BYTES", "FLAVOURS", "LABEL", "OPS", "CoreMLExecutor", "CoreMLPackage", "LowerError",
-           "build_program", "check_out", "executor", "lower", "lower_coreml", "op_counts",
-           "package_info", "package_paths", "package_set", "range_report", "read_package", "readiness", "replay",
-           "saved_program"]
+__all__ = ["ANE_ALIGNMENT_BYTES", "FLAVOURS", "LABEL", "OPS", "CoreMLExecutor", "LowerError", "PackageFunction",
+           "build_program", "check_out", "executor", "lower", "lower_coreml", "op_counts", "package_functions",
+           "range_report", "read_package", "readiness", "replay", "saved_program"]

@@ -27,5 +27,6 @@ with quiet_stderr():
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil import Function, Program
     from coremltools.converters.mil.mil import types as mil_types
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
 
-__all__ = ["Function", "Program", "ct", "mb", "mil_types", "quiet_stderr"]
+__all__ = ["PASS_REGISTRY", "Function", "Program", "ct", "mb", "mil_types", "quiet_stderr"]

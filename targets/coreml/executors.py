@@ -1,9 +1,9 @@
 """The Core ML executors: `coreml` and `ane` (one flavour each), and `coreml-chunked`.
 
-Each runs the packages of its flavour, shipped (`--artifact`: a set `hrmc lower` wrote, verified)
-or lowered afresh from the `fused`-pipeline graphs, one package at a time as first needed: step
-mode converts no more than it runs. Packages have a fixed batch, so a shipped set runs only at the
-batch it was lowered for.
+Each runs the functions of a package of its flavour, shipped (`--artifact`: a package `hrmc lower`
+wrote, verified; or a 0.1 package set) or lowered afresh from the `fused`-pipeline graphs, one graph
+at a time as first needed: step mode converts no more than it runs. Packages have a fixed batch, so a
+shipped one runs only at the batch it was lowered for.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from hrmc.targets.base import TargetExecutor
 from hrmc.targets.executor import Arrays
 from hrmc.targets.coreml._coremltools import ct
 from hrmc.targets.coreml.lowering import FLAVOURS, plain_weights
-from hrmc.targets.coreml.package import CoreMLPackage, lower_coreml, package_info, package_set
+from hrmc.targets.coreml.package import PackageFunction, lower_coreml, package_functions
 from hrmc.targets.coreml.runtime import Predict, load, runs_with
 
 
 class CoreMLExecutor(TargetExecutor):
-    """Packages of one flavour, shipped (`artifact`) or lowered afresh from the `fused`-pipeline graphs, run
-    with predict on macOS and replayed elsewhere. `chunked` drives the chunk (or step) package from the host loop."""
+    """Package functions of one flavour, shipped (`artifact`) or lowered afresh from the `fused`-pipeline
+    graphs, run with predict on macOS and replayed elsewhere. `chunked` drives the chunk (or step)
+    function from the host loop."""
 
     def __init__(self, flavour: str, onnx_model: str | Path | None = None, chunked: bool = False,
                  chunk: int | None = None, artifact: str | Path | None = None) -> None:
@@ -35,54 +36,56 @@ class CoreMLExecutor(TargetExecutor):
 
     def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
         self.size = next(iter(batch.values())).shape[0]
-        self.packages: dict[str, CoreMLPackage] = {}
-        self.loaded: dict[Path, Predict] = {}  # each package is loaded once (an MLModel, or its MIL program), not per call
+        self.functions: dict[str, PackageFunction] = {}
+        self.loaded: dict[str, Predict] = {}  # each function is loaded once (an MLModel, or its MIL program), not per call
         super().prepare(model, policy, budget, batch)
 
     def open_shipped(self, model: HRM, batch: Batch) -> int:
-        self.paths = package_set(self.artifact)
-        for role, path in self.paths.items():
-            info = self.packages[role] = package_info(path)
-            self.check(info.meta, path, model, batch)
-            if info.flavour != self.flavour:
-                raise InputError(f"{path} is a {info.flavour} package: the {self.name} executor runs "
+        self.functions = package_functions(self.artifact)
+        for function in self.functions.values():
+            self.check(function.meta, function.path, model, batch)
+            if function.flavour != self.flavour:
+                raise InputError(f"{function.path} is a {function.flavour} package: the {self.name} executor runs "
                                  f"{self.flavour} packages")
-            if info.batch != self.size:
-                raise InputError(f"{path} was lowered for batch {info.batch}: run with --batch {info.batch} "
-                                 f"(or inputs of {info.batch} rows)")
-        if "step" not in self.paths:
-            raise InputError(f"{self.artifact}: its set has no step package (lower it again with hrmc lower)")
-        return int(self.packages["chunk"].meta["chunk"]) if "chunk" in self.packages else 1
+            if function.batch != self.size:
+                raise InputError(f"{function.path} was lowered for batch {function.batch}: run with --batch "
+                                 f"{function.batch} (or inputs of {function.batch} rows)")
+        if "step" not in self.functions:
+            raise InputError(f"{self.artifact}: it has no step function (lower it again with hrmc lower)")
+        return int(self.functions["chunk"].meta["chunk"]) if "chunk" in self.functions else 1
 
     def open_fresh(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> int:
         structured, self.graphs = self.lowered(model, batch, work, chunk)
         self.source = structured.name
         return chunk if "chunk" in self.graphs else 1
 
-    def package(self, role: str) -> CoreMLPackage:
-        """Without an artifact each package is built when first needed: step mode converts no more than it runs."""
-        if role not in self.packages:
+    def function(self, role: str) -> PackageFunction:
+        """Without an artifact each graph is converted when first needed: step mode converts no more than it runs."""
+        if role not in self.functions:
             if self.artifact is not None:
-                raise InputError(f"{self.artifact}: its set has no {role} package")
+                raise InputError(f"{self.artifact}: it has no {role} function")
             out = Path(self._work.name) / f"{role}.mlpackage"
-            path = lower_coreml({role: self.graphs[role]}, out, self.flavour, self.size, self.source)[role]
-            self.packages[role] = package_info(path)
-        return self.packages[role]
+            lower_coreml({role: self.graphs[role]}, out, self.flavour, self.size, self.source)
+            self.functions[role] = package_functions(out)[role]
+        return self.functions[role]
 
     def call(self, role: str, feed: dict[str, np.ndarray]) -> Arrays:
-        """Run one package on numpy inputs; outputs come back with the ONNX graph's types (float32 for floats)."""
-        package = self.package(role)
+        """Run one function on numpy inputs; outputs come back with the ONNX graph's types (float32 for floats)."""
+        function = self.function(role)
         floats = np.float16 if FLAVOURS[self.flavour].float_type == "fp16" else np.float32
         # the package's I/O: floats in its float type, everything else int32
         feed = {name: value.astype(floats if value.dtype.kind == "f" else np.int32) for name, value in feed.items()}
-        if package.path not in self.loaded:
-            self.loaded[package.path] = load(package.path, FLAVOURS[self.flavour].compute_units)
-        values = self.loaded[package.path](feed)
-        return {name: value.astype(bool) if name in package.bool_outputs
+        if role not in self.loaded:
+            self.loaded[role] = load(function.path, function.name, FLAVOURS[self.flavour].compute_units)
+        values = self.loaded[role](feed)
+        return {name: value.astype(bool) if name in function.bool_outputs
                 else value.astype(np.float32) if value.dtype == np.float16 else value for name, value in values.items()}
 
     def graph_name(self, role: str) -> str:
-        return self.paths[role].name if self.artifact is not None and role in self.paths else f"the {role} package"
+        if self.artifact is None or role not in self.functions:
+            return f"the {role} package"
+        function = self.functions[role]
+        return f"{function.path.name} ({function.name})" if function.name != "main" else function.path.name
 
     def describe(self) -> str:
         chunks = f", {self.chunk}-step chunks with a host loop" if self.chunk else ""
@@ -93,4 +96,4 @@ class CoreMLExecutor(TargetExecutor):
         """How the packages store their weights (packages written before the key stored them plainly)."""
         if self.artifact is None:
             return TARGETS[self.flavour].weight_storage(None) or plain_weights(self.flavour)
-        return next(iter(self.packages.values())).meta.get("weights", plain_weights(self.flavour))
+        return next(iter(self.functions.values())).meta.get("weights", plain_weights(self.flavour))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 import onnx_ir as ir
@@ -105,16 +106,27 @@ class Builder(NodeReader):
 
 @dataclass
 class MilProgram:
-    """A built MIL program, and the ONNX node each of its ops computes (by the op's first output name):
-    the range report and the localisation name ONNX nodes, which a user can find in the graphs."""
+    """A built MIL program, and the ONNX node each op of each function computes (by the op's first
+    output name): the range report and the localisation name ONNX nodes, which a user can find."""
 
     program: Program
-    origins: dict[str, str] = field(default_factory=dict)
+    origins: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-def build_program(model: ir.Model, batch: int, source: str, flavour: Flavour = FLAVOURS["coreml"],
+def build_program(graphs: Mapping[str, ir.Model], batch: int, source: str, flavour: Flavour = FLAVOURS["coreml"],
                   weight_pairs: bool = False) -> MilProgram:
-    """The MIL program of a static ONNX graph at a fixed batch size.
+    """The MIL program of static ONNX graphs at a fixed batch size, one function per graph (by name);
+    the first is the default function."""
+    program, origins = Program(), {}
+    for name, model in graphs.items():
+        function, origins[name] = _build_function(model, batch, f"{source} ({name})", flavour, weight_pairs)
+        program.add_function(name, function)
+    program.default_function_name = next(iter(graphs))
+    return MilProgram(program, origins)
+
+
+def _build_function(model: ir.Model, batch: int, source: str, flavour: Flavour, weight_pairs: bool):
+    """The MIL function of one static ONNX graph, and the ONNX node of each of its ops.
 
     int64 becomes int32; bool inputs and outputs travel as int32 (Core ML I/O has no bool) and float
     ones in the flavour's float type (float16 I/O, from iOS 16, spares the ANE a cast at each end).
@@ -148,9 +160,7 @@ def build_program(model: ir.Model, batch: int, source: str, flavour: Flavour = F
                 var = mb.cast(x=var, dtype="int32")
             outputs.append(mb.identity(x=var, name=value.name))
         function.set_outputs(outputs)
-    program = Program()
-    program.add_function("main", function)
-    return MilProgram(program, origins)
+    return function, origins
 
 
 def _inside_type(value: ir.Value, float_type: str) -> str:

@@ -1,10 +1,16 @@
-"""The Core ML package set: writing it (`lower_coreml`), and reading it back, verified.
+"""The Core ML package: writing it (`lower_coreml`), and reading it back, verified.
 
-`hrmc lower` writes one `.mlpackage` per graph (NAME.mlpackage, NAME.step.mlpackage, maybe
-NAME.chunkK.mlpackage), each saved reproducibly (same input, same bytes) with hrmc's metadata, and
-each recording the sha256 of its own files and of the whole set under `Data/com.hrmc/parts.json`
-(hrmc.binding): all appear at once, or none. Packages are read from their files (`read_package`),
-never through MLModel, whose handle rewrites Manifest.json on close.
+`hrmc lower` writes one multifunction `.mlpackage` (Core ML 8, iOS 18 / macOS 15): a function per
+graph, `inference` (the whole static graph, the default), `step` (one ACT step, carry in and out) and
+`chunkK` when asked, over one weight file that coremltools' constant deduplication shares between
+them (`save_multifunction`). It is saved reproducibly (same input, same bytes) with hrmc's metadata
+(`hrmc.functions` says which graph each function is) and records the sha256 of its files under
+`Data/com.hrmc/parts.json` (hrmc.binding). Packages are read from their files (`read_package`), never
+through MLModel, whose handle rewrites Manifest.json on close.
+
+hrmc 0.1 wrote one single-function package per graph (NAME.mlpackage, NAME.step.mlpackage,
+NAME.chunkK.mlpackage) as a bound set; `package_functions` reads those too, so shipped 0.1 artifacts
+still run and gate.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from hrmc.errors import InputError
 from hrmc.files import atomic_folder
 from hrmc.names import CHUNK, PARTS, meta_key, unprefixed
 from hrmc.targets import TARGETS
-from hrmc.targets.coreml._coremltools import Program, ct, quiet_stderr
+from hrmc.targets.coreml._coremltools import PASS_REGISTRY, Program, ct, quiet_stderr
 from hrmc.targets.coreml.lowering import FLAVOURS, build_program, plain_weights
 
 PARTS_FILE = "com.hrmc/parts.json"  # under Data/: the package's record (hrmc.binding)
@@ -33,81 +39,106 @@ ORIGINS_FILE = "com.hrmc/origins.json"  # under Data/: the ONNX node of each MIL
 HRMC_FILES = {PARTS_FILE: "sha256 of every file of this package and of its set (hrmc lower)",
               ORIGINS_FILE: "the ONNX node each op of the program computes, by the op's first output (hrmc lower)"}
 BOOL_OUTPUTS = "bool_outputs"  # hrmc.bool_outputs in the user metadata: outputs bool in the ONNX graph, int32 here
+FUNCTIONS = "functions"  # hrmc.functions: {function: {"role", "bool_outputs", "meta"}} of a multifunction package
+WHOLE = "inference"  # the function of the whole static graph, the package's default
 
 
 @dataclass(frozen=True)
-class CoreMLPackage:
-    path: Path
-    flavour: str
-    batch: int
+class PackageFunction:
+    """One graph of a lowered package, as the executors and reports need it."""
+
+    role: str  # static (the whole inference), step or chunk
+    path: Path  # the package that holds it
+    name: str  # its function there ("main" in 0.1's single-function packages)
     bool_outputs: tuple[str, ...]  # bool in the ONNX graph, int32 in the package (Core ML I/O has no bool)
-    meta: dict[str, str]  # hrmc's metadata, without the `hrmc.` prefix
+    meta: dict[str, str]  # hrmc's metadata of its graph, without the `hrmc.` prefix
+
+    @property
+    def flavour(self) -> str:
+        return self.meta["flavour"]
+
+    @property
+    def batch(self) -> int:
+        return int(self.meta["batch"])
 
 
-def package_paths(out: str | Path, roles: list[str], chunk: int | None = None) -> dict[str, Path]:
-    """Where `hrmc lower` puts each graph's package: NAME.mlpackage, NAME.step.mlpackage, NAME.chunkK.mlpackage."""
-    out = Path(out)
-    names = {"static": out, "step": out.with_name(f"{out.stem}.step.mlpackage"),
-             "chunk": out.with_name(f"{out.stem}.chunk{chunk}.mlpackage")}
-    return {role: names[role] for role in roles}
+def function_name(role: str, chunk: int | None = None) -> str:
+    """The function a graph of `role` becomes: inference, step, chunkK."""
+    return {"static": WHOLE, "step": "step", "chunk": f"chunk{chunk}"}[role]
 
 
 def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: int, source: str,
                  progress: Callable[[str], None] = lambda _: None, force: bool = False,
-                 weights: str | None = None, check: Callable[[Path, Path], None] | None = None) -> dict[str, Path]:
-    """Build, convert and save one package per graph ({"static": …, "step": …, "chunk": …}) as a bound
-    set (each records every package's files, hrmc.binding); all appear at once, or none. An existing
-    folder is replaced only if hrmc wrote it (or `force`). `weights`: one of the flavour's (its default).
-    `check(written, path)` runs on the whole-inference package before the set appears; what it raises
-    leaves nothing behind."""
+                 weights: str | None = None, check: Callable[[Path, Path], None] | None = None) -> Path:
+    """Build each graph ({"static": …, "step": …, "chunk": …}) as a function of one MIL program,
+    share the weights they hold alike, and save the package `out`; it appears whole, or not at all.
+    An existing folder is replaced only if hrmc wrote it (or `force`). `weights`: one of the flavour's
+    (its default). `check(written, out)` runs on the package before it appears; what it raises leaves
+    nothing behind."""
     weights = TARGETS[flavour].weight_storage(weights) or plain_weights(flavour)
     chunk = int(ir.load(str(graphs["chunk"])).metadata_props[CHUNK]) if "chunk" in graphs else None
-    paths = package_paths(out, list(graphs), chunk)
-    with contextlib.ExitStack() as stack:
-        temporaries = {role: stack.enter_context(atomic_folder(path, marker=f"Data/{PARTS_FILE}", force=force))
-                       for role, path in paths.items()}
-        for role, graph in graphs.items():
-            progress(f"converting the {role} graph (batch {batch})")
-            _save_package(*_convert(graph, flavour, batch, source, weights), temporaries[role])
-        files = {role: _package_files(temporary) for role, temporary in temporaries.items()}
-        record = make_record({role: (paths[role], json_sha256(_flat(files[role]))) for role in paths})
-        for role, temporary in temporaries.items():
-            (temporary / "Data" / PARTS_FILE).write_text(json.dumps({"files": files[role], "set": record},
-                                                                     indent=1, sort_keys=True))
-        if check is not None and "static" in temporaries:
-            check(temporaries["static"], paths["static"])
-    return paths
-
-
-def _convert(graph: Path, flavour: str, batch: int, source: str, weights: str):
-    """The MLModel of one static ONNX graph, with hrmc's metadata, and its ops' ONNX nodes."""
-    model = ir.load(str(graph))
-    chosen = FLAVOURS[flavour]
-    built = build_program(model, batch, f"{source} ({graph.name})", chosen, weight_pairs=weights == "float16x2")
+    chosen, out = FLAVOURS[flavour], Path(out)
+    models = {function_name(role, chunk): ir.load(str(graph)) for role, graph in graphs.items()}
+    progress(f"building {', '.join(models)} (batch {batch})")
+    built = build_program(models, batch, source, chosen, weight_pairs=weights == "float16x2")
+    if "static" in graphs:
+        built.program.default_function_name = WHOLE
+    # The functions read the same weights: one blob each in the weight file (save_multifunction's way, without
+    # its reload and its hundred validations of the whole program)
+    PASS_REGISTRY["common::const_deduplication"]._deduplicate_const_across_functions(built.program)
+    built.program.export_as_multifunction = True
+    progress("converting")
     with quiet_stderr(), _unprinted(built.program):
         package = ct.convert(built.program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT32,
-                             compute_units=chosen.compute_units, minimum_deployment_target=ct.target.iOS17,
+                             compute_units=chosen.compute_units, minimum_deployment_target=ct.target.iOS18,
                              pass_pipeline=ct.PassPipeline.EMPTY)
+    with atomic_folder(out, marker=f"Data/{PARTS_FILE}", force=force) as temporary:
+        package.save(str(temporary))
+        records = {name: {"role": role} | _function_record(models[name], flavour, batch, weights)
+                   for name, role in zip(models, graphs)}
+        _describe(temporary, flavour, weights, source, records, models)
+        (temporary / "Data" / ORIGINS_FILE).parent.mkdir()
+        (temporary / "Data" / ORIGINS_FILE).write_text(json.dumps(built.origins, indent=0, sort_keys=True))
+        _make_reproducible(temporary)
+        files = _package_files(temporary)
+        record = make_record({"package": (out, json_sha256(_flat(files)))})
+        (temporary / "Data" / PARTS_FILE).write_text(json.dumps({"files": files, "set": record}, indent=1,
+                                                                sort_keys=True))
+        if check is not None:
+            check(temporary, out)
+    return out
+
+
+def _function_record(model: ir.Model, flavour: str, batch: int, weights: str) -> dict:
+    """What `hrmc.functions` records of one graph: its bool outputs and its hrmc metadata."""
     meta = unprefixed({key: value for key, value in model.metadata_props.items() if key != PARTS})
-    bools = [value.name for value in model.graph.outputs if value.dtype == ir.DataType.BOOL]
-    package.short_description = (f"HRM lowered by hrmc {__version__} ({flavour}: {chosen.description}, {weights} "
-                                 f"weights) from {source}")
-    package.version = __version__
     ours = {"version": __version__, "flavour": flavour, "batch": str(batch), "weights": weights}
-    package.user_defined_metadata.update({meta_key(k): v for k, v in (ours | meta).items()}
-                                         | {meta_key(BOOL_OUTPUTS): json.dumps(bools)})
-    for value in model.graph.inputs:
-        package.input_description[value.name] = f"{value.name} ({value.dtype.name.lower()} in the ONNX graph)"
-    for value in model.graph.outputs:
-        package.output_description[value.name] = f"{value.name} ({value.dtype.name.lower()} in the ONNX graph)"
-    return package, built.origins
+    bools = [value.name for value in model.graph.outputs if value.dtype == ir.DataType.BOOL]
+    return {"bool_outputs": bools, "meta": ours | meta}
 
 
-def _save_package(package, origins: dict[str, str], folder: Path) -> None:
-    package.save(str(folder))
-    (folder / "Data" / ORIGINS_FILE).parent.mkdir()
-    (folder / "Data" / ORIGINS_FILE).write_text(json.dumps({"main": origins}, indent=0, sort_keys=True))
-    _make_reproducible(folder)
+def _describe(package: Path, flavour: str, weights: str, source: str, functions: dict[str, dict],
+              models: dict[str, ir.Model]) -> None:
+    """hrmc's metadata in a saved package's spec: what every function's graph shares at the top, each
+    function's own under `hrmc.functions`; each input and output described with its ONNX type."""
+    spec_path, spec = _spec(package)
+    metas = [record["meta"] for record in functions.values()]
+    shared = {key: value for key, value in metas[0].items() if all(meta.get(key) == value for meta in metas)}
+    for record in functions.values():
+        record["meta"] = {key: value for key, value in record["meta"].items() if key not in shared}
+    description = spec.description.metadata
+    description.shortDescription = (f"HRM lowered by hrmc {__version__} ({flavour}: {FLAVOURS[flavour].description}, "
+                                    f"{weights} weights) from {source}; functions {', '.join(functions)}")
+    description.versionString = __version__
+    for key, value in (shared | {FUNCTIONS: json.dumps(functions, sort_keys=True)}).items():
+        description.userDefined[meta_key(key)] = value
+    for function in spec.description.functions:
+        graph = models[function.name].graph
+        for features, values in ((function.input, graph.inputs), (function.output, graph.outputs)):
+            types = {value.name: value.dtype.name.lower() for value in values}
+            for feature in features:
+                feature.shortDescription = f"{feature.name} ({types[feature.name]} in the ONNX graph)"
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
 
 
 @contextlib.contextmanager
@@ -135,10 +166,16 @@ def _make_reproducible(package: Path) -> None:
         manifest["itemInfoEntries"][str(uuid.uuid5(uuid.NAMESPACE_URL, path))] = {
             "author": "com.hrmc", "description": description, "name": Path(path).name, "path": path}
     manifest_path.write_text(json.dumps(manifest, indent=4))
-    spec_path = package / "Data" / _root_model(manifest)
+    spec_path, spec = _spec(package)
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
+
+
+def _spec(package: Path):
+    """The path of a package's model spec, and the spec."""
+    spec_path = package / "Data" / _root_model(json.loads((package / "Manifest.json").read_text()))
     spec = ct.proto.Model_pb2.Model()
     spec.ParseFromString(spec_path.read_bytes())
-    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
+    return spec_path, spec
 
 
 def _package_files(package: Path) -> dict[str, str]:
@@ -151,10 +188,47 @@ def _flat(files: dict[str, str]) -> Record:
     return {name: {"file": name, "sha256": digest} for name, digest in files.items()}
 
 
+def package_functions(package: str | Path) -> dict[str, PackageFunction]:
+    """{role: function} of a package `hrmc lower` wrote, its files checked against its record first.
+    A 0.1 package names its set: each graph is the main function of one package of it, each verified."""
+    members = package_set(package)
+    return read_functions(package) or {role: _single_function(role, path) for role, path in members.items()}
+
+
+def read_functions(package: str | Path) -> dict[str, PackageFunction]:
+    """{role: function} as a multifunction package's metadata says, unverified; {} for a 0.1 package."""
+    package = Path(package)
+    spec = read_package(package)[0]
+    meta = unprefixed(dict(spec.description.metadata.userDefined))
+    if "flavour" not in meta or "batch" not in meta:
+        raise InputError(f"{package} was not written by hrmc lower (no hrmc metadata)")
+    if FUNCTIONS not in meta:
+        return {}
+    try:
+        functions = json.loads(meta.pop(FUNCTIONS))
+        return {record["role"]: PackageFunction(record["role"], package, name, tuple(record["bool_outputs"]),
+                                                meta | record["meta"]) for name, record in functions.items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise InputError(f"{package}: its hrmc.functions metadata is unreadable (edited by hand?)") from None
+
+
+def _single_function(role: str, path: Path) -> PackageFunction:
+    """A graph of a 0.1 package set: the main function of its own package."""
+    spec = read_package(path)[0]
+    meta = unprefixed(dict(spec.description.metadata.userDefined))
+    if "flavour" not in meta or "batch" not in meta:
+        raise InputError(f"{path} was not written by hrmc lower (no hrmc metadata)")
+    if BOOL_OUTPUTS in meta:
+        bools = tuple(json.loads(meta.pop(BOOL_OUTPUTS)))
+    else:  # packages written before the key: their output descriptions say it
+        bools = tuple(o.name for o in spec.description.output if o.shortDescription.endswith("(bool in the ONNX graph)"))
+    return PackageFunction(role, path, "main", bools, meta)
+
+
 def package_set(package: str | Path) -> dict[str, Path]:
-    """{role: path} of the packages `hrmc lower` wrote together with `package`, each file of each
-    checked against the records they hold. Packages written before hrmc recorded parts: the package
-    alone, unverified."""
+    """{role: path} of the packages `hrmc lower` wrote together with `package` ({"package": package}
+    for a multifunction package), each file of each checked against the records they hold. Packages
+    written before hrmc recorded parts: the package alone, unverified."""
     package = Path(package)
     record_path = package / "Data" / PARTS_FILE
     if not record_path.is_file():
@@ -214,16 +288,25 @@ def read_package(package: str | Path):
     return spec, spec_path.parent / "weights"
 
 
-def main_block(package: str | Path):
-    """The spec, the main function's block and the weights folder of a saved mlprogram package."""
+def function_block(package: str | Path, function: str | None = None):
+    """The spec, one function's block (by default the package's default function) and the weights
+    folder of a saved mlprogram package."""
     spec, weights = read_package(package)
     if spec.WhichOneof("Type") != "mlProgram":
         raise InputError(f"{package} is not an mlprogram package")
-    function = spec.mlProgram.functions["main"]
-    return spec, function.block_specializations[function.opset], weights
+    function = function or default_function(spec)
+    if function not in spec.mlProgram.functions:
+        raise InputError(f"{package} has no function {function!r} (it has {', '.join(spec.mlProgram.functions)})")
+    chosen = spec.mlProgram.functions[function]
+    return spec, chosen.block_specializations[chosen.opset], weights
 
 
-def origins(package: str | Path, function: str = "main") -> dict[str, str]:
+def default_function(spec) -> str:
+    """The function a package runs when none is named: `inference` in hrmc's, `main` in 0.1's."""
+    return spec.description.defaultFunctionName or "main"
+
+
+def origins(package: str | Path, function: str) -> dict[str, str]:
     """The ONNX node each op of a package's function computes, by the op's first output name; empty
     for packages written before hrmc recorded origins."""
     path = Path(package) / "Data" / ORIGINS_FILE
@@ -235,9 +318,9 @@ def origins(package: str | Path, function: str = "main") -> dict[str, str]:
         raise InputError(f"{path}: unreadable (edited by hand?)") from None
 
 
-def op_counts(package: str | Path) -> dict[str, int]:
-    """How many ops of each type the saved package's main function has."""
-    return count_ops(main_block(package)[1])
+def op_counts(package: str | Path, function: str | None = None) -> dict[str, int]:
+    """How many ops of each type one function (by default the default one) of a saved package has."""
+    return count_ops(function_block(package, function)[1])
 
 
 def count_ops(block) -> dict[str, int]:
@@ -245,16 +328,3 @@ def count_ops(block) -> dict[str, int]:
     for op in block.operations:
         counts[op.type] = counts.get(op.type, 0) + 1
     return dict(sorted(counts.items(), key=lambda item: -item[1]))
-
-
-def package_info(path: Path) -> CoreMLPackage:
-    """What the executor needs to know of a saved package: flavour, batch, bool outputs, hrmc's metadata."""
-    spec = read_package(path)[0]
-    meta = unprefixed(dict(spec.description.metadata.userDefined))
-    if "flavour" not in meta or "batch" not in meta:
-        raise InputError(f"{path} was not written by hrmc lower (no hrmc metadata)")
-    if BOOL_OUTPUTS in meta:
-        bools = tuple(json.loads(meta[BOOL_OUTPUTS]))
-    else:  # packages written before the key: their output descriptions say it
-        bools = tuple(o.name for o in spec.description.output if o.shortDescription.endswith("(bool in the ONNX graph)"))
-    return CoreMLPackage(path, meta["flavour"], int(meta["batch"]), bools, meta)

@@ -1,7 +1,7 @@
 """The float16 range report (`hrmc inspect --ranges`, and the check `hrmc lower --target ane` runs):
 the values a package's program has to hold, against what float16 on the Neural Engine can hold.
 
-The set's whole-inference package is replayed in float32 (`runtime.replay(float32=True)`), so a value
+The package's whole-inference function is replayed in float32 (`runtime.replay(float32=True)`), so a value
 float16 could not hold shows as it is, not as inf, and every op's largest |value| is recorded. Limits
 (docs/design.md §3, from public measurements):
 - 65504, float16's largest finite value: every float op's output;
@@ -23,7 +23,7 @@ import numpy as np
 
 from hrmc.errors import GateFailure, InputError
 from hrmc.hrm_ref import HRMConfig, load_batch, random_batch
-from hrmc.targets.coreml.package import origins, package_info, package_set
+from hrmc.targets.coreml.package import PackageFunction, origins, package_functions, read_functions
 from hrmc.targets.coreml.runtime import replay, saved_program
 
 FLOAT16_MAX = 65504.0
@@ -78,16 +78,17 @@ def op_range(op_type: str, name: str, node: str, results: list[np.ndarray]) -> O
     return OpRange(op_type, name, node, max_abs, limit, what)
 
 
-def value_ranges(whole: Path, feed: dict[str, np.ndarray]) -> list[OpRange]:
-    """Every op's range in a whole-inference package, its program replayed in float32 on `feed`."""
-    main, nodes = saved_program(whole), origins(whole)
+def value_ranges(whole: PackageFunction, feed: dict[str, np.ndarray]) -> list[OpRange]:
+    """Every op's range in a package's whole-inference function, replayed in float32 on `feed`."""
+    main, nodes = saved_program(whole.path, whole.name), origins(whole.path, whole.name)
     missing = sorted(set(main.inputs) - set(feed))
     if missing:
-        raise InputError(f"{whole}: the inputs have no {', '.join(missing)} (the package reads {', '.join(main.inputs)})")
+        raise InputError(f"{whole.path}: the inputs have no {', '.join(missing)} (the package reads "
+                         f"{', '.join(main.inputs)})")
     rows = [name for name, var in main.inputs.items() if np.shape(feed[name])[0] != var.shape[0]]
     if rows:
-        raise InputError(f"{whole} was lowered for batch {main.inputs[rows[0]].shape[0]}: the inputs' "
-                         f"{rows[0]} has {np.shape(feed[rows[0]])[0]} rows")
+        raise InputError(f"{whole.path} was lowered for batch {whole.batch}: the inputs' {rows[0]} has "
+                         f"{np.shape(feed[rows[0]])[0]} rows")
     ranges: list[OpRange] = []
 
     def record(op, results: list[np.ndarray]) -> None:
@@ -100,24 +101,27 @@ def value_ranges(whole: Path, feed: dict[str, np.ndarray]) -> list[OpRange]:
     return ranges
 
 
-def package_inputs(whole: Path, inputs: str | None, seed: int) -> tuple[dict[str, np.ndarray], str]:
+def package_inputs(whole: PackageFunction, inputs: str | None, seed: int) -> tuple[dict[str, np.ndarray], str]:
     """The inputs a range check runs on, and how to say which: an npz file, or the seeded random batch
     of the package's model at the package's batch."""
-    info = package_info(whole)
-    if "config" not in info.meta or "seq_len" not in info.meta:
-        raise InputError(f"{whole}: records no model config (written by an older hrmc): pass --inputs")
-    config = HRMConfig(**json.loads(info.meta["config"]))
+    if "config" not in whole.meta or "seq_len" not in whole.meta:
+        raise InputError(f"{whole.path}: records no model config (written by an older hrmc)")
+    config = HRMConfig(**json.loads(whole.meta["config"]))
     if inputs is not None:
         batch, what = load_batch(config, inputs), inputs
     else:
-        batch = random_batch(config, info.batch, seed, int(info.meta["seq_len"]))
-        what = f"a seeded random batch (seed {seed}, batch {info.batch})"
+        batch = random_batch(config, whole.batch, seed, int(whole.meta["seq_len"]))
+        what = f"a seeded random batch (seed {seed}, batch {whole.batch})"
     return {name: value.numpy() for name, value in batch.items()}, what
 
 
-def check_ranges(whole: Path, shown_as: Path, seed: int, progress: Callable[[str], None]) -> None:
-    """`hrmc lower --target ane`'s range check of the whole-inference package (written to `whole`,
-    shipped as `shown_as`): a warning for each op within HEADROOM of its limit, a GateFailure on an overflow."""
+def check_ranges(written: Path, shown_as: Path, seed: int, progress: Callable[[str], None]) -> None:
+    """`hrmc lower --target ane`'s range check of the whole-inference function of the package (written
+    to `written`, shipped as `shown_as`): a warning for each op within HEADROOM of its limit, a
+    GateFailure on an overflow. Packages without one (an executor's step package) have nothing to check."""
+    whole = read_functions(written).get("static")
+    if whole is None:
+        return
     feed, what = package_inputs(whole, None, seed)
     progress(f"checking float16 ranges: the whole inference replayed in float32 on {what}")
     flagged = sorted((r for r in value_ranges(whole, feed) if r.headroom < HEADROOM), key=lambda r: r.headroom)
@@ -132,14 +136,16 @@ def check_ranges(whole: Path, shown_as: Path, seed: int, progress: Callable[[str
 
 
 def range_report(package: str | Path, inputs: str | None, seed: int) -> dict:
-    """The report of `hrmc inspect --ranges`: every op of the set's whole-inference package within
+    """The report of `hrmc inspect --ranges`: every op of the package's whole-inference function within
     HEADROOM of its limit, and the tightest ops."""
-    whole = package_set(package)["static"]
+    whole = package_functions(package).get("static")
+    if whole is None:
+        raise InputError(f"{package}: has no whole-inference function to check (lowered by an executor?)")
     feed, what = package_inputs(whole, inputs, seed)
     ranges = value_ranges(whole, feed)
     flagged = sorted((r for r in ranges if r.headroom < HEADROOM), key=lambda r: r.headroom)
     tightest = sorted(ranges, key=lambda r: r.headroom)[:5]
-    return {"package": str(whole), "inputs": what, "replay": "MIL program computed in float32",
+    return {"package": str(whole.path), "function": whole.name, "inputs": what, "replay": "MIL program computed in float32",
             "ops": len(ranges), "headroom": HEADROOM,
             "limits": {"float16 range": FLOAT16_MAX, "matmul output": MATMUL_OUTPUT_MAX,
                        "integer-valued sum": EXACT_INTEGERS},

@@ -7,6 +7,7 @@ Core ML's own compute plan.
 
 from __future__ import annotations
 
+import json
 import platform
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 from hrmc.errors import InputError
 from hrmc.names import unprefixed
 from hrmc.targets.coreml._coremltools import ct
-from hrmc.targets.coreml.package import PARTS_FILE, count_ops, main_block, package_set
+from hrmc.targets.coreml.package import PARTS_FILE, count_ops, function_block, package_functions
 
 # Ops the Neural Engine never runs (apple/ml-ane-transformers, docs/design.md §3).
 ANE_NEVER = {"while_loop": "control flow", "cond": "control flow"}
@@ -27,10 +28,35 @@ ELEMENT_BYTES = {FLOAT32: 4, FLOAT16: 2}
 
 def readiness(package: str | Path) -> dict:
     """The ANE-readiness report of `hrmc inspect`: what in this package keeps work off the Neural Engine.
-    The package and its set are verified against their recorded parts first."""
-    parts = package_set(package)
-    spec, block, weights_folder = main_block(package)
+    The package is verified against its recorded parts first."""
+    # a 0.1 package set names its other packages too: this package's functions only
+    functions = {f.name: f for f in package_functions(package).values() if f.path == Path(package)}
     findings: dict[str, int] = {}
+    tensors = []
+    counts = {}
+    for name in functions:
+        spec, block, weights_folder = function_block(package, name)
+        counts[name] = count_ops(block)
+        tensors += _scan(block, findings)
+    largest = [{"name": name, "shape": dims,
+                "last_axis_bytes": dims[-1] * width, "aligned": dims[-1] * width % ANE_ALIGNMENT_BYTES == 0}
+               for _, name, dims, width in sorted(tensors, reverse=True)[:8]]
+    weights = weights_folder / "weight.bin"
+    if not weights.is_file():
+        raise InputError(f"{weights}: missing (the package's weights)")
+    meta = unprefixed(dict(spec.description.metadata.userDefined))
+    parameters = _parameters(meta)
+    return {"package": str(package), "flavour": meta.get("flavour"), "weights": meta.get("weights"),
+            "functions": {name: {"role": f.role, "ops": sum(counts[name].values())} for name, f in functions.items()},
+            "ops": counts[next(iter(counts))], "not_on_ane": findings, "largest_tensors": largest,
+            "weight_bytes": weights.stat().st_size, "parameters": parameters,
+            "weight_bytes_per_float16_parameter": round(weights.stat().st_size / (2 * parameters), 4)
+            if parameters else None,
+            "compute_plan": _compute_plan(package), "bound": (Path(package) / "Data" / PARTS_FILE).is_file()}
+
+
+def _scan(block, findings: dict[str, int]) -> list[tuple[int, str, list[int], int]]:
+    """Count what keeps one function's ops off the ANE into `findings`; its activations (size, name, shape, width)."""
     tensors = []
     constants = {output.name for op in block.operations if op.type == "const" for output in op.outputs}
 
@@ -51,18 +77,20 @@ def readiness(package: str | Path) -> dict:
                 note("float32 tensors (CPU/GPU only)")
             if op.type != "const" and None not in dims and dims and tensor.dataType in ELEMENT_BYTES:
                 tensors.append((int(np.prod(dims)), output.name, dims, ELEMENT_BYTES[tensor.dataType]))
-    largest = [{"name": name, "shape": dims,
-                "last_axis_bytes": dims[-1] * width, "aligned": dims[-1] * width % ANE_ALIGNMENT_BYTES == 0}
-               for _, name, dims, width in sorted(tensors, reverse=True)[:8]]
-    weights = weights_folder / "weight.bin"
-    if not weights.is_file():
-        raise InputError(f"{weights}: missing (the package's weights)")
-    meta = unprefixed(dict(spec.description.metadata.userDefined))
-    return {"package": str(package), "flavour": meta.get("flavour"), "ops": count_ops(block),
-            "not_on_ane": findings, "largest_tensors": largest,
-            "weight_bytes": weights.stat().st_size,
-            "compute_plan": _compute_plan(package),
-            "set": {role: path.name for role, path in parts.items()}, "bound": (Path(package) / "Data" / PARTS_FILE).is_file()}
+    return tensors
+
+
+def _parameters(meta: dict[str, str]) -> int | None:
+    """The model's parameter count, from the config the package records (None where it records none)."""
+    if "config" not in meta:
+        return None
+    import torch
+
+    from hrmc.hrm_ref import HRM, HRMConfig
+
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = HRM(HRMConfig(**json.loads(meta["config"])))
+    return sum(parameter.numel() for parameter in model.parameters())
 
 
 def _compute_plan(package: str | Path) -> dict[str, int] | str:

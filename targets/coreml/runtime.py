@@ -17,7 +17,7 @@ import numpy as np
 
 from hrmc.targets.coreml._coremltools import Function, ct, mb
 from hrmc.targets.coreml.ops import mil_array
-from hrmc.targets.coreml.package import read_package
+from hrmc.targets.coreml.package import default_function, read_package
 
 LABEL = ("MIL reference semantics (coremltools value_inference replay on Linux, float16 matmuls summed and "
          "layer_norm computed in float32; not Core ML's runtime kernels)")
@@ -25,12 +25,13 @@ LABEL = ("MIL reference semantics (coremltools value_inference replay on Linux, 
 Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
-def load(package: Path, compute_units) -> Predict:
-    """A saved package as a function of its inputs: Core ML's predict on macOS, the replay of its
-    MIL program elsewhere. Load once, call many times."""
+def load(package: Path, function: str, compute_units) -> Predict:
+    """One function of a saved package as a function of its inputs: Core ML's predict on macOS, the
+    replay of its MIL program elsewhere. Load once, call many times."""
     if platform.system() == "Darwin":
-        return ct.models.MLModel(str(package), compute_units=compute_units).predict
-    return functools.partial(replay, saved_program(package))
+        named = None if function == "main" else function  # 0.1's single-function packages
+        return ct.models.MLModel(str(package), compute_units=compute_units, function_name=named).predict
+    return functools.partial(replay, saved_program(package, function))
 
 
 def runs_with() -> str:
@@ -68,12 +69,13 @@ FALLBACK: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
-def saved_program(package: str | Path) -> Function:
-    """The main function of the MIL program a saved package holds, read back from its files."""
+def saved_program(package: str | Path, function: str | None = None) -> Function:
+    """One function (by default the default one) of the MIL program a saved package holds, read back
+    from its files."""
     from coremltools.converters.mil.frontend.milproto.load import load as load_milproto
 
     spec, weights = read_package(package)
-    return load_milproto(spec, spec.specificationVersion, str(weights)).functions["main"]
+    return load_milproto(spec, spec.specificationVersion, str(weights)).functions[function or default_function(spec)]
 
 
 Observe = Callable[[object, list[np.ndarray]], None]  # called with each computed op and its results

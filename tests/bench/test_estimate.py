@@ -10,6 +10,7 @@ import pytest
 from hrmc import hrm_ref
 from hrmc.bench.ane_chips import CHIPS
 from hrmc.bench.estimate import OpCost, op_costs, package_time
+from hrmc.targets.coreml import package_functions
 from hrmc.bench.roofline import flops_per_step
 from tests.hrmc.test_cli import assert_one_line_error, hrmc
 
@@ -23,17 +24,17 @@ def graphs(tiny_export: Path, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def ane_set(graphs: dict[str, Path], tmp_path_factory) -> dict[str, Path]:
-    """tiny's ane package set at batch 1, float16x2 weights (the default)."""
+def ane_package(graphs: dict[str, Path], tmp_path_factory) -> Path:
+    """tiny's ane package at batch 1, float16x2 weights (the default)."""
     from hrmc.targets.coreml import lower_coreml
 
     return lower_coreml(graphs, tmp_path_factory.mktemp("ane") / "t.mlpackage", "ane", 1, "t.onnx")
 
 
-def test_matmul_flops_are_what_the_model_computes(tiny, ane_set: dict[str, Path]) -> None:
+def test_matmul_flops_are_what_the_model_computes(tiny, ane_package: Path) -> None:
     """Each weight matmul runs twice (its float16 pair), attention's activation products once: halving the
     first and adding the second gives the model's matmul FLOPs, counted from its config (bench.roofline)."""
-    costs = op_costs(ane_set["step"])
+    costs = op_costs(package_functions(ane_package)["step"])
     batch = hrm_ref.random_batch(tiny.config, 1, seed=0)
     weighted = sum(c.flops for c in costs if c.type == "matmul" and c.weight_bytes > 16)  # flags are 1-byte constants
     products = sum(c.flops for c in costs if c.type == "matmul" and c.weight_bytes <= 16)
@@ -53,21 +54,20 @@ def test_the_roofline_charges_the_bound_plus_the_overheads() -> None:
     assert package_time([compute_bound, memory_bound, compute_bound], chip).total > timing.total  # one more op
 
 
-def test_the_whole_inference_and_a_larger_batch_cost_more(capsys, tiny_export: Path,
-                                                          ane_set: dict[str, Path]) -> None:
-    """The static package (8 steps unrolled) has more ops than the step package; batch 4 moves more than 1."""
-    code, out, _ = hrmc(capsys, "bench", "--estimate", "ane", "--artifact", str(ane_set["static"]), "--json")
+def test_the_whole_inference_and_a_larger_batch_cost_more(capsys, tiny_export: Path, ane_package: Path) -> None:
+    """The inference function (8 steps unrolled) has more ops than the step function; batch 4 moves more than 1."""
+    code, out, _ = hrmc(capsys, "bench", "--estimate", "ane", "--artifact", str(ane_package), "--json")
     one = json.loads(out)
     assert code == 0 and [row["batch"] for row in one["rows"]] == [1] * len(CHIPS)
     ops = {package["role"]: package["ops"] for package in one["packages"]}
     assert ops["static"] > 4 * ops["step"]
     for row in one["rows"]:
         assert row["whole_ms"] > row["step_ms"] > 0
-        assert (row["step_from"], row["whole_from"]) == ("step package", "static package")
+        assert (row["step_from"], row["whole_from"]) == ("step function", "inference function")
     code, out, err = hrmc(capsys, "bench", "--estimate", "ane", "--onnx-model", str(tiny_export), "--policy", "q-halt",
                           "--batch", "4", "--chip", "m1", "--chip", "a18", "--json")
     four = json.loads(out)
-    assert code == 0 and "converting the static graph (batch 4)" in err
+    assert code == 0 and "building inference, step (batch 4)" in err
     assert [(row["chip"], row["batch"]) for row in four["rows"]] == [("m1", 4), ("a18", 4)]
     smaller = {row["chip"]: row for row in one["rows"]}
     for row in four["rows"]:
@@ -78,11 +78,11 @@ def test_the_report_says_it_is_an_estimate_and_names_its_sources(capsys, graphs:
                                                                  tmp_path: Path) -> None:
     from hrmc.targets.coreml import lower_coreml
 
-    alone = lower_coreml({"step": graphs["step"]}, tmp_path / "s.mlpackage", "ane", 1, "t.onnx")["step"]
+    alone = lower_coreml({"step": graphs["step"]}, tmp_path / "s.mlpackage", "ane", 1, "t.onnx")
     code, out, _ = hrmc(capsys, "bench", "--estimate", "ane", "--artifact", str(alone), "--chip", "m4,a17")
     assert code == 0 and "ESTIMATE" in out and "not a measurement" in out
     assert "Apple introduces M4 chip" in out and "a17: NOT PUBLISHED for this chip, assumed: memory_bandwidth" in out
-    assert "(step: step package; whole: step package × budget)" in out  # no static package: derived, and said so
+    assert "(step: step function; whole: step function × budget)" in out  # no inference function: derived, and said so
     code, out, _ = hrmc(capsys, "bench", "--estimate", "ane", "--artifact", str(alone), "--json")
     report = json.loads(out)
     assert code == 0 and report["kind"] == "estimate" and "not a measurement" in report["note"]
@@ -102,7 +102,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, graphs: dict[str, Path], tmp_p
     assert_one_line_error(*hrmc(capsys, "bench", "--estimate", "ane", "--chip", "m1,m9")[::2], "unknown chip m9")
     from hrmc.targets.coreml import lower_coreml
 
-    coreml = lower_coreml({"step": graphs["step"]}, tmp_path / "c.mlpackage", "coreml", 1, "t.onnx")["step"]
+    coreml = lower_coreml({"step": graphs["step"]}, tmp_path / "c.mlpackage", "coreml", 1, "t.onnx")
     assert_one_line_error(*hrmc(capsys, "bench", "--estimate", "ane", "--artifact", str(coreml))[::2],
                           "is a coreml package")
     assert_one_line_error(*hrmc(capsys, "bench", "--estimate", "ane", "--artifact", str(tmp_path / "none"))[::2],

@@ -21,7 +21,7 @@ SCRIPT = CI / "gate.sh"
 WORKFLOW = CI / "hrmc-gate.yml"
 EXECUTORS = ("onnx", "static", "mlx", "coreml", "ane")
 ARTIFACTS = ("model.onnx", "model.step.onnx", "model.static.onnx", "model.static.step.onnx", "model-mlx",
-             "model.mlpackage", "model.step.mlpackage", "model-ane.mlpackage", "model-ane.step.mlpackage")
+             "model.mlpackage", "model-ane.mlpackage")
 
 
 def test_the_script_is_valid_bash() -> None:

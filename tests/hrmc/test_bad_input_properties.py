@@ -61,7 +61,7 @@ def originals(tiny_export: Path, tmp_path_factory) -> dict[str, Path]:
     np.savez(folder / "inputs.npz", **{name: value.numpy() for name, value in batch.items()})
     (folder / "lowered").mkdir()
     step = lower_onnx(tiny_export, folder / "lowered" / "t.onnx", "fused").step_path
-    package = lower_coreml({"step": step}, folder / "t.mlpackage", "ane", 2, "t.onnx", weights="float16")["step"]
+    package = lower_coreml({"step": step}, folder / "t.mlpackage", "ane", 2, "t.onnx", weights="float16")
     return {"checkpoint": folder / "tiny.safetensors", "inputs": folder / "inputs.npz", "export": tiny_export,
             "package": package}
 

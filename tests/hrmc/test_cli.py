@@ -336,11 +336,15 @@ def test_outputs_get_the_permissions_the_umask_gives(capsys, tmp_path: Path, uma
     try:
         assert hrmc(capsys, "run", "--batch", "1", "-o", str(tmp_path / "o.npz"))[0] == 0
         with files.atomic_folder(tmp_path / "folder") as folder:
-            (folder / "f").write_text("x")
+            (folder / "inside").mkdir(mode=0o700)
+            (folder / "inside" / "f").write_text("x")
+            (folder / "inside" / "f").chmod(0o600)  # as coremltools writes a package's model spec
     finally:
         os.umask(old)
     assert (tmp_path / "o.npz").stat().st_mode & 0o777 == 0o666 & ~umask
-    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~umask
+    for path in (tmp_path / "folder", tmp_path / "folder" / "inside"):
+        assert path.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (tmp_path / "folder" / "inside" / "f").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_lower_never_replaces_a_folder_it_did_not_write(capsys, tiny_export: Path, tmp_path: Path, monkeypatch) -> None:
@@ -350,15 +354,16 @@ def test_lower_never_replaces_a_folder_it_did_not_write(capsys, tiny_export: Pat
     (foreign / "notes.txt").write_text("keep me")
     assert_one_line_error(*hrmc(capsys, *lower, "--target", "mlx", "-o", str(foreign))[::2],
                           "folder hrmc did not write", "--force")
-    (tmp_path / "m.step.mlpackage").mkdir()
-    (tmp_path / "m.step.mlpackage" / "x").write_text("keep me")
+    (tmp_path / "m.mlpackage").mkdir()
+    (tmp_path / "m.mlpackage" / "x").write_text("keep me")
     assert_one_line_error(*hrmc(capsys, *lower, "--target", "coreml", "-o", str(tmp_path / "m.mlpackage"))[::2],
-                          "m.step.mlpackage is a folder hrmc did not write")
+                          "m.mlpackage is a folder hrmc did not write")
     monkeypatch.chdir(foreign)
     assert_one_line_error(*hrmc(capsys, *lower, "--target", "mlx", "-o", ".")[::2], "the current folder")
     monkeypatch.chdir(tmp_path)
     assert (foreign / "notes.txt").read_text() == "keep me" and sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.step.mlpackage", "mine"]  # nothing half-written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.mlpackage", "mine"]  # nothing half-written
+    assert (tmp_path / "m.mlpackage" / "x").read_text() == "keep me"
 
     assert hrmc(capsys, *lower, "--target", "mlx", "-o", str(tmp_path / "out"))[0] == 0
     assert hrmc(capsys, *lower, "--target", "mlx", "-o", str(tmp_path / "out"))[0] == 0  # its own output: replaced

@@ -21,12 +21,14 @@ ANE = coreml.FLAVOURS["ane"]
 def test_lower_writes_packages_without_control_flow(capsys, tiny_export: Path, tmp_path: Path) -> None:
     code, out, _ = hrmc(capsys, "lower", "--target", "coreml", "--onnx-model", str(tiny_export), "--policy", "q-halt",
                         "--batch", "2", "-o", str(tmp_path / "t.mlpackage"))
-    assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["t.mlpackage", "t.step.mlpackage"]
+    assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["t.mlpackage"]
+    functions = coreml.package_functions(tmp_path / "t.mlpackage")
+    assert {role: f.name for role, f in functions.items()} == {"static": "inference", "step": "step"}
     ops = coreml.op_counts(tmp_path / "t.mlpackage")
     assert ops["matmul"] > 0 and not {"while_loop", "cond"} & set(ops)
-    meta = coreml.read_package(tmp_path / "t.mlpackage")[0].description.metadata.userDefined
-    assert meta["hrmc.flavour"] == "coreml" and meta["hrmc.batch"] == "2"
-    assert json.loads(meta["hrmc.outputs"])[0] == "logits"
+    assert functions["static"].meta["flavour"] == "coreml" and functions["step"].batch == 2
+    assert json.loads(functions["static"].meta["outputs"])[0] == "logits"
+    assert coreml.op_counts(tmp_path / "t.mlpackage", "step")["matmul"] < ops["matmul"]
 
 
 def test_a_missing_op_lowering_names_the_op_and_leaves_nothing(capsys, tiny_export: Path, tmp_path: Path,
@@ -54,7 +56,7 @@ def test_integer_division_and_cumsum_follow_onnx_under_mil_semantics() -> None:
     feed = {"x": np.array([[7, -7, 7, -7], [0, 5, -9, 9]], np.int32),
             "y": np.array([[2, 2, -2, -2], [3, -5, 4, -4]], np.int32)}
     expected = ort.InferenceSession(proto.SerializeToString()).run(None, feed)
-    program = coreml.build_program(ir.serde.deserialize_model(proto), 2, "g.onnx").program
+    program = coreml.build_program({"main": ir.serde.deserialize_model(proto)}, 2, "g.onnx").program
     replayed = coreml.replay(program.functions["main"], feed)
     np.testing.assert_array_equal(replayed["q"], expected[0])
     np.testing.assert_array_equal(replayed["c"], expected[1])
@@ -74,7 +76,7 @@ def test_float16_pairs_give_matmuls_their_float32_weights() -> None:
                                helper.make_tensor("wt", TensorProto.FLOAT, weight.T.shape, weight.T.ravel())])
     model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
     exact = (x.astype(np.float64) @ weight.astype(np.float64)).astype(np.float16)
-    replayed = {pairs: coreml.replay(coreml.build_program(model, 3, "g.onnx", ANE, weight_pairs=pairs)
+    replayed = {pairs: coreml.replay(coreml.build_program({"main": model}, 3, "g.onnx", ANE, weight_pairs=pairs)
                                      .program.functions["main"], {"x": x}) for pairs in (False, True)}
     for name in "yz":
         ulps = np.abs(replayed[True][name].astype(np.float32) - exact) / np.spacing(np.abs(exact))
@@ -98,7 +100,7 @@ def test_ane_float16_pairs_are_closer_to_float32_on_every_output(tiny, step_grap
     model = ir.load(str(step_graph))
     db = {}
     for pairs in (False, True):
-        main = coreml.build_program(model, 8, "t.onnx", ANE, weight_pairs=pairs).program.functions["main"]
+        main = coreml.build_program({"main": model}, 8, "t.onnx", ANE, weight_pairs=pairs).program.functions["main"]
         outputs = split_step(coreml.replay(main, feed), chunked=True)
         outputs["q"], expected["q"] = (np.concatenate([arrays["q_halt_logits"], arrays["q_continue_logits"]])
                                        for arrays in (outputs, expected))
@@ -154,7 +156,7 @@ def test_two_lowerings_give_byte_identical_packages(step_graph: Path, tmp_path: 
     contents = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        package = coreml.lower_coreml({"step": step_graph}, tmp_path / name / "t.mlpackage", "ane", 1, "t.onnx")["step"]
+        package = coreml.lower_coreml({"step": step_graph}, tmp_path / name / "t.mlpackage", "ane", 1, "t.onnx")
         contents.append({p.relative_to(package): p.read_bytes() for p in sorted(package.rglob("*")) if p.is_file()})
     assert contents[0] == contents[1] and len(contents[0]) == 5  # spec, weights, manifest, hrmc's parts and origins
 
@@ -168,7 +170,7 @@ def test_attention_per_head_computes_what_the_batched_heads_do(tiny, step_graph:
     feed = carry_feed(hrm_ref.initial_carry(tiny, batch), batch)
     model = ir.load(str(step_graph))
     flavours = {apart: dataclasses.replace(coreml.FLAVOURS["coreml"], heads_apart=apart) for apart in (False, True)}
-    programs = {apart: coreml.build_program(model, 2, "t.onnx", flavour).program.functions["main"]
+    programs = {apart: coreml.build_program({"main": model}, 2, "t.onnx", flavour).program.functions["main"]
                 for apart, flavour in flavours.items()}
     types = {apart: [op.op_type for op in main.operations] for apart, main in programs.items()}
     assert "transpose" in types[False] and "transpose" not in types[True]
@@ -178,7 +180,7 @@ def test_attention_per_head_computes_what_the_batched_heads_do(tiny, step_graph:
 
 
 def test_inspect_reports_ane_readiness(capsys, step_graph: Path, tmp_path: Path) -> None:
-    package = coreml.lower_coreml({"step": step_graph}, tmp_path / "s.mlpackage", "ane", 2, "t.onnx")["step"]
+    package = coreml.lower_coreml({"step": step_graph}, tmp_path / "s.mlpackage", "ane", 2, "t.onnx")
     written = {p: p.read_bytes() for p in package.rglob("*") if p.is_file()}
     code, out, _ = hrmc(capsys, "inspect", str(package), "--json")
     assert {p: p.read_bytes() for p in package.rglob("*") if p.is_file()} == written  # reading changes nothing
@@ -190,7 +192,7 @@ def test_inspect_reports_ane_readiness(capsys, step_graph: Path, tmp_path: Path)
     fp32_parameters = 4 * sum(t.const_value.size for t in ir.load(str(step_graph)).graph.initializers.values())
     assert fp32_parameters * 0.95 <= report["weight_bytes"] <= fp32_parameters * 1.05
     single = coreml.lower_coreml({"step": step_graph}, tmp_path / "single.mlpackage", "ane", 2, "t.onnx",
-                                 weights="float16")["step"]
+                                 weights="float16")
     single_bytes = (single / "Data" / "com.apple.CoreML" / "weights" / "weight.bin").stat().st_size
     assert fp32_parameters * 0.95 / 2 <= single_bytes <= fp32_parameters * 1.05 / 2
     code, _, err = hrmc(capsys, "inspect", str(tmp_path / "missing.mlpackage"))

@@ -70,11 +70,11 @@ def test_norm_inputs_past_float16_squares_stay_finite_in_the_ane_package(large: 
     the layer_norm over [x, −x] the package has does not."""
     from hrmc.passes import lower_onnx
 
-    package = large / "l.mlpackage"
-    feed, _ = package_inputs(package, None, 0)
-    main = coreml.saved_program(package)
+    whole = coreml.package_functions(large / "l.mlpackage")["static"]
+    feed, _ = package_inputs(whole, None, 0)
+    main = coreml.saved_program(whole.path, whole.name)
     norm_inputs = {op.inputs["x"].name for op in main.operations if op.op_type == "layer_norm"}
-    assert norm_inputs and max(r.max_abs for r in value_ranges(package, feed) if r.name in norm_inputs) >= 1e4
+    assert norm_inputs and max(r.max_abs for r in value_ranges(whole, feed) if r.name in norm_inputs) >= 1e4
     outputs = coreml.replay(main, feed)
     assert all(np.isfinite(value).all() for value in outputs.values() if value.dtype.kind == "f")
 
@@ -87,7 +87,7 @@ def test_norm_inputs_past_float16_squares_stay_finite_in_the_ane_package(large: 
     static = ir.load(str(lower_onnx(large / "large.onnx", large / "static.onnx", "fused").graphs["static"]))
     explicit = dataclasses.replace(coreml.FLAVOURS["ane"], overflow_safe_norm=False)
     with np.errstate(over="ignore"):
-        coreml.replay(coreml.build_program(static, 2, "large.onnx", explicit).program.functions["main"], feed,
+        coreml.replay(coreml.build_program({"main": static}, 2, "large.onnx", explicit).program.functions["main"], feed,
                       observe=watch)
     assert overflowed  # x² past 65504
 
