@@ -2,7 +2,8 @@
 sha256 of every part, so a set whose parts do not belong together is refused before it runs.
 
 An artifact is a few files or folders written in one go (`model.onnx` + `model.step.onnx`; an MLX
-folder; `NAME.mlpackage` + `NAME.step.mlpackage`). Each part gets a digest: a file's sha256, or for
+folder; a `NAME.mlpackage`, which records its own files, or hrmc 0.1's `NAME.mlpackage` +
+`NAME.step.mlpackage`). Each part gets a digest: a file's sha256, or for
 a file that holds the record itself, the sha256 of its content without the record. The record maps
 each part's role to its name and digest, and sits in every part, so any one part names the rest:
 

@@ -40,6 +40,12 @@ FLAVOURS = {"coreml": Flavour("fp32", ct.ComputeUnit.CPU_ONLY, "float32, CPU_ONL
 # float16 for the ANE. float16 weights alone cost random-weight sudoku 59.4 dB on logits (docs/design.md §4).
 
 
+def _float16_halves(weight: np.ndarray) -> list[np.ndarray]:
+    """hi = fp16(W) and lo = fp16(W − hi): W to float32's precision in two float16 arrays."""
+    high = weight.astype(np.float16)
+    return [high, (weight - high.astype(np.float32)).astype(np.float16)]
+
+
 def plain_weights(flavour: str) -> str:
     """One weight in the flavour's float type: a target with no choice, and packages written before the choice."""
     return "float16" if FLAVOURS[flavour].float_type == "fp16" else "float32"
@@ -81,18 +87,35 @@ class Builder(NodeReader):
             self.env[value.name] = mb.const(val=self.array(array))
         return self.env[value.name]
 
-    def matmul(self, x: ir.Value, y: ir.Value, transpose_y: bool = False):
-        """x·y, or x·yᵀ; a constant float32 y in float16 pairs when the lowering asks for them (float16x2)."""
+    def matmul(self, x: ir.Value, y: ir.Value, transpose_y: bool = False, bias: ir.Value | None = None):
+        """x·y (or x·yᵀ) + bias. A constant float32 y in float16 pairs when the lowering asks for them
+        (float16x2). In float16, a constant bias joins a constant y as extra contracted rows, read by
+        ones, so product and bias are summed in one accumulation and rounded once: on the trained sudoku4
+        the q head's W·z reaches 12–13, where float16's step is 2⁻⁷, and was rounded again after its
+        bias (+6 dB on the q values at steps 3–8, docs/design.md §3)."""
         weight = constant_array(y)
-        if not self.weight_pairs or weight is None or weight.dtype != np.float32:
-            return mb.matmul(x=self.var(x), y=self.var(y), transpose_y=transpose_y)
-        key = f"{y.name} (float16 pair)"
+        offset = None if bias is None else constant_array(bias)
+        pairs = self.weight_pairs and weight is not None and weight.dtype == np.float32
+        folded = self.float_type == "fp16" and weight is not None and offset is not None
+        if not (pairs or folded):
+            product = mb.matmul(x=self.var(x), y=self.var(y), transpose_y=transpose_y)
+            return product if bias is None else mb.add(x=product, y=self.var(bias))
+        axis = -1 if transpose_y else -2  # the contracted axis of y
+        key = f"{y.name}{' + ' + bias.name if folded else ''} ({'float16 pair' if pairs else 'float16'})"
         if key not in self.env:
-            high = weight.astype(np.float16)
-            low = (weight - high.astype(np.float32)).astype(np.float16)
-            self.env[key] = mb.const(val=np.concatenate([high, low], axis=-1 if transpose_y else -2))
-        doubled = mb.concat(values=[self.var(x), self.var(x)], axis=-1)
-        return mb.matmul(x=doubled, y=self.env[key], transpose_y=transpose_y)
+            halves = _float16_halves(weight) if pairs else [weight.astype(np.float16)]
+            rows = []
+            if folded:
+                column = offset.reshape((-1, 1) if transpose_y else (1, -1))
+                rows = _float16_halves(column.astype(np.float32)) if pairs else [column.astype(np.float16)]
+            self.env[key] = mb.const(val=np.concatenate(halves + rows, axis=axis))
+        pieces = [self.var(x)] * (2 if pairs else 1)
+        if folded:
+            ones = (*self.var(x).shape[:-1], 2 if pairs else 1)
+            pieces.append(mb.const(val=np.ones(ones, np.float16)))
+        joined = pieces[0] if len(pieces) == 1 else mb.concat(values=pieces, axis=-1)
+        product = mb.matmul(x=joined, y=self.env[key], transpose_y=transpose_y)
+        return product if bias is None or folded else mb.add(x=product, y=self.var(bias))
 
     def emit(self, node: ir.Node) -> None:
         self.node, key = node, op_key(node)

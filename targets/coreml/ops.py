@@ -75,8 +75,7 @@ def _split(b: Builder, n: ir.Node):
 def _gemm(b: Builder, n: ir.Node):
     if b.attr("alpha", 1.0) != 1.0 or b.attr("beta", 1.0) != 1.0 or b.attr("transA", 0):
         raise b.fail("only Gemm with alpha = beta = 1 and no transA is mapped")
-    y = b.matmul(n.inputs[0], n.inputs[1], transpose_y=bool(b.attr("transB", 0)))
-    return y if b.optional(n, 2) is None else mb.add(x=y, y=b.var(n.inputs[2]))
+    return b.matmul(n.inputs[0], n.inputs[1], transpose_y=bool(b.attr("transB", 0)), bias=b.optional(n, 2))
 
 
 def _pad(b: Builder, n: ir.Node):
@@ -126,7 +125,7 @@ def _rms_norm(b: Builder, n: ir.Node):
     """With the graph's own eps: Core ML's fused rms_norm rescales (docs/design.md §3). float32: explicit
     ops. float16 (ANE): x² overflows float16 from |x| = 256, so RMSNorm is computed as a layer_norm over
     [x, −x], whose mean is 0 and whose variance is mean(x²), and whose kernel on the ANE does not overflow
-    (ANEMLL; apple/coremltools#2585): 3 ops instead of 5, the last axis read at twice its width."""
+    (ANEMLL; apple/coremltools#2585): 4 ops instead of 5, the last axis read at twice its width."""
     x, epsilon = b.var(n.inputs[0]), float(b.const(n.inputs[1]))
     if b.overflow_safe_norm:
         width = x.shape[-1]
