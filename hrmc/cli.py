@@ -83,9 +83,11 @@ def model_source(checkpoint: str | None, preset: str | None) -> str:
     return checkpoint or f"preset:{preset or driver.DEFAULT_PRESET}"
 
 
-def _check_lowering_source(onnx_model: Path, checkpoint, config_path, preset, policy, budget, seq_len) -> None:
+def _check_lowering_source(onnx_model: Path, checkpoint, config_path, preset, policy, budget,
+                           seq_len) -> hrm_ref.HRM | None:
     """`lower --onnx-model F` lowers F as exported: model options given beside it must agree with what
-    F records (weights, policy, budget, sequence length), not be silently ignored."""
+    F records (weights, policy, budget, sequence length), not be silently ignored. Returns the model
+    they name, if they name one."""
     from hrmc.targets.base import check_source
 
     meta = lowering.read_metadata(onnx_model)
@@ -93,6 +95,20 @@ def _check_lowering_source(onnx_model: Path, checkpoint, config_path, preset, po
     model = driver.load_model(checkpoint, preset, config_path) if checkpoint or preset else None
     check_source(meta, onnx_model, model, policy if given else meta["policy"], budget or meta["budget"],
                  seq_len or meta["seq_len"])
+    return model
+
+
+def _check_mac_check(target: str, out: str, force: bool, onnx_model: str | None, model: hrm_ref.HRM | None) -> None:
+    """`lower --mac-check`: a Core ML package to check, a new check folder (or one hrmc wrote) and, from an
+    --onnx-model, the model named for the reference the folder saves."""
+    if driver.TARGETS[target].module != "hrmc.targets.coreml":
+        raise InputError(f"--mac-check: only for a Core ML package (--target coreml or ane), not --target {target}")
+    if onnx_model is not None and model is None:
+        raise InputError("--mac-check with --onnx-model: name its model too (--checkpoint or --preset), whose torch "
+                         "reference the check saves")
+    from hrmc.targets.coreml.mac_check import check_out
+
+    check_out(out, force)
 
 
 def progress(message: str) -> None:
@@ -206,8 +222,12 @@ def list_passes() -> None:
 @click.option("--weights", type=click.Choice(["float16x2", "float16"]),
               help="ane: each matmul weight as a float16 pair (float32-exact, the default) or one float16 "
                    "(half the weight bytes and matmul work, float16-rounded weights).")
+@click.option("--mac-check", is_flag=True,
+              help="coreml, ane: also write OUT.check/ beside OUT.mlpackage, a stand-alone script with the torch "
+                   "reference on the --seed batch, to confirm on a Mac with Core ML what the Linux replay judged "
+                   "(python3 OUT.check/check.py).")
 def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, target, pipeline, dump_after, strip,
-          chunk, onnx_model, seq_len, out, force, weights) -> None:
+          chunk, onnx_model, seq_len, out, force, weights, mac_check) -> None:
     """Lower to a static graph (no Loop or If) for a target, through a named pass pipeline."""
     from hrmc import passes
 
@@ -215,11 +235,14 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
     # Checked here too, because an export of a minute may come before the pipeline runs.
     passes.pipeline_passes(pipeline)
     driver.check_target_output(target, out, chunk, force, weights)
+    model = None
     if onnx_model is not None:
-        _check_lowering_source(Path(onnx_model), checkpoint, config_path, preset, policy, budget, seq_len)
+        model = _check_lowering_source(Path(onnx_model), checkpoint, config_path, preset, policy, budget, seq_len)
+    if mac_check:
+        _check_mac_check(target, out, force, onnx_model, model)
     with tempfile.TemporaryDirectory(prefix="hrmc-lower-") as folder:
         structured = onnx_model
-        if structured is None:  # the model is needed only to export it
+        if structured is None:  # the model is needed to export it (and for --mac-check's reference)
             model = driver.load_model(checkpoint, preset, config_path)
             batch = driver.load_inputs(model, None, batch_size, seed, seq_len)
             progress("exporting the structured graph first")
@@ -228,7 +251,7 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
         result = driver.lower_target(structured, out, target, pipeline, Path(folder), progress=progress,
                                      strip=tuple(filter(None, (strip or "").split(","))), chunk=chunk,
                                      dump_after=dump_after, batch=batch_size, force=force, weights=weights,
-                                     seed=seed)
+                                     seed=seed, mac_check=model if mac_check else None)
     if as_json:
         click.echo(json.dumps({"target": target, "pipeline": pipeline, "files": [str(p) for p in result.written],
                                "seconds": round(result.seconds, 2)}))

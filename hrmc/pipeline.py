@@ -95,8 +95,9 @@ def check_target_output(target: str, out: str | Path, chunk: int | None = None, 
 def lower_target(structured: str | Path, out: str | Path, target: str, pipeline: str, work: Path, *,
                  progress: Callable[[str], None], strip: tuple[str, ...] = (), chunk: int | None = None,
                  dump_after: str | None = None, batch: int = 1, force: bool = False,
-                 weights: str | None = None, seed: int = 0) -> Lowered:
-    """`hrmc lower`: the pass pipeline (stage 3), then the target's own lowering (stage 4)."""
+                 weights: str | None = None, seed: int = 0, mac_check: HRM | None = None) -> Lowered:
+    """`hrmc lower`: the pass pipeline (stage 3), then the target's own lowering (stage 4). `mac_check`: the
+    model whose reference a Core ML target saves beside its package for the on-Mac check."""
     from hrmc import passes
 
     started = time.perf_counter()
@@ -109,7 +110,7 @@ def lower_target(structured: str | Path, out: str | Path, target: str, pipeline:
                                progress=progress).graphs
     if declared.suffix != ".onnx":
         progress(f"lowering to {target}")
-    options = LowerOptions(Path(structured).name, batch, force, weights, seed, progress)
+    options = LowerOptions(Path(structured).name, batch, force, weights, seed, progress, mac_check)
     return Lowered(declared.backend().lower(declared, graphs, out, options), time.perf_counter() - started)
 
 

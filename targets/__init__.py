@@ -34,6 +34,7 @@ from types import ModuleType
 from typing import Callable
 
 from hrmc.errors import InputError
+from hrmc.hrm_ref import HRM
 from hrmc.targets.executor import Executor
 
 
@@ -68,6 +69,8 @@ class LowerOptions:
     weights: str | None = None  # one of the target's `weights`
     seed: int = 0  # the seeded random batch the lowering's own checks run on (the ane range check)
     progress: Callable[[str], None] = field(default=lambda _: None)
+    # lower --mac-check (coreml, ane): the model whose torch reference NAME.check/ saves beside the package
+    mac_check: HRM | None = None
 
 
 TARGETS: dict[str, Target] = {target.name: target for target in (

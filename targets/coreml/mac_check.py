@@ -1,0 +1,210 @@
+"""`hrmc lower --mac-check`: NAME.check/ beside NAME.mlpackage, so that anyone with a Mac confirms with
+Core ML itself what the MIL replay judged here.
+
+The folder holds `check.py` (on_mac.py, verbatim: stand-alone, it never imports hrmc), the inputs
+(the seeded random batch of the ane range check, at the package's batch), the torch float32 reference
+trajectory with its decision margins and bands (`reference.npz`), what check.py must know of the package
+(`record.json`: the sha256 of its files, its functions, the limits of the contract, from parity/gate.py)
+and the Linux replay's verdict on the same inputs by the same comparison (`linux.json`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from hrmc import __version__, hrm_ref
+from hrmc.hrm_ref import HRM, Batch, Carry
+from hrmc.errors import InputError
+from hrmc.files import atomic_folder, check_output_folder
+from hrmc.lowering.export import weights_sha256
+from hrmc.names import CARRY_NAMES
+from hrmc.parity.executors import TorchExecutor
+from hrmc.parity.gate import BAND_FACTOR, DECISION_OUTPUTS, DECISIONS, FLOOR_FACTOR, PSNR_DB, Q_ERROR_LIMIT, q_margin
+from hrmc.targets.coreml import on_mac
+from hrmc.targets.coreml._coremltools import ct
+from hrmc.targets.coreml.lowering import FLAVOURS
+from hrmc.targets.coreml.package import PARTS_FILE, PackageFunction, read_functions
+from hrmc.targets.coreml.runtime import LABEL, replay, saved_program
+from hrmc.targets.executor import Arrays, carry_arrays
+
+SCRIPT = "check.py"  # every check folder has it: the marker that hrmc wrote the folder
+# float32 packages on a Mac: Core ML's kernels order sums differently from the reference's, so the Linux replay's
+# 1e-5 + 1e-5·|b| becomes 1e-4 + 1e-4·|b| (on_mac.py's docstring says so to its readers)
+MAC_ATOL = MAC_RTOL = 1e-4
+
+
+def check_folder(package: str | Path) -> Path:
+    """NAME.check beside NAME.mlpackage."""
+    return Path(package).with_suffix(".check")
+
+
+def check_out(package: str | Path, force: bool) -> None:
+    """The check folder `lower --mac-check` will write: new, or one hrmc wrote (unless `force`)."""
+    check_output_folder(check_folder(package), marker=SCRIPT, force=force)
+
+
+@contextlib.contextmanager
+def beside(package: Path, force: bool) -> Iterator[Path]:
+    """A temporary folder that becomes the package's check folder once the block has written the package.
+    Nothing is left half-done: a failing block writes neither; if the folder then cannot take its place,
+    the package the block wrote is removed."""
+    written = False
+    try:
+        with atomic_folder(check_folder(package), marker=SCRIPT, force=force) as folder:
+            yield folder
+            written = True
+    except BaseException:
+        if written:
+            shutil.rmtree(package, ignore_errors=True)
+        raise
+
+
+def write_check(folder: Path, written: Path, shown_as: Path, *, model: HRM, seed: int,
+                progress: Callable[[str], None]) -> None:
+    """Fill `folder` for the package at `written` (it will ship as `shown_as`): the reference of `model` on the
+    seeded inputs, the record check.py verifies, and the Linux replay's verdict."""
+    functions = read_functions(written)  # unverified: the package has not its final name yet
+    step = functions["step"]
+    if step.meta.get("weights_sha256") != weights_sha256(model):
+        raise InputError(f"--mac-check: {shown_as.name} was lowered from other weights than the model given "
+                         "(check --checkpoint/--preset)")
+    batch = hrm_ref.random_batch(model.config, step.batch, seed, int(step.meta["seq_len"]))
+    progress(f"--mac-check: the torch float32 reference on a seeded random batch (seed {seed}, batch {step.batch})")
+    reference, gates = reference_trajectory(model, step, batch)
+    inputs = {name: value.numpy() for name, value in batch.items()}
+    record = {"package": shown_as.name, "flavour": step.flavour, "float_type": _float_type(step.flavour),
+              "batch": step.batch, "policy": step.meta["policy"], "budget": int(step.meta["budget"]), "seed": seed,
+              "hrmc": __version__, "functions": {"step": step.name, "inference": functions["static"].name},
+              "halting_margin": _halting_margin(reference, model), "gates": gates,
+              "files": json.loads((written / "Data" / PARTS_FILE).read_text())["files"]}
+    progress("--mac-check: the Linux replay of the step and inference functions on the same inputs")
+    verdict = linux_verdict(written, record, inputs, reference)
+    (folder / on_mac.RECORD).write_text(json.dumps(record, indent=1))  # in order: the gates as judged
+    np.savez(folder / on_mac.INPUTS, **inputs)
+    np.savez(folder / on_mac.REFERENCE, **reference)
+    (folder / on_mac.LINUX).write_text(json.dumps({"runs_with": LABEL, "coremltools": ct.__version__,
+                                                   "verdict": verdict}, indent=1))
+    (folder / SCRIPT).write_text(Path(on_mac.__file__).read_text())
+    check = f"{check_folder(shown_as).name}/{SCRIPT}"
+    (folder / "README.txt").write_text(
+        f"On a Mac, `python3 {check}` runs {shown_as.name} with Core ML predict on each compute unit and judges it "
+        f"as hrmc judged it on Linux, where its MIL program was replayed instead ({on_mac.LINUX}).\n"
+        "Needs macOS 15 or later (a multifunction package) and `pip install coremltools numpy` (coremltools 8 or "
+        "later).\n")
+
+
+def _halting_margin(reference: Arrays, model: HRM) -> list[str]:
+    """The outputs whose difference is the halting margin (`hrm_ref.act.halt_margin`), for check.py."""
+    if "step.q_halt_logits" not in reference:
+        return []
+    return ["q_halt_logits"] if model.config.no_ACT_continue else ["q_halt_logits", "q_continue_logits"]
+
+
+def _float_type(flavour: str) -> str:
+    return "float16" if FLAVOURS[flavour].float_type == "fp16" else "float32"
+
+
+def _prepared(executor: TorchExecutor, model: HRM, step: PackageFunction, batch: Batch) -> TorchExecutor:
+    executor.prepare(model, step.meta["policy"], int(step.meta["budget"]), batch)
+    return executor
+
+
+def reference_trajectory(model: HRM, step: PackageFunction, batch: Batch) -> tuple[Arrays, dict[str, dict]]:
+    """reference.npz (per step of the torch float32 trajectory: the carry fed, the outputs, the decisions'
+    margins and bands; the whole run's final answers and halting steps with theirs) and the gate of each
+    output, as hrmc's Linux gate (parity/gate.py) sets them.
+
+    The bands per step are what `step_parity` computes: float16, BAND_FACTOR × the error float16-rounded
+    weights alone cause the reference from the same carry; float32, the width of the Mac tolerance,
+    2·(atol + rtol·|b|). The whole run's (check.py's band for the inference function against the step
+    function chained): BAND_FACTOR × what float16-rounded weights change in it (float16), FLOOR_FACTOR × what
+    float64 changes in it (float32: trajectory mode's noise floor); a sample whose halting step changes with
+    them is a close call."""
+    half = _float_type(step.flavour) == "float16"
+    reference = _prepared(TorchExecutor("float32"), model, step, batch)
+    perturbed = _prepared(TorchExecutor("float32", weights=torch.float16) if half else TorchExecutor("float64"),
+                          model, step, batch)
+    run, other = reference.run(batch), perturbed.run(batch)
+    config, start = reference.model.config, hrm_ref.initial_carry(reference.model, batch)
+    steps: dict[str, list[np.ndarray]] = {}
+    for s in range(run["steps"].shape[0]):
+        carry = start if s == 0 else Carry(*(torch.from_numpy(np.ascontiguousarray(run[name][s - 1]))
+                                             for name in CARRY_NAMES))
+        out, out_other = reference.step(carry, batch), perturbed.step(carry, batch)
+        arrays = {f"carry.{name}": value for name, value in carry_arrays(carry).items()}
+        arrays |= {f"step.{name}": value for name, value in out.items()}
+        arrays |= _step_bands(out, out_other, config, half)
+        for name, value in arrays.items():
+            steps.setdefault(name, []).append(value)
+    arrays = {name: np.stack(values) for name, values in steps.items()} | _run_bands(run, other, config, half)
+    q_scale = max((float(np.abs(run[name]).max()) for name in DECISION_OUTPUTS if name in run), default=0.0)
+    floats = [name for name, value in out.items() if value.dtype.kind == "f" and name not in DECISIONS]
+    gates = {name: ({"gate": "abs", "limit": Q_ERROR_LIMIT * q_scale} if name in DECISION_OUTPUTS
+                    else {"gate": "psnr", "limit": PSNR_DB}) if half
+             else {"gate": "tolerance", "atol": MAC_ATOL, "rtol": MAC_RTOL} for name in floats}
+    return arrays, gates
+
+
+def _tolerance_band(value: np.ndarray) -> np.ndarray:
+    """Where two values each within the Mac tolerance of the reference may swap a decision."""
+    return 2 * (MAC_ATOL + MAC_RTOL * np.abs(value))
+
+
+def _top2(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The top logit per position, and its lead over the second."""
+    top = np.sort(np.asarray(logits, np.float64), axis=-1)
+    return top[..., -1], top[..., -1] - top[..., -2]
+
+
+def _step_bands(out: Arrays, out_other: Arrays, config, half: bool) -> dict[str, np.ndarray]:
+    bands = {}
+    margin = q_margin(out, config)
+    if margin is not None:
+        band = (np.full(margin.shape, BAND_FACTOR * np.abs(q_margin(out_other, config) - margin).max()) if half
+                else _tolerance_band(out["q_halt_logits"]))
+        bands |= {"step.halting_margin": margin, "step.halting_band": band}
+    if "logits" in out:
+        top, lead = _top2(out["logits"])
+        band = (np.full(lead.shape, BAND_FACTOR * np.abs(out_other["logits"] - out["logits"]).max()) if half
+                else _tolerance_band(top))
+        bands |= {"step.answers_margin": lead, "step.answers_band": band}
+    return bands
+
+
+def _run_bands(run: Arrays, other: Arrays, config, half: bool) -> dict[str, np.ndarray]:
+    """The whole run's final answers and halting steps, with the reference's margins and bands."""
+    factor = BAND_FACTOR if half else FLOOR_FACTOR
+    halting = run["steps"][-1]
+    arrays = {"run.steps": halting}
+    if "logits" in run:
+        top, lead = _top2(run["logits"][-1])
+        band = np.full(lead.shape, factor * np.abs(other["logits"][-1] - run["logits"][-1]).max())
+        arrays |= {"run.answers": run["logits"][-1].argmax(-1), "run.answers_margin": lead,
+                   "run.answers_band": band if half else np.maximum(band, _tolerance_band(top))}
+    margin, margin_other = q_margin(run, config), q_margin(other, config)
+    if margin is not None:
+        common = min(len(margin), len(margin_other))
+        # the closest call each sample had while it ran (halted samples keep their last outputs)
+        ran = np.arange(len(margin))[:, None] < halting[None, :]
+        closest = np.where(ran, np.abs(margin), np.inf).min(axis=0)
+        band = factor * np.abs(margin_other[:common] - margin[:common]).max(axis=0)
+        if not half:
+            band = np.maximum(band, _tolerance_band(run["q_halt_logits"]).max(axis=0))
+        arrays |= {"run.halting_margin": closest,
+                   "run.halting_band": np.where(other["steps"][-1] != halting, np.inf, band)}
+    return arrays
+
+
+def linux_verdict(package: Path, record: dict[str, Any], inputs: Arrays, reference: Arrays) -> dict[str, Any]:
+    """What check.py will judge on the Mac, judged here by the same code on the MIL replay of the package."""
+    step, inference = (saved_program(package, record["functions"][role]) for role in ("step", "inference"))
+    runs = on_mac.run_functions(lambda feed: replay(step, feed), lambda feed: replay(inference, feed), record,
+                                inputs, reference)
+    return on_mac.judge(record, reference, runs)
