@@ -106,9 +106,15 @@ def _check_mac_check(target: str, out: str, force: bool, onnx_model: str | None,
     if onnx_model is not None and model is None:
         raise InputError("--mac-check with --onnx-model: name its model too (--checkpoint or --preset), whose torch "
                          "reference the check saves")
-    from hrmc.targets.coreml.mac_check import check_out
+    from hrmc.parity.mac_check import check_out
 
     check_out(out, force)
+
+
+def _mac_check(model: hrm_ref.HRM, seed: int):
+    from hrmc.parity.mac_check import MacCheck
+
+    return MacCheck(model, seed, progress)
 
 
 def progress(message: str) -> None:
@@ -251,7 +257,7 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
         result = driver.lower_target(structured, out, target, pipeline, Path(folder), progress=progress,
                                      strip=tuple(filter(None, (strip or "").split(","))), chunk=chunk,
                                      dump_after=dump_after, batch=batch_size, force=force, weights=weights,
-                                     seed=seed, mac_check=model if mac_check else None)
+                                     seed=seed, companion=_mac_check(model, seed) if mac_check else None)
     if as_json:
         click.echo(json.dumps({"target": target, "pipeline": pipeline, "files": [str(p) for p in result.written],
                                "seconds": round(result.seconds, 2)}))

@@ -21,7 +21,7 @@ from hrmc.hrm_ref.presets import TRAINED_PRESETS, test_set_path
 from hrmc.errors import InputError
 from hrmc.files import atomic_output, check_output
 from hrmc.names import STATE_NAMES
-from hrmc.targets import TARGETS, LowerOptions
+from hrmc.targets import TARGETS, Companion, LowerOptions
 
 DEFAULT_PRESET = "tiny"
 
@@ -95,9 +95,9 @@ def check_target_output(target: str, out: str | Path, chunk: int | None = None, 
 def lower_target(structured: str | Path, out: str | Path, target: str, pipeline: str, work: Path, *,
                  progress: Callable[[str], None], strip: tuple[str, ...] = (), chunk: int | None = None,
                  dump_after: str | None = None, batch: int = 1, force: bool = False,
-                 weights: str | None = None, seed: int = 0, mac_check: HRM | None = None) -> Lowered:
-    """`hrmc lower`: the pass pipeline (stage 3), then the target's own lowering (stage 4). `mac_check`: the
-    model whose reference a Core ML target saves beside its package for the on-Mac check."""
+                 weights: str | None = None, seed: int = 0, companion: Companion | None = None) -> Lowered:
+    """`hrmc lower`: the pass pipeline (stage 3), then the target's own lowering (stage 4). `companion`:
+    written beside the output, with it (`lower --mac-check`)."""
     from hrmc import passes
 
     started = time.perf_counter()
@@ -110,7 +110,7 @@ def lower_target(structured: str | Path, out: str | Path, target: str, pipeline:
                                progress=progress).graphs
     if declared.suffix != ".onnx":
         progress(f"lowering to {target}")
-    options = LowerOptions(Path(structured).name, batch, force, weights, seed, progress, mac_check)
+    options = LowerOptions(Path(structured).name, batch, force, weights, seed, progress, companion)
     return Lowered(declared.backend().lower(declared, graphs, out, options), time.perf_counter() - started)
 
 

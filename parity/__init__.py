@@ -1,6 +1,7 @@
 """Parity suites: run two executors on the same inputs, report the drift, gate (docs/design.md §4).
 
-Entry point: `check_parity(...) -> Report`; `format_report` renders it for people.
+Entry point: `check_parity(...) -> Report`; `format_report` renders it for people. `mac_check` writes
+the same judgement out for a Mac (`lower --mac-check`; `on_mac` is its stand-alone script).
 """
 
 from __future__ import annotations

@@ -31,10 +31,9 @@ import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
+from typing import Callable, ContextManager, Protocol
 
 from hrmc.errors import InputError
-from hrmc.hrm_ref import HRM
 from hrmc.targets.executor import Executor
 
 
@@ -69,8 +68,19 @@ class LowerOptions:
     weights: str | None = None  # one of the target's `weights`
     seed: int = 0  # the seeded random batch the lowering's own checks run on (the ane range check)
     progress: Callable[[str], None] = field(default=lambda _: None)
-    # lower --mac-check (coreml, ane): the model whose torch reference NAME.check/ saves beside the package
-    mac_check: HRM | None = None
+    companion: Companion | None = None  # written beside the output, with it (lower --mac-check)
+
+
+class Companion(Protocol):
+    """Something written beside a target's output and together with it: both appear, or neither. Made by
+    a higher layer (`lower --mac-check`: hrmc.parity.mac_check), run by the target's `lower`."""
+
+    def path(self, out: Path) -> Path:
+        """Where it goes, beside `out`."""
+
+    def writing(self, out: Path, force: bool) -> ContextManager[Callable[[Path, Path], None]]:
+        """A context in which the target writes `out`; what it yields fills the companion from the output
+        as written (its temporary path, and `out`) before the output appears."""
 
 
 TARGETS: dict[str, Target] = {target.name: target for target in (
@@ -89,4 +99,4 @@ def make_executor(name: str, onnx_model: str | Path | None = None, chunk: int | 
     return TARGET_OF_EXECUTOR[name].backend().executor(name, onnx_model, chunk, artifact)
 
 
-__all__ = ["TARGETS", "TARGET_OF_EXECUTOR", "LowerOptions", "Target", "make_executor"]
+__all__ = ["Companion", "TARGETS", "TARGET_OF_EXECUTOR", "LowerOptions", "Target", "make_executor"]

@@ -28,8 +28,6 @@ against MIL's reference semantics, not Core ML's runtime kernels: every report s
     executors.py  CoreMLExecutor: coreml, coreml-chunked, ane
     readiness.py  the ANE-readiness report of `hrmc inspect`
     ranges.py     the float16 range report (`inspect --ranges`) and `lower --target ane`'s range check
-    on_mac.py     NAME.check/check.py: Core ML predict on a Mac, judged as the Linux gate judges (stand-alone)
-    mac_check.py  `lower --mac-check`: NAME.check/ (check.py, the saved reference, the Linux replay's verdict)
 """
 
 from __future__ import annotations
@@ -58,21 +56,17 @@ def executor(name: str, onnx_model: str | Path | None, chunk: int | None,
 
 def lower(target: Target, graphs: dict[str, Path], out: str | Path, options: LowerOptions) -> list[Path]:
     """The package; a float16 flavour's whole inference checked against float16's limits first (ranges.py).
-    With `options.mac_check` (the model), NAME.check/ beside it too (mac_check.py): both or neither."""
+    With `options.companion` (lower --mac-check), that beside it too: both or neither."""
     checks: list[Callable[[Path, Path], None]] = []
     if FLAVOURS[target.name].float_type == "fp16":
         checks.append(functools.partial(check_ranges, seed=options.seed, progress=options.progress))
-    if options.mac_check is None:
+    if options.companion is None:
         return [lower_coreml(graphs, out, target.name, options.batch, options.source, options.progress,
                              options.force, options.weights, _each(checks))]
-    from hrmc.targets.coreml import mac_check
-
-    with mac_check.beside(Path(out), options.force) as folder:
-        checks.append(functools.partial(mac_check.write_check, folder, model=options.mac_check, seed=options.seed,
-                                        progress=options.progress))
+    with options.companion.writing(Path(out), options.force) as fill:
         written = lower_coreml(graphs, out, target.name, options.batch, options.source, options.progress,
-                               options.force, options.weights, _each(checks))
-    return [written, mac_check.check_folder(out)]
+                               options.force, options.weights, _each(checks + [fill]))
+    return [written, options.companion.path(Path(out))]
 
 
 def _each(checks: list[Callable[[Path, Path], None]]) -> Callable[[Path, Path], None]:

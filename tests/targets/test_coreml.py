@@ -121,18 +121,18 @@ def test_ane_is_gated_on_the_float16_contract(capsys, tiny_export: Path) -> None
     """States and per-token outputs follow their PSNR (--psnr), the q values their absolute error against the
     q scale, and every decision is compared: the default contract passes tiny's package."""
     code, out, _ = hrmc(capsys, "parity", "torch", "ane", "--onnx-model", str(tiny_export), "--policy", "q-halt",
-                        "--batch", "2", "--psnr", "65", "--json")
+                        "--batch", "2", "--psnr", "68", "--json")
     report = json.loads(out)
-    assert report["psnr_db"] == 65
+    assert report["psnr_db"] == 68
     assert "float16" in report["executors"][1] and "MIL reference semantics" in report["executors"][1]
     rows = [row for row in report["rows"] if row["check"] == "A vs B"]
     by_psnr = [row for row in rows if row["gated"] == "psnr"]
     by_error = [row for row in rows if row["gated"] == "abs"]
     assert {row["output"] for row in by_error} == {"q_halt_logits", "q_continue_logits"}
     assert {row["output"] for row in by_psnr} == {"z_H", "z_L", "logits"}
-    assert all(row["passed"] == (row["psnr"] >= 65) for row in by_psnr)
+    assert all(row["passed"] == (row["psnr"] >= 68) for row in by_psnr)
     assert all(row["passed"] == (row["max_abs"] <= row["limit"]) and row["psnr"] is not None for row in by_error)
-    assert not all(row["passed"] for row in by_psnr)  # 65 dB is above what float16 reaches on every step
+    assert not all(row["passed"] for row in by_psnr)  # 68 dB is above what float16 reaches on every step
     assert max(row["max_abs"] for row in rows) > 1e-5  # float16 really ran: float32 would be within 1e-5
     # beside each row, what float16 weights alone cost: finite (they change the result) and not gated
     assert all(60 < row["weights_psnr"] < np.inf for row in rows if row["output"] == "logits")

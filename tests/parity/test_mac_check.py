@@ -20,7 +20,8 @@ import pytest
 from hrmc import hrm_ref
 from hrmc.cli import main
 from hrmc.parity.gate import PSNR_DB, Q_ERROR_LIMIT
-from hrmc.targets.coreml import PackageFunction, mac_check, on_mac
+from hrmc.parity import mac_check, on_mac
+from hrmc.targets.coreml import PackageFunction
 from hrmc.targets.coreml.runtime import replay
 from tests.hrmc.test_cli import assert_one_line_error, hrmc
 

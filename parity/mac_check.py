@@ -11,8 +11,10 @@ and the Linux replay's verdict on the same inputs by the same comparison (`linux
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -25,9 +27,9 @@ from hrmc.errors import InputError
 from hrmc.files import atomic_folder, check_output_folder
 from hrmc.lowering.export import weights_sha256
 from hrmc.names import CARRY_NAMES
+from hrmc.parity import on_mac
 from hrmc.parity.executors import TorchExecutor
 from hrmc.parity.gate import BAND_FACTOR, DECISION_OUTPUTS, DECISIONS, FLOOR_FACTOR, PSNR_DB, Q_ERROR_LIMIT, q_margin
-from hrmc.targets.coreml import on_mac
 from hrmc.targets.coreml._coremltools import ct
 from hrmc.targets.coreml.lowering import FLAVOURS
 from hrmc.targets.coreml.package import PARTS_FILE, PackageFunction, read_functions
@@ -98,6 +100,24 @@ def write_check(folder: Path, written: Path, shown_as: Path, *, model: HRM, seed
         f"as hrmc judged it on Linux, where its MIL program was replayed instead ({on_mac.LINUX}).\n"
         "Needs macOS 15 or later (a multifunction package) and `pip install coremltools numpy` (coremltools 8 or "
         "later).\n")
+
+
+@dataclass(frozen=True)
+class MacCheck:
+    """`lower --mac-check` as a target's companion (hrmc.targets.Companion): NAME.check/ beside NAME.mlpackage,
+    filled from the package as written, before either appears."""
+
+    model: HRM
+    seed: int
+    progress: Callable[[str], None]
+
+    def path(self, out: Path) -> Path:
+        return check_folder(out)
+
+    @contextlib.contextmanager
+    def writing(self, out: Path, force: bool) -> Iterator[Callable[[Path, Path], None]]:
+        with beside(out, force) as folder:
+            yield functools.partial(write_check, folder, model=self.model, seed=self.seed, progress=self.progress)
 
 
 def _halting_margin(reference: Arrays, model: HRM) -> list[str]:
