@@ -31,6 +31,7 @@ def ane_package(graphs: dict[str, Path], tmp_path_factory) -> Path:
     return lower_coreml(graphs, tmp_path_factory.mktemp("ane") / "t.mlpackage", "ane", 1, "t.onnx")
 
 
+@pytest.mark.heavy  # ane lowerings of tiny
 def test_matmul_flops_are_what_the_model_computes(tiny, ane_package: Path) -> None:
     """Each weight matmul runs twice (its float16 pair), attention's activation products once: halving the
     first and adding the second gives the model's matmul FLOPs, counted from its config (bench.roofline)."""
@@ -54,6 +55,7 @@ def test_the_roofline_charges_the_bound_plus_the_overheads() -> None:
     assert package_time([compute_bound, memory_bound, compute_bound], chip).total > timing.total  # one more op
 
 
+@pytest.mark.heavy  # ane lowerings of tiny
 def test_the_whole_inference_and_a_larger_batch_cost_more(capsys, tiny_export: Path, ane_package: Path) -> None:
     """The inference function (8 steps unrolled) has more ops than the step function; batch 4 moves more than 1."""
     code, out, _ = hrmc(capsys, "bench", "--estimate", "ane", "--artifact", str(ane_package), "--json")
@@ -74,6 +76,7 @@ def test_the_whole_inference_and_a_larger_batch_cost_more(capsys, tiny_export: P
         assert row["step_ms"] > smaller[row["chip"]]["step_ms"] and row["whole_ms"] > smaller[row["chip"]]["whole_ms"]
 
 
+@pytest.mark.heavy  # ane lowerings of tiny
 def test_the_report_says_it_is_an_estimate_and_names_its_sources(capsys, graphs: dict[str, Path],
                                                                  tmp_path: Path) -> None:
     from hrmc.targets.coreml import lower_coreml

@@ -25,6 +25,8 @@ from hrmc.targets.coreml import PackageFunction
 from hrmc.targets.coreml.runtime import replay
 from tests.hrmc.test_cli import assert_one_line_error, hrmc
 
+pytestmark = pytest.mark.heavy  # lowerings of tiny with their check folders: a minute and a half
+
 CHECK_FILES = {"check.py", "inputs.npz", "reference.npz", "record.json", "linux.json", "README.txt"}
 Replayed = dict[tuple[str, str], dict[str, np.ndarray]]
 

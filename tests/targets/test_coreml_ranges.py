@@ -65,6 +65,7 @@ def large(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.heavy  # an export and ane lowerings of tiny: a minute
 def test_norm_inputs_past_float16_squares_stay_finite_in_the_ane_package(large: Path) -> None:
     """Norm inputs reach 10⁴; the explicit form (x², mean, sqrt, divide) overflows on them in float16,
     the layer_norm over [x, −x] the package has does not."""
@@ -92,6 +93,7 @@ def test_norm_inputs_past_float16_squares_stay_finite_in_the_ane_package(large: 
     assert overflowed  # x² past 65504
 
 
+@pytest.mark.heavy  # an export and ane lowerings of tiny: a minute
 def test_inspect_ranges_reports_the_tightest_ops_by_onnx_node(capsys, large: Path) -> None:
     code, out, _ = hrmc(capsys, "inspect", str(large / "l.mlpackage"), "--ranges", "--json")
     report = json.loads(out)
@@ -102,6 +104,7 @@ def test_inspect_ranges_reports_the_tightest_ops_by_onnx_node(capsys, large: Pat
     assert code == 0 and "near a limit: none" in out and tightest["node"] in out
 
 
+@pytest.mark.heavy  # an export and ane lowerings of tiny: a minute
 def test_lower_warns_near_a_limit_and_fails_on_an_overflow_leaving_nothing(capsys, tmp_path: Path) -> None:
     code, out, err = lower_ane(capsys, scaled_checkpoint(20000, tmp_path / "near.safetensors"), tmp_path / "n.mlpackage")
     assert code == 0 and "warning: n.mlpackage: matmul" in err and "headroom" in err, err
