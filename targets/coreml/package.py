@@ -2,8 +2,8 @@
 
 `hrmc lower` writes one multifunction `.mlpackage` (Core ML 8, iOS 18 / macOS 15): a function per
 graph, `inference` (the whole static graph, the default), `step` (one ACT step, carry in and out) and
-`chunkK` when asked, over one weight file that coremltools' constant deduplication shares between
-them (`save_multifunction`). It is saved reproducibly (same input, same bytes) with hrmc's metadata
+`chunkK` when asked, over one weight file that coremltools' constant deduplication across functions
+shares between them (as `save_multifunction` does, without its reload). It is saved reproducibly (same input, same bytes) with hrmc's metadata
 (`hrmc.functions` says which graph each function is) and records the sha256 of its files under
 `Data/com.hrmc/parts.json` (hrmc.binding). Packages are read from their files (`read_package`), never
 through MLModel, whose handle rewrites Manifest.json on close.
@@ -198,10 +198,7 @@ def package_functions(package: str | Path) -> dict[str, PackageFunction]:
 def read_functions(package: str | Path) -> dict[str, PackageFunction]:
     """{role: function} as a multifunction package's metadata says, unverified; {} for a 0.1 package."""
     package = Path(package)
-    spec = read_package(package)[0]
-    meta = unprefixed(dict(spec.description.metadata.userDefined))
-    if "flavour" not in meta or "batch" not in meta:
-        raise InputError(f"{package} was not written by hrmc lower (no hrmc metadata)")
+    spec, meta = _hrmc_meta(package)
     if FUNCTIONS not in meta:
         return {}
     try:
@@ -214,15 +211,21 @@ def read_functions(package: str | Path) -> dict[str, PackageFunction]:
 
 def _single_function(role: str, path: Path) -> PackageFunction:
     """A graph of a 0.1 package set: the main function of its own package."""
-    spec = read_package(path)[0]
-    meta = unprefixed(dict(spec.description.metadata.userDefined))
-    if "flavour" not in meta or "batch" not in meta:
-        raise InputError(f"{path} was not written by hrmc lower (no hrmc metadata)")
+    spec, meta = _hrmc_meta(path)
     if BOOL_OUTPUTS in meta:
         bools = tuple(json.loads(meta.pop(BOOL_OUTPUTS)))
     else:  # packages written before the key: their output descriptions say it
         bools = tuple(o.name for o in spec.description.output if o.shortDescription.endswith("(bool in the ONNX graph)"))
     return PackageFunction(role, path, "main", bools, meta)
+
+
+def _hrmc_meta(package: Path):
+    """A package's spec and hrmc's metadata in it (without the `hrmc.` prefix); one hrmc lower wrote."""
+    spec = read_package(package)[0]
+    meta = unprefixed(dict(spec.description.metadata.userDefined))
+    if "flavour" not in meta or "batch" not in meta:
+        raise InputError(f"{package} was not written by hrmc lower (no hrmc metadata)")
+    return spec, meta
 
 
 def package_set(package: str | Path) -> dict[str, Path]:
