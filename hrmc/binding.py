@@ -10,20 +10,24 @@ each part's role to its name and digest, and sits in every part, so any one part
     {"step": {"file": "model.step.onnx", "sha256": "9f…"}, "act": {"file": "model.onnx", "sha256": "41…"}}
 
 `verify` compares a record with the digests found and raises `BindingError` naming the first part
-that is missing, changed or from another run (exit 2). This module is a ground layer: standard
-library only, so every stage can use it.
+that is missing, changed or from another run (exit 2). Within `tolerating_changes()` a changed part
+is noted instead (`hrmc parity --localize` runs hand-edited artifacts: that is what one localises).
+This module is a ground layer: standard library only, so every stage can use it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from hrmc.errors import InputError
 
 Record = dict[str, dict[str, str]]  # role → {"file": name beside the first part, "sha256": digest}
+_changes: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("changes", default=None)
 
 
 class BindingError(InputError):
@@ -72,5 +76,30 @@ def verify(record: Record, found: Mapping[str, str], folder: Path, reader: Path)
         if role not in found:
             raise BindingError(f"{path}: missing ({reader.name} records it as its {role} part)")
         if found[role] != part["sha256"]:
-            raise BindingError(f"{path}: does not match the sha256 {reader.name} records for it: changed after "
-                               "hrmc wrote it, or written by another run (re-run hrmc export/lower)")
+            changed(f"{path}: does not match the sha256 {reader.name} records for it: changed after hrmc wrote it, "
+                    "or written by another run (re-run hrmc export/lower)")
+
+
+def changed(message: str) -> None:
+    """A part differs from its record: refused (BindingError), or noted within `tolerating_changes()`."""
+    noted = _changes.get()
+    if noted is None:
+        raise BindingError(message)
+    if message not in noted:
+        noted.append(message)
+
+
+def tolerating() -> bool:
+    """Whether changed parts are being noted rather than refused (`tolerating_changes`)."""
+    return _changes.get() is not None
+
+
+@contextlib.contextmanager
+def tolerating_changes() -> Iterator[list[str]]:
+    """Within: parts that differ from their records are read as they are, each noted in the list yielded.
+    A missing part is still refused."""
+    token = _changes.set([])
+    try:
+        yield _changes.get()
+    finally:
+        _changes.reset(token)

@@ -406,16 +406,27 @@ def _print_ranges(report: dict, as_json: bool) -> None:
 @click.option("--inputs", type=click.Path(),
               help="npz inputs, 'labels' optional (default: a trained preset's held-out puzzles, else a seeded random batch).")
 @click.option("--seq-len", type=SEQ_LEN, help="Sequence length of the random batch.")
+@click.option("--localize", is_flag=True,
+              help="Step mode up to the first failing step, then name the first node of that step that diverges.")
 def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, mode, atol, rtol,
-                   psnr_db, onnx_model, artifact, chunk, inputs, seq_len) -> int:
+                   psnr_db, onnx_model, artifact, chunk, inputs, seq_len, localize) -> int:
     """Run executors A and B on the same inputs and gate the drift (exit 1 on failure).
 
     Step mode (the default) checks every graph B runs: its step graph against A from the same carry,
-    and its whole-inference graph against its own steps chained."""
+    and its whole-inference graph against its own steps chained. --localize runs an artifact whose
+    files no longer match their record too (it says so, and exits 1)."""
     if artifact is not None and not Path(artifact).exists():
         raise InputError(f"--artifact: {artifact} not found")
+    if localize and mode != "step":
+        raise InputError(f"--localize works in step mode, not --mode {mode}")
     model = driver.load_model(checkpoint, preset, config_path)
     batch, labels = driver.load_task(model, preset, inputs, batch_size, seed, seq_len)
+    if localize:
+        found = parity.localize(a, b, model, batch, policy=policy, budget=budget, atol=atol, rtol=rtol,
+                                psnr_db=psnr_db, seed=seed, model_name=model_source(checkpoint, preset),
+                                onnx_model=onnx_model, chunk=chunk, artifact=artifact, progress=progress)
+        click.echo(json.dumps(found.to_dict()) if as_json else parity.format_localization(found))
+        return 0 if found.passed else 1
     report = parity.check_parity(a, b, model, batch, policy=policy, budget=budget, mode=mode, atol=atol, rtol=rtol,
                                  psnr_db=psnr_db, seed=seed, model_name=model_source(checkpoint, preset),
                                  onnx_model=onnx_model, chunk=chunk, artifact=artifact, labels=labels,

@@ -22,6 +22,8 @@ PARTS = META_PREFIX + "parts"  # the record binding an artifact's files (hrmc.bi
 # On a Loop node:
 LOOP = META_PREFIX + "loop"  # act | h_cycles | l_cycles
 TRIP_COUNT = META_PREFIX + "trip_count"  # "" for the data-dependent ACT loop
+# On every node of a lowered graph: the pass that made it ("export": the exporter's, copied or not)
+MADE_BY = META_PREFIX + "pass"
 # In a safetensors checkpoint written by save_checkpoint:
 ARCH = META_PREFIX + "arch"  # the arch section, JSON
 

@@ -17,7 +17,7 @@ from typing import Mapping
 
 import onnx
 
-from hrmc.binding import BindingError, make_record, parse_record, verify
+from hrmc.binding import BindingError, make_record, parse_record, tolerating, verify
 from hrmc.errors import InputError
 from hrmc.files import atomic_output
 from hrmc.names import PARTS
@@ -69,7 +69,10 @@ def bound_parts(path: str | Path, fallback: Mapping[str, Path] | None = None) ->
     (unverified). A set is verified once per process while its files stay as they were.
     """
     path = Path(path)
-    return dict(_verified(path, _stamp(path), tuple(sorted((fallback or {}).items())) if fallback else None))
+    fallback_parts = tuple(sorted((fallback or {}).items())) if fallback else None
+    if tolerating():  # changes are noted, not refused: not a result to cache
+        return dict(_verified.__wrapped__(path, _stamp(path), fallback_parts))
+    return dict(_verified(path, _stamp(path), fallback_parts))
 
 
 def source_parts(path: str | Path, role: str, fallback: Mapping[str, Path]) -> tuple[dict[str, Path], bool]:

@@ -1,6 +1,7 @@
 """Parity suites: run two executors on the same inputs, report the drift, gate (docs/design.md §4).
 
-Entry point: `check_parity(...) -> Report`; `format_report` renders it for people. `mac_check` writes
+Entry point: `check_parity(...) -> Report`; `format_report` renders it for people. `localize(...) ->
+Localization` names where a failing step diverges (`parity --localize`). `mac_check` writes
 the same judgement out for a Mac (`lower --mac-check`; `on_mac` is its stand-alone script).
 """
 
@@ -13,6 +14,7 @@ import numpy as np
 from hrmc.hrm_ref import HRM, Batch
 from hrmc.hrm_ref.act import batch_size, resolve_budget
 from hrmc.parity.agreement import format_agreement, task_agreement
+from hrmc.parity.localize import Localization, format_localization, localize
 from hrmc.parity.executors import EXECUTORS, make_executor
 from hrmc.targets.executor import Arrays, Executor
 from hrmc.parity.gate import (ATOL, FLOOR_FACTOR, PSNR_DB, RTOL, Reference, Report, Row, step_parity,
@@ -132,4 +134,5 @@ def _weights_limit(row: Row, gate: float) -> str:
         ": below the gate, the model's float16 limit" if row.weights_psnr < gate else "")
 
 
-__all__ = ["EXECUTORS", "MODES", "PSNR_DB", "Report", "check_modes", "check_parity", "format_report"]
+__all__ = ["EXECUTORS", "Localization", "MODES", "PSNR_DB", "Report", "check_modes", "check_parity",
+           "format_localization", "format_report", "localize"]

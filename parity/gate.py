@@ -74,6 +74,7 @@ class Report:
     task: dict[str, Any] = field(default_factory=dict)  # whole runs' final answers, halting steps, accuracy (labels)
     notes: list[str] = field(default_factory=list)
     whole_graphs: list[dict[str, Any]] = field(default_factory=list)  # step mode: each whole-inference graph checked
+    first_failing_step: int | None = None  # step mode: the first step whose outputs or decisions fail (1-based)
 
     @property
     def passed(self) -> bool:
@@ -144,8 +145,10 @@ class Reference:
         return cls(*executors, *(executor.run(batch) for executor in executors))
 
 
-def step_parity(a: Executor, b: Executor, ref: Reference, batch: Batch, report: Report) -> Report:
-    """Teacher-forced: every step of the reference trajectory, from the reference's carry.
+def step_parity(a: Executor, b: Executor, ref: Reference, batch: Batch, report: Report,
+                until_failure: bool = False) -> Report:
+    """Teacher-forced: every step of the reference trajectory, from the reference's carry (`until_failure`:
+    up to the first step that fails, `report.first_failing_step`).
 
     float32 executors: every output within |a − b| ≤ limit + rtol·|b|, limit = max(atol, 10 × the
     reference's own float64-vs-float32 error on that step): atol wherever the reference itself is
@@ -169,20 +172,12 @@ def step_parity(a: Executor, b: Executor, ref: Reference, batch: Batch, report: 
         if half:
             float16_step(out_a, out_b, out_32, out_64, rounded.step(carry, batch), s + 1, q_scale, report, decisions,
                          reference.model.config)
-            continue
-        for name in [n for n in out_b if n in out_a and n not in DECISIONS]:
-            max_abs, max_rel, needed = _compare(out_a[name], out_b[name], report.rtol)
-            floor = _compare(out_32[name], out_64[name], 0.0)[0]
-            # atol, unless the reference's own float32 rounding on this step is larger (a trained model's large
-            # logits): then FLOOR_FACTOR × that floor, as trajectory mode gates
-            limit = max(report.atol, FLOOR_FACTOR * floor)
-            report.rows.append(Row(name, s + 1, max_abs, max_rel, needed, limit, needed <= limit, floor))
-        # A halting decision may differ only where the q values are within tolerance of a tie.
-        differs = (out_a["halted"] != out_b["halted"]) | (out_a["steps"] != out_b["steps"])
-        margin = q_margin(out_b, reference.model.config)
-        close = np.zeros_like(differs) if margin is None else (
-            np.abs(margin) <= 2 * (report.atol + report.rtol * np.abs(out_b["q_halt_logits"])))
-        decisions["halting"].add(differs, close)
+        else:
+            float32_step(out_a, out_b, out_32, out_64, s + 1, report, decisions, reference.model.config)
+        if report.first_failing_step is None and (report.failures() or any(d.mismatched for d in decisions.values())):
+            report.first_failing_step = s + 1
+            if until_failure:
+                break
     report.halting = decisions["halting"].as_dict()
     if half:
         report.answers = decisions["answers"].as_dict()
@@ -217,6 +212,24 @@ class Decisions:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def float32_step(out_a: Arrays, out_b: Arrays, out_32: Arrays, out_64: Arrays, step: int, report: Report,
+                 decisions: dict[str, Decisions], config: HRMConfig) -> None:
+    """One step of the float32 contract: every output within max(atol, 10 × the reference's own rounding
+    on that step) + rtol·|b|; a halting decision may differ only within tolerance of a tie."""
+    for name in [n for n in out_b if n in out_a and n not in DECISIONS]:
+        max_abs, max_rel, needed = _compare(out_a[name], out_b[name], report.rtol)
+        floor = _compare(out_32[name], out_64[name], 0.0)[0]
+        # atol, unless the reference's own float32 rounding on this step is larger (a trained model's large
+        # logits): then FLOOR_FACTOR × that floor, as trajectory mode gates
+        limit = max(report.atol, FLOOR_FACTOR * floor)
+        report.rows.append(Row(name, step, max_abs, max_rel, needed, limit, needed <= limit, floor))
+    differs = (out_a["halted"] != out_b["halted"]) | (out_a["steps"] != out_b["steps"])
+    margin = q_margin(out_b, config)
+    close = np.zeros_like(differs) if margin is None else (
+        np.abs(margin) <= 2 * (report.atol + report.rtol * np.abs(out_b["q_halt_logits"])))
+    decisions["halting"].add(differs, close)
 
 
 def float16_step(out_a: Arrays, out_b: Arrays, out_32: Arrays, out_64: Arrays, out_rounded: Arrays, step: int,

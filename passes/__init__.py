@@ -23,7 +23,7 @@ from hrmc.files import atomic_output, check_output
 from hrmc.lowering import read_metadata, step_path_for
 from hrmc.lowering.artifact import load_proto, save_bound, source_parts
 from hrmc import names
-from hrmc.passes._loops import PassInputError, restore_loop_labels
+from hrmc.passes._loops import COPY, PassInputError, restore_loop_labels
 from hrmc.passes.act_to_masked_budget import ActToMaskedBudgetPass
 from hrmc.passes.chunk_budget import ChunkBudgetPass
 from hrmc.passes.cleanup import CleanupPass
@@ -91,15 +91,27 @@ def run_pipeline(model: ir.Model, pipeline: str, *, strip: tuple[str, ...] = (),
         steps += [("chunk-budget", ChunkBudgetPass(chunk)), ("cleanup", CleanupPass())]
     if dump_after is not None and dump_after not in [name for name, _ in steps]:
         raise InputError(f"--dump-after {dump_after}: not a pass of this pipeline ({', '.join(n for n, _ in steps)})")
+    _stamp(model, "export", set())
     for name, instance in steps:
+        before = set(map(id, model.graph.all_nodes()))
         try:
             instance(model)
         except ir.passes.PreconditionError as err:
             raise PassInputError(f"{name}: {err}") from None
+        _stamp(model, name, before)
         model.metadata_props[names.PASSES] = json.dumps(json.loads(model.metadata_props.get(names.PASSES, "[]")) + [name])
         if name == dump_after:
             dump(name, model)
     return model
+
+
+def _stamp(model: ir.Model, made_by: str, before: set[int]) -> None:
+    """Name `made_by` on every node a pass made (not among the ids `before`): each node then says which
+    pass made it (what `hrmc parity --localize` reports). A copy (unroll-cycles, act-to-masked-budget and
+    chunk-budget copy loop bodies) keeps its original's: its cycle or step is in its name."""
+    for node in model.graph.all_nodes():
+        if id(node) not in before and not (node.meta.get(COPY) and names.MADE_BY in node.metadata_props):
+            node.metadata_props[names.MADE_BY] = made_by
 
 
 def _load(path: Path) -> ir.Model:

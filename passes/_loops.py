@@ -18,6 +18,8 @@ from onnx_ir import _cloner
 from hrmc.errors import HrmcError
 from hrmc.names import LOOP, LOOPS, TRIP_COUNT
 
+COPY = "hrmc.copy"  # in a node's in-memory `meta` (never saved): a copy of a loop body's node, made here
+
 
 class PassInputError(HrmcError):
     """The graph is not one this pass can transform (named node, reason)."""
@@ -92,6 +94,7 @@ def clone_nodes(nodes: list[ir.Node], value_map: dict[ir.Value, ir.Value | None]
     cloner = _cloner.Cloner(attr_map={}, value_map=value_map, metadata_props={}, allow_outer_scope_values=True)
     copies = [cloner.clone_node(node) for node in nodes]
     for index, copy in enumerate(copies):
+        copy.meta[COPY] = True
         copy.name = f"{tag}/{_short(copy.name) or f'{copy.op_type}_{index}'}"
         for output in copy.outputs:
             output.name = f"{tag}/{_short(output.name)}"

@@ -23,7 +23,7 @@ from hrmc.errors import InputError
 from hrmc.lowering.export import export_onnx, read_metadata, weights_sha256
 from hrmc.passes import lower_onnx, structured_parts
 from hrmc.targets import TARGET_OF_EXECUTOR
-from hrmc.targets.executor import DEFAULT_CHUNK, Arrays, Executor, carry_arrays
+from hrmc.targets.executor import DEFAULT_CHUNK, Arrays, Executor, Trace, carry_arrays
 from hrmc.targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
 
 
@@ -78,16 +78,23 @@ class TargetExecutor(Executor):
 
     def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
         self.policy, self.budget = policy, resolve_budget(model, policy, budget)
-        self.start = carry_arrays(initial_carry(model, batch))
+        self.source_model, self.start = model, carry_arrays(initial_carry(model, batch))
+        self._work: tempfile.TemporaryDirectory | None = None
+        self.pipeline_graphs: dict[str, Path] = {}  # the target's pipeline graphs, once made
         if self.artifact is not None:
             steps = self.open_shipped(model, batch)
             if self.chunked and self.chunk not in (None, steps):
                 raise InputError(f"--chunk {self.chunk}: {self.artifact} was lowered with {steps}-step chunks")
         else:
-            self._work = tempfile.TemporaryDirectory(prefix=f"hrmc-{self.name}-")
             chunk = (self.chunk or DEFAULT_CHUNK) if self.chunked else None
-            steps = self.open_fresh(model, batch, Path(self._work.name), chunk)
+            steps = self.open_fresh(model, batch, self.work(), chunk)
         self.chunk = steps if self.chunked else None
+
+    def work(self) -> Path:
+        """A temporary folder of this executor's own, for graphs it makes."""
+        if self._work is None:
+            self._work = tempfile.TemporaryDirectory(prefix=f"hrmc-{self.name}-")
+        return Path(self._work.name)
 
     def open_shipped(self, model: HRM, batch: Batch) -> int:
         """Check and open the shipped artifact (`self.artifact`); returns the steps of its chunk graph (1: none)."""
@@ -113,7 +120,24 @@ class TargetExecutor(Executor):
     def lowered(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> tuple[Path, dict[str, Path]]:
         """The structured source and its graphs after its target's pass pipeline, made in `work`."""
         pipeline = TARGET_OF_EXECUTOR[self.name].pipeline
-        return lowered_source(self.onnx_model, work, model, self.policy, self.budget, batch, pipeline, chunk)
+        structured, self.pipeline_graphs = lowered_source(self.onnx_model, work, model, self.policy, self.budget,
+                                                          batch, pipeline, chunk)
+        return structured, self.pipeline_graphs
+
+    def pipeline_graph(self, role: str, batch: Batch) -> Path:
+        """The graph of `role` after the target's pass pipeline: the one this executor lowered afresh, or,
+        for a shipped artifact, the one it was lowered from, made again (export and passes are
+        deterministic): the graph whose value names a trace uses."""
+        if role not in self.pipeline_graphs:
+            self.lowered(self.source_model, batch, self.work(), None)
+        return self.pipeline_graphs[role]
+
+    def trace_step(self, carry: Carry, batch: Batch) -> Trace:
+        return self.trace(carry_feed(carry, batch), batch)
+
+    def trace(self, feed: dict, batch: Batch) -> Trace:
+        """The step graph on numpy inputs, every intermediate value kept (`Executor.trace_step`)."""
+        raise NotImplementedError
 
     def check(self, meta: Mapping[str, object], where: Path, model: HRM, batch: Batch) -> None:
         """What an artifact records (`meta`) must match the model, policy, budget and sequence length run."""

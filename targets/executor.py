@@ -7,13 +7,19 @@ currency:
   next carry (`z_H`, `z_L`, `steps`, `halted`).
 - `run(batch)`: the whole inference. Returns per-step outputs [S, B, …] plus `halted` and `steps`
   [S, B], with S the number of steps actually run.
+- `trace_step(carry, batch)`: `step` with every intermediate value exposed, by the name it has in the
+  ONNX step graph the executor's code was lowered from (`hrmc parity --localize`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from hrmc.errors import InputError
 from hrmc.hrm_ref import HRM, Batch, Carry
 
 Arrays = dict[str, np.ndarray]
@@ -26,6 +32,15 @@ def to_numpy(tensors: dict[str, torch.Tensor]) -> Arrays:
 
 def carry_arrays(carry: Carry) -> Arrays:
     return to_numpy({"z_H": carry.z_H, "z_L": carry.z_L, "steps": carry.steps, "halted": carry.halted})
+
+
+@dataclass
+class Trace:
+    """One ACT step with its intermediate values: what `trace_step` returns."""
+
+    graph: Path  # the ONNX step graph whose value names key `values`
+    values: Arrays  # ONNX value name → what the executor computed for it (those it computes: not constants)
+    how: str  # for reports: what ran, and how its values were read
 
 
 class Executor:
@@ -44,6 +59,9 @@ class Executor:
 
     def run(self, batch: Batch) -> Arrays:
         raise NotImplementedError
+
+    def trace_step(self, carry: Carry, batch: Batch) -> Trace:
+        raise InputError(f"the {self.name} executor cannot expose its intermediate values")
 
     def describe(self) -> str:
         """One line for reports: what exactly ran."""

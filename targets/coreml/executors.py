@@ -16,11 +16,11 @@ from hrmc.hrm_ref import HRM, Batch
 from hrmc.errors import InputError
 from hrmc.targets import TARGETS
 from hrmc.targets.base import TargetExecutor
-from hrmc.targets.executor import Arrays
+from hrmc.targets.executor import Arrays, Trace
 from hrmc.targets.coreml._coremltools import ct
 from hrmc.targets.coreml.lowering import FLAVOURS, plain_weights
-from hrmc.targets.coreml.package import PackageFunction, lower_coreml, package_functions
-from hrmc.targets.coreml.runtime import Predict, load, runs_with
+from hrmc.targets.coreml.package import PackageFunction, lower_coreml, package_functions, value_vars
+from hrmc.targets.coreml.runtime import LABEL, Predict, load, replay_kept, runs_with
 
 
 class CoreMLExecutor(TargetExecutor):
@@ -64,7 +64,7 @@ class CoreMLExecutor(TargetExecutor):
         if role not in self.functions:
             if self.artifact is not None:
                 raise InputError(f"{self.artifact}: it has no {role} function")
-            out = Path(self._work.name) / f"{role}.mlpackage"
+            out = self.work() / f"{role}.mlpackage"
             lower_coreml({role: self.graphs[role]}, out, self.flavour, self.size, self.source)
             self.functions[role] = package_functions(out)[role]
         return self.functions[role]
@@ -72,14 +72,28 @@ class CoreMLExecutor(TargetExecutor):
     def call(self, role: str, feed: dict[str, np.ndarray]) -> Arrays:
         """Run one function on numpy inputs; outputs come back with the ONNX graph's types (float32 for floats)."""
         function = self.function(role)
-        floats = np.float16 if FLAVOURS[self.flavour].float_type == "fp16" else np.float32
-        # the package's I/O: floats in its float type, everything else int32
-        feed = {name: value.astype(floats if value.dtype.kind == "f" else np.int32) for name, value in feed.items()}
         if role not in self.loaded:
             self.loaded[role] = load(function.path, function.name, FLAVOURS[self.flavour].compute_units)
-        values = self.loaded[role](feed)
+        values = self.loaded[role](self.package_feed(feed))
         return {name: value.astype(bool) if name in function.bool_outputs
                 else value.astype(np.float32) if value.dtype == np.float16 else value for name, value in values.items()}
+
+    def trace(self, feed: dict[str, np.ndarray], batch: Batch) -> Trace:
+        function = self.function("step")
+        holders = value_vars(function.path, function.name)
+        if not holders:
+            raise InputError(f"{function.path}: it records no map from its values to the ONNX graph (written before "
+                             "hrmc recorded one): lower it again to localise in it")
+        values = replay_kept(function.path, function.name, self.package_feed(feed), set(holders.values()))
+        graph = self.pipeline_graph("step", batch)
+        return Trace(graph, {name: values[var] for name, var in holders.items() if var in values},
+                     f"the {function.name} function of {function.path.name} replayed ({LABEL}), every value kept, "
+                     "named as in the step graph of its pass pipeline made again from the model")
+
+    def package_feed(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The package's I/O: floats in its float type, everything else int32."""
+        floats = np.float16 if FLAVOURS[self.flavour].float_type == "fp16" else np.float32
+        return {name: value.astype(floats if value.dtype.kind == "f" else np.int32) for name, value in feed.items()}
 
     def graph_name(self, role: str) -> str:
         if self.artifact is None or role not in self.functions:

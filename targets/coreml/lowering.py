@@ -129,27 +129,31 @@ class Builder(NodeReader):
 
 @dataclass
 class MilProgram:
-    """A built MIL program, and the ONNX node each op of each function computes (by the op's first
-    output name): the range report and the localisation name ONNX nodes, which a user can find."""
+    """A built MIL program, and by function: the ONNX node each op computes (by the op's first output
+    name; the range report names it), and the MIL value that holds each ONNX value (the localisation
+    compares them): names a user can find in the ONNX graph."""
 
     program: Program
     origins: dict[str, dict[str, str]] = field(default_factory=dict)
+    values: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def build_program(graphs: Mapping[str, ir.Model], batch: int, source: str, flavour: Flavour = FLAVOURS["coreml"],
                   weight_pairs: bool = False) -> MilProgram:
     """The MIL program of static ONNX graphs at a fixed batch size, one function per graph (by name);
     the first is the default function."""
-    program, origins = Program(), {}
+    built = MilProgram(Program())
     for name, model in graphs.items():
-        function, origins[name] = _build_function(model, batch, f"{source} ({name})", flavour, weight_pairs)
-        program.add_function(name, function)
-    program.default_function_name = next(iter(graphs))
-    return MilProgram(program, origins)
+        function, built.origins[name], built.values[name] = _build_function(model, batch, f"{source} ({name})",
+                                                                            flavour, weight_pairs)
+        built.program.add_function(name, function)
+    built.program.default_function_name = next(iter(graphs))
+    return built
 
 
 def _build_function(model: ir.Model, batch: int, source: str, flavour: Flavour, weight_pairs: bool):
-    """The MIL function of one static ONNX graph, and the ONNX node of each of its ops.
+    """The MIL function of one static ONNX graph, the ONNX node of each of its ops, and the MIL value of
+    each ONNX value an op computes.
 
     int64 becomes int32; bool inputs and outputs travel as int32 (Core ML I/O has no bool) and float
     ones in the flavour's float type (float16 I/O, from iOS 16, spares the ANE a cast at each end).
@@ -183,7 +187,9 @@ def _build_function(model: ir.Model, batch: int, source: str, flavour: Flavour, 
                 var = mb.cast(x=var, dtype="int32")
             outputs.append(mb.identity(x=var, name=value.name))
         function.set_outputs(outputs)
-    return function, origins
+    computed = {var.name for op in function.operations if op.op_type != "const" for var in op.outputs}
+    values = {name: var.name for name, var in builder.env.items() if getattr(var, "name", None) in computed}
+    return function, origins, values
 
 
 def _inside_type(value: ir.Value, float_type: str) -> str:

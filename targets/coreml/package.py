@@ -36,8 +36,10 @@ from hrmc.targets.coreml.lowering import FLAVOURS, build_program, plain_weights
 
 PARTS_FILE = "com.hrmc/parts.json"  # under Data/: the package's record (hrmc.binding)
 ORIGINS_FILE = "com.hrmc/origins.json"  # under Data/: the ONNX node of each MIL op, by function
+VALUES_FILE = "com.hrmc/values.json"  # under Data/: the MIL value of each ONNX value, by function
 HRMC_FILES = {PARTS_FILE: "sha256 of every file of this package and of its set (hrmc lower)",
-              ORIGINS_FILE: "the ONNX node each op of the program computes, by the op's first output (hrmc lower)"}
+              ORIGINS_FILE: "the ONNX node each op of the program computes, by the op's first output (hrmc lower)",
+              VALUES_FILE: "the MIL value that holds each ONNX value the program computes (hrmc lower)"}
 BOOL_OUTPUTS = "bool_outputs"  # hrmc.bool_outputs in the user metadata: outputs bool in the ONNX graph, int32 here
 FUNCTIONS = "functions"  # hrmc.functions: {function: {"role", "bool_outputs", "meta"}} of a multifunction package
 WHOLE = "inference"  # the function of the whole static graph, the package's default
@@ -99,6 +101,7 @@ def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: 
         _describe(temporary, flavour, weights, source, records, models)
         (temporary / "Data" / ORIGINS_FILE).parent.mkdir()
         (temporary / "Data" / ORIGINS_FILE).write_text(json.dumps(built.origins, indent=0, sort_keys=True))
+        (temporary / "Data" / VALUES_FILE).write_text(json.dumps(built.values, indent=0, sort_keys=True))
         _make_reproducible(temporary)
         files = _package_files(temporary)
         record = make_record({"package": (out, json_sha256(_flat(files)))})
@@ -312,7 +315,17 @@ def default_function(spec) -> str:
 def origins(package: str | Path, function: str) -> dict[str, str]:
     """The ONNX node each op of a package's function computes, by the op's first output name; empty
     for packages written before hrmc recorded origins."""
-    path = Path(package) / "Data" / ORIGINS_FILE
+    return _function_map(package, ORIGINS_FILE, function)
+
+
+def value_vars(package: str | Path, function: str) -> dict[str, str]:
+    """The MIL value that holds each ONNX value a package's function computes; empty for packages written
+    before hrmc recorded them."""
+    return _function_map(package, VALUES_FILE, function)
+
+
+def _function_map(package: str | Path, file: str, function: str) -> dict[str, str]:
+    path = Path(package) / "Data" / file
     if not path.is_file():
         return {}
     try:

@@ -121,6 +121,18 @@ def replay(main: Function, feed: dict[str, np.ndarray], observe: Observe | None 
     return {var.name: values[var.name] for var in main.outputs}
 
 
+def replay_kept(package: Path, function: str, feed: dict[str, np.ndarray], kept: set[str]) -> dict[str, np.ndarray]:
+    """One function of a saved package replayed on `feed` (`replay`), the values named in `kept` returned
+    as computed (on any machine: Core ML's predict exposes no intermediate values)."""
+    values = {}
+
+    def keep(op, results):
+        values.update((var.name, result) for var, result in zip(op.outputs, results) if var.name in kept)
+
+    replay(saved_program(package, function), feed, observe=keep)
+    return values
+
+
 def _widen(value):
     """float16 arrays and scalars as float32; anything else (lists of values too) as it is."""
     if isinstance(value, (list, tuple)):

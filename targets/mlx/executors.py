@@ -10,13 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 
 from hrmc.hrm_ref import HRM, Batch
 from hrmc.targets.base import TargetExecutor
-from hrmc.targets.executor import Arrays
-from hrmc.targets.mlx.lowering import module_name
+from hrmc.targets.executor import Arrays, Trace
+from hrmc.targets.mlx.lowering import CLASSES, identifiers, module_name
 from hrmc.targets.mlx.package import lower_mlx
-from hrmc.targets.mlx.runtime import load_package, run
+from hrmc.targets.mlx.runtime import call_uncompiled, load_package, run
 
 
 class MlxExecutor(TargetExecutor):
@@ -37,12 +38,21 @@ class MlxExecutor(TargetExecutor):
         return self.open(lower_mlx(graphs, work / "mlx", structured.name).folder, model, batch)
 
     def open(self, folder: Path, model: HRM, batch: Batch) -> int:
+        self.folder = folder
         self.config, self.graphs = load_package(folder)
         self.check(self.config, folder, model, batch)
         return int(self.config["chunk"]) if self.config.get("chunk") else 1
 
     def call(self, role: str, feed: dict[str, np.ndarray]) -> Arrays:
         return run(self.graphs[module_name(role)], feed)
+
+    def trace(self, feed: dict[str, np.ndarray], batch: Batch) -> Trace:
+        graph = self.pipeline_graph("step", batch)
+        named = identifiers(ir.load(str(graph)), graph.name)
+        values = call_uncompiled(self.folder, CLASSES["step"][0], feed)
+        return Trace(graph, {named[identifier]: value for identifier, value in values.items() if identifier in named},
+                     f"the step module of {self.folder.name} called uncompiled, its locals read as it returns, named as in the "
+                     "step graph of its pass pipeline made again from the model")
 
     def graph_name(self, role: str) -> str:
         return f"the {module_name(role)} module"

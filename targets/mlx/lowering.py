@@ -134,13 +134,26 @@ def load(folder=HERE):
 '''
 
 
+def _emitted(model: ir.Model, weights: WeightStore, source: str) -> tuple[Emitter, list[str]]:
+    """An emitter that has named the graph's inputs and emitted its nodes, and the lines it emitted."""
+    require_static(model.graph, source, "MLX")
+    emitter = Emitter(weights, source)
+    for value in model.graph.inputs:
+        emitter.name(value)
+    return emitter, [emitter.emit(node) for node in model.graph]
+
+
+def identifiers(model: ir.Model, source: str) -> dict[str, str]:
+    """The ONNX value each identifier of the graph's emitted `__call__` holds (for `hrmc parity --localize`)."""
+    emitter, _ = _emitted(model, WeightStore(), source)
+    return {identifier: value.name for value, identifier in emitter.names.items()}
+
+
 def emit_class(kind: str, model: ir.Model, weights: WeightStore, source: str) -> str:
     name, doc = CLASSES[kind]
     graph = model.graph
-    require_static(graph, source, "MLX")
-    emitter = Emitter(weights, source)
+    emitter, lines = _emitted(model, weights, source)
     arguments = ", ".join(emitter.name(v) for v in graph.inputs)
-    lines = [emitter.emit(node) for node in graph]
     outputs = ", ".join(f'"{v.name}": {emitter.arg(v)}' for v in graph.outputs)
     body = "\n".join(f"        {line}" for line in lines)
     return (f"\n\nclass {name}(nn.Module):\n    \"\"\"{doc}\"\"\"\n\n"

@@ -16,11 +16,15 @@ from typing import Callable
 
 import numpy as np
 
-from hrmc.targets.mlx.package import MODULE, read_config
+from hrmc.targets.mlx.package import MODULE, WEIGHTS, read_config
 
 
 def load_package(folder: str | Path) -> tuple[dict, dict[str, Callable[..., dict]]]:
     """Import an emitted folder's module under a unique name and return its `load()`."""
+    return _module(folder).load(Path(folder))
+
+
+def _module(folder: str | Path) -> ModuleType:
     folder = Path(folder)
     read_config(folder)
     name = f"hrm_mlx_{hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]}"
@@ -28,7 +32,31 @@ def load_package(folder: str | Path) -> tuple[dict, dict[str, Callable[..., dict
     module: ModuleType = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    return module.load(folder)
+    return module
+
+
+def call_uncompiled(folder: str | Path, class_name: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One module of an emitted folder called uncompiled on numpy inputs: every local of its `__call__`
+    (one per ONNX value, by the emitter's identifiers) as numpy, read from its frame as it returns."""
+    import mlx.core as mx
+
+    module = _module(folder)
+    instance = getattr(module, class_name)(mx.load(str(Path(folder) / WEIGHTS)))
+    code, seen = type(instance).__call__.__code__, {}
+
+    def keep_locals(frame, event, _):
+        if event == "return" and frame.f_code is code:
+            seen.update(frame.f_locals)
+
+    previous = sys.getprofile()
+    sys.setprofile(keep_locals)
+    try:
+        instance(**{name: mx.array(value) for name, value in feed.items()})
+    finally:
+        sys.setprofile(previous)
+    arrays = {name: value for name, value in seen.items() if isinstance(value, (mx.array, np.ndarray))}
+    mx.eval(*[value for value in arrays.values() if isinstance(value, mx.array)])
+    return {name: np.array(value) for name, value in arrays.items()}
 
 
 def run(function: Callable[..., dict], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

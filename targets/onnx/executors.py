@@ -14,9 +14,9 @@ from hrmc.hrm_ref import HRM, Batch
 from hrmc.lowering.export import read_metadata
 from hrmc.passes import lower_onnx, structured_parts
 from hrmc.targets.base import TargetExecutor
-from hrmc.targets.executor import Arrays
+from hrmc.targets.executor import Arrays, Trace
 from hrmc.targets.onnx.package import chunk_steps, shipped_graphs
-from hrmc.targets.onnx.runtime import run_named, session
+from hrmc.targets.onnx.runtime import run_every_value, run_named, session
 
 
 class OnnxExecutor(TargetExecutor):
@@ -48,6 +48,16 @@ class OnnxExecutor(TargetExecutor):
     def call(self, role: str, feed: dict[str, np.ndarray]) -> Arrays:
         return run_named(self.sessions[role], feed)
 
+    def trace(self, feed: dict[str, np.ndarray], batch: Batch) -> Trace:
+        graph = self.traced_graph()
+        return Trace(graph, run_every_value(graph, feed), f"{graph.name}, every node output marked (onnxruntime)")
+
+    def traced_graph(self) -> Path:
+        """The step graph itself; the structured one's Loops hide their values: its static lowering instead."""
+        if "unrolled" not in self.pipeline_graphs:
+            self.pipeline_graphs["unrolled"] = lower_onnx(self.graphs["act"], self.work() / "unrolled.onnx").step_path
+        return self.pipeline_graphs["unrolled"]
+
     def graph_name(self, role: str) -> str:
         return self.graphs.get(role, self.graphs["step"]).name
 
@@ -63,6 +73,9 @@ class StaticExecutor(OnnxExecutor):
 
     def fresh_graphs(self, structured: Path, work: Path, chunk: int | None) -> dict[str, Path]:
         return lower_onnx(structured, work / "model.static.onnx", chunk=chunk).graphs
+
+    def traced_graph(self) -> Path:
+        return self.graphs["step"]
 
 
 class ChunkedExecutor(StaticExecutor):

@@ -23,3 +23,19 @@ def session(path: Path, options: ort.SessionOptions | None = None) -> ort.Infere
 
 def run_named(graph: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return dict(zip([output.name for output in graph.get_outputs()], graph.run(None, feed)))
+
+
+def run_every_value(path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The graph at `path` on `feed`, every node output returned (each made a graph output, untyped:
+    onnxruntime infers the type), as polygraphy marks them to find a first mismatch."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    marked = {output.name for output in proto.graph.output}
+    for node in proto.graph.node:
+        for name in node.output:
+            if name and name not in marked:
+                proto.graph.output.append(onnx.ValueInfoProto(name=name))
+                marked.add(name)
+    graph = ort.InferenceSession(proto.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    return run_named(graph, {name: feed[name] for name in (value.name for value in graph.get_inputs())})

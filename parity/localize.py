@@ -1,0 +1,287 @@
+"""Where a failing step goes wrong: first-divergence localisation inside one ACT step (`parity --localize`).
+
+Step mode runs up to the first step that fails. That one step then runs again on both sides from the
+reference's carry, with every intermediate value exposed and named as in the ONNX step graph B's code
+was lowered from (`Executor.trace_step`: onnxruntime with every node output marked, the emitted MLX
+module called uncompiled, the MIL replay). B's graph is walked in order; the first node whose output
+exceeds the tolerance while every input it reads from another node is within it is where the
+divergence starts. The tolerance is the gate's: |a − b| ≤ atol + rtol·|b| in float32, PSNR ≥ the
+gate's dB where either side computes in float16 (docs/design.md §4); integer and bool values must match.
+
+torch has no graph: as A, its exported graph after the `static` pipeline, run by onnxruntime in
+float32, stands in for it (the gate has already compared the two: `hrmc parity torch onnx`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx_ir as ir
+
+from hrmc.binding import tolerating_changes
+from hrmc.hrm_ref import HRM, Batch
+from hrmc.hrm_ref.act import batch_size, initial_carry, resolve_budget
+from hrmc.names import MADE_BY
+from hrmc.parity.executors import make_executor
+from hrmc.parity.gate import ATOL, PSNR_DB, RTOL, Reference, Report, _carry_at, _compare, psnr, step_parity
+from hrmc.targets.base import structured_source
+from hrmc.targets.executor import Executor, Trace
+
+WORST = 10  # the nodes after the first divergence that the report lists, worst first
+WEIGHTED = ("MatMul", "Gemm", "Gather")  # the ops that read the model's weights
+MISMATCH = 1e9  # the severity of an integer or bool value that differs: beyond any float drift
+CYCLE = re.compile(r"^(?:([ahl])(\d+)/)?(?:([ahl])(\d+)/)?(?:([ahl])(\d+)/)?")
+LOOPS = {"a": "act step", "h": "H cycle", "l": "L cycle"}
+BLOCK = re.compile(r"^(.*\blayers\.\d+)\..*$|^(.*)\.weight$")  # a parameter → its block (or head): the layer
+
+
+@dataclass
+class Drift:
+    """One value of B's graph against A's."""
+
+    value: str  # its name in the ONNX graph
+    kind: str  # how it is measured: atol (float32), psnr (float16), exact (integer and bool values)
+    max_abs: float
+    measure: float  # atol: the atol it needs (with rtol); psnr: dB; exact: the share of its elements that differ
+    exceeds: bool
+    severity: float  # how far past the tolerance (> 1: beyond it), for ranking
+
+
+@dataclass
+class NodeDrift:
+    """A node of B's graph: what made it, where it sits, and the drift of its output and inputs."""
+
+    node: str
+    op_type: str
+    made_by: str  # the pass that made it ("export": the exporter's node, copied into its cycle by unroll-cycles)
+    cycle: str  # which unrolled cycle it belongs to, from its loop labels
+    layer: str  # the block (or head) whose weights it, or the nearest node before it in its cycle, reads
+    output: Drift
+    inputs: list[Drift] = field(default_factory=list)  # those computed by other nodes, compared
+    weights: list[str] = field(default_factory=list)  # the model parameters among its constants
+
+
+@dataclass
+class Localization:
+    executors: list[str]
+    traced: list[str]  # how each side's values were read
+    model: str
+    policy: str
+    budget: int
+    batch: int
+    seed: int
+    measure: str  # "atol" or "psnr"
+    tolerance: str
+    step: int | None = None  # the first failing step (1-based); None: no step fails
+    failing: list[str] = field(default_factory=list)  # what the gate failed at that step
+    first: NodeDrift | None = None
+    after: list[NodeDrift] = field(default_factory=list)  # the worst nodes after the first, worst first
+    compared: int = 0  # values compared
+    values: int = 0  # values B's graph computes
+    changed: list[str] = field(default_factory=list)  # artifact parts that differ from their records
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.step is None and not self.changed
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"passed": self.passed}
+
+
+def localize(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget: int | None, atol: float = ATOL,
+             rtol: float = RTOL, psnr_db: float = PSNR_DB, seed: int = 0, model_name: str = "",
+             onnx_model: str | None = None, chunk: int | None = None, artifact: str | None = None,
+             progress: Callable[[str], None] = lambda _: None) -> Localization:
+    """Run step mode up to its first failing step, and localise the divergence inside that step."""
+    budget = resolve_budget(model, policy, budget)
+    with tolerating_changes() as changed, tempfile.TemporaryDirectory(prefix="hrmc-localize-") as work:
+        if onnx_model is None:  # one export for every graph made afresh here, not one per side
+            progress("exporting the model")
+            onnx_model = str(structured_source(None, Path(work), model, policy, budget, batch))
+        executors = [make_executor(a, onnx_model=onnx_model, chunk=chunk),
+                     make_executor(b, onnx_model=onnx_model, chunk=chunk, artifact=artifact)]
+        for executor in executors:
+            progress(f"preparing executor {executor.name}")
+            executor.prepare(model, policy, budget, batch)
+        reference = Reference.prepared(model, policy, budget, batch)
+        report = Report("step", [e.describe() for e in executors], model_name, policy, budget, batch_size(batch),
+                        seed, atol, rtol, psnr_db)
+        progress("step mode, up to the first failing step")
+        step_parity(*executors, reference, batch, report, until_failure=True)
+        half = "float16" in (executors[0].precision, executors[1].precision)
+        found = Localization(report.executors, [], model_name, policy, budget, report.batch, seed,
+                             "psnr" if half else "atol",
+                             f"PSNR ≥ {psnr_db:g} dB" if half else f"|a−b| ≤ {atol:g} + {rtol:g}·|b|",
+                             step=report.first_failing_step, changed=changed)
+        if found.step is None:
+            found.notes.append("every step graph output agrees at every step of the reference trajectory: nothing to "
+                               "localise (--localize checks step graphs only; without it parity also checks the "
+                               "whole-inference graphs)")
+            return found
+        found.failing = _failing(report)
+        carry = _carry_at(reference.run32, initial_carry(model, batch), found.step - 1)
+        traces = []
+        for executor in executors:
+            progress(f"step {found.step} again on {executor.name}, every intermediate value kept")
+            traces.append(_tracer(executor, model, policy, budget, batch, onnx_model).trace_step(carry, batch))
+        if executors[0].name == "torch":
+            traces[0].how = f"torch's exported graph after the static pipeline stands in for it: {traces[0].how}"
+        found.traced = [trace.how for trace in traces]
+        _walk(found, *traces, model, atol, rtol, psnr_db if half else None)
+    return found
+
+
+def _tracer(executor: Executor, model: HRM, policy: str, budget: int, batch: Batch, onnx_model: str) -> Executor:
+    """What traces `executor`'s values: itself, or for torch its exported graph (static pipeline, onnxruntime)."""
+    if executor.name != "torch":
+        return executor
+    stand_in = make_executor("static", onnx_model=onnx_model)
+    stand_in.prepare(model, policy, budget, batch)
+    return stand_in
+
+
+def _failing(report: Report) -> list[str]:
+    rows = [f"{row.output} ({f'PSNR {row.psnr:.1f} dB' if row.gated == 'psnr' else f'max |a−b| {row.max_abs:.3g}'})"
+            for row in report.failures() if row.step == report.first_failing_step]
+    for what, counts in (("halting decisions", report.halting), ("answers", report.answers)):
+        if counts.get("mismatched"):
+            rows.append(f"{counts['mismatched']} {what} differ")
+    return rows or ["decisions differ"]
+
+
+def _walk(found: Localization, trace_a: Trace, trace_b: Trace, model: HRM, atol: float, rtol: float,
+          psnr_db: float | None) -> None:
+    graph = ir.load(str(trace_b.graph)).graph
+    weights = _weights_read(graph, model)
+    computed = {value.name for node in graph for value in node.outputs}
+    drifts = {name: _drift(name, trace_a.values[name], trace_b.values[name], atol, rtol, psnr_db)
+              for name in computed if name in trace_a.values and name in trace_b.values}
+    drifts = {name: drift for name, drift in drifts.items() if drift is not None}
+    found.compared, found.values = len(drifts), len(computed)
+    found.notes.append(f"A's values: {trace_a.how}")
+    found.notes.append(f"B's values: {trace_b.how}; of the {found.values} values its graph computes, {found.compared} "
+                       "were computed by both and compared")
+    nodes, layer = [], {}
+    for node in graph:
+        cycle = _cycle(node)
+        for weight in weights.get(node.name, []):
+            if BLOCK.match(weight):
+                layer[cycle] = BLOCK.sub(lambda match: match.group(1) or match.group(2), weight)
+        outputs = [drifts[value.name] for value in node.outputs if value.name in drifts]
+        if not outputs:
+            continue
+        inputs = [drifts[value.name] for value in node.inputs
+                  if value is not None and value.producer() is not None and value.name in drifts]
+        nodes.append(NodeDrift(node.name, node.op_type, node.metadata_props.get(MADE_BY, "—"), cycle,
+                               layer.get(cycle, "—"), max(outputs, key=lambda drift: drift.severity), inputs,
+                               weights.get(node.name, [])))
+    first = next((index for index, node in enumerate(nodes)
+                  if node.output.exceeds and not any(drift.exceeds for drift in node.inputs)), None)
+    if first is None:
+        found.notes.append("no node's output exceeds the tolerance while its inputs are within it: the values "
+                           "compared agree, so the divergence is in values the two sides do not share")
+        return
+    found.first = nodes[first]
+    found.after = sorted(nodes[first + 1:], key=lambda node: -node.output.severity)[:WORST]
+
+
+def _drift(name: str, a: np.ndarray, b: np.ndarray, atol: float, rtol: float, psnr_db: float | None) -> Drift | None:
+    """Value `name`, `b` against `a`, or None where they cannot be compared (different sizes)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        if a.size != b.size:
+            return None
+        b = b.reshape(a.shape)  # a package may hold a value in another layout of the same elements
+    if a.dtype.kind in "biu" or b.dtype.kind in "biu":
+        a, b = a.astype(np.int64), b.astype(np.int64)
+        share = float(np.mean(a != b)) if a.size else 0.0
+        return Drift(name, "exact", float(np.abs(a - b).max(initial=0)), share, share > 0, MISMATCH if share else 0.0)
+    max_abs, _, needed = _compare(a, b, rtol)
+    if psnr_db is None:
+        return Drift(name, "atol", max_abs, needed, needed > atol, needed / atol)
+    db = psnr(a, b)
+    return Drift(name, "psnr", max_abs, db, db < psnr_db, 10 ** ((psnr_db - db) / 20))
+
+
+def _cycle(node: ir.Node) -> str:
+    """The unrolled cycle a node belongs to, from the tag unroll-cycles puts before its outputs' names
+    (a fused node keeps its outputs' names, not its node's)."""
+    name = next((value.name for value in node.outputs if value.name), node.name or "")
+    match = CYCLE.match(name)
+    tags = [(match.group(i), int(match.group(i + 1))) for i in (1, 3, 5) if match.group(i)]
+    return ", ".join(f"{LOOPS[kind]} {index + 1}" for kind, index in tags) or "outside the cycles"
+
+
+def _weights_read(graph: ir.Graph, model: HRM) -> dict[str, list[str]]:
+    """The weights each node that multiplies or looks up by a constant reads, by node name: the model
+    parameter that holds it, found by content (as stored, or transposed: the exporter names the weights
+    it lifts out of its loops val_N), or a note that none does."""
+    modules = {}
+    for name, parameter in model.named_parameters():
+        array = parameter.detach().float().numpy()
+        for stored in (array, array.T):
+            modules[_digest(stored)] = name.removeprefix("inner.")
+    found = {}
+    for node in graph:
+        if node.op_type not in WEIGHTED:
+            continue
+        for value in node.inputs:
+            if value is not None and value.const_value is not None and value.const_value.dtype == ir.DataType.FLOAT:
+                module = modules.get(_digest(value.const_value.numpy()))
+                found.setdefault(node.name, []).append(
+                    module or f"{value.name} (held by none of the model's parameters: changed after lowering?)")
+    return found
+
+
+def _digest(array: np.ndarray) -> str:
+    array = np.ascontiguousarray(array, np.float32)
+    return hashlib.sha256(array.tobytes() + str(array.shape).encode()).hexdigest()
+
+
+def format_localization(found: Localization) -> str:
+    lines = [f"localise: A = {found.executors[0]}", f"          B = {found.executors[1]}",
+             f"model {found.model}, policy {found.policy}, budget {found.budget}, batch {found.batch}, "
+             f"seed {found.seed}, tolerance {found.tolerance}"]
+    lines += [f"CHANGED: {change}; localised as it is" for change in found.changed]
+    if found.step is None:
+        lines += [f"note: {note}" for note in found.notes]
+        lines.append("FAIL: the artifact differs from its record" if found.changed else "PASS")
+        return "\n".join(lines)
+    lines.append(f"first failing step: {found.step} ({'; '.join(found.failing)})")
+    if found.first is not None:
+        first = found.first
+        lines += [f"first divergence: node {first.node} ({first.op_type}, made by {first.made_by}; {first.cycle}; "
+                  f"layer {first.layer})",
+                  f"  output {first.output.value}: {_measured(first.output)}  ✗"]
+        lines += [f"  input  {drift.value}: {_measured(drift)}  ✓" for drift in first.inputs] or [
+            "  (its other inputs are the graph's inputs or constants)"]
+        lines += [f"  reads  {weight}" for weight in first.weights]
+        columns = [("node", [node.node for node in found.after]), ("op", [node.op_type for node in found.after]),
+                   ("made by", [node.made_by for node in found.after]), ("cycle", [node.cycle for node in found.after]),
+                   ("layer", [node.layer for node in found.after]),
+                   ("drift", [_measured(node.output, short=True) for node in found.after])]
+        widths = [max(len(title), *map(len, cells)) + 2 for title, cells in columns]
+        lines.append(f"the {len(found.after)} worst nodes after it:")
+        lines += ["  " + "".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                  for row in zip(*[[title, *cells] for title, cells in columns])]
+    lines += [f"note: {note}" for note in found.notes]
+    lines.append(f"FAIL: from step {found.step}" + (f", first at node {found.first.node}" if found.first else ""))
+    return "\n".join(lines)
+
+
+def _measured(drift: Drift, short: bool = False) -> str:
+    if drift.kind == "exact":
+        return f"{drift.measure:.1%} of elements differ"
+    if drift.kind == "psnr":
+        return f"PSNR {drift.measure:.1f} dB" + ("" if short else f", max |a−b| {drift.max_abs:.3g}")
+    return f"max |a−b| {drift.max_abs:.3g}" + ("" if short else f", needs atol {drift.measure:.3g}")
+
+
+__all__ = ["Localization", "format_localization", "localize"]

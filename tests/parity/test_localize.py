@@ -1,0 +1,182 @@
+"""`hrmc parity --localize` names the node where a failing step first diverges, in shipped artifacts.
+
+Each artifact test changes one thing in a lowered artifact (a weight, or the code of one op) and asks
+--localize for the node: it must be the first node, in graph order, that reads the changed weight, or
+the op whose code changed. The artifact no longer matches its record, so the run says so and exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import onnx_ir as ir
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from hrmc.cli import main
+from hrmc.hrm_ref import HRM
+from hrmc.parity.localize import Localization, _walk
+from hrmc.passes import lower_onnx
+from hrmc.targets.executor import Trace
+from tests.hrmc.test_cli import assert_one_line_error
+
+WEIGHT = "inner.L_level.layers.1.self_attn.o_proj.weight"  # the weight changed: read first in H cycle 1, L cycle 1
+
+
+def localize(capsys, b: str, artifact: Path, export: Path) -> tuple[int, dict]:
+    capsys.readouterr()  # what lowering printed
+    code = main(["parity", "torch", b, "--policy", "q-halt", "--onnx-model", str(export), "--artifact", str(artifact),
+                 "--localize", "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def held(array: np.ndarray, weight: np.ndarray) -> bool:
+    """Whether `array` holds `weight` (as stored, or transposed, as the exporter and the lowerings keep it)."""
+    return any(array.shape == w.shape and np.array_equal(array, w) for w in (weight, weight.T))
+
+
+def first_reader(graph_path: Path, weight: np.ndarray) -> str:
+    """The first node, in graph order, that reads a constant holding `weight`."""
+    graph = ir.load(str(graph_path)).graph
+    return next(node.name for node in graph for value in node.inputs
+                if value is not None and value.const_value is not None and held(value.const_value.numpy(), weight))
+
+
+def changed_weight(tiny: HRM) -> np.ndarray:
+    return dict(tiny.named_parameters())[WEIGHT].detach().numpy()
+
+
+def test_localize_names_the_node_reading_a_changed_weight_in_an_onnx_artifact(capsys, tiny, tiny_export, tmp_path):
+    artifact = tmp_path / "tiny.static.onnx"
+    assert main(["lower", "--target", "onnx", "--policy", "q-halt", "--onnx-model", str(tiny_export),
+                 "-o", str(artifact)]) == 0
+    step = tmp_path / "tiny.static.step.onnx"
+    proto = onnx.load(str(step))
+    weight = changed_weight(tiny)
+    tensor = next(t for t in proto.graph.initializer if held(onnx.numpy_helper.to_array(t), weight))
+    array = onnx.numpy_helper.to_array(tensor).copy()
+    array.flat[70] += 0.05
+    tensor.CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
+    onnx.save(proto, str(step))
+
+    code, found = localize(capsys, "static", artifact, tiny_export)
+    assert code == 1 and not found["passed"]
+    assert found["step"] == 1
+    assert found["first"]["node"] == first_reader(step, array)
+    assert found["first"]["cycle"] == "H cycle 1, L cycle 1" and found["first"]["layer"] == "L_level.layers.1"
+    assert all(not drift["exceeds"] for drift in found["first"]["inputs"])
+    assert "held by none of the model's parameters" in found["first"]["weights"][0]
+    assert "tiny.static.step.onnx: does not match the sha256" in found["changed"][0]
+
+
+def test_localize_passes_where_no_step_fails(capsys, tiny_export):
+    code = main(["parity", "torch", "static", "--policy", "q-halt", "--onnx-model", str(tiny_export), "--localize"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.rstrip().endswith("PASS") and "nothing to localise" in out
+
+
+def test_localize_is_a_step_mode_check(capsys):
+    code = main(["parity", "torch", "static", "--localize", "--mode", "trajectory"])
+    assert_one_line_error(code, capsys.readouterr().err, "--localize works in step mode")
+
+
+@pytest.fixture(scope="module")
+def fused_step(tiny_export, tmp_path_factory) -> Path:
+    """The step graph of the fused pipeline, made from tiny's export: what MLX and Core ML lower."""
+    return lower_onnx(tiny_export, tmp_path_factory.mktemp("fused") / "fused.onnx", "fused").step_path
+
+
+@pytest.mark.heavy
+def test_localize_names_the_node_reading_a_changed_weight_in_an_mlx_folder(capsys, tiny, tiny_export, fused_step,
+                                                                           tmp_path):
+    import mlx.core as mx
+
+    folder = tmp_path / "tiny-mlx"
+    assert main(["lower", "--target", "mlx", "--policy", "q-halt", "--onnx-model", str(tiny_export),
+                 "-o", str(folder)]) == 0
+    weights = mx.load(str(folder / "weights.safetensors"))
+    weight = changed_weight(tiny)
+    key = next(key for key, value in weights.items() if held(np.array(value), weight))
+    array = np.array(weights[key])
+    array.flat[70] += 0.05
+    mx.save_safetensors(str(folder / "weights.safetensors"), weights | {key: mx.array(array)})
+
+    code, found = localize(capsys, "mlx", folder, tiny_export)
+    assert code == 1 and found["step"] == 1
+    assert found["first"]["node"] == first_reader(fused_step, weight)
+    assert found["first"]["weights"] == [WEIGHT.removeprefix("inner.")]
+    assert "weights.safetensors: does not match the sha256" in found["changed"][0]
+
+
+@pytest.mark.heavy
+def test_localize_names_an_op_whose_mlx_code_was_changed(capsys, tiny_export, tmp_path):
+    folder = tmp_path / "tiny-mlx"
+    assert main(["lower", "--target", "mlx", "--policy", "q-halt", "--onnx-model", str(tiny_export),
+                 "-o", str(folder)]) == 0
+    module = folder / "hrm_mlx.py"
+    code_text = module.read_text()
+    step_class = code_text.index("class Step(")
+    line = re.compile(r"^        (\w+) = rope\(", re.M).search(code_text, step_class)
+    target = line.group(1)  # the first RoPE of the step module, made subtly wrong
+    code_text = code_text[:line.end() - len("rope(")] + "1.001 * rope(" + code_text[line.end():]
+    module.write_text(code_text)
+
+    code, found = localize(capsys, "mlx", folder, tiny_export)
+    assert code == 1 and found["step"] == 1
+    assert found["first"]["op_type"] == "Rope" and found["first"]["made_by"] == "fuse"
+    assert re.sub(r"\W", "_", found["first"]["output"]["value"]) == target
+    assert "hrm_mlx.py: does not match the sha256" in found["changed"][0]
+
+
+@pytest.mark.heavy
+def test_localize_names_the_node_reading_a_changed_weight_in_a_core_ml_package(capsys, tiny, tiny_export,
+                                                                               fused_step, tmp_path):
+    package = tmp_path / "tiny.mlpackage"
+    assert main(["lower", "--target", "coreml", "--policy", "q-halt", "--onnx-model", str(tiny_export),
+                 "-o", str(package)]) == 0
+    blob_path = package / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    blob = bytearray(blob_path.read_bytes())
+    weight = changed_weight(tiny)
+    offset = next(offset for stored in (weight, np.ascontiguousarray(weight.T))
+                  if (offset := blob.find(stored.astype(np.float32).tobytes())) >= 0)
+    element = np.frombuffer(blob, np.float32, count=1, offset=offset + 4 * 70)[0]
+    blob[offset + 4 * 70: offset + 4 * 71] = np.float32(element + 0.05).tobytes()
+    blob_path.write_bytes(bytes(blob))
+
+    code, found = localize(capsys, "coreml", package, tiny_export)
+    assert code == 1 and found["step"] == 1
+    assert found["first"]["node"] == first_reader(fused_step, weight)
+    assert found["first"]["weights"] == [WEIGHT.removeprefix("inner.")]
+    assert "weight.bin: does not match the sha256" in found["changed"][0]
+
+
+@settings(max_examples=25, deadline=None)
+@given(length=st.integers(2, 12), data=st.data())
+def test_the_walk_names_the_first_node_past_the_tolerance_whose_inputs_are_within_it(length, data, tmp_path_factory,
+                                                                                      tiny):
+    """A chain x → n0 → n1 → …: B's values drift within the tolerance up to node k, past it from k on
+    (drift propagates); the walk must name node k, whatever comes after."""
+    k = data.draw(st.integers(0, length - 1))
+    noise = data.draw(st.lists(st.floats(0, 5e-6), min_size=length, max_size=length))
+    x = ir.Value(name="x", shape=ir.Shape([4]), type=ir.TensorType(ir.DataType.FLOAT))
+    nodes, value = [], x
+    for index in range(length):
+        node = ir.node("Neg", [value], name=f"n{index}")
+        node.outputs[0].name = f"v{index}"
+        nodes.append(node)
+        value = node.outputs[0]
+    path = tmp_path_factory.mktemp("chain") / "chain.onnx"
+    ir.save(ir.Model(ir.Graph([x], [value], nodes=nodes, opset_imports={"": 20}), ir_version=10), str(path))
+    a = {f"v{i}": np.full(4, (-1.0) ** (i + 1), np.float32) for i in range(length)}
+    b = {name: array + np.float32(noise[i] + (1e-2 if i >= k else 0.0)) for i, (name, array) in enumerate(a.items())}
+    found = Localization(["a", "b"], [], "chain", "max-steps", 1, 1, 0, "atol", "")
+    _walk(found, Trace(path, a, "a"), Trace(path, b, "b"), tiny, 1e-5, 1e-5, None)
+    assert found.first is not None and found.first.node == f"n{k}"
+    assert [drift.value for drift in found.first.inputs] == ([f"v{k - 1}"] if k else [])
+    assert len(found.after) == min(length - k - 1, 10)
