@@ -164,7 +164,7 @@ def test_two_lowerings_give_byte_identical_packages(step_graph: Path, tmp_path: 
         (tmp_path / name).mkdir()
         package = coreml.lower_coreml({"step": step_graph}, tmp_path / name / "t.mlpackage", "ane", 1, "t.onnx")
         contents.append({p.relative_to(package): p.read_bytes() for p in sorted(package.rglob("*")) if p.is_file()})
-    assert contents[0] == contents[1] and len(contents[0]) == 5  # spec, weights, manifest, hrmc's parts and origins
+    assert contents[0] == contents[1] and len(contents[0]) == 6  # spec, weights, manifest, hrmc's parts, origins, values
 
 
 def test_attention_per_head_computes_what_the_batched_heads_do(tiny, step_graph: Path) -> None:
