@@ -15,10 +15,10 @@ from hrmc.hrm_ref import HRM, Batch
 from hrmc.hrm_ref.act import batch_size, resolve_budget
 from hrmc.parity.agreement import format_agreement, task_agreement
 from hrmc.parity.localize import Localization, format_localization, localize
-from hrmc.parity.executors import EXECUTORS, make_executor
+from hrmc.parity.executors import EXECUTORS
 from hrmc.targets.executor import Arrays, Executor
-from hrmc.parity.gate import (ATOL, FLOOR_FACTOR, PSNR_DB, RTOL, Reference, Report, Row, step_parity,
-                              trajectory_parity, whole_graph_parity)
+from hrmc.parity.gate import (ATOL, FLOOR_FACTOR, PSNR_DB, RTOL, Reference, Report, Row, prepared_pair,
+                              step_parity, trajectory_parity, whole_graph_parity)
 
 MODES = ("step", "trajectory")
 
@@ -41,12 +41,8 @@ def check_modes(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget
     the whole-inference graph against the executor's own steps chained.
     """
     budget = resolve_budget(model, policy, budget)
-    executors = [make_executor(a, onnx_model=onnx_model, chunk=chunk),
-                 make_executor(b, onnx_model=onnx_model, chunk=chunk, artifact=artifact)]
-    for executor in executors:
-        progress(f"preparing executor {executor.name}")
-        executor.prepare(model, policy, budget, batch)
-    reference = Reference.prepared(model, policy, budget, batch)
+    executors, reference = prepared_pair(a, b, model, batch, policy, budget, onnx_model=onnx_model, chunk=chunk,
+                                         artifact=artifact, progress=progress)
     progress("running the whole inference on both")
     runs = [executor.run(batch) for executor in executors]
     task = task_agreement(*runs, model.config, labels)

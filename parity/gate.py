@@ -21,7 +21,7 @@ from hrmc.hrm_ref import HRM, Batch, Carry
 from hrmc.hrm_ref.act import halt_margin, initial_carry
 from hrmc.hrm_ref.config import HRMConfig
 from hrmc.names import CARRY_NAMES, STATE_NAMES
-from hrmc.parity.executors import TorchExecutor
+from hrmc.parity.executors import TorchExecutor, make_executor
 from hrmc.targets.executor import Arrays, Executor
 
 ATOL = RTOL = 1e-5
@@ -143,6 +143,18 @@ class Reference:
             executor.prepare(model, policy, budget, batch)
             executors.append(executor)
         return cls(*executors, *(executor.run(batch) for executor in executors))
+
+
+def prepared_pair(a: str, b: str, model: HRM, batch: Batch, policy: str, budget: int, *, onnx_model: str | None,
+                  chunk: int | None, artifact: str | None, progress) -> tuple[list[Executor], Reference]:
+    """Executors A and B (B running its shipped `artifact` where one is named) prepared on `batch`, and the
+    reference every comparison reads."""
+    executors = [make_executor(a, onnx_model=onnx_model, chunk=chunk),
+                 make_executor(b, onnx_model=onnx_model, chunk=chunk, artifact=artifact)]
+    for executor in executors:
+        progress(f"preparing executor {executor.name}")
+        executor.prepare(model, policy, budget, batch)
+    return executors, Reference.prepared(model, policy, budget, batch)
 
 
 def step_parity(a: Executor, b: Executor, ref: Reference, batch: Batch, report: Report,

@@ -29,7 +29,8 @@ from hrmc.hrm_ref import HRM, Batch
 from hrmc.hrm_ref.act import batch_size, initial_carry, resolve_budget
 from hrmc.names import MADE_BY
 from hrmc.parity.executors import make_executor
-from hrmc.parity.gate import ATOL, PSNR_DB, RTOL, Reference, Report, _carry_at, _compare, psnr, step_parity
+from hrmc.parity.gate import (ATOL, PSNR_DB, RTOL, Report, _carry_at, _compare, prepared_pair, psnr,
+                              step_parity)
 from hrmc.targets.base import structured_source
 from hrmc.targets.executor import Executor, Trace
 
@@ -105,12 +106,8 @@ def localize(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget: i
         if onnx_model is None:  # one export for every graph made afresh here, not one per side
             progress("exporting the model")
             onnx_model = str(structured_source(None, Path(work), model, policy, budget, batch))
-        executors = [make_executor(a, onnx_model=onnx_model, chunk=chunk),
-                     make_executor(b, onnx_model=onnx_model, chunk=chunk, artifact=artifact)]
-        for executor in executors:
-            progress(f"preparing executor {executor.name}")
-            executor.prepare(model, policy, budget, batch)
-        reference = Reference.prepared(model, policy, budget, batch)
+        executors, reference = prepared_pair(a, b, model, batch, policy, budget, onnx_model=onnx_model, chunk=chunk,
+                                             artifact=artifact, progress=progress)
         report = Report("step", [e.describe() for e in executors], model_name, policy, budget, batch_size(batch),
                         seed, atol, rtol, psnr_db)
         progress("step mode, up to the first failing step")
