@@ -89,7 +89,7 @@ class Report:
         return asdict(self) | {"passed": self.passed}
 
 
-def _compare(a: np.ndarray, b: np.ndarray, rtol: float) -> tuple[float, float, float]:
+def compare(a: np.ndarray, b: np.ndarray, rtol: float) -> tuple[float, float, float]:
     """max |a−b|, max |a−b|/|b|, and the atol that |a−b| ≤ atol + rtol·|b| needs."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.shape != b.shape:
@@ -109,7 +109,7 @@ def psnr(a: np.ndarray, reference: np.ndarray) -> float:
     return float("inf") if rmse == 0 else 20 * np.log10(max(peak, np.finfo(np.float64).tiny) / rmse)
 
 
-def _carry_at(trajectory: Arrays, model_start: Carry, step: int) -> Carry:
+def carry_at(trajectory: Arrays, model_start: Carry, step: int) -> Carry:
     """The reference's carry before `step` (0-based): the start, or the carry after step - 1."""
     if step == 0:
         return model_start
@@ -178,7 +178,7 @@ def step_parity(a: Executor, b: Executor, ref: Reference, batch: Batch, report: 
                       default=0.0)
     decisions = {"halting": Decisions(), "answers": Decisions()}
     for s in range(trajectory["steps"].shape[0]):
-        carry = _carry_at(trajectory, start, s)
+        carry = carry_at(trajectory, start, s)
         out_a, out_b = a.step(carry, batch), b.step(carry, batch)
         out_32, out_64 = reference.step(carry, batch), exact.step(carry, batch)
         if half:
@@ -231,8 +231,8 @@ def float32_step(out_a: Arrays, out_b: Arrays, out_32: Arrays, out_64: Arrays, s
     """One step of the float32 contract: every output within max(atol, 10 × the reference's own rounding
     on that step) + rtol·|b|; a halting decision may differ only within tolerance of a tie."""
     for name in [n for n in out_b if n in out_a and n not in DECISIONS]:
-        max_abs, max_rel, needed = _compare(out_a[name], out_b[name], report.rtol)
-        floor = _compare(out_32[name], out_64[name], 0.0)[0]
+        max_abs, max_rel, needed = compare(out_a[name], out_b[name], report.rtol)
+        floor = compare(out_32[name], out_64[name], 0.0)[0]
         # atol, unless the reference's own float32 rounding on this step is larger (a trained model's large
         # logits): then FLOOR_FACTOR × that floor, as trajectory mode gates
         limit = max(report.atol, FLOOR_FACTOR * floor)
@@ -249,8 +249,8 @@ def float16_step(out_a: Arrays, out_b: Arrays, out_32: Arrays, out_64: Arrays, o
     """One step of the float16 contract (docs/design.md §4): states and per-token outputs on PSNR, q values on
     their absolute error against the q scale, decisions wherever the reference's margin is clear."""
     for name in [n for n in out_b if n in out_a and n not in DECISIONS]:
-        max_abs, max_rel, needed = _compare(out_a[name], out_b[name], report.rtol)
-        floor = _compare(out_32[name], out_64[name], 0.0)[0]
+        max_abs, max_rel, needed = compare(out_a[name], out_b[name], report.rtol)
+        floor = compare(out_32[name], out_64[name], 0.0)[0]
         db, weights_db = float(psnr(out_a[name], out_b[name])), float(psnr(out_rounded[name], out_32[name]))
         if name in DECISION_OUTPUTS:
             limit = Q_ERROR_LIMIT * q_scale
@@ -315,8 +315,8 @@ def _drift(run_a: Arrays, run_b: Arrays, ref32: Arrays, ref64: Arrays, report: R
     for name in [n for n in run_b if n in run_a and n in ref64 and n not in DECISIONS + STATE_NAMES]:
         envelope = 0.0
         for s in range(length):
-            max_abs, max_rel, _ = _compare(run_a[name][s][compared], run_b[name][s][compared], report.rtol)
-            floor, _, _ = _compare(ref32[name][s][compared], ref64[name][s][compared], 0.0)
+            max_abs, max_rel, _ = compare(run_a[name][s][compared], run_b[name][s][compared], report.rtol)
+            floor, _, _ = compare(ref32[name][s][compared], ref64[name][s][compared], 0.0)
             # rounding noise, once in the recurrence, stays: a one-number output whose float32 and float64
             # happen to agree at one step (sudoku's q_continue at step 11: 7e-7 after 5e-6) is a dip, not a floor
             envelope = max(envelope, floor)

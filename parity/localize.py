@@ -29,7 +29,7 @@ from hrmc.hrm_ref import HRM, Batch
 from hrmc.hrm_ref.act import batch_size, initial_carry, resolve_budget
 from hrmc.names import MADE_BY
 from hrmc.parity.executors import make_executor
-from hrmc.parity.gate import (ATOL, PSNR_DB, RTOL, Report, _carry_at, _compare, prepared_pair, psnr,
+from hrmc.parity.gate import (ATOL, PSNR_DB, RTOL, Report, carry_at, compare, prepared_pair, psnr,
                               step_parity)
 from hrmc.targets.base import structured_source
 from hrmc.targets.executor import Executor, Trace
@@ -123,7 +123,7 @@ def localize(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget: i
                                "whole-inference graphs)")
             return found
         found.failing = _failing(report)
-        carry = _carry_at(reference.run32, initial_carry(model, batch), found.step - 1)
+        carry = carry_at(reference.run32, initial_carry(model, batch), found.step - 1)
         traces = []
         for executor in executors:
             progress(f"step {found.step} again on {executor.name}, every intermediate value kept")
@@ -200,7 +200,7 @@ def _drift(name: str, a: np.ndarray, b: np.ndarray, atol: float, rtol: float, ps
         a, b = a.astype(np.int64), b.astype(np.int64)
         share = float(np.mean(a != b)) if a.size else 0.0
         return Drift(name, "exact", float(np.abs(a - b).max(initial=0)), share, share > 0, MISMATCH if share else 0.0)
-    max_abs, _, needed = _compare(a, b, rtol)
+    max_abs, _, needed = compare(a, b, rtol)
     if psnr_db is None:
         return Drift(name, "atol", max_abs, needed, needed > atol, needed / atol)
     db = psnr(a, b)

@@ -88,7 +88,7 @@ class CoreMLExecutor(TargetExecutor):
         graph = self.pipeline_graph("step", batch)
         return Trace(graph, {name: values[var] for name, var in holders.items() if var in values},
                      f"the {function.name} function of {function.path.name} replayed ({LABEL}), every value kept, "
-                     "named as in the step graph of its pass pipeline made again from the model")
+                     "named as in its pass pipeline's step graph")
 
     def package_feed(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The package's I/O: floats in its float type, everything else int32."""

@@ -51,8 +51,8 @@ class MlxExecutor(TargetExecutor):
         named = identifiers(ir.load(str(graph)), graph.name)
         values = call_uncompiled(self.folder, CLASSES["step"][0], feed)
         return Trace(graph, {named[identifier]: value for identifier, value in values.items() if identifier in named},
-                     f"the step module of {self.folder.name} called uncompiled, its locals read as it returns, named as in the "
-                     "step graph of its pass pipeline made again from the model")
+                     f"the step module of {self.folder.name} called uncompiled, its locals read as it returns, "
+                     "named as in its pass pipeline's step graph")
 
     def graph_name(self, role: str) -> str:
         return f"the {module_name(role)} module"

@@ -12,7 +12,7 @@ from hrmc.hrm_ref import HRM, Batch, Carry
 from hrmc.parity import check_parity
 from hrmc.parity.executors import EXECUTORS, TorchExecutor
 from hrmc.targets.executor import Arrays
-from hrmc.parity.gate import _compare, q_margin
+from hrmc.parity.gate import compare, q_margin
 
 
 class Nudged(TorchExecutor):
@@ -48,7 +48,7 @@ def batch(tiny: HRM) -> Batch:
 
 def test_compare_reports_the_tolerance_needed() -> None:
     a, b = np.array([1.0, 10.0]), np.array([1.0 + 2e-5, 10.0 + 1e-4])
-    max_abs, max_rel, needed = _compare(a, b, rtol=1e-5)
+    max_abs, max_rel, needed = compare(a, b, rtol=1e-5)
     assert max_abs == pytest.approx(1e-4) and max_rel == pytest.approx(2e-5, rel=1e-3)
     assert needed == pytest.approx(2e-5 - 1e-5 * (1 + 2e-5))  # the first element is the tight one
 
