@@ -72,10 +72,23 @@ FALLBACK: dict[str, Callable[..., np.ndarray]] = {
 def saved_program(package: str | Path, function: str | None = None) -> Function:
     """One function (by default the default one) of the MIL program a saved package holds, read back
     from its files."""
+    spec, program = _saved(Path(package).resolve(), _stamp(Path(package)))
+    return program.functions[function or default_function(spec)]
+
+
+def _stamp(package: Path) -> tuple:
+    """What changes when a package's files do: their names, sizes and times."""
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(package.rglob("*")) if p.is_file())
+
+
+@functools.lru_cache(maxsize=2)
+def _saved(package: Path, stamp: tuple):
+    """A package's spec and whole MIL program, read once: the program holds every function and all the
+    weights, and the step, the whole inference and a trace each read one function of it."""
     from coremltools.converters.mil.frontend.milproto.load import load as load_milproto
 
     spec, weights = read_package(package)
-    return load_milproto(spec, spec.specificationVersion, str(weights)).functions[function or default_function(spec)]
+    return spec, load_milproto(spec, spec.specificationVersion, str(weights))
 
 
 Observe = Callable[[object, list[np.ndarray]], None]  # called with each computed op and its results
