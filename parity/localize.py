@@ -5,8 +5,10 @@ reference's carry, with every intermediate value exposed and named as in the ONN
 was lowered from (`Executor.trace_step`: onnxruntime with every node output marked, the emitted MLX
 module called uncompiled, the MIL replay). B's graph is walked in order; the first node whose output
 exceeds the tolerance while every input it reads from another node is within it is where the
-divergence starts. The tolerance is the gate's: |a − b| ≤ atol + rtol·|b| in float32, PSNR ≥ the
-gate's dB where either side computes in float16 (docs/design.md §4); integer and bool values must match.
+divergence starts. The tolerance is the gate's: |a − b| ≤ atol + rtol·|b| in float32; where either
+side computes in float16, the float16 contract's (docs/design.md §4): PSNR ≥ the gate's dB, and for
+values of one or two numbers per sample (the q head's) |a − b| ≤ 1e-2 × their scale; integer and
+bool values must match.
 
 torch has no graph: as A, its exported graph after the `static` pipeline, run by onnxruntime in
 float32, stands in for it (the gate has already compared the two: `hrmc parity torch onnx`).
@@ -29,7 +31,7 @@ from hrmc.hrm_ref import HRM, Batch
 from hrmc.hrm_ref.act import batch_size, initial_carry, resolve_budget
 from hrmc.names import MADE_BY
 from hrmc.parity.executors import make_executor
-from hrmc.parity.gate import (ATOL, PSNR_DB, RTOL, Report, carry_at, compare, prepared_pair, psnr,
+from hrmc.parity.gate import (ATOL, PSNR_DB, Q_ERROR_LIMIT, RTOL, Report, carry_at, compare, prepared_pair, psnr,
                               step_parity)
 from hrmc.targets.base import structured_source
 from hrmc.targets.executor import Executor, Trace
@@ -47,9 +49,9 @@ class Drift:
     """One value of B's graph against A's."""
 
     value: str  # its name in the ONNX graph
-    kind: str  # how it is measured: atol (float32), psnr (float16), exact (integer and bool values)
+    kind: str  # how it is measured: atol (float32), psnr (float16), q (float16, one or two per sample), exact (integers)
     max_abs: float
-    measure: float  # atol: the atol it needs (with rtol); psnr: dB; exact: the share of its elements that differ
+    measure: float  # atol: the atol it needs (with rtol); psnr: dB; q: the limit on |a−b|; exact: the share that differ
     exceeds: bool
     severity: float  # how far past the tolerance (> 1: beyond it), for ranking
 
@@ -62,7 +64,7 @@ class NodeDrift:
     op_type: str
     made_by: str  # the pass that made it ("export": the exporter's node, copied into its cycle by unroll-cycles)
     cycle: str  # which unrolled cycle it belongs to, from its loop labels
-    layer: str  # the block (or head) whose weights it, or the nearest node before it in its cycle, reads
+    layer: str  # the block (or head) whose weights it reads, or that of the latest node it reads from
     output: Drift
     inputs: list[Drift] = field(default_factory=list)  # those computed by other nodes, compared
     weights: list[str] = field(default_factory=list)  # the model parameters among its constants
@@ -158,26 +160,25 @@ def _walk(found: Localization, trace_a: Trace, trace_b: Trace, model: HRM, atol:
     graph = ir.load(str(trace_b.graph)).graph
     weights = _weights_read(graph, model)
     computed = {value.name for node in graph for value in node.outputs}
-    drifts = {name: _drift(name, trace_a.values[name], trace_b.values[name], atol, rtol, psnr_db)
+    drifts = {name: _drift(name, trace_a.values[name], trace_b.values[name], atol, rtol, psnr_db, found.batch)
               for name in computed if name in trace_a.values and name in trace_b.values}
     drifts = {name: drift for name, drift in drifts.items() if drift is not None}
     found.compared, found.values = len(drifts), len(computed)
     found.notes.append(f"A's values: {trace_a.how}")
     found.notes.append(f"B's values: {trace_b.how}; of the {found.values} values its graph computes, {found.compared} "
                        "were computed by both and compared")
-    nodes, layer = [], {}
+    nodes, layer, order = [], {}, {}
     for node in graph:
+        order[node] = len(order)
         cycle = _cycle(node)
-        for weight in weights.get(node.name, []):
-            if BLOCK.match(weight):
-                layer[cycle] = BLOCK.sub(lambda match: match.group(1) or match.group(2), weight)
+        layer[node] = _layer(node, weights, layer, order)
         outputs = [drifts[value.name] for value in node.outputs if value.name in drifts]
         if not outputs:
             continue
         inputs = [drifts[value.name] for value in node.inputs
                   if value is not None and value.producer() is not None and value.name in drifts]
         nodes.append(NodeDrift(node.name, node.op_type, node.metadata_props.get(MADE_BY, "—"), cycle,
-                               layer.get(cycle, "—"), max(outputs, key=lambda drift: drift.severity), inputs,
+                               layer[node] or "—", max(outputs, key=lambda drift: drift.severity), inputs,
                                weights.get(node.name, [])))
     first = next((index for index, node in enumerate(nodes)
                   if node.output.exceeds and not any(drift.exceeds for drift in node.inputs)), None)
@@ -189,8 +190,22 @@ def _walk(found: Localization, trace_a: Trace, trace_b: Trace, model: HRM, atol:
     found.after = sorted(nodes[first + 1:], key=lambda node: -node.output.severity)[:WORST]
 
 
-def _drift(name: str, a: np.ndarray, b: np.ndarray, atol: float, rtol: float, psnr_db: float | None) -> Drift | None:
-    """Value `name`, `b` against `a`, or None where they cannot be compared (different sizes)."""
+def _layer(node: ir.Node, weights: dict[str, list[str]], layer: dict[ir.Node, str], order: dict[ir.Node, int]) -> str:
+    """The block (or head) a node belongs to: the one whose weights it reads, else that of the latest node it
+    reads from that has one (a residual add belongs to the block whose output it adds); "" before any weight."""
+    for weight in weights.get(node.name, []):
+        if BLOCK.match(weight):
+            return BLOCK.sub(lambda match: match.group(1) or match.group(2), weight)
+    producers = sorted((value.producer() for value in node.inputs if value is not None and value.producer() in order),
+                       key=order.get, reverse=True)
+    return next((layer[producer] for producer in producers if layer[producer]), "")
+
+
+def _drift(name: str, a: np.ndarray, b: np.ndarray, atol: float, rtol: float, psnr_db: float | None,
+           batch: int) -> Drift | None:
+    """Value `name`, `b` against `a`, or None where they cannot be compared (different sizes). In float16,
+    a value of one or two numbers per sample (the q head's) is measured as the contract measures q values:
+    |a − b| ≤ Q_ERROR_LIMIT × its scale (here max |a|), not by PSNR, which punishes a q near zero."""
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
         if a.size != b.size:
@@ -203,6 +218,9 @@ def _drift(name: str, a: np.ndarray, b: np.ndarray, atol: float, rtol: float, ps
     max_abs, _, needed = compare(a, b, rtol)
     if psnr_db is None:
         return Drift(name, "atol", max_abs, needed, needed > atol, needed / atol)
+    if a.size <= 2 * batch:
+        limit = Q_ERROR_LIMIT * float(np.abs(a).max(initial=0.0))
+        return Drift(name, "q", max_abs, limit, max_abs > limit, max_abs / limit if limit else MISMATCH * (max_abs > 0))
     db = psnr(a, b)
     return Drift(name, "psnr", max_abs, db, db < psnr_db, 10 ** ((psnr_db - db) / 20))
 
@@ -276,6 +294,8 @@ def format_localization(found: Localization) -> str:
 def _measured(drift: Drift, short: bool = False) -> str:
     if drift.kind == "exact":
         return f"{drift.measure:.1%} of elements differ"
+    if drift.kind == "q":
+        return f"max |a−b| {drift.max_abs:.3g}" + ("" if short else f", limit {Q_ERROR_LIMIT:g} × max |a| = {drift.measure:.3g}")
     if drift.kind == "psnr":
         return f"PSNR {drift.measure:.1f} dB" + ("" if short else f", max |a−b| {drift.max_abs:.3g}")
     return f"max |a−b| {drift.max_abs:.3g}" + ("" if short else f", needs atol {drift.measure:.3g}")

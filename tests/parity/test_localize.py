@@ -180,3 +180,16 @@ def test_the_walk_names_the_first_node_past_the_tolerance_whose_inputs_are_withi
     assert found.first is not None and found.first.node == f"n{k}"
     assert [drift.value for drift in found.first.inputs] == ([f"v{k - 1}"] if k else [])
     assert len(found.after) == min(length - k - 1, 10)
+
+
+def test_float16_q_values_are_measured_as_the_contract_measures_them():
+    """One or two numbers per sample (the q head) against 1e-2 × their scale, not PSNR, which a q near zero
+    would fail; state-sized values on PSNR."""
+    from hrmc.parity.localize import _drift
+
+    q = np.array([[8.0, -0.01], [6.0, 0.02]], np.float32)
+    near = _drift("q", q, q + np.float32(0.05), 1e-5, 1e-5, 60.0, batch=2)
+    assert near.kind == "q" and not near.exceeds and near.measure == pytest.approx(0.08)
+    assert _drift("q", q, q + np.float32(0.1), 1e-5, 1e-5, 60.0, batch=2).exceeds
+    state = np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)
+    assert _drift("z", state, state + np.float32(1e-4), 1e-5, 1e-5, 60.0, batch=2).kind == "psnr"
