@@ -55,9 +55,9 @@ class CoreMLExecutor(TargetExecutor):
         return int(self.functions["chunk"].meta["chunk"]) if "chunk" in self.functions else 1
 
     def open_fresh(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> int:
-        structured, self.graphs = self.lowered(model, batch, work, chunk)
+        structured, graphs = self.lowered(model, batch, work, chunk)
         self.source = structured.name
-        return chunk if "chunk" in self.graphs else 1
+        return chunk if "chunk" in graphs else 1
 
     def function(self, role: str) -> PackageFunction:
         """Without an artifact each graph is converted when first needed: step mode converts no more than it runs."""
@@ -65,7 +65,7 @@ class CoreMLExecutor(TargetExecutor):
             if self.artifact is not None:
                 raise InputError(f"{self.artifact}: it has no {role} function")
             out = self.work() / f"{role}.mlpackage"
-            lower_coreml({role: self.graphs[role]}, out, self.flavour, self.size, self.source)
+            lower_coreml({role: self.pipeline_graphs[role]}, out, self.flavour, self.size, self.source)
             self.functions[role] = package_functions(out)[role]
         return self.functions[role]
 
