@@ -9,7 +9,8 @@ read through a Transpose node:
     y = Identity(x)
     t = Transpose(W)
 
-After: transposed weights stored as such (`fold_weight_transposes`), unused nodes removed, equal
+After: transposed weights stored as such (`fold_weight_transposes`), the RoPE tables computed once
+(`fold_constant_tables`), unused nodes removed, equal
 subexpressions merged, Identity forwarded, equal initializers shared (of any size), names made unique, nodes sorted:
 
     c = Constant([1])  …   (one copy, read by every iteration)
@@ -27,11 +28,12 @@ import sys
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
+from hrmc.passes.fold_constant_tables import FoldConstantTablesPass
 from hrmc.passes.fold_weight_transposes import FoldWeightTransposesPass
 
 # onnx-ir compares only initializers of up to 1024 elements by default; a weight the exporter folded in two
 # loop bodies (TRM's network, shared by the L cycles and the H-step) is far larger, and would be stored twice.
-STEPS = (FoldWeightTransposesPass, common.RemoveUnusedNodesPass, common.CommonSubexpressionEliminationPass,
+STEPS = (FoldWeightTransposesPass, FoldConstantTablesPass, common.RemoveUnusedNodesPass, common.CommonSubexpressionEliminationPass,
          common.IdentityEliminationPass, functools.partial(common.DeduplicateInitializersPass, size_limit=sys.maxsize),
          common.RemoveUnusedNodesPass, common.NameFixPass, common.TopologicalSortPass)
 
