@@ -54,6 +54,8 @@ class Drift:
     measure: float  # atol: the atol it needs (with rtol); psnr: dB; q: the limit on |a−b|; exact: the share that differ
     exceeds: bool
     severity: float  # how far past the tolerance (> 1: beyond it), for ranking
+    snr: float | None = None  # psnr: 20·log10(RMS / RMSE), for information: PSNR's peak makes a matmul after a
+    # heavy-tailed activation look like a loss where it only carries its input's relative error on
 
 
 @dataclass
@@ -222,7 +224,14 @@ def _drift(name: str, a: np.ndarray, b: np.ndarray, atol: float, rtol: float, ps
         limit = Q_ERROR_LIMIT * float(np.abs(a).max(initial=0.0))
         return Drift(name, "q", max_abs, limit, max_abs > limit, max_abs / limit if limit else MISMATCH * (max_abs > 0))
     db = psnr(a, b)
-    return Drift(name, "psnr", max_abs, db, db < psnr_db, 10 ** ((psnr_db - db) / 20))
+    return Drift(name, "psnr", max_abs, db, db < psnr_db, 10 ** ((psnr_db - db) / 20), _snr(a, b))
+
+
+def _snr(a: np.ndarray, reference: np.ndarray) -> float:
+    """20·log10(RMS(reference) / RMSE), in dB; inf when equal."""
+    a, reference = np.asarray(a, np.float64), np.asarray(reference, np.float64)
+    rmse, rms = (float(np.sqrt(np.mean(x ** 2))) for x in (a - reference, reference))
+    return float("inf") if rmse == 0 else 20 * np.log10(max(rms, np.finfo(np.float64).tiny) / rmse)
 
 
 def _cycle(node: ir.Node) -> str:
@@ -297,7 +306,7 @@ def _measured(drift: Drift, short: bool = False) -> str:
     if drift.kind == "q":
         return f"max |a−b| {drift.max_abs:.3g}" + ("" if short else f", limit {Q_ERROR_LIMIT:g} × max |a| = {drift.measure:.3g}")
     if drift.kind == "psnr":
-        return f"PSNR {drift.measure:.1f} dB" + ("" if short else f", max |a−b| {drift.max_abs:.3g}")
+        return f"PSNR {drift.measure:.1f} dB, SNR {drift.snr:.1f}" + ("" if short else f", max |a−b| {drift.max_abs:.3g}")
     return f"max |a−b| {drift.max_abs:.3g}" + ("" if short else f", needs atol {drift.measure:.3g}")
 
 
