@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from hrmc.cli import main
-from hrmc.hrm_ref import HRM
+from hrmc.hrm_ref import HRM, build_preset
 from hrmc.parity.localize import Localization, _walk
 from hrmc.passes import lower_onnx
 from hrmc.targets.executor import Trace
@@ -29,10 +29,10 @@ from tests.hrmc.test_cli import assert_one_line_error
 WEIGHT = "inner.L_level.layers.1.self_attn.o_proj.weight"  # the weight changed: read first in H cycle 1, L cycle 1
 
 
-def localize(capsys, b: str, artifact: Path, export: Path) -> tuple[int, dict]:
+def localize(capsys, b: str, artifact: Path, export: Path, *model: str) -> tuple[int, dict]:
     capsys.readouterr()  # what lowering printed
     code = main(["parity", "torch", b, "--policy", "q-halt", "--onnx-model", str(export), "--artifact", str(artifact),
-                 "--localize", "--json"])
+                 *model, "--localize", "--json"])
     return code, json.loads(capsys.readouterr().out)
 
 
@@ -48,31 +48,34 @@ def first_reader(graph_path: Path, weight: np.ndarray) -> str:
                 if value is not None and value.const_value is not None and held(value.const_value.numpy(), weight))
 
 
-def changed_weight(tiny: HRM) -> np.ndarray:
-    return dict(tiny.named_parameters())[WEIGHT].detach().numpy()
+def changed_weight(model: HRM) -> np.ndarray:
+    return dict(model.named_parameters())[WEIGHT].detach().numpy()
 
 
-def test_localize_names_the_node_reading_a_changed_weight_in_an_onnx_artifact(capsys, tiny, tiny_export, tmp_path):
-    artifact = tmp_path / "tiny.static.onnx"
-    assert main(["lower", "--target", "onnx", "--policy", "q-halt", "--onnx-model", str(tiny_export),
+@pytest.mark.parametrize("preset", ["tiny", pytest.param("sudoku4", marks=pytest.mark.heavy)])
+def test_localize_names_the_node_reading_a_changed_weight_in_an_onnx_artifact(capsys, preset, exported, tmp_path):
+    """On random weights (tiny) and on a trained model (sudoku4, 8 of its held-out puzzles)."""
+    export, model = exported(preset), build_preset(preset)
+    artifact = tmp_path / "m.static.onnx"
+    assert main(["lower", "--target", "onnx", "--policy", "q-halt", "--onnx-model", str(export),
                  "-o", str(artifact)]) == 0
-    step = tmp_path / "tiny.static.step.onnx"
+    step = tmp_path / "m.static.step.onnx"
     proto = onnx.load(str(step))
-    weight = changed_weight(tiny)
+    weight = changed_weight(model)
     tensor = next(t for t in proto.graph.initializer if held(onnx.numpy_helper.to_array(t), weight))
     array = onnx.numpy_helper.to_array(tensor).copy()
     array.flat[70] += 0.05
     tensor.CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
     onnx.save(proto, str(step))
 
-    code, found = localize(capsys, "static", artifact, tiny_export)
+    code, found = localize(capsys, "static", artifact, export, "--preset", preset, "--batch", "8")
     assert code == 1 and not found["passed"]
     assert found["step"] == 1
     assert found["first"]["node"] == first_reader(step, array)
     assert found["first"]["cycle"] == "H cycle 1, L cycle 1" and found["first"]["layer"] == "L_level.layers.1"
     assert all(not drift["exceeds"] for drift in found["first"]["inputs"])
     assert "held by none of the model's parameters" in found["first"]["weights"][0]
-    assert "tiny.static.step.onnx: does not match the sha256" in found["changed"][0]
+    assert "m.static.step.onnx: does not match the sha256" in found["changed"][0]
 
 
 def test_localize_passes_where_no_step_fails(capsys, tiny_export):
