@@ -10,7 +10,7 @@ side computes in float16, the float16 contract's (docs/design.md §4): PSNR ≥ 
 values of one or two numbers per sample (the q head's) |a − b| ≤ 1e-2 × their scale; integer and
 bool values must match.
 
-torch has no graph: as A, its exported graph after the `static` pipeline, run by onnxruntime in
+torch has no graph: on either side, its exported graph after the `static` pipeline, run by onnxruntime in
 float32, stands in for it (the gate has already compared the two: `hrmc parity torch onnx`).
 """
 
@@ -131,9 +131,10 @@ def localize(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget: i
         traces = []
         for executor in executors:
             progress(f"step {found.step} again on {executor.name}, every intermediate value kept")
-            traces.append(_tracer(executor, model, policy, budget, batch, onnx_model).trace_step(carry, batch))
-        if executors[0].name == "torch":
-            traces[0].how = f"torch's exported graph after the static pipeline stands in for it: {traces[0].how}"
+            trace = _tracer(executor, model, policy, budget, batch, onnx_model).trace_step(carry, batch)
+            if executor.name == "torch":
+                trace.how = f"torch's exported graph after the static pipeline stands in for it: {trace.how}"
+            traces.append(trace)
         found.traced = [trace.how for trace in traces]
         _walk(found, *traces, model, atol, rtol, psnr_db if half else None)
     return found
