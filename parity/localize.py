@@ -167,9 +167,6 @@ def _walk(found: Localization, trace_a: Trace, trace_b: Trace, model: HRM, atol:
               for name in computed if name in trace_a.values and name in trace_b.values}
     drifts = {name: drift for name, drift in drifts.items() if drift is not None}
     found.compared, found.values = len(drifts), len(computed)
-    found.notes.append(f"A's values: {trace_a.how}")
-    found.notes.append(f"B's values: {trace_b.how}; of the {found.values} values its graph computes, {found.compared} "
-                       "were computed by both and compared")
     nodes, layer, order = [], {}, {}
     for node in graph:
         order[node] = len(order)
@@ -296,6 +293,10 @@ def format_localization(found: Localization) -> str:
         lines.append(f"the {len(found.after)} worst nodes after it:")
         lines += ["  " + "".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
                   for row in zip(*[[title, *cells] for title, cells in columns])]
+    if found.traced:
+        lines += [f"note: A's values: {found.traced[0]}",
+                  f"note: B's values: {found.traced[1]}; of the {found.values} values its graph computes, "
+                  f"{found.compared} were computed by both and compared"]
     lines += [f"note: {note}" for note in found.notes]
     lines.append(f"FAIL: from step {found.step}" + (f", first at node {found.first.node}" if found.first else ""))
     return "\n".join(lines)

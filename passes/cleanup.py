@@ -33,8 +33,9 @@ from hrmc.passes.fold_weight_transposes import FoldWeightTransposesPass
 
 # onnx-ir compares only initializers of up to 1024 elements by default; a weight the exporter folded in two
 # loop bodies (TRM's network, shared by the L cycles and the H-step) is far larger, and would be stored twice.
-STEPS = (FoldWeightTransposesPass, FoldConstantTablesPass, common.RemoveUnusedNodesPass, common.CommonSubexpressionEliminationPass,
-         common.IdentityEliminationPass, functools.partial(common.DeduplicateInitializersPass, size_limit=sys.maxsize),
+STEPS = (FoldWeightTransposesPass, FoldConstantTablesPass, common.RemoveUnusedNodesPass,
+         common.CommonSubexpressionEliminationPass, common.IdentityEliminationPass,
+         functools.partial(common.DeduplicateInitializersPass, size_limit=sys.maxsize),
          common.RemoveUnusedNodesPass, common.NameFixPass, common.TopologicalSortPass)
 
 

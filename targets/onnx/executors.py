@@ -39,7 +39,7 @@ class OnnxExecutor(TargetExecutor):
         return structured_parts(structured)
 
     def open(self, graphs: dict[str, Path]) -> int:
-        self.graphs = graphs
+        self.graphs, self.unrolled = graphs, None
         roles = [self.whole_role, "step"] + (["chunk"] if self.chunked and "chunk" in graphs else [])
         self.sessions = {role: session(graphs[role]) for role in roles}
         self.chunked_step = read_metadata(graphs["step"]).get("kind") == "chunk"
@@ -54,9 +54,9 @@ class OnnxExecutor(TargetExecutor):
 
     def traced_graph(self) -> Path:
         """The step graph itself; the structured one's Loops hide their values: its static lowering instead."""
-        if "unrolled" not in self.pipeline_graphs:
-            self.pipeline_graphs["unrolled"] = lower_onnx(self.graphs["act"], self.work() / "unrolled.onnx").step_path
-        return self.pipeline_graphs["unrolled"]
+        if self.unrolled is None:
+            self.unrolled = lower_onnx(self.graphs["act"], self.work() / "unrolled.onnx").step_path
+        return self.unrolled
 
     def graph_name(self, role: str) -> str:
         return self.graphs.get(role, self.graphs["step"]).name
