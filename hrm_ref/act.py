@@ -17,12 +17,11 @@ from typing import Callable
 
 import torch
 
-from hrmc.hrm_ref.config import HRMConfig
+from hrmc.hrm_ref.config import MAX_BUDGET, HRMConfig
 from hrmc.hrm_ref.model import HRM, Batch
 from hrmc.errors import CheckpointError, InputError
 
 POLICIES = ("max-steps", "q-halt")
-MAX_BUDGET = 1024  # ACT steps: a static graph unrolls every one of them (upstream's sudoku runs 16)
 
 
 @dataclass

@@ -20,18 +20,35 @@ from hrmc.hrm_ref.model import Batch
 from hrmc.errors import InputError
 
 RANDOM_TIMESTEPS = 1000  # random batches draw denoiser timesteps from [0, 1000)
+# Upstream's label of a position that is not scored (sapientinc/HRM models/losses.py, its datasets).
+IGNORE_LABEL_ID = -100
 
 
-def _integer_ids(array: np.ndarray, key: str, shape: tuple[int, ...], upper: int, what: str, source: str) -> np.ndarray:
-    """`array` must be integers of `shape` in [0, upper); the first bad id is named."""
+def _integer_ids(array: np.ndarray, key: str, shape: tuple[int, ...], upper: int, what: str, source: str,
+                 ignored: int | None = None) -> np.ndarray:
+    """`array` must be integers of `shape` in [0, upper), or `ignored`; the first bad id is named."""
     dims = ", ".join(map(str, shape))
     if array.shape != shape or not np.issubdtype(array.dtype, np.integer):
         raise InputError(f"{source}: '{key}' must be an integer array [{dims}], got {array.dtype} {list(array.shape)}")
-    bad = np.argwhere((array < 0) | (array >= upper))
+    outside = (array < 0) | (array >= upper)
+    bad = np.argwhere(outside if ignored is None else outside & (array != ignored))
     if len(bad):
         where = ", ".join(map(str, bad[0]))
-        raise InputError(f"{source}: {what} {array[tuple(bad[0])]} at {key}[{where}] is outside [0, {upper})")
+        besides = f" and is not {ignored}, the ignore id" if ignored is not None else ""
+        raise InputError(f"{source}: {what} {array[tuple(bad[0])]} at {key}[{where}] is outside [0, {upper}){besides}")
     return array.astype(np.int32)
+
+
+def check_labels(config: HRMConfig, labels: np.ndarray, inputs_shape: tuple[int, ...] | None,
+                 source: str) -> np.ndarray:
+    """`labels` [B, L]: the right token per position of `inputs`, or IGNORE_LABEL_ID where none is scored. A
+    label the vocabulary lacks could never be predicted; scoring it would only lower the accuracy."""
+    if inputs_shape is None or labels.shape != inputs_shape or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"{source}: 'labels' must be an integer array of the shape of 'inputs' {list(inputs_shape or [])}, "
+                         f"got {labels.dtype} {list(labels.shape)}")
+    if (labels == IGNORE_LABEL_ID).all():
+        raise InputError(f"{source}: every one of 'labels' is {IGNORE_LABEL_ID}, the ignore id: nothing to score")
+    return _integer_ids(labels, "labels", inputs_shape, config.vocab_size, "label", source, IGNORE_LABEL_ID)
 
 
 def _latent_batch(config: HRMConfig, arrays: Mapping[str, np.ndarray], source: str) -> Batch:

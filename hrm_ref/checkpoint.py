@@ -29,6 +29,8 @@ UPSTREAM_CONFIG_NAME = "all_config.yaml"
 
 def strip_key_prefix(state: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Map upstream key layouts onto ours (`inner.…`)."""
+    if not state:
+        raise CheckpointError(f"{source}: holds no weights (an empty state_dict)")
     for prefix in KEY_PREFIXES:
         if state and all(key.startswith(prefix + "inner.") for key in state):
             return {key[len(prefix):]: value for key, value in state.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -35,10 +36,20 @@ OUTPUT_NORMS = ("softmax", "stablemax")
 # Fixed N×T reasoning depths (H cycles × L cycles per forward) for models without ACT.
 REASONING_DEPTHS = {"fast": (1, 1), "normal": (2, 2), "deep": (3, 2), "extreme": (6, 4)}
 MAX_ACCUMULATORS = 16  # one per nibble difference (hi - lo) mod 16
+MAX_BUDGET = 1024  # ACT steps: a static graph unrolls every one of them (upstream's sudoku runs 16)
+# Norms and RoPE compute in float32 whatever the forward dtype: these keys must be normal float32 numbers
+# (1e300 would be inf, 1e-45 flushed to 0 on some hardware), not merely finite in Python.
+FLOAT32_KEYS = ("rms_norm_eps", "rope_theta")
+FLOAT32_NORMAL = (torch.finfo(torch.float32).tiny, torch.finfo(torch.float32).max)
 
 
 def _find_multiple(a: int, b: int) -> int:
     return -(a // -b) * b
+
+
+def swiglu_width(expansion: float, features: int) -> int:
+    """Inner width of a SwiGLU over `features`: round(expansion · features · 2/3) up to a multiple of 256."""
+    return _find_multiple(round(expansion * features * 2 / 3), 256)
 
 
 def puzzle_positions(puzzle_emb_ndim: int, hidden_size: int, puzzle_emb_len: int = 0) -> int:
@@ -98,7 +109,7 @@ class HRMConfig:
     inner_T: int = 1
 
     def __post_init__(self) -> None:
-        self._check_types()
+        check_values({spec.name: getattr(self, spec.name) for spec in dataclasses.fields(self)})
         if self.input_mode == "hidden":
             self._check_controller()
             for name, value in (("H_cycles", 1), ("L_cycles", self.inner_T), ("halt_max_steps", self.eval_segments)):
@@ -108,6 +119,10 @@ class HRMConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"config {name} must be at least 1, got {getattr(self, name)}")
+        if self.halt_max_steps > MAX_BUDGET:  # a controller's budget is its eval_segments
+            key = "eval_segments" if self.input_mode == "hidden" else "halt_max_steps"
+            raise ConfigError(f"config {key} {self.halt_max_steps} is beyond what hrmc supports: at most {MAX_BUDGET} "
+                              "ACT steps")
         if self.vocab_size < 1 and self.input_mode not in ("latent", "hidden"):
             raise ConfigError(f"config vocab_size must be at least 1, got {self.vocab_size}")
         if self.hidden_size % self.num_heads:
@@ -126,25 +141,6 @@ class HRMConfig:
             raise ConfigError("config with learned positions needs seq_len")
         self._check_family()
         self._check_variants()
-
-    def _check_types(self) -> None:
-        """Integers are integers (a yaml `hidden_size: 64.0` is not), floats numbers, the real-valued sizes positive."""
-        for spec in dataclasses.fields(self):
-            value = getattr(self, spec.name)
-            kind = spec.type.split(" | ")[0]
-            if value is None and "None" in spec.type:
-                continue
-            if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ConfigError(f"config {spec.name} must be an integer, got {value!r}")
-            if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)):
-                raise ConfigError(f"config {spec.name} must be a number, got {value!r}")  # gate_init may be -inf
-            if kind == "bool" and not isinstance(value, bool):
-                raise ConfigError(f"config {spec.name} must be true or false, got {value!r}")
-        for name in ("expansion", "rms_norm_eps", "rope_theta"):
-            if not 0 < getattr(self, name) < math.inf:
-                raise ConfigError(f"config {name} must be positive and finite, got {getattr(self, name)}")
-        if self.seq_len is not None and self.seq_len < 1:
-            raise ConfigError(f"config seq_len must be at least 1, got {self.seq_len}")
 
     def _one_of(self, name: str, allowed) -> None:
         if getattr(self, name) not in allowed:
@@ -204,8 +200,7 @@ class HRMConfig:
         return self.hidden_size // self.num_heads
 
     def swiglu_width(self, features: int) -> int:
-        """Inner width of a SwiGLU over `features`: round(expansion · features · 2/3) up to a multiple of 256."""
-        return _find_multiple(round(self.expansion * features * 2 / 3), 256)
+        return swiglu_width(self.expansion, features)
 
     @property
     def intermediate_size(self) -> int:
@@ -229,6 +224,49 @@ class HRMConfig:
     def to_arch_dict(self) -> dict[str, Any]:
         """The `arch:` section upstream would write for this model (plus the inferred sizes)."""
         return dataclasses.asdict(self)
+
+
+_FIELD_TYPES = {spec.name: spec.type for spec in dataclasses.fields(HRMConfig)}
+
+
+def _is_number(value: Any) -> bool:
+    """A real number a float holds: not a bool, not NaN, not an integer too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return not math.isnan(value)
+    except OverflowError:
+        return False
+
+
+def _shown(value: Any) -> str:
+    return f"the string {value!r}" if isinstance(value, str) else repr(value)
+
+
+def check_values(values: Mapping[str, Any]) -> None:
+    """Each config key in `values` of its field's type, and the real-valued ones in range. Run on a yaml's
+    section before any value is compared with the weights, so `hidden_size: '64'` or `mlp_t: 'yes'` is named
+    as what it is. A bool is not an integer, nor an integer 64.0."""
+    for name, value in values.items():
+        declared = _FIELD_TYPES.get(name)
+        if declared is None or (value is None and "None" in declared):
+            continue
+        kind = declared.split(" | ")[0]
+        if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"config {name} must be an integer, got {_shown(value)}")
+        if kind == "float" and not _is_number(value):
+            raise ConfigError(f"config {name} must be a number, got {_shown(value)}")  # gate_init may be -inf
+        if kind == "bool" and not isinstance(value, bool):
+            raise ConfigError(f"config {name} must be true or false, got {_shown(value)}")
+    if not 0 < values.get("expansion", 1) < math.inf:
+        raise ConfigError(f"config expansion must be positive and finite, got {values['expansion']}")
+    low, high = FLOAT32_NORMAL
+    for name in FLOAT32_KEYS:
+        if name in values and not low <= values[name] <= high:
+            raise ConfigError(f"config {name} must be a positive normal float32, in [{low:.3g}, {high:.3g}], got "
+                              f"{values[name]:g}: the model computes with it in float32")
+    if values.get("seq_len") is not None and values["seq_len"] < 1:
+        raise ConfigError(f"config seq_len must be at least 1, got {values['seq_len']}")
 
 
 # Keys of upstream's `arch:` section that we read (`name` picks the family); the rest (loss,
@@ -269,14 +307,28 @@ def arch_section(yaml_dict: Mapping[str, Any], source: str) -> dict[str, Any]:
     return {k: v for k, v in resolved.items() if k in _ARCH_KEYS}
 
 
+@contextmanager
+def _named(source: str):
+    """A ConfigError from within names the file it came from."""
+    try:
+        yield
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
 def config_from_weights(arch: Mapping[str, Any], weights: Mapping[str, torch.Tensor], source: str) -> HRMConfig:
     """Complete an `arch:` section with the sizes only the weights know (keys without prefix)."""
-    def shape(key: str) -> tuple[int, ...]:
+    def shape(key: str) -> tuple[int, int]:
+        """Every tensor the sizes are read from is a matrix."""
         if key not in weights:
             raise CheckpointError(f"{source}: missing key {key}, needed to infer the model size")
+        if weights[key].ndim != 2:
+            raise CheckpointError(f"{source}: tensor {key} has shape {tuple(weights[key].shape)}, not a matrix")
         return tuple(weights[key].shape)
 
     arch = dict(arch)
+    with _named(source):
+        check_values(arch)
     extra: dict[str, Any] = {}
     if arch.get("input_mode") == "latent":  # the denoiser has no vocabulary
         width_key = "inner.latent.in_proj.weight"
@@ -296,6 +348,11 @@ def config_from_weights(arch: Mapping[str, Any], weights: Mapping[str, torch.Ten
         raise ConfigError(
             f"{source}: arch.hidden_size is {arch['hidden_size']} but {width_key} has width {hidden}")
     extra["vocab_size"] = vocab_size
+    mlp_key = "inner.L_level.layers.0.mlp.gate_up_proj.weight"  # checked before a model that wide is built
+    expansion = arch.get("expansion", HRMConfig.expansion)
+    if mlp_key in weights and 2 * swiglu_width(expansion, hidden) != shape(mlp_key)[0]:
+        raise ConfigError(f"{source}: arch.expansion {expansion:g} does not give the SwiGLU width of {mlp_key}, "
+                          f"{shape(mlp_key)[0] // 2}")
     if arch.get("puzzle_emb_ndim", 0) > 0:
         n_ids, ndim = shape("inner.puzzle_emb.weights")
         if ndim != arch["puzzle_emb_ndim"]:
@@ -318,8 +375,7 @@ def config_from_weights(arch: Mapping[str, Any], weights: Mapping[str, torch.Ten
             raise ConfigError(f"{source}: arch.seq_len does not match the {positions} {what}")
         extra["seq_len"] = seq_len
     try:
-        return HRMConfig(**arch, **extra)
+        with _named(source):
+            return HRMConfig(**arch, **extra)
     except TypeError as err:  # a value of the wrong type in the yaml
-        raise ConfigError(f"{source}: {err}") from None
-    except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None

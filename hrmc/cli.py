@@ -18,9 +18,9 @@ import click
 
 from hrmc import hrm_ref
 from hrmc.hrm_ref.act import batch_size as batch_size_of
-from hrmc.hrm_ref.act import MAX_BUDGET, resolve_budget
+from hrmc.hrm_ref.act import resolve_budget
 from hrmc.hrm_ref.batch import MAX_SEQ_LEN
-from hrmc.hrm_ref.config import REASONING_DEPTHS
+from hrmc.hrm_ref.config import MAX_BUDGET, REASONING_DEPTHS
 from hrmc import lowering
 from hrmc import parity
 from hrmc.parity.agreement import accuracy
@@ -34,6 +34,7 @@ MAX_BATCH = 65536  # the exported graphs' dynamic batch dimension goes up to thi
 STEPS = click.IntRange(1, MAX_BUDGET)  # --budget, --chunk
 POSITIVE = click.IntRange(min=1)
 SEQ_LEN = click.IntRange(1, MAX_SEQ_LEN)
+SEED = click.IntRange(0, 2**32 - 1)  # numpy's seeds; --seed of every command
 
 
 class FiniteFloat(click.ParamType):
@@ -65,7 +66,7 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help=f"ACT step budget, 1 to {MAX_BUDGET} (default: the model's halt_max_steps)."),
         click.option("--batch", "batch_size", type=click.IntRange(1, MAX_BATCH), default=4, show_default=True,
                      help="Rows of the random batch (lower --target coreml|ane: the package's fixed batch)."),
-        click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+        click.option("--seed", type=SEED, default=0, show_default=True,
                      help="Seed of the random batch."),
         click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout."),
     ]
@@ -180,7 +181,7 @@ def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_js
 def export(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, inputs, seq_len, out) -> None:
     """Export to ONNX with the ACT loop and H/L cycles kept as ONNX Loops (plus the one-step model)."""
     model = driver.load_model(checkpoint, preset, config_path)
-    batch = driver.load_inputs(model, inputs, batch_size, seed, seq_len)
+    batch = driver.load_inputs(model, inputs, batch_size, seed, seq_len, preset)
     source = model_source(checkpoint, preset)
     result = lowering.export_onnx(model, out, policy, budget, batch, source, progress)
     report = {"out": str(result.act_path), "step_model": str(result.step_path), "seconds": round(result.seconds, 1),
@@ -250,7 +251,7 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
         structured = onnx_model
         if structured is None:  # the model is needed to export it (and for --mac-check's reference)
             model = driver.load_model(checkpoint, preset, config_path)
-            batch = driver.load_inputs(model, None, batch_size, seed, seq_len)
+            batch = driver.load_inputs(model, None, batch_size, seed, seq_len, preset)
             progress("exporting the structured graph first")
             structured = lowering.export_onnx(model, Path(folder) / "model.onnx", policy, budget, batch,
                                               model_source(checkpoint, preset), progress).act_path
@@ -301,7 +302,7 @@ def bench(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
         raise InputError(f"--executors: unknown executor {', '.join(unknown) or '(none given)'}; "
                          f"choose from {', '.join(parity.EXECUTORS)}")
     model = driver.load_model(checkpoint, preset, config_path)
-    batch = driver.load_inputs(model, None, batch_size, seed, None)
+    batch = driver.load_inputs(model, None, batch_size, seed, None, preset)
     report = benchmarks.run_bench(model, batch, names, policy=policy, budget=budget, runs=runs,
                                   preset=model_source(checkpoint, preset), onnx_model=onnx_model, chunk=chunk,
                                   progress=progress)
@@ -331,7 +332,7 @@ def _estimate(checkpoint, config_path, preset, policy, budget, batch_size, seed,
 @click.option("--ranges", is_flag=True,
               help="Replay the whole inference in float32 and report every op within 2× of float16's limits.")
 @click.option("--inputs", type=click.Path(), help="--ranges: npz inputs (default: a seeded random batch).")
-@click.option("--seed", type=int, default=0, show_default=True, help="--ranges: seed of the random batch.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="--ranges: seed of the random batch.")
 def inspect(package, as_json, ranges, inputs, seed) -> None:
     """ANE-readiness report of a Core ML package: op counts, what keeps work off the ANE, tensors, weights."""
     path = Path(package)

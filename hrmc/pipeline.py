@@ -15,7 +15,9 @@ import numpy as np
 
 from hrmc import hrm_ref
 from hrmc.hrm_ref import HRM, Batch
+from hrmc.hrm_ref.act import batch_size as batch_size_of
 from hrmc.hrm_ref.act import denoise
+from hrmc.hrm_ref.batch import check_labels
 from hrmc.hrm_ref.ddim import DDIMScheduler
 from hrmc.hrm_ref.presets import TRAINED_PRESETS, test_set_path
 from hrmc.errors import InputError
@@ -43,7 +45,7 @@ def load_model(checkpoint: str | None, preset: str | None, config: str | None, d
     return model if depth is None else model.twin(model.config.with_depth(depth))
 
 
-def load_labels(inputs: str | None, batch: Batch) -> np.ndarray | None:
+def load_labels(model: HRM, inputs: str | None, batch: Batch) -> np.ndarray | None:
     """`labels` [B, L] of an inputs npz, when it has them: the right answer per position (task accuracy)."""
     if not inputs:
         return None
@@ -51,30 +53,39 @@ def load_labels(inputs: str | None, batch: Batch) -> np.ndarray | None:
         if "labels" not in data.files:
             return None
         labels = data["labels"]
-    expected = tuple(batch["inputs"].shape) if "inputs" in batch else None
-    if expected is None or labels.shape != expected or not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(f"{inputs}: 'labels' must be an integer array of the shape of 'inputs' {list(expected or [])}, "
-                         f"got {labels.dtype} {list(labels.shape)}")
-    return labels
+    return check_labels(model.config, labels, tuple(batch["inputs"].shape) if "inputs" in batch else None, inputs)
 
 
 def load_task(model: HRM, preset: str | None, inputs: str | None, batch_size: int, seed: int,
               seq_len: int | None) -> tuple[Batch, np.ndarray | None]:
     """The inputs of `run` and `parity` with their labels, when there are any: the --inputs npz; else, for a
     trained preset, the first `batch_size` puzzles of its held-out set; else a seeded random batch."""
-    if inputs is None and preset in TRAINED_PRESETS:
-        path = test_set_path(preset)
-        batch = hrm_ref.load_batch(model.config, path)
-        labels = load_labels(str(path), batch)
-        return {name: value[:batch_size] for name, value in batch.items()}, labels[:batch_size]
-    batch = load_inputs(model, inputs, batch_size, seed, seq_len)
-    return batch, load_labels(inputs, batch)
+    held_out = inputs is None and preset in TRAINED_PRESETS
+    inputs = str(test_set_path(preset)) if held_out else inputs
+    batch = load_inputs(model, inputs, batch_size, seed, seq_len, preset)
+    labels = load_labels(model, inputs, batch)
+    if held_out:  # --batch picks the first puzzles: it cannot ask for more than there are
+        if batch_size > batch_size_of(batch):
+            raise InputError(f"--batch {batch_size}: the {preset} preset's held-out set has {batch_size_of(batch)} "
+                             "puzzles")
+        batch, labels = {name: value[:batch_size] for name, value in batch.items()}, labels[:batch_size]
+    return batch, labels
 
 
-def load_inputs(model: HRM, inputs: str | None, batch_size: int, seed: int, seq_len: int | None) -> Batch:
-    if inputs:
-        return hrm_ref.load_batch(model.config, inputs)
-    return hrm_ref.random_batch(model.config, batch_size, seed, seq_len)
+def load_inputs(model: HRM, inputs: str | None, batch_size: int, seed: int, seq_len: int | None,
+                preset: str | None = None) -> Batch:
+    """The --inputs npz, else a seeded random batch. A trained preset answers one task: --seq-len and the
+    inputs must have its sequence length (their ids are checked against its vocabulary, the model's)."""
+    task_len = model.config.seq_len if preset in TRAINED_PRESETS else None
+    if task_len and seq_len not in (None, task_len):
+        raise InputError(f"--seq-len {seq_len}: the {preset} preset's task has {task_len} positions")
+    if not inputs:
+        return hrm_ref.random_batch(model.config, batch_size, seed, seq_len)
+    batch = hrm_ref.load_batch(model.config, inputs)
+    if task_len and batch["inputs"].shape[1] != task_len:
+        raise InputError(f"{inputs}: 'inputs' has {batch['inputs'].shape[1]} positions, but the {preset} preset's "
+                         f"task has {task_len}")
+    return batch
 
 
 @dataclass(frozen=True)

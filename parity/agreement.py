@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from hrmc.hrm_ref.act import halt_margin
+from hrmc.hrm_ref.batch import IGNORE_LABEL_ID
 from hrmc.hrm_ref.config import HRMConfig
 from hrmc.targets.executor import Arrays
 
@@ -22,9 +23,15 @@ def answers(run: Arrays) -> np.ndarray | None:
 
 
 def accuracy(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Cells right, and samples whose every cell is right."""
-    right = predicted == labels
-    return {"cells": float(right.mean()), "exact": float(right.all(axis=-1).mean())}
+    """Upstream's evaluation (sapientinc/HRM models/losses.py), so the numbers compare with its runs: positions
+    labelled IGNORE_LABEL_ID are not scored; `cells` is each sample's share of scored cells right, averaged over
+    the samples with any; `exact` the share of those samples whose every scored cell is right."""
+    scored = labels != IGNORE_LABEL_ID
+    counts, right = scored.sum(-1), ((predicted == labels) & scored).sum(-1)
+    samples = counts > 0
+    n = max(int(samples.sum()), 1)
+    return {"cells": float((right[samples] / counts[samples]).sum() / n),
+            "exact": float((right == counts)[samples].sum() / n)}
 
 
 def task_agreement(run_a: Arrays, run_b: Arrays, config: HRMConfig, labels: np.ndarray | None = None) -> dict[str, Any]:

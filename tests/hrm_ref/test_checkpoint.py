@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,9 @@ def rewrite(path: Path, change) -> None:
      r"shape mismatch inner\.q_head\.weight \(3, 64\) \(model \(2, 64\)\)"),
     (lambda s: s.__setitem__("inner.lm_head.weight", torch.zeros(1)),
      r"keys mix the prefixes"),
+    (lambda s: s.clear(), r"holds no weights \(an empty state_dict\)"),
+    (lambda s: s.__setitem__("_orig_mod.model.inner.embed_tokens.embedding_weight", torch.zeros(11)),
+     r"tensor inner\.embed_tokens\.embedding_weight has shape \(11,\), not a matrix"),
     (lambda s: s.__setitem__("module.encoder.weight", torch.zeros(1)),
      r"key 'module\.encoder\.weight' does not start with"),
     (lambda s: s.pop("_orig_mod.model.inner.embed_tokens.embedding_weight"),
@@ -201,6 +205,20 @@ def test_missing_or_bad_config_is_named(upstream_checkpoint: Path) -> None:
     ("hidden_size", 64.0, "config hidden_size must be an integer, got 64.0"),
     ("seq_len", -5, "config seq_len must be at least 1, got -5"),
     ("rms_norm_eps", float("nan"), "config rms_norm_eps must be a number"),
+    ("halt_max_steps", 5000, "config halt_max_steps 5000 is beyond what hrmc supports: at most 1024 ACT steps"),
+    # each key's type first, before a value is compared with the weights (or, here, with 0: a traceback)
+    ("hidden_size", "64", "config hidden_size must be an integer, got the string '64'"),
+    ("hidden_size", True, "config hidden_size must be an integer, got True"),
+    ("puzzle_emb_ndim", "96", "config puzzle_emb_ndim must be an integer, got the string '96'"),
+    ("mlp_t", "yes", "config mlp_t must be true or false, got the string 'yes'"),
+    ("expansion", 10**400, "config expansion must be a number, got 1000"),
+    # what the model computes with in float32 is a normal float32: 1e300 is inf there, 1e-45 flushed to 0
+    ("rms_norm_eps", 1e300, "config rms_norm_eps must be a positive normal float32, in [1.18e-38, 3.4e+38], got 1e+300"),
+    ("rms_norm_eps", 1e-45, "config rms_norm_eps must be a positive normal float32"),
+    ("rope_theta", 1e39, "config rope_theta must be a positive normal float32"),
+    # named before a model that wide is built (a traceback, or every byte of memory)
+    ("expansion", 1e300, "arch.expansion 1e+300 does not give the SwiGLU width of "
+                         "inner.L_level.layers.0.mlp.gate_up_proj.weight, 256"),
 ])
 def test_arch_values_of_the_wrong_kind_are_named_with_the_file(upstream_checkpoint: Path, key: str, value,
                                                                message: str) -> None:
@@ -208,7 +226,7 @@ def test_arch_values_of_the_wrong_kind_are_named_with_the_file(upstream_checkpoi
     config = yaml.safe_load(config_path.read_text())
     config["arch"][key] = value
     config_path.write_text(yaml.dump(config))
-    with pytest.raises(HrmcError, match=f"all_config.yaml: {message}"):
+    with pytest.raises(HrmcError, match=re.escape(f"all_config.yaml: {message}")):
         hrm_ref.load_checkpoint(upstream_checkpoint)
 
 

@@ -31,10 +31,18 @@ def test_unknown_preset_is_named() -> None:
                                              ({"family": "ttm"}, "config family 'ttm' is not one of hrm, trm"),
                                              ({"mlp_t": True}, "config mlp_t is a TRM option: it needs family 'trm'"),
                                              ({"no_ACT_continue": True}, "config no_ACT_continue is a TRM option"),
-                                             ({"pos_encodings": "none"}, "config pos_encodings 'none' is a TRM option")])
+                                             ({"pos_encodings": "none"}, "config pos_encodings 'none' is a TRM option"),
+                                             ({"halt_max_steps": 1025}, "config halt_max_steps 1025 is beyond what hrmc "
+                                                                        "supports: at most 1024 ACT steps"),
+                                             ({"rope_theta": 1e-40}, "config rope_theta must be a positive normal float32")])
 def test_impossible_configs_are_named(tiny: HRM, change: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         tiny.config.replace(**change)
+
+
+def test_a_controllers_budget_is_named_by_its_own_key() -> None:
+    with pytest.raises(ConfigError, match="config eval_segments 2000 is beyond what hrmc supports"):
+        hrm_ref.PRESETS["controller-grb"].replace(eval_segments=2000)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -3,17 +3,21 @@ exit 0 with a valid result, or exit 1/2 with one line on stderr; never a traceba
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hrmc import hrm_ref
 from hrmc.cli import main
+from hrmc.hrm_ref.presets import test_set_path
+from tests.conftest import upstream_arch, write_upstream_checkpoint
 
 # each example runs the CLI in-process; tiny runs in a fraction of a second
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -81,6 +85,72 @@ def test_random_option_values_run_or_end_in_one_line(capsys, option: str, value:
         if code == 0:
             with np.load(out) as data:
                 assert np.isfinite(data["logits"]).all()
+
+
+@FAST
+@given(option=st.sampled_from(["--batch", "--seq-len"]), value=VALUES)
+@example(option="--batch", value="300")  # more than the held-out set's 256 puzzles
+@example(option="--seq-len", value="20")  # not the task's 16
+@example(option="--seq-len", value="16")
+def test_a_trained_preset_honours_its_options_or_refuses_them(capsys, option: str, value: str) -> None:
+    """Exit 0 means the option was honoured (the batch asked for, the length asked for), never ignored."""
+    code, out, err = run_cli(capsys, "run", "--preset", "sudoku4", "--budget", "1", option, value, "--json")
+    assert_clean_ending(code, err)
+    if code == 0:
+        report = json.loads(out)
+        assert report["batch" if option == "--batch" else "seq_len"] == int(value)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """tiny in upstream's layout: a step_N the arch yamls of the property below describe."""
+    return write_upstream_checkpoint(hrm_ref.build_preset("tiny"), tmp_path_factory.mktemp("upstream") / "run")
+
+
+ARCH_KEYS = ["halt_max_steps", "H_cycles", "L_cycles", "H_layers", "L_layers", "hidden_size", "num_heads", "expansion",
+             "puzzle_emb_ndim", "pos_encodings", "rms_norm_eps", "rope_theta", "mlp_t", "no_ACT_continue",
+             "puzzle_emb_len", "forward_dtype"]
+# small integers only: a valid yaml may ask for a million cycles, which would run (slowly), not fail
+ARCH_VALUES = st.one_of(st.integers(-3, 40), st.booleans(), st.none(), st.text(max_size=6),
+                        st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(["64", "yes", "true", "1e-5"]))
+
+
+@FAST
+@given(key=st.sampled_from(ARCH_KEYS), value=ARCH_VALUES)
+@example(key="halt_max_steps", value=5000)
+@example(key="hidden_size", value=10**400)
+@example(key="rms_norm_eps", value=1e300)
+@example(key="rope_theta", value=1e-45)
+@example(key="expansion", value=1e300)
+def test_random_arch_values_run_or_end_in_one_line(capsys, tiny_run: Path, key: str, value) -> None:
+    """Whatever one key of the yaml holds: a run with finite logits, or one line."""
+    with tempfile.TemporaryDirectory() as folder:
+        config = Path(folder) / "arch.yaml"
+        config.write_text(yaml.dump(upstream_arch(hrm_ref.build_preset("tiny")) | {key: value}))
+        out = Path(folder) / "o.npz"
+        code, _, err = run_cli(capsys, "run", "--checkpoint", str(tiny_run), "--config", str(config), "--seq-len", "16",
+                               "--batch", "2", "--budget", "2", "-o", str(out))
+        assert_clean_ending(code, err, out)
+        if code == 0:
+            with np.load(out) as data:
+                assert np.isfinite(data["logits"]).all()
+
+
+@FAST
+@given(labels=st.lists(st.integers(-101, 8) | st.just(-100), min_size=32, max_size=32))
+def test_random_labels_are_scored_or_end_in_one_line(capsys, labels: list[int]) -> None:
+    """Labels in the vocabulary or -100: an accuracy in [0, 1]; any other label: one line naming it."""
+    with np.load(test_set_path("sudoku4")) as data:
+        arrays = {key: data[key][:2] for key in data.files}
+    with tempfile.TemporaryDirectory() as folder:
+        np.savez(Path(folder) / "in.npz", **arrays | {"labels": np.array(labels).reshape(2, 16)})
+        code, out, err = run_cli(capsys, "run", "--preset", "sudoku4", "--budget", "1", "--json",
+                                 "--inputs", str(Path(folder) / "in.npz"))
+    assert_clean_ending(code, err)
+    scorable = all(0 <= label < 6 or label == -100 for label in labels) and set(labels) != {-100}
+    assert (code == 0) == scorable, err
+    if code == 0:
+        assert all(0 <= share <= 1 for share in json.loads(out)["accuracy"].values())
 
 
 @FAST

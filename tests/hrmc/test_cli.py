@@ -93,6 +93,7 @@ def test_run_from_an_upstream_trm_checkpoint_is_that_model(capsys, tmp_path: Pat
     (["run", "--budget", "99999999999999999999999"], ["--budget", "not in the range"]),
     (["run", "--seq-len", "0"], ["--seq-len", "0 is not in the range 1<=x<=4096"]),
     (["run", "--seed", "-1"], ["--seed", "-1 is not in the range"]),
+    (["inspect", "x.mlpackage", "--ranges", "--seed", "-1"], ["--seed", "-1 is not in the range 0<=x<=4294967295"]),
     (["run", "--batch", "0"], ["--batch", "0 is not in the range 1<=x<=65536"]),
     (["lower", "--chunk", "0", "-o", "x.onnx"], ["--chunk", "0 is not in the range"]),
     (["lower", "--target", "ane", "--batch", "-3", "-o", "x.mlpackage"], ["--batch", "-3 is not in the range"]),
@@ -319,11 +320,57 @@ def test_a_trained_preset_runs_its_held_out_puzzles_and_reports_accuracy(capsys)
     assert min(report["halting_steps"]) < report["budget"]  # the trained q head halts early
 
 
-def test_labels_of_the_wrong_shape_are_named(capsys, tmp_path: Path) -> None:
-    np.savez(tmp_path / "in.npz", inputs=np.ones((2, 16), np.int32), puzzle_identifiers=np.zeros(2, np.int32),
-             labels=np.ones((2, 15), np.int32))
-    code, _, err = hrmc(capsys, "run", "--inputs", str(tmp_path / "in.npz"))
-    assert_one_line_error(code, err, "in.npz", "'labels' must be an integer array of the shape of 'inputs'")
+@pytest.mark.parametrize("argv, fragment", [
+    (["run", "--batch", "300"], "--batch 300: the sudoku4 preset's held-out set has 256 puzzles"),
+    (["run", "--seq-len", "20"], "--seq-len 20: the sudoku4 preset's task has 16 positions"),
+    (["parity", "torch", "onnx", "--batch", "257"], "--batch 257: the sudoku4 preset's held-out set has 256 puzzles"),
+    (["export", "--seq-len", "20", "-o", "x.onnx"], "--seq-len 20: the sudoku4 preset's task has 16 positions"),
+])
+def test_a_trained_preset_refuses_options_it_cannot_honour(capsys, argv: list[str], fragment: str) -> None:
+    assert_one_line_error(*hrmc(capsys, *argv, "--preset", "sudoku4")[::2], fragment)
+
+
+def test_a_trained_preset_refuses_another_tasks_puzzles(capsys, tmp_path: Path) -> None:
+    """4×4 puzzles are ids sudoku6's vocabulary has, but not its 36 positions: no 0 % 'result'."""
+    from hrmc.hrm_ref.presets import test_set_path
+
+    with np.load(test_set_path("sudoku4")) as data:
+        np.savez(tmp_path / "in.npz", **data)
+    code, _, err = hrmc(capsys, "run", "--preset", "sudoku6", "--inputs", str(tmp_path / "in.npz"))
+    assert_one_line_error(code, err, "in.npz: 'inputs' has 16 positions, but the sudoku6 preset's task has 36")
+
+
+def held_out(rows: int, **changes) -> dict[str, np.ndarray]:
+    from hrmc.hrm_ref.presets import test_set_path
+
+    with np.load(test_set_path("sudoku4")) as data:
+        return {key: data[key][:rows] for key in data.files} | changes
+
+
+def test_positions_labelled_upstreams_ignore_id_are_not_scored(capsys, tmp_path: Path) -> None:
+    """-100 where the answer is wrong: every cell left is right, so 100 %, not the wrong cells counted again."""
+    arrays = held_out(16)
+    np.savez(tmp_path / "in.npz", **arrays)
+    argv = ["run", "--preset", "sudoku4", "--budget", "1", "--inputs"]  # one step: some answers still wrong
+    assert hrmc(capsys, *argv, str(tmp_path / "in.npz"), "-o", str(tmp_path / "o.npz"))[0] == 0
+    with np.load(tmp_path / "o.npz") as outputs:
+        right = outputs["logits"][-1].argmax(-1) == arrays["labels"]
+    assert 0 < right.mean() < 1 and right.any(axis=1).all()
+    np.savez(tmp_path / "masked.npz", **arrays | {"labels": np.where(right, arrays["labels"], -100)})
+    code, out, _ = hrmc(capsys, *argv, str(tmp_path / "masked.npz"), "--json")
+    assert code == 0 and json.loads(out)["accuracy"] == {"cells": 1.0, "exact": 1.0}
+
+
+@pytest.mark.parametrize("labels, fragment", [
+    (np.ones((2, 15), np.int32), "'labels' must be an integer array of the shape of 'inputs'"),
+    (np.full((2, 16), 6), "label 6 at labels[0, 0] is outside [0, 6) and is not -100, the ignore id"),
+    (np.full((2, 16), -1), "label -1 at labels[0, 0] is outside [0, 6) and is not -100, the ignore id"),
+    (np.full((2, 16), -100), "every one of 'labels' is -100, the ignore id: nothing to score"),
+])
+def test_bad_labels_are_named(capsys, tmp_path: Path, labels: np.ndarray, fragment: str) -> None:
+    np.savez(tmp_path / "in.npz", **held_out(2, labels=labels))
+    code, _, err = hrmc(capsys, "run", "--preset", "sudoku4", "--inputs", str(tmp_path / "in.npz"))
+    assert_one_line_error(code, err, "in.npz: ", fragment)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
