@@ -1,6 +1,7 @@
 """The `hrmc` command line. Commands read as the pipeline: run → export → lower → parity → bench.
 
-Exit codes: 0 ok; 1 a parity or gate failure; 2 bad input or usage, with one line on stderr.
+Exit codes: 0 ok; 1 a parity or gate failure; 2 bad input or usage, with one line on stderr; 130 Ctrl-C
+(SIGINT), 143 SIGTERM, after cleaning up.
 """
 
 from __future__ import annotations
@@ -8,9 +9,11 @@ from __future__ import annotations
 import functools
 import json
 import math
+import signal
 import sys
-import tempfile
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +30,7 @@ from hrmc.parity.agreement import accuracy
 from hrmc import __version__
 from hrmc import pipeline as driver
 from hrmc.errors import GateFailure, HrmcError, InputError
-from hrmc.files import check_output, size_of
+from hrmc.files import LeftBehind, check_apart, check_length, check_output, size_of, work_folder
 
 FORWARD_DTYPES = ("float32", "float64", "bfloat16")
 MAX_BATCH = 65536  # the exported graphs' dynamic batch dimension goes up to this
@@ -35,6 +38,18 @@ STEPS = click.IntRange(1, MAX_BUDGET)  # --budget, --chunk
 POSITIVE = click.IntRange(min=1)
 SEQ_LEN = click.IntRange(1, MAX_SEQ_LEN)
 SEED = click.IntRange(0, 2**32 - 1)  # numpy's seeds; --seed of every command
+
+
+class UserPath(click.Path):
+    """A path whose every name fits the file system: a longer one fails each call on it (ENAMETOOLONG),
+    after whatever work came first."""
+
+    def convert(self, value, param, ctx):
+        try:
+            check_length(value)
+        except InputError as err:
+            self.fail(str(err), param, ctx)
+        return super().convert(value, param, ctx)
 
 
 class FiniteFloat(click.ParamType):
@@ -58,8 +73,8 @@ class FiniteFloat(click.ParamType):
 def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options every command that takes a model shares."""
     options = [
-        click.option("--checkpoint", type=click.Path(dir_okay=True), help="Upstream step_N checkpoint or .safetensors file."),
-        click.option("--config", "config_path", type=click.Path(), help="Arch yaml for --checkpoint (default: all_config.yaml beside it)."),
+        click.option("--checkpoint", type=UserPath(dir_okay=True), help="Upstream step_N checkpoint or .safetensors file."),
+        click.option("--config", "config_path", type=UserPath(), help="Arch yaml for --checkpoint (default: all_config.yaml beside it)."),
         click.option("--preset", type=click.Choice(sorted(hrm_ref.PRESETS)), help=f"Built-in model (default: {driver.DEFAULT_PRESET})."),
         click.option("--policy", type=click.Choice(hrm_ref.POLICIES), default="max-steps", show_default=True, help="ACT halting policy."),
         click.option("--budget", type=STEPS,
@@ -99,9 +114,9 @@ def _check_lowering_source(onnx_model: Path, checkpoint, config_path, preset, po
     return model
 
 
-def _check_mac_check(target: str, out: str, force: bool, onnx_model: str | None, model: hrm_ref.HRM | None) -> None:
+def _check_mac_check(target: str, out: str, force: bool, onnx_model: str | None, model: hrm_ref.HRM | None) -> Path:
     """`lower --mac-check`: a Core ML package to check, a new check folder (or one hrmc wrote) and, from an
-    --onnx-model, the model named for the reference the folder saves."""
+    --onnx-model, the model named for the reference the folder saves. Returns the folder."""
     if driver.TARGETS[target].module != "hrmc.targets.coreml":
         raise InputError(f"--mac-check: only for a Core ML package (--target coreml or ane), not --target {target}")
     if onnx_model is not None and model is None:
@@ -109,7 +124,7 @@ def _check_mac_check(target: str, out: str, force: bool, onnx_model: str | None,
                          "reference the check saves")
     from hrmc.parity.mac_check import check_out
 
-    check_out(out, force)
+    return check_out(out, force)
 
 
 def _mac_check(model: hrm_ref.HRM, seed: int):
@@ -124,19 +139,19 @@ def progress(message: str) -> None:
 
 @cli.command()
 @model_options
-@click.option("--inputs", type=click.Path(),
+@click.option("--inputs", type=UserPath(),
               help="npz with 'inputs' [B, L], 'puzzle_identifiers' [B] and optionally 'labels' [B, L] "
                    "(default: a trained preset's held-out puzzles, else a seeded random batch).")
 @click.option("--seq-len", type=SEQ_LEN, help="Sequence length of the random batch (default: the preset's).")
 @click.option("--dtype", type=click.Choice(FORWARD_DTYPES), default="float32", show_default=True, help="Forward dtype.")
 @click.option("--depth", type=click.Choice(list(REASONING_DEPTHS)), help="Fixed N×T cycles per forward (fast 1×1 … extreme 6×4).")
 @click.option("--ddim-steps", type=int, default=10, show_default=True, help="Denoiser models: DDIM steps of the sample.")
-@click.option("-o", "--out", type=click.Path(), help="Write the per-step outputs to this .npz file.")
+@click.option("-o", "--out", type=UserPath(), help="Write the per-step outputs to this .npz file.")
 def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, inputs, seq_len, dtype, depth,
         ddim_steps, out) -> None:
     """Run the reference model (eager PyTorch ACT) and save every step's outputs."""
     if out:
-        check_output(out, ".npz")  # before the run, not after
+        check_apart([check_output(out, ".npz")], [inputs, checkpoint, config_path])  # before the run, not after
     model = driver.load_model(checkpoint, preset, config_path, dtype, depth)
     batch, labels = driver.load_task(model, preset, inputs, batch_size, seed, seq_len)
     budget = resolve_budget(model, policy, budget)
@@ -175,11 +190,12 @@ def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_js
 
 @cli.command()
 @model_options
-@click.option("--inputs", type=click.Path(), help="npz whose sequence length the export fixes (default: the preset's).")
+@click.option("--inputs", type=UserPath(), help="npz whose sequence length the export fixes (default: the preset's).")
 @click.option("--seq-len", type=SEQ_LEN, help="Sequence length to export for (default: the preset's).")
-@click.option("-o", "--out", type=click.Path(), required=True, help="The .onnx file; NAME.step.onnx is written beside it.")
+@click.option("-o", "--out", type=UserPath(), required=True, help="The .onnx file; NAME.step.onnx is written beside it.")
 def export(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, inputs, seq_len, out) -> None:
     """Export to ONNX with the ACT loop and H/L cycles kept as ONNX Loops (plus the one-step model)."""
+    check_apart(lowering.export_paths(out), [checkpoint, config_path, inputs])  # before a minute of tracing
     model = driver.load_model(checkpoint, preset, config_path)
     batch = driver.load_inputs(model, inputs, batch_size, seed, seq_len, preset)
     source = model_source(checkpoint, preset)
@@ -221,9 +237,9 @@ def list_passes() -> None:
 @click.option("--dump-after", help="Also write the graph right after this pass (OUT.after-PASS.onnx).")
 @click.option("--strip", help="Comma-separated outputs to remove (strip-heads), e.g. hex_logits,free_energy.")
 @click.option("--chunk", type=STEPS, help="Also lower a K-step chunk graph with the carry in and out.")
-@click.option("--onnx-model", type=click.Path(), help="Start from this exported file instead of exporting afresh.")
+@click.option("--onnx-model", type=UserPath(), help="Start from this exported file instead of exporting afresh.")
 @click.option("--seq-len", type=SEQ_LEN, help="Sequence length to export for (default: the preset's).")
-@click.option("-o", "--out", type=click.Path(), required=True,
+@click.option("-o", "--out", type=UserPath(), required=True,
               help="onnx: OUT.onnx (OUT.step.onnx beside it); mlx: a folder; coreml, ane: OUT.mlpackage.")
 @click.option("--force", is_flag=True, help="Replace an output folder that hrmc did not write.")
 @click.option("--weights", type=click.Choice(["float16x2", "float16"]),
@@ -241,13 +257,15 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
     pipeline = pipeline or driver.TARGETS[target].pipeline
     # Checked here too, because an export of a minute may come before the pipeline runs.
     passes.pipeline_passes(pipeline)
-    driver.check_target_output(target, out, chunk, force, weights)
-    model = None
+    outputs = driver.check_target_output(target, out, chunk, force, weights, dump_after)
+    model, inputs = None, [checkpoint, config_path]
     if onnx_model is not None:
         model = _check_lowering_source(Path(onnx_model), checkpoint, config_path, preset, policy, budget, seq_len)
+        inputs += passes.structured_parts(Path(onnx_model)).values()
     if mac_check:
-        _check_mac_check(target, out, force, onnx_model, model)
-    with tempfile.TemporaryDirectory(prefix="hrmc-lower-") as folder:
+        outputs.append(_check_mac_check(target, out, force, onnx_model, model))
+    check_apart(outputs, inputs)
+    with work_folder("lower") as folder:
         structured = onnx_model
         if structured is None:  # the model is needed to export it (and for --mac-check's reference)
             model = driver.load_model(checkpoint, preset, config_path)
@@ -273,7 +291,7 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
 @click.option("--executors", default="torch,static,chunked", show_default=True,
               help=f"Comma-separated executors to time ({', '.join(parity.EXECUTORS)}).")
 @click.option("--runs", type=POSITIVE, default=5, show_default=True, help="Timed runs per executor (after one warm-up).")
-@click.option("--onnx-model", type=click.Path(), help="The structured export the ONNX-based executors start from.")
+@click.option("--onnx-model", type=UserPath(), help="The structured export the ONNX-based executors start from.")
 @click.option("--chunk", type=STEPS, help="Steps per graph call of the chunked executors (default 4).")
 @click.option("--estimate", type=click.Choice(["ane"]),
               help="Time nothing: estimate the ane package's latency per Apple chip from its ops (an analytic "
@@ -281,7 +299,7 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
 @click.option("--chip", "chips", multiple=True,
               help="--estimate: the chips to model, repeated or comma-separated (m1, m2, m3, m4, a17, a18; "
                    "default all).")
-@click.option("--artifact", type=click.Path(),
+@click.option("--artifact", type=UserPath(),
               help="--estimate: an ane .mlpackage (hrmc lower --target ane) to estimate at its own batch, "
                    "instead of lowering the model.")
 def bench(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, executors, runs,
@@ -327,11 +345,11 @@ def _estimate(checkpoint, config_path, preset, policy, budget, batch_size, seed,
 
 
 @cli.command()
-@click.argument("package", type=click.Path())
+@click.argument("package", type=UserPath())
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--ranges", is_flag=True,
               help="Replay the whole inference in float32 and report every op within 2× of float16's limits.")
-@click.option("--inputs", type=click.Path(), help="--ranges: npz inputs (default: a seeded random batch).")
+@click.option("--inputs", type=UserPath(), help="--ranges: npz inputs (default: a seeded random batch).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="--ranges: seed of the random batch.")
 def inspect(package, as_json, ranges, inputs, seed) -> None:
     """ANE-readiness report of a Core ML package: op counts, what keeps work off the ANE, tensors, weights."""
@@ -400,11 +418,11 @@ def _print_ranges(report: dict, as_json: bool) -> None:
 @click.option("--rtol", type=FiniteFloat(), default=parity.RTOL, show_default=True, help="Relative tolerance.")
 @click.option("--psnr", "psnr_db", type=FiniteFloat(low=1.0), default=parity.PSNR_DB, show_default=True,
               help="float16 executors (ane): the step-mode PSNR gate in dB.")
-@click.option("--onnx-model", type=click.Path(), help="The structured export the executors lower from (not shipped).")
-@click.option("--artifact", type=click.Path(),
+@click.option("--onnx-model", type=UserPath(), help="The structured export the executors lower from (not shipped).")
+@click.option("--artifact", type=UserPath(),
               help="B's shipped artifact, run as it is: a .onnx (its .step.onnx beside it), an MLX folder or a .mlpackage.")
 @click.option("--chunk", type=STEPS, help="Steps per graph call of the chunked executor (default 4).")
-@click.option("--inputs", type=click.Path(),
+@click.option("--inputs", type=UserPath(),
               help="npz inputs, 'labels' optional (default: a trained preset's held-out puzzles, else a seeded random batch).")
 @click.option("--seq-len", type=SEQ_LEN, help="Sequence length of the random batch.")
 @click.option("--localize", is_flag=True,
@@ -436,8 +454,41 @@ def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_
     return 0 if report.passed else 1
 
 
+class Terminated(SystemExit):
+    """SIGTERM (sent by `timeout`, CI cancellation, `docker stop`), raised where the program is so that every
+    `finally` cleans up as for Ctrl-C. A SystemExit: click lets it through, and no `except Exception` stops it."""
+
+
+def _terminate(number: int, frame) -> None:
+    raise Terminated(128 + number)
+
+
+def _warning_line(shown: Callable[..., None], message, category, filename, lineno, file=None, line=None) -> None:
+    """hrmc's own warnings (hrmc.files.LeftBehind) in one line; others' as they were `shown`."""
+    if issubclass(category, LeftBehind):
+        click.echo(f"hrmc: warning: {message}", err=True)
+    else:
+        shown(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: user mistakes end in one line on stderr, never a traceback."""
+    """Console entry point: user mistakes end in one line on stderr, never a traceback. SIGTERM cleans up as
+    Ctrl-C does and ends in one line too (exit 143; Ctrl-C: 130)."""
+    handled = threading.current_thread() is threading.main_thread()  # where Python runs signal handlers
+    previous = signal.signal(signal.SIGTERM, _terminate) if handled else None
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = functools.partial(_warning_line, warnings.showwarning)
+            return _main(argv)
+    except Terminated as err:
+        click.echo("hrmc: terminated", err=True)
+        return err.code
+    finally:
+        if handled:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         result = cli.main(args=argv, prog_name="hrmc", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as err:

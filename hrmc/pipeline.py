@@ -21,7 +21,7 @@ from hrmc.hrm_ref.batch import check_labels
 from hrmc.hrm_ref.ddim import DDIMScheduler
 from hrmc.hrm_ref.presets import TRAINED_PRESETS, test_set_path
 from hrmc.errors import InputError
-from hrmc.files import atomic_output, check_output
+from hrmc.files import atomic_output, check_output, together
 from hrmc.names import STATE_NAMES
 from hrmc.targets import TARGETS, Companion, LowerOptions
 
@@ -95,12 +95,14 @@ class Lowered:
 
 
 def check_target_output(target: str, out: str | Path, chunk: int | None = None, force: bool = False,
-                        weights: str | None = None) -> Path:
-    """Every path `hrmc lower` will write, and its options, checked before any work."""
+                        weights: str | None = None, dump_after: str | None = None) -> list[Path]:
+    """Every path `hrmc lower` will write, and its options, checked before any work; the paths."""
+    from hrmc.passes import dump_path
+
     declared = TARGETS[target]
     declared.weight_storage(weights)
-    declared.backend().check_out(declared, out, chunk, force)
-    return Path(out)
+    dumped = [check_output(dump_path(out, dump_after), ".onnx")] if dump_after else []
+    return declared.backend().check_out(declared, out, chunk, force) + dumped
 
 
 def lower_target(structured: str | Path, out: str | Path, target: str, pipeline: str, work: Path, *,
@@ -108,21 +110,23 @@ def lower_target(structured: str | Path, out: str | Path, target: str, pipeline:
                  dump_after: str | None = None, batch: int = 1, force: bool = False,
                  weights: str | None = None, seed: int = 0, companion: Companion | None = None) -> Lowered:
     """`hrmc lower`: the pass pipeline (stage 3), then the target's own lowering (stage 4). `companion`:
-    written beside the output, with it (`lower --mac-check`)."""
+    written beside the output, with it (`lower --mac-check`). The outputs, the companion and the
+    --dump-after graph replace their old ones together, or none does."""
     from hrmc import passes
 
     started = time.perf_counter()
     declared = TARGETS[target]
     progress(f"running pipeline {pipeline}")
     # graphs are the onnx target's output; other targets lower them from a work folder
-    graphs_out = out if declared.suffix == ".onnx" else (
-        Path(out).with_name(Path(out).name + ".onnx") if dump_after else work / "static.onnx")
-    graphs = passes.lower_onnx(structured, graphs_out, pipeline, strip=strip, chunk=chunk, dump_after=dump_after,
-                               progress=progress).graphs
-    if declared.suffix != ".onnx":
-        progress(f"lowering to {target}")
+    graphs_out = out if declared.suffix == ".onnx" else work / "static.onnx"
     options = LowerOptions(Path(structured).name, batch, force, weights, seed, progress, companion)
-    return Lowered(declared.backend().lower(declared, graphs, out, options), time.perf_counter() - started)
+    with together():
+        graphs = passes.lower_onnx(structured, graphs_out, pipeline, strip=strip, chunk=chunk, dump_after=dump_after,
+                                   dump_beside=out, progress=progress).graphs
+        if declared.suffix != ".onnx":
+            progress(f"lowering to {target}")
+        written = declared.backend().lower(declared, graphs, out, options)
+    return Lowered(written, time.perf_counter() - started)
 
 
 def run_model(model: HRM, batch: Batch, policy: str, budget: int | None, seed: int = 0, ddim_steps: int = 10,

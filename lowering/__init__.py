@@ -4,6 +4,6 @@ Entry point: `export_onnx(model, out, policy, budget)` writes `out` (the whole A
 `out.step.onnx` (one step, carry in and out); `read_metadata` reads what hrmc recorded in them.
 """
 
-from hrmc.lowering.export import ExportedModel, export_onnx, read_metadata, step_path_for
+from hrmc.lowering.export import ExportedModel, export_onnx, export_paths, read_metadata, step_path_for
 
-__all__ = ["ExportedModel", "export_onnx", "read_metadata", "step_path_for"]
+__all__ = ["ExportedModel", "export_onnx", "export_paths", "read_metadata", "step_path_for"]

@@ -33,7 +33,7 @@ from hrmc.hrm_ref import HRM, Batch
 from hrmc.hrm_ref.act import resolve_budget
 from hrmc import __version__
 from hrmc.errors import HrmcError, InputError
-from hrmc.files import check_output
+from hrmc.files import check_output, together
 from hrmc.lowering.artifact import load_proto, save_bound
 from hrmc.lowering.graph import ACTGraph, StepGraph
 from hrmc.names import CARRY_NAMES, LOOP, TRIP_COUNT, meta_key, unprefixed
@@ -59,6 +59,12 @@ def step_path_for(path: str | Path) -> Path:
     """`model.onnx` → `model.step.onnx` beside it."""
     path = Path(path)
     return path.with_name(path.name.removesuffix(".onnx") + ".step.onnx")
+
+
+def export_paths(out: str | Path) -> tuple[Path, Path]:
+    """The pair `export_onnx` writes, `out` and its .step.onnx sibling, checked before the work."""
+    out = check_output(out, ".onnx")
+    return out, check_output(step_path_for(out), ".onnx")
 
 
 def weights_sha256(model: HRM) -> str:
@@ -138,7 +144,7 @@ def export_onnx(model: HRM, out: str | Path, policy: str = "max-steps", budget: 
                 batch: Batch | None = None, source: str = "", progress: Callable[[str], None] = lambda _: None,
                 ) -> ExportedModel:
     """Write `out` (the whole ACT inference) and its `.step.onnx` sibling; both or neither."""
-    out = check_output(out, ".onnx")  # before a minute of tracing, not after
+    out, step_out = export_paths(out)  # before a minute of tracing, not after
     if model.config.forward_dtype != "float32":
         raise InputError(f"export takes a float32 model, got forward dtype {model.config.forward_dtype}")
     budget = resolve_budget(model, policy, budget)
@@ -163,8 +169,8 @@ def export_onnx(model: HRM, out: str | Path, policy: str = "max-steps", budget: 
                   [*(f"{name}_next" for name in CARRY_NAMES), *outputs], ({0: rows},) * 4 + (batch_dims,))
     step = _finish(step, "step", model, policy, budget, sha, seq_len, outputs, source)
 
-    step_out = step_path_for(out)
-    save_bound({"act": (out, act), "step": (step_out, step)})
+    with together():  # the pair replaces an old pair whole, or not at all
+        save_bound({"act": (out, act), "step": (step_out, step)})
     parameter_bytes = sum(t.numel() * 4 for t in model.state_dict().values())
     return ExportedModel(out, step_out, time.perf_counter() - started, out.stat().st_size, parameter_bytes)
 

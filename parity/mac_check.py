@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -24,7 +23,7 @@ import torch
 from hrmc import __version__, hrm_ref
 from hrmc.hrm_ref import HRM, Batch, Carry
 from hrmc.errors import InputError
-from hrmc.files import atomic_folder, check_output_folder
+from hrmc.files import atomic_folder, check_output_folder, together
 from hrmc.lowering.export import weights_sha256
 from hrmc.names import CARRY_NAMES
 from hrmc.parity import on_mac
@@ -47,25 +46,18 @@ def check_folder(package: str | Path) -> Path:
     return Path(package).with_suffix(".check")
 
 
-def check_out(package: str | Path, force: bool) -> None:
+def check_out(package: str | Path, force: bool) -> Path:
     """The check folder `lower --mac-check` will write: new, or one hrmc wrote (unless `force`)."""
-    check_output_folder(check_folder(package), marker=SCRIPT, force=force)
+    return check_output_folder(check_folder(package), marker=SCRIPT, force=force)
 
 
 @contextlib.contextmanager
 def beside(package: Path, force: bool) -> Iterator[Path]:
-    """A temporary folder that becomes the package's check folder once the block has written the package.
-    Nothing is left half-done: a failing block writes neither; if the folder then cannot take its place,
-    the package the block wrote is removed."""
-    written = False
-    try:
-        with atomic_folder(check_folder(package), marker=SCRIPT, force=force) as folder:
-            yield folder
-            written = True
-    except BaseException:
-        if written:
-            shutil.rmtree(package, ignore_errors=True)
-        raise
+    """A temporary folder that becomes the package's check folder together with the package the block writes
+    (hrmc.files.together): a failing block writes neither, and if either cannot take its place, both old
+    ones stay as they were."""
+    with together(), atomic_folder(check_folder(package), marker=SCRIPT, force=force) as folder:
+        yield folder
 
 
 def write_check(folder: Path, written: Path, shown_as: Path, *, model: HRM, seed: int,

@@ -19,7 +19,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import NameFixPass
 
 from hrmc.errors import HrmcError, InputError
-from hrmc.files import atomic_output, check_output
+from hrmc.files import atomic_output, check_output, together
 from hrmc.lowering import read_metadata, step_path_for
 from hrmc.lowering.artifact import load_proto, save_bound, source_parts
 from hrmc import names
@@ -161,6 +161,20 @@ def _rewritten(structured: Path, edited: bool):
         raise InputError(f"{structured}: cannot lower this rewritten graph ({type(err).__name__}: {first})") from None
 
 
+def output_paths(out: str | Path, chunk: int | None = None) -> dict[str, Path]:
+    """{role: path} of the files `lower_onnx` writes: `out` (static), OUT.step.onnx and, for a chunk of more
+    than one step, OUT.chunkK.onnx."""
+    out = Path(out)
+    chunked = {"chunk": out.with_name(f"{out.stem}.chunk{chunk}.onnx")} if chunk is not None and chunk > 1 else {}
+    return {"static": out, "step": step_path_for(out)} | chunked
+
+
+def dump_path(out: str | Path, name: str) -> Path:
+    """Where `--dump-after NAME` writes the graph: OUT.after-NAME.onnx, beside the output `out`."""
+    out = Path(out)
+    return out.with_name(f"{out.name.removesuffix('.onnx')}.after-{name}.onnx")
+
+
 def _save(model: ir.Model, path: Path) -> None:
     """A graph dumped between passes (--dump-after): one file, not part of the lowered set."""
     with atomic_output(path) as temporary:
@@ -175,29 +189,28 @@ def _checked_proto(model: ir.Model) -> onnx.ModelProto:
 
 
 def lower_onnx(structured: str | Path, out: str | Path, pipeline: str = "static", *, strip: tuple[str, ...] = (),
-               chunk: int | None = None, dump_after: str | None = None,
+               chunk: int | None = None, dump_after: str | None = None, dump_beside: str | Path | None = None,
                progress: Callable[[str], None] = lambda _: None) -> LoweredModel:
-    """Lower `structured` (and its .step.onnx) to `out` (static), `out.step.onnx` and maybe `out.chunkK.onnx`."""
+    """Lower `structured` (and its .step.onnx) to `out` (static), `out.step.onnx` and maybe `out.chunkK.onnx`.
+    `dump_after`: also the graph after that pass, named after `dump_beside` (default `out`), kept only with
+    the rest (within `hrmc.files.together`, only with everything the group writes)."""
     started = time.perf_counter()
-    structured, out = Path(structured), check_output(out, ".onnx")
-
-    def dump(suffix: str) -> Dump:
-        return lambda name, model: _save(model, out.with_name(f"{out.stem}.{suffix}after-{name}.onnx"))
-
+    structured = Path(structured)
+    paths = {role: check_output(path, ".onnx") for role, path in output_paths(out, chunk).items()}
+    dumped = check_output(dump_path(dump_beside or out, dump_after), ".onnx") if dump_after else None
     parts, edited = _source_parts(structured, progress)
-    with _rewritten(structured, edited):
-        static = run_pipeline(_load(parts["act"]), pipeline, strip=strip, dump_after=dump_after, dump=dump(""))
-        static_proto = _checked_proto(static)
-    step = run_pipeline(_load(parts["step"]), pipeline, strip=strip, chunk=1)
-    chunked = None
-    if chunk is not None and chunk > 1:
-        chunked = run_pipeline(_load(parts["step"]), pipeline, strip=strip, chunk=chunk)
-    chunk_path = out.with_name(f"{out.stem}.chunk{chunk}.onnx") if chunked is not None else None
-    protos = {"static": (out, static_proto), "step": (step_path_for(out), _checked_proto(step))} | (
-        {"chunk": (chunk_path, _checked_proto(chunked))} if chunked is not None else {})
-    save_bound(protos)
-    return LoweredModel(out, step_path_for(out), chunk_path, time.perf_counter() - started)
+    with together():
+        with _rewritten(structured, edited):
+            static = run_pipeline(_load(parts["act"]), pipeline, strip=strip, dump_after=dump_after,
+                                  dump=lambda name, model: _save(model, dumped))
+            static_proto = _checked_proto(static)
+        protos = {"static": static_proto, "step": _checked_proto(run_pipeline(_load(parts["step"]), pipeline,
+                                                                              strip=strip, chunk=1))}
+        if "chunk" in paths:
+            protos["chunk"] = _checked_proto(run_pipeline(_load(parts["step"]), pipeline, strip=strip, chunk=chunk))
+        save_bound({role: (paths[role], proto) for role, proto in protos.items()})
+    return LoweredModel(paths["static"], paths["step"], paths.get("chunk"), time.perf_counter() - started)
 
 
-__all__ = ["PASSES", "PIPELINES", "PIPELINE_ALIASES", "LoweredModel", "describe", "lower_onnx", "pipeline_passes",
-           "run_pipeline"]
+__all__ = ["PASSES", "PIPELINES", "PIPELINE_ALIASES", "LoweredModel", "describe", "dump_path", "lower_onnx",
+           "output_paths", "pipeline_passes", "run_pipeline"]

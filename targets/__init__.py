@@ -4,7 +4,7 @@ A target names the pass pipeline whose graphs it lowers, the output it writes, t
 does the work and the executors it gives `hrmc parity` and `hrmc bench`. Its package (imported only
 when used: onnxruntime, MLX and coremltools load slowly) provides three functions:
 
-    check_out(target, out, chunk, force)                # every output path, checked before any work
+    check_out(target, out, chunk, force) -> list[Path]  # every output path, checked before any work
     lower(target, graphs, out, options) -> list[Path]   # the files or folders written
     executor(name, onnx_model, chunk, artifact) -> Executor
 

@@ -20,6 +20,7 @@ from typing import Mapping
 from hrmc.hrm_ref import HRM, Batch, Carry
 from hrmc.hrm_ref.act import initial_carry, resolve_budget
 from hrmc.errors import InputError
+from hrmc.files import work_folder
 from hrmc.lowering.export import export_onnx, read_metadata, weights_sha256
 from hrmc.passes import lower_onnx, structured_parts
 from hrmc.targets import TARGET_OF_EXECUTOR
@@ -93,7 +94,7 @@ class TargetExecutor(Executor):
     def work(self) -> Path:
         """A temporary folder of this executor's own, for graphs it makes."""
         if self._work is None:
-            self._work = tempfile.TemporaryDirectory(prefix=f"hrmc-{self.name}-")
+            self._work = work_folder(self.name)
         return Path(self._work.name)
 
     def open_shipped(self, model: HRM, batch: Batch) -> int:

@@ -77,9 +77,9 @@ def _each(checks: list[Callable[[Path, Path], None]]) -> Callable[[Path, Path], 
     return check
 
 
-def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -> None:
+def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -> list[Path]:
     """The package `lower` will write: new, or one hrmc wrote (unless `force`)."""
-    check_output_folder(out, target.suffix, f"Data/{PARTS_FILE}", force)
+    return [check_output_folder(out, target.suffix, f"Data/{PARTS_FILE}", force)]
 
 
 __all__ = ["ANE_ALIGNMENT_BYTES", "FLAVOURS", "LABEL", "OPS", "CoreMLExecutor", "LowerError", "PackageFunction",

@@ -43,9 +43,9 @@ def lower(target: Target, graphs: dict[str, Path], out: str | Path, options: Low
     return [lower_mlx(graphs, out, options.source, options.force).folder]
 
 
-def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -> None:
+def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -> list[Path]:
     """The folder `lower` will write: new, or one hrmc wrote (unless `force`)."""
-    check_output_folder(out, target.suffix, MODULE, force)
+    return [check_output_folder(out, target.suffix, MODULE, force)]
 
 
 __all__ = ["OPS", "LowerError", "MlxExecutor", "MlxPackage", "check_out", "executor", "load_package", "lower",

@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hrmc.files import check_output
+from hrmc.passes import output_paths
 from hrmc.targets import LowerOptions, Target
 from hrmc.targets.executor import Executor
 from hrmc.targets.onnx.executors import ChunkedExecutor, OnnxExecutor, StaticExecutor
@@ -37,8 +38,9 @@ def lower(target: Target, graphs: dict[str, Path], out: str | Path, options: Low
     return list(graphs.values())
 
 
-def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -> None:
-    check_output(out, target.suffix)
+def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -> list[Path]:
+    """The graphs `lower` will write: OUT, OUT.step.onnx and OUT.chunkK.onnx."""
+    return [check_output(path, target.suffix) for path in output_paths(out, chunk).values()]
 
 
 __all__ = ["ChunkedExecutor", "OnnxExecutor", "StaticExecutor", "check_out", "executor", "lower", "session",

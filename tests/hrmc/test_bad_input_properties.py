@@ -37,7 +37,7 @@ def assert_clean_ending(code: int, err: str, out_path: Path | None = None) -> No
     lines = [line for line in err.splitlines() if not line.startswith("  ")]  # progress lines are indented
     assert code in (1, 2) and len(lines) == 1 and lines[0].startswith("hrmc: error: "), (code, err)
     if out_path is not None:  # a failed command leaves no output, and no hidden partial one
-        assert not out_path.exists() and not list(out_path.parent.glob(f".{out_path.name}*")), out_path
+        assert not out_path.exists() and not list(out_path.parent.glob(".hrmc-*")), out_path  # hrmc.files' temporaries
 
 
 def corrupt(data: bytes, edits: list[tuple[float, int]], cut: float | None) -> bytes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -463,3 +465,156 @@ def test_lower_from_an_export_refuses_model_options_that_disagree(capsys, tiny_e
     code, _, _ = hrmc(capsys, "lower", "--onnx-model", str(tiny_export), "--preset", "tiny", "--policy", "q-halt",
                       "-o", str(tmp_path / "x.onnx"))
     assert code == 0
+
+
+# Outputs against inputs, siblings, long names, replaced outputs and signals (issue 27)
+
+@pytest.fixture
+def export_copy(tiny_export: Path, tmp_path: Path) -> Path:
+    """The tiny export pair copied here: a test that tries to overwrite it must not touch the shared one."""
+    for source in (tiny_export, lowering.step_path_for(tiny_export)):
+        (tmp_path / source.name).write_bytes(source.read_bytes())
+    return tmp_path / tiny_export.name
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("out, link, chunk", [
+    ("tiny.onnx", None, None),
+    ("tiny.step.onnx", None, None),
+    ("link.onnx", "symlink", None),
+    ("hard.onnx", "hard link", None),
+    ("a.onnx", "a.chunk2.onnx", "2"),  # its chunk sibling is the input
+])
+def test_lower_refuses_an_output_that_is_its_input(capsys, export_copy: Path, out: str, link: str | None,
+                                                   chunk: str | None) -> None:
+    folder = export_copy.parent
+    if link == "symlink":
+        (folder / out).symlink_to(export_copy)
+    elif link == "hard link":
+        os.link(export_copy, folder / out)
+    elif link is not None:
+        (folder / link).symlink_to(export_copy)
+    before = _snapshot(folder)
+    code, _, err = hrmc(capsys, "lower", "--target", "onnx", "--onnx-model", str(export_copy), "--policy", "q-halt",
+                        *(["--chunk", chunk] if chunk else []), "-o", str(folder / out))
+    assert_one_line_error(code, err, "would replace the input")
+    assert _snapshot(folder) == before and "running pipeline" not in err
+
+
+def test_run_and_export_refuse_outputs_that_are_their_inputs(capsys, tiny, tmp_path: Path) -> None:
+    np.savez(tmp_path / "in.npz", inputs=np.ones((2, 16), np.int64), puzzle_identifiers=np.zeros(2, np.int64))
+    assert_one_line_error(*hrmc(capsys, "run", "--inputs", str(tmp_path / "in.npz"),
+                                "-o", str(tmp_path / "in.npz"))[::2], "in.npz would replace the input")
+    checkpoint = write_upstream_checkpoint(tiny, tmp_path / "run")
+    (tmp_path / "link.onnx").symlink_to(checkpoint)
+    (tmp_path / "x.step.onnx").symlink_to(checkpoint)
+    before = checkpoint.read_bytes()
+    for out in ("link.onnx", "x.onnx"):  # the checkpoint itself; its export's step sibling
+        code, _, err = hrmc(capsys, "export", "--checkpoint", str(checkpoint), "-o", str(tmp_path / out))
+        assert_one_line_error(code, err, "would replace the input", str(checkpoint))
+        assert "tracing" not in err
+    assert checkpoint.read_bytes() == before
+
+
+@pytest.mark.parametrize("argv, sibling", [
+    (["lower", "--target", "onnx"], "o.step.onnx"),
+    (["lower", "--target", "onnx", "--chunk", "3"], "o.chunk3.onnx"),
+    (["lower", "--target", "onnx", "--dump-after", "cleanup"], "o.after-cleanup.onnx"),
+    (["lower", "--target", "mlx", "--dump-after", "fuse"], "o.after-fuse.onnx"),
+    (["export"], "o.step.onnx"),
+])
+def test_sibling_outputs_are_checked_before_the_work(capsys, tiny_export: Path, tmp_path: Path, argv: list[str],
+                                                     sibling: str) -> None:
+    (tmp_path / sibling).mkdir()
+    source = ["--onnx-model", str(tiny_export)] if argv[0] == "lower" else []
+    out = tmp_path / ("o" if "mlx" in argv else "o.onnx")
+    code, _, err = hrmc(capsys, *argv, *source, "--policy", "q-halt", "-o", str(out))
+    assert_one_line_error(code, err, f"{tmp_path / sibling} is a folder")
+    assert "tracing" not in err and "running pipeline" not in err and os.listdir(tmp_path) == [sibling]
+
+
+LONG = "n" * 300
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["run", "-o", f"{LONG}.npz"], "name too long"),
+    (["run", "--inputs", f"{LONG}.npz"], "name too long"),
+    (["run", "--checkpoint", f"{LONG}/step_1"], "name too long"),
+    (["lower", "--onnx-model", f"{LONG}.onnx", "-o", "x.onnx"], "name too long"),
+    (["lower", "-o", f"{LONG}.onnx"], "name too long"),
+    (["export", "-o", f"{LONG}/x.onnx"], "name too long"),
+])
+def test_names_longer_than_the_system_allows_are_one_line(capsys, tmp_path: Path, monkeypatch, argv: list[str],
+                                                          fragment: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(*hrmc(capsys, *argv)[::2], fragment)
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_longest_name_the_system_allows_is_written(capsys, tmp_path: Path) -> None:
+    out = tmp_path / ("n" * 251 + ".npz")  # 255 bytes: its temporary must fit beside it too
+    assert hrmc(capsys, "run", "--batch", "1", "-o", str(out))[0] == 0
+    assert os.listdir(tmp_path) == [out.name]
+
+
+def test_dump_after_appears_only_with_the_whole_lowering(capsys, tiny_export: Path, tmp_path: Path,
+                                                         monkeypatch) -> None:
+    from hrmc import passes
+    from hrmc.errors import InputError
+    from hrmc.targets import mlx
+
+    class Broken:
+        def __call__(self, model):
+            raise InputError("the pass broke")
+
+    lower = ["lower", "--onnx-model", str(tiny_export), "--policy", "q-halt", "--dump-after", "unroll-cycles"]
+    with monkeypatch.context() as patch:
+        patch.setitem(passes.PASSES, "cleanup", Broken)  # after unroll-cycles
+        assert_one_line_error(*hrmc(capsys, *lower, "-o", str(tmp_path / "s.onnx"))[::2], "the pass broke")
+    assert os.listdir(tmp_path) == []
+    monkeypatch.delitem(mlx.OPS, "hrmc.Rope")  # the target's lowering fails after every pass ran
+    code, _, err = hrmc(capsys, *lower, "--target", "mlx", "-o", str(tmp_path / "m"))
+    assert_one_line_error(code, err, "hrmc.Rope")
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_old_folder_that_cannot_be_deleted_is_replaced_with_a_one_line_warning(capsys, tiny_export: Path,
+                                                                                 tmp_path: Path) -> None:
+    from tests.hrmc.test_files import immutable
+
+    lower = ["lower", "--target", "mlx", "--onnx-model", str(tiny_export), "--policy", "q-halt", "-o",
+             str(tmp_path / "m")]
+    assert hrmc(capsys, *lower)[0] == 0
+    (tmp_path / "m" / "kept").mkdir()
+    (tmp_path / "m" / "kept" / "f").write_text("x")
+    with immutable(tmp_path / "m" / "kept", tmp_path):
+        code, out, err = hrmc(capsys, *lower)
+        left = [p for p in tmp_path.iterdir() if p.name != "m"]
+    lines = [line for line in err.splitlines() if not line.startswith("  ")]
+    assert code == 0 and "wrote" in out and not (tmp_path / "m" / "kept").exists()
+    assert len(lines) == 1 and lines[0].startswith("hrmc: warning: could not remove all of the old "), err
+    assert len(left) == 1 and str(left[0]) in lines[0]
+
+
+def test_sigterm_cleans_up_as_sigint_does(tiny_export: Path, tmp_path: Path) -> None:
+    """`timeout`, CI cancellation and `docker stop` send SIGTERM: nothing is left beside the output nor in
+    TMPDIR, and one line says so (exit 143)."""
+    out, scratch = tmp_path / "out", tmp_path / "tmp"
+    out.mkdir()
+    scratch.mkdir()
+    process = subprocess.Popen([str(Path(sys.executable).with_name("hrmc")), "lower", "--target", "ane",
+                                "--onnx-model", str(tiny_export), "--policy", "q-halt", "-o", str(out / "t.mlpackage")],
+                               stderr=subprocess.PIPE, text=True,
+                               env=os.environ | {"TMPDIR": str(scratch), "OMP_NUM_THREADS": "1"})
+    for line in process.stderr:
+        if "checking float16 ranges" in line:  # the package is in its temporary beside the output by now
+            break
+    else:
+        pytest.fail("the lowering ended before it could be terminated")
+    process.send_signal(signal.SIGTERM)
+    rest = process.stderr.read()
+    assert process.wait(timeout=60) == 143 and rest == "hrmc: terminated\n", rest
+    assert os.listdir(out) == [] and os.listdir(scratch) == []
