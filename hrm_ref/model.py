@@ -29,6 +29,14 @@ CosSin = tuple[torch.Tensor, torch.Tensor] | None
 # or `hidden`, `prompt_mask` (the controller).
 Batch = dict[str, torch.Tensor]
 
+# The module whose weights each head output reads (state_dict prefixes): what a graph whose head outputs were
+# stripped (`hrmc lower --strip`) no longer stores.
+HEAD_MODULES = {"logits": "inner.lm_head.", "probs": "inner.lm_head.", "q_halt_logits": "inner.q_head.",
+                "q_continue_logits": "inner.q_head.", "hex_logits": "inner.hex_head.",
+                "free_energy": "inner.free_energy_head."}
+# The module each optional input is read through: a graph exported without that input does not store it.
+INPUT_MODULES = {"cond": "inner.latent.cond_proj."}
+
 
 class Block(nn.Module):
     """Post-norm transformer block: h = rms(h + attn(h)); h = rms(h + mlp(h)).

@@ -6,6 +6,7 @@ Exit codes: 0 ok; 1 a parity or gate failure; 2 bad input or usage, with one lin
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -28,6 +29,7 @@ from hrmc import lowering
 from hrmc import parity
 from hrmc.parity.agreement import accuracy
 from hrmc import __version__
+from hrmc import binding
 from hrmc import pipeline as driver
 from hrmc.errors import GateFailure, HrmcError, InputError
 from hrmc.files import LeftBehind, check_apart, check_length, check_output, size_of, work_folder
@@ -137,6 +139,33 @@ def progress(message: str) -> None:
     click.echo(f"  {message}", err=True)
 
 
+def echo_json(report: Any) -> None:
+    """A report as standard JSON (RFC 8259 has no Infinity or NaN): a non-finite number is written as the
+    string "Infinity", "-Infinity" or "NaN", which Python's float() reads back."""
+    click.echo(json.dumps(_finite(report), allow_nan=False))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def unrecorded_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--unrecorded", is_flag=True,
+                        help="Run an artifact that has no record of its parts (not as hrmc wrote it, or its record "
+                             "removed): unverified, reported as UNRECORDED and never a pass (exit 1 at best).")(command)
+
+
+def accepting_unrecorded(given: bool):
+    """Within: artifacts without a record are noted rather than refused, where the user said --unrecorded."""
+    return binding.accepting_unrecorded() if given else contextlib.nullcontext([])
+
+
 @cli.command()
 @model_options
 @click.option("--inputs", type=UserPath(),
@@ -176,7 +205,7 @@ def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_js
     if labels is not None and "logits" in outputs:
         report["accuracy"] = accuracy(outputs["logits"][-1].argmax(-1), labels)
     if as_json:
-        click.echo(json.dumps(report))
+        echo_json(report)
         return
     click.echo(f"model {report['model']}: {report['parameters']:,} parameters, {dtype}")
     click.echo(f"batch {report['batch']} × {report['seq_len']} tokens, policy {policy}, budget {budget}")
@@ -204,7 +233,7 @@ def export(checkpoint, config_path, preset, policy, budget, batch_size, seed, as
               "file_bytes": result.file_bytes, "parameter_bytes": result.parameter_bytes,
               "loops": lowering.read_metadata(result.act_path)["loops"]}
     if as_json:
-        click.echo(json.dumps(report))
+        echo_json(report)
         return
     click.echo(f"wrote {result.act_path} and {result.step_path} in {result.seconds:.1f} s")
     click.echo(f"{result.file_bytes:,} bytes for {result.parameter_bytes:,} bytes of float32 weights "
@@ -262,13 +291,16 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
     if onnx_model is not None:
         model = _check_lowering_source(Path(onnx_model), checkpoint, config_path, preset, policy, budget, seq_len)
         inputs += passes.structured_parts(Path(onnx_model)).values()
+    else:
+        model = driver.load_model(checkpoint, preset, config_path)  # exported below
+    if model is not None:
+        driver.TARGETS[target].check_storable(model)
     if mac_check:
         outputs.append(_check_mac_check(target, out, force, onnx_model, model))
     check_apart(outputs, inputs)
     with work_folder("lower") as folder:
         structured = onnx_model
         if structured is None:  # the model is needed to export it (and for --mac-check's reference)
-            model = driver.load_model(checkpoint, preset, config_path)
             batch = driver.load_inputs(model, None, batch_size, seed, seq_len, preset)
             progress("exporting the structured graph first")
             structured = lowering.export_onnx(model, Path(folder) / "model.onnx", policy, budget, batch,
@@ -278,8 +310,8 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
                                      dump_after=dump_after, batch=batch_size, force=force, weights=weights,
                                      seed=seed, companion=_mac_check(model, seed) if mac_check else None)
     if as_json:
-        click.echo(json.dumps({"target": target, "pipeline": pipeline, "files": [str(p) for p in result.written],
-                               "seconds": round(result.seconds, 2)}))
+        echo_json({"target": target, "pipeline": pipeline, "files": [str(p) for p in result.written],
+                   "seconds": round(result.seconds, 2)})
         return
     for path in result.written:
         click.echo(f"wrote {path} ({size_of(path):,} bytes)")
@@ -324,7 +356,7 @@ def bench(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
     report = benchmarks.run_bench(model, batch, names, policy=policy, budget=budget, runs=runs,
                                   preset=model_source(checkpoint, preset), onnx_model=onnx_model, chunk=chunk,
                                   progress=progress)
-    click.echo(json.dumps(report.to_dict()) if as_json else benchmarks.format_bench(report))
+    echo_json(report.to_dict()) if as_json else click.echo(benchmarks.format_bench(report))
 
 
 def _estimate(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, onnx_model, chips,
@@ -341,7 +373,7 @@ def _estimate(checkpoint, config_path, preset, policy, budget, batch_size, seed,
         report = estimate.estimate_model(driver.load_model(checkpoint, preset, config_path),
                                          model_source(checkpoint, preset), policy, budget,
                                          [batch_size] if given else [1, 8], seed, chosen, onnx_model, progress)
-    click.echo(json.dumps(report.to_dict()) if as_json else estimate.format_estimate(report))
+    echo_json(report.to_dict()) if as_json else click.echo(estimate.format_estimate(report))
 
 
 @cli.command()
@@ -351,22 +383,37 @@ def _estimate(checkpoint, config_path, preset, policy, budget, batch_size, seed,
               help="Replay the whole inference in float32 and report every op within 2× of float16's limits.")
 @click.option("--inputs", type=UserPath(), help="--ranges: npz inputs (default: a seeded random batch).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="--ranges: seed of the random batch.")
-def inspect(package, as_json, ranges, inputs, seed) -> None:
+@unrecorded_option
+def inspect(package, as_json, ranges, inputs, seed, unrecorded) -> None:
     """ANE-readiness report of a Core ML package: op counts, what keeps work off the ANE, tensors, weights."""
     path = Path(package)
     if path.suffix != ".mlpackage" or not path.is_dir():
         raise InputError(f"{path}: expected an .mlpackage folder (from hrmc lower --target coreml|ane)")
     if inputs is not None and not ranges:
         raise InputError("--inputs: only read with --ranges")
-    from hrmc.targets.coreml import ANE_ALIGNMENT_BYTES, range_report, readiness
+    from hrmc.targets.coreml import range_report, readiness
 
+    with accepting_unrecorded(unrecorded) as unverified:
+        report = range_report(path, inputs, seed) if ranges else readiness(path)
+    report = {"unrecorded": list(unverified)} | report
     if ranges:
-        _print_ranges(range_report(path, inputs, seed), as_json)
-        return
-    report = readiness(path)
+        _print_ranges(report, as_json)
+    else:
+        _print_readiness(report | {"bound": not unverified}, as_json)
+    if unverified:
+        raise GateFailure(f"{path}: no record of its parts: reported as it is, not verified")
+
+
+def _print_readiness(report: dict, as_json: bool) -> None:
+    """`inspect`: the ANE-readiness report."""
+    from hrmc.targets.coreml import ANE_ALIGNMENT_BYTES
+
+    path = report["package"]
     if as_json:
-        click.echo(json.dumps(report))
+        echo_json(report)
         return
+    for note in report["unrecorded"]:
+        click.echo(f"UNRECORDED: {note}")
     click.echo(f"{path}: flavour {report['flavour']}, {report['weights']} weights")
     click.echo("functions: " + ", ".join(f"{name} ({function['role']}, {function['ops']:,} ops)"
                                          for name, function in report["functions"].items()))
@@ -375,7 +422,7 @@ def inspect(package, as_json, ranges, inputs, seed) -> None:
         f", {per_parameter:.3f}× the float16 bytes of the model's {report['parameters']:,} parameters"
         if per_parameter else ""))
     click.echo("parts: " + ("every file matches its recorded sha256" if report["bound"]
-                            else "no record (written before hrmc recorded parts): not verified"))
+                            else "no record of its parts (--unrecorded): not verified"))
     click.echo(f"ops of {next(iter(report['functions']))}: " + ", ".join(f"{op} {count}"
                                                                           for op, count in report["ops"].items()))
     click.echo("kept off the ANE: " + ("; ".join(f"{what} ×{count}" for what, count in report["not_on_ane"].items())
@@ -390,8 +437,10 @@ def inspect(package, as_json, ranges, inputs, seed) -> None:
 def _print_ranges(report: dict, as_json: bool) -> None:
     """`inspect --ranges`; exit 1 where a value overflows float16 on the ANE."""
     if as_json:
-        click.echo(json.dumps(report))
+        echo_json(report)
     else:
+        for note in report["unrecorded"]:
+            click.echo(f"UNRECORDED: {note}")
         limits = ", ".join(f"{what} {limit:g}" for what, limit in report["limits"].items())
         click.echo(f"{report['package']}: {report['ops']:,} ops, {report['replay']} on {report['inputs']}")
         click.echo(f"limits: {limits}; reported within {report['headroom']:g}× of them")
@@ -427,8 +476,9 @@ def _print_ranges(report: dict, as_json: bool) -> None:
 @click.option("--seq-len", type=SEQ_LEN, help="Sequence length of the random batch.")
 @click.option("--localize", is_flag=True,
               help="Step mode up to the first failing step, then name the first node of that step that diverges.")
+@unrecorded_option
 def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, mode, atol, rtol,
-                   psnr_db, onnx_model, artifact, chunk, inputs, seq_len, localize) -> int:
+                   psnr_db, onnx_model, artifact, chunk, inputs, seq_len, localize, unrecorded) -> int:
     """Run executors A and B on the same inputs and gate the drift (exit 1 on failure).
 
     Step mode (the default) checks every graph B runs: its step graph against A from the same carry,
@@ -440,17 +490,22 @@ def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_
         raise InputError(f"--localize works in step mode, not --mode {mode}")
     model = driver.load_model(checkpoint, preset, config_path)
     batch, labels = driver.load_task(model, preset, inputs, batch_size, seed, seq_len)
+    with accepting_unrecorded(unrecorded) as unverified:
+        if localize:
+            found = parity.localize(a, b, model, batch, policy=policy, budget=budget, atol=atol, rtol=rtol,
+                                    psnr_db=psnr_db, seed=seed, model_name=model_source(checkpoint, preset),
+                                    onnx_model=onnx_model, chunk=chunk, artifact=artifact, progress=progress)
+        else:
+            report = parity.check_parity(a, b, model, batch, policy=policy, budget=budget, mode=mode, atol=atol,
+                                         rtol=rtol, psnr_db=psnr_db, seed=seed,
+                                         model_name=model_source(checkpoint, preset), onnx_model=onnx_model,
+                                         chunk=chunk, artifact=artifact, labels=labels, progress=progress)
     if localize:
-        found = parity.localize(a, b, model, batch, policy=policy, budget=budget, atol=atol, rtol=rtol,
-                                psnr_db=psnr_db, seed=seed, model_name=model_source(checkpoint, preset),
-                                onnx_model=onnx_model, chunk=chunk, artifact=artifact, progress=progress)
-        click.echo(json.dumps(found.to_dict()) if as_json else parity.format_localization(found))
+        found.unrecorded = list(unverified)
+        echo_json(found.to_dict()) if as_json else click.echo(parity.format_localization(found))
         return 0 if found.passed else 1
-    report = parity.check_parity(a, b, model, batch, policy=policy, budget=budget, mode=mode, atol=atol, rtol=rtol,
-                                 psnr_db=psnr_db, seed=seed, model_name=model_source(checkpoint, preset),
-                                 onnx_model=onnx_model, chunk=chunk, artifact=artifact, labels=labels,
-                                 progress=progress)
-    click.echo(json.dumps(report.to_dict()) if as_json else parity.format_report(report))
+    report.unrecorded = list(unverified)
+    echo_json(report.to_dict()) if as_json else click.echo(parity.format_report(report))
     return 0 if report.passed else 1
 
 

@@ -2,8 +2,9 @@
 
 Every file of a set holds the set's record in its model metadata (`hrmc.parts`). A file's digest is
 the sha256 of its serialised model without that one entry, so the record can sit inside the files
-it describes. `save_bound` writes a set atomically (all files or none); `bound_parts` reads one
-file's record, checks every part it names, and returns the parts by role.
+it describes. `save_bound` writes a set atomically (all files or none); `bound_parts` reads the
+record of the file it is given, finds the other parts beside it by its own name, checks every part,
+and returns them by role: the file given is the one that runs, whatever it is called.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Mapping
 
 import onnx
 
-from hrmc.binding import BindingError, make_record, parse_record, tolerating, verify
+from hrmc.binding import (BindingError, Record, make_record, members, parse_record, role_of, tolerating, unrecorded,
+                           verify)
 from hrmc.errors import InputError
 from hrmc.files import atomic_output
 from hrmc.names import PARTS
@@ -50,12 +52,14 @@ def content_sha256(proto: onnx.ModelProto) -> str:
 
 
 def save_bound(parts: Mapping[str, tuple[Path, onnx.ModelProto]]) -> None:
-    """Write {role: (path, model)} as one set: each file records every file's digest; all or none."""
+    """Write {role: (path, model)} as one set: each file records every file's digest; all or none. The
+    shortest name (the whole graph's) without `.onnx` is the stem the parts' names are recorded after."""
     for _, proto in parts.values():
         kept = [p for p in proto.metadata_props if p.key != PARTS]
         del proto.metadata_props[:]
         proto.metadata_props.extend(kept)
-    record = make_record({role: (path, content_sha256(proto)) for role, (path, proto) in parts.items()})
+    stem = min((path.name for path, _ in parts.values()), key=len).removesuffix(".onnx")
+    record = make_record({role: (path, content_sha256(proto)) for role, (path, proto) in parts.items()}, stem)
     with contextlib.ExitStack() as stack:
         for path, proto in parts.values():
             proto.metadata_props.add(key=PARTS, value=json.dumps(record, sort_keys=True))
@@ -63,35 +67,58 @@ def save_bound(parts: Mapping[str, tuple[Path, onnx.ModelProto]]) -> None:
 
 
 def bound_parts(path: str | Path, fallback: Mapping[str, Path] | None = None) -> dict[str, Path]:
-    """{role: path} of the set `path` belongs to, every part verified against `path`'s record.
+    """{role: path} of the set `path` belongs to: `path` itself as the part whose content it holds, the
+    others beside it and named as it is (its record's suffixes), every part verified.
 
-    A file written before hrmc recorded parts has no record: `fallback` then names its parts
-    (unverified). A set is verified once per process while its files stay as they were.
+    A file without a record is refused (`binding.unrecorded`); where that is accepted (--unrecorded),
+    `fallback` names its parts, unverified. A set is verified once per process while its files stay as they were.
     """
     path = Path(path)
     fallback_parts = tuple(sorted((fallback or {}).items())) if fallback else None
-    if tolerating():  # changes are noted, not refused: not a result to cache
+    if tolerating():  # changes or missing records are noted, not refused: not a result to cache
         return dict(_verified.__wrapped__(path, _stamp(path), fallback_parts))
     return dict(_verified(path, _stamp(path), fallback_parts))
 
 
 def source_parts(path: str | Path, role: str, fallback: Mapping[str, Path]) -> tuple[dict[str, Path], bool]:
     """The set of a source graph a command starts from (`lower --onnx-model`): `path` itself as `role`,
-    whatever its name, and every other part verified as `bound_parts` does. `path` may differ from the
+    whatever it holds, and every other part verified as `bound_parts` does. `path` may differ from the
     digest its record holds: graph tools (onnxsim) rewrite a file and keep its metadata. The flag says
-    so; what such a source lowers to is judged by `hrmc parity`, as every lowering is.
+    so; what such a source lowers to is judged by `hrmc parity`, as every lowering is. A part missing
+    under the source's own name (`onnxsim model.onnx model.sim.onnx` leaves `model.step.onnx`) is looked
+    for by its content among the folder's graphs of its kind.
     """
     path = Path(path)
     proto = load_proto(path)
     record = parse_record(_record_text(proto), path)
     if record is None:
+        unrecorded(path)
         return dict(fallback), False
     if role not in record:
         return bound_parts(path, fallback), False  # not a source of this kind: its own record says what it is
     edited = content_sha256(proto) != record[role]["sha256"]
+    where = members(record, path, role)
     others = [other for other in record if other != role]
-    _check_parts(record, others, path)
-    return {role: path} | {other: path.parent / record[other]["file"] for other in others}, edited
+    for other in others:
+        if not where[other].is_file():
+            where[other] = _found_by_content(path.parent, record[other]) or _missing(where[other], path, other,
+                                                                                   record[other]["suffix"])
+    _check_parts(record, where, others, path)
+    return where, edited
+
+
+def _found_by_content(folder: Path, part: dict[str, str]) -> Path | None:
+    """The graph in `folder` named like the part (`*.step.onnx`) whose content has the part's digest."""
+    for candidate in sorted(folder.glob(f"*{part['suffix']}")):
+        with contextlib.suppress(InputError):
+            if content_sha256(load_proto(candidate)) == part["sha256"]:
+                return candidate
+    return None
+
+
+def _missing(expected: Path, reader: Path, role: str, suffix: str) -> Path:
+    raise BindingError(f"{expected}: missing, and no *{suffix} beside it holds the {role} graph {reader.name} "
+                       "records (copy or rename its step graph with it)")
 
 
 def _stamp(path: Path) -> tuple:
@@ -103,23 +130,25 @@ def _stamp(path: Path) -> tuple:
 
 @functools.lru_cache(maxsize=16)
 def _verified(path: Path, stamp: tuple, fallback: tuple | None) -> tuple[tuple[str, Path], ...]:
-    record = parse_record(_record_text(load_proto(path)), path)
+    proto = load_proto(path)
+    record = parse_record(_record_text(proto), path)
     if record is None:
-        if fallback is None:
-            raise BindingError(f"{path}: no record of its parts (not written by hrmc export or hrmc lower)")
-        return fallback
-    _check_parts(record, list(record), path)
-    return tuple((role, path.parent / part["file"]) for role, part in record.items())
+        unrecorded(path)
+        return fallback or ()
+    role = role_of(record, content_sha256(proto), path)
+    where = members(record, path, role)
+    _check_parts(record, where, [other for other in record if other != role], path)
+    return tuple(where.items())
 
 
-def _check_parts(record: dict, roles: list[str], reader: Path) -> None:
-    """The parts `roles` of `reader`'s record: each there, unchanged, and holding the same record."""
+def _check_parts(record: Record, where: Mapping[str, Path], roles: list[str], reader: Path) -> None:
+    """The parts `roles` of `reader`'s record, at `where`: each there, unchanged, and holding the same record."""
     found = {}
     for role in roles:
-        part_path = reader.parent / record[role]["file"]
+        part_path = where[role]
         if part_path.is_file():
             proto = load_proto(part_path)
             found[role] = content_sha256(proto)
-            if part_path.name != reader.name and parse_record(_record_text(proto), part_path) != record:
+            if parse_record(_record_text(proto), part_path) != record:
                 raise BindingError(f"{part_path}: does not belong with {reader.name} (written by another run)")
-    verify({role: record[role] for role in roles}, found, reader.parent, reader)
+    verify({role: record[role] for role in roles}, found, where, reader)

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -75,9 +75,15 @@ class Report:
     notes: list[str] = field(default_factory=list)
     whole_graphs: list[dict[str, Any]] = field(default_factory=list)  # step mode: each whole-inference graph checked
     first_failing_step: int | None = None  # step mode: the first step whose outputs or decisions fail (1-based)
+    unrecorded: list[str] = field(default_factory=list)  # --unrecorded: artifacts without a record, run unverified
 
     @property
     def passed(self) -> bool:
+        return not self.unrecorded and self.numbers_pass
+
+    @property
+    def numbers_pass(self) -> bool:
+        """Every output within its limit and every decision agreed: the verdict, but for the record."""
         return (all(row.passed for row in self.rows) and not self.halting.get("mismatched", 0)
                 and not self.answers.get("mismatched", 0)
                 and not any(graph["halting"]["mismatched"] for graph in self.whole_graphs))
@@ -86,7 +92,7 @@ class Report:
         return [row for row in self.rows if not row.passed]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"passed": self.passed}
+        return {"unrecorded": self.unrecorded} | asdict(self) | {"passed": self.passed}
 
 
 def compare(a: np.ndarray, b: np.ndarray, rtol: float) -> tuple[float, float, float]:
@@ -336,19 +342,41 @@ def trajectory_parity(run_a: Arrays, run_b: Arrays, ref: Reference, report: Repo
     return report
 
 
-def whole_graph_parity(executor: Executor, whole: Arrays, ref: Reference, batch: Batch, report: Report) -> Report:
-    """Step mode's second half: the executor's whole-inference graph, run whole (`whole`), against its own
-    step graph (which step parity has just checked against the reference) chained from the initial carry,
-    drift gated at max(atol, 10 × the reference's noise floor) as trajectory mode gates.
+def whole_graph_parity(executor: Executor, whole: Arrays, ref: Reference, batch: Batch, report: Report,
+                       progress: Callable[[str], None] = lambda _: None) -> Report:
+    """Step mode's second half: every whole-inference graph the executor holds, run whole (`whole`: what its
+    `run` returned; then its `other_runs`), against its own step graph (which step parity has just checked
+    against the reference) chained from the initial carry, drift gated at max(atol, 10 × the reference's noise
+    floor) as trajectory mode gates.
 
     Not against the reference's whole run: the recurrence is chaotic on random weights (docs/design.md §4),
     and where the noise floor grows 30-fold in one step (random-weight TRM sudoku, 42 layers a step) a
     correct executor's whole run crosses 10 × the floor by chance. Trajectory mode is that comparison.
     """
-    check, against = f"{executor.name} whole vs its steps", "its own step graph chained from the initial carry"
+    against = "its own step graph chained from the initial carry"
     model = ref.float32.model
-    other = chained_run(executor, initial_carry(model, batch), batch)
-    halting = _drift(whole, other, ref.run32, ref.run64, report, check, model.config)
-    report.whole_graphs.append({"executor": executor.name, "graph": executor.whole_graph(), "check": check,
-                                "against": against, "halting": halting})
+    whole_runs = {executor.whole_graph(): whole} if executor.whole_graph() is not None else {}
+    runs = whole_runs | executor.other_runs(batch)
+    if not runs:
+        return report
+    progress(f"checking {executor.name}'s whole-inference graphs ({'; '.join(runs)}) against its steps")
+    chained = chained_run(executor, initial_carry(model, batch), batch)
+    for graph, run in runs.items():
+        check = f"{executor.name} {'whole' if graph in whole_runs else 'chunk graph'} vs its steps"
+        halting = _drift(run, chained, ref.run32, ref.run64, report, check, model.config)
+        report.whole_graphs.append({"executor": executor.name, "graph": graph, "check": check, "against": against,
+                                    "halting": halting})
+    return report
+
+
+def whole_graphs_parity(executors: list[Executor], runs: list[Arrays], ref: Reference, batch: Batch, report: Report,
+                        progress: Callable[[str], None] = lambda _: None) -> Report:
+    """Every graph each executor holds besides its step graph (`whole_graph_parity`), `runs` their whole runs."""
+    for executor, run in zip(executors, runs):
+        whole_graph_parity(executor, run, ref, batch, report, progress)
+    if report.whole_graphs:
+        report.notes.append(f"whole-inference graphs: run whole and compared with the executor's own step graph "
+                            f"chained from the initial carry, drift gated at max({report.atol:g}, {FLOOR_FACTOR} × "
+                            "noise floor) as in trajectory mode; the step graph is the one gated against the "
+                            "reference (the whole runs against the reference's: --mode trajectory)")
     return report

@@ -32,7 +32,7 @@ from hrmc.hrm_ref.act import batch_size, initial_carry, resolve_budget
 from hrmc.names import MADE_BY
 from hrmc.parity.executors import make_executor
 from hrmc.parity.gate import (ATOL, PSNR_DB, Q_ERROR_LIMIT, RTOL, Report, carry_at, compare, prepared_pair, psnr,
-                              step_parity)
+                              step_parity, whole_graphs_parity)
 from hrmc.targets.base import structured_source
 from hrmc.targets.executor import Executor, Trace
 
@@ -90,14 +90,16 @@ class Localization:
     compared: int = 0  # values compared
     values: int = 0  # values B's graph computes
     changed: list[str] = field(default_factory=list)  # artifact parts that differ from their records
+    unrecorded: list[str] = field(default_factory=list)  # --unrecorded: artifacts without a record, run unverified
+    whole_graphs: list[str] = field(default_factory=list)  # no step fails: the other graphs that fail the gate
     notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return self.step is None and not self.changed
+        return self.step is None and not self.changed and not self.unrecorded and not self.whole_graphs
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"passed": self.passed}
+        return {"unrecorded": self.unrecorded} | asdict(self) | {"passed": self.passed}
 
 
 def localize(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget: int | None, atol: float = ATOL,
@@ -122,9 +124,10 @@ def localize(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget: i
                              f"PSNR ≥ {psnr_db:g} dB" if half else f"|a−b| ≤ {atol:g} + {rtol:g}·|b|",
                              step=report.first_failing_step, changed=changed)
         if found.step is None:
+            found.whole_graphs = _failing_whole_graphs(executors, reference, batch, report, progress)
             found.notes.append("every step graph output agrees at every step of the reference trajectory: nothing to "
-                               "localise (--localize checks step graphs only; without it parity also checks the "
-                               "whole-inference graphs)")
+                               "localise (--localize walks step graphs; the other graphs were gated as parity gates "
+                               "them)")
             return found
         found.failing = _failing(report)
         carry = carry_at(reference.run32, initial_carry(model, batch), found.step - 1)
@@ -147,6 +150,18 @@ def _tracer(executor: Executor, model: HRM, policy: str, budget: int, batch: Bat
     stand_in = make_executor("static", onnx_model=onnx_model)
     stand_in.prepare(model, policy, budget, batch)
     return stand_in
+
+
+def _failing_whole_graphs(executors: list[Executor], reference, batch: Batch, report: Report,
+                          progress: Callable[[str], None]) -> list[str]:
+    """The gate's second half, where every step passes: each whole-inference (and chunk) graph against the
+    executor's own steps; those that fail, named."""
+    progress("running the whole inference on both")
+    whole_graphs_parity(executors, [executor.run(batch) for executor in executors], reference, batch, report,
+                        progress)
+    failing = {row.check for row in report.failures()}
+    failing |= {graph["check"] for graph in report.whole_graphs if graph["halting"]["mismatched"]}
+    return [f"{graph['graph']} ({graph['check']})" for graph in report.whole_graphs if graph["check"] in failing]
 
 
 def _failing(report: Report) -> list[str]:
@@ -271,10 +286,11 @@ def format_localization(found: Localization) -> str:
     lines = [f"localise: A = {found.executors[0]}", f"          B = {found.executors[1]}",
              f"model {found.model}, policy {found.policy}, budget {found.budget}, batch {found.batch}, "
              f"seed {found.seed}, tolerance {found.tolerance}"]
+    lines = [f"UNRECORDED: {note}" for note in found.unrecorded] + lines
     lines += [f"CHANGED: {change}; localised as it is" for change in found.changed]
     if found.step is None:
         lines += [f"note: {note}" for note in found.notes]
-        lines.append("FAIL: the artifact differs from its record" if found.changed else "PASS")
+        lines.append(_verdict(found))
         return "\n".join(lines)
     lines.append(f"first failing step: {found.step} ({'; '.join(found.failing)})")
     if found.first is not None:
@@ -300,6 +316,17 @@ def format_localization(found: Localization) -> str:
     lines += [f"note: {note}" for note in found.notes]
     lines.append(f"FAIL: from step {found.step}" + (f", first at node {found.first.node}" if found.first else ""))
     return "\n".join(lines)
+
+
+def _verdict(found: Localization) -> str:
+    """The last line where no step fails: what else fails the gate, if anything."""
+    if found.whole_graphs:
+        return f"FAIL: not in a step graph: {'; '.join(found.whole_graphs)}"
+    if found.changed:
+        return "FAIL: the artifact differs from its record"
+    if found.unrecorded:
+        return "UNRECORDED: the numbers agree, but nothing shows these files are what hrmc wrote: not a pass"
+    return "PASS"
 
 
 def _measured(drift: Drift, short: bool = False) -> str:

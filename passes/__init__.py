@@ -131,6 +131,7 @@ def _source_parts(structured: Path, progress: Callable[[str], None]) -> tuple[di
     """`structured_parts`, and whether `structured` was rewritten after export. It is the act graph even
     then (onnxsim rewrites files and keeps their metadata): its step graph must still be the one its
     record names, and the graph must pass ONNX's checker."""
+    read_metadata(structured)  # first: a graph hrmc never made is named as such
     parts, edited = source_parts(structured, "act", fallback={"act": structured, "step": step_path_for(structured)})
     if edited:
         progress(f"{Path(structured).name} differs from the graph hrmc export wrote (rewritten by a graph tool?): "

@@ -34,7 +34,11 @@ from types import ModuleType
 from typing import Callable, ContextManager, Protocol
 
 from hrmc.errors import InputError
+from hrmc.hrm_ref import HRM
 from hrmc.targets.executor import Executor
+
+
+FLOAT16_MAX = 65504.0  # float16's largest finite value
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,17 @@ class Target:
             offered = f"stores them as {' or '.join(self.weights)}" if self.weights else "has no such choice"
             raise InputError(f"--weights {asked}: the {self.name} target {offered}")
         return asked or (self.weights[0] if self.weights else None)
+
+    def check_storable(self, model: HRM) -> None:
+        """A float16 target cannot store a weight beyond float16's range (a pair's halves become inf and −inf,
+        whose sum is NaN): named before any work."""
+        if self.precision != "float16":
+            return
+        for name, tensor in model.state_dict().items():
+            largest = float(tensor.detach().abs().max()) if tensor.is_floating_point() and tensor.numel() else 0.0
+            if largest > FLOAT16_MAX:
+                raise InputError(f"the model's {name} holds {largest:g}, beyond float16's {FLOAT16_MAX:g}: the "
+                                 f"{self.name} target stores weights in float16 (lower it for --target coreml)")
 
 
 @dataclass(frozen=True)

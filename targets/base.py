@@ -13,19 +13,24 @@ the same for every target, so `TargetExecutor` does it once:
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
+
+import numpy as np
 
 from hrmc.hrm_ref import HRM, Batch, Carry
 from hrmc.hrm_ref.act import initial_carry, resolve_budget
-from hrmc.errors import InputError
+from hrmc.binding import changed, noting_changes
+from hrmc.errors import GateFailure, InputError
 from hrmc.files import work_folder
 from hrmc.lowering.export import export_onnx, read_metadata, weights_sha256
 from hrmc.passes import lower_onnx, structured_parts
 from hrmc.targets import TARGET_OF_EXECUTOR
 from hrmc.targets.executor import DEFAULT_CHUNK, Arrays, Executor, Trace, carry_arrays
 from hrmc.targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
+from hrmc.targets.weights import check_weights
 
 
 def check_source(meta: Mapping[str, object], where: Path, model: HRM | None, policy: str, budget: int,
@@ -89,7 +94,7 @@ class TargetExecutor(Executor):
         else:
             chunk = (self.chunk or DEFAULT_CHUNK) if self.chunked else None
             steps = self.open_fresh(model, batch, self.work(), chunk)
-        self.chunk = steps if self.chunked else None
+        self.chunk, self.chunk_steps = (steps if self.chunked else None), steps
 
     def work(self) -> Path:
         """A temporary folder of this executor's own, for graphs it makes."""
@@ -144,6 +149,18 @@ class TargetExecutor(Executor):
         """What an artifact records (`meta`) must match the model, policy, budget and sequence length run."""
         check_source(meta, where, model, self.policy, self.budget, model.inner.sequence_length(batch))
 
+    def check_stored_weights(self, stored: Iterable[tuple[str, np.ndarray]], model: HRM, batch: Batch,
+                             outputs: object) -> None:
+        """Every weight the shipped artifact stores is the model's, as its storage keeps it (targets/weights.py),
+        before anything of it runs; `outputs`: the head outputs it records (JSON text or a list)."""
+        heads = json.loads(outputs) if isinstance(outputs, str) else outputs
+        try:
+            self.weights_checked = check_weights(stored, model, self.artifact, heads, batch).describe()
+        except GateFailure as failure:
+            if not noting_changes():  # --localize runs changed artifacts: finding the change is its job
+                raise
+            changed(str(failure))
+
     def step(self, carry: Carry, batch: Batch) -> Arrays:
         return split_step(self.call("step", carry_feed(carry, batch)), self.chunked_step)
 
@@ -158,6 +175,14 @@ class TargetExecutor(Executor):
         if self.chunk is None:
             return self.graph_name(self.whole_role)
         return f"{self.graph_name('chunk')} in a host loop"
+
+    def other_runs(self, batch: Batch) -> dict[str, Arrays]:
+        """The chunk graph a non-chunked executor holds (a shipped artifact lowered with --chunk), run in the
+        host loop: `run` never calls it, yet it ships."""
+        if self.chunked or self.chunk_steps <= 1:
+            return {}
+        trajectory, _ = run_chunks(lambda feed: self.call("chunk", feed), self.start, batch, self.chunk_steps)
+        return {f"{self.graph_name('chunk')} in a host loop": trajectory}
 
     def shipped(self) -> str:
         """The start of `describe`'s parenthesis: the shipped artifact's name, if one runs."""

@@ -48,6 +48,7 @@ class Executor:
 
     name = ""
     precision = "float32"  # "float16" executors (the ANE) are gated on PSNR in step mode
+    weights_checked: str | None = None  # a shipped artifact's stored weights against the model's, for reports
     policy: str  # set by prepare
     budget: int
 
@@ -70,3 +71,7 @@ class Executor:
     def whole_graph(self) -> str | None:
         """The whole-inference graph `run` executes, when it is not `step` chained (named for reports)."""
         return None
+
+    def other_runs(self, batch: Batch) -> dict[str, Arrays]:
+        """Whole runs of the other graphs it holds that `run` does not call, by the name reports give them."""
+        return {}

@@ -20,7 +20,7 @@ from hrmc.targets.executor import Arrays, Trace
 from hrmc.targets.coreml._coremltools import ct
 from hrmc.targets.coreml.lowering import FLAVOURS, plain_weights
 from hrmc.targets.coreml.package import PackageFunction, lower_coreml, package_functions, value_vars
-from hrmc.targets.coreml.runtime import LABEL, Predict, load, replay_kept, runs_with
+from hrmc.targets.coreml.runtime import LABEL, Predict, load, program_constants, replay_kept, runs_with
 
 
 class CoreMLExecutor(TargetExecutor):
@@ -52,6 +52,9 @@ class CoreMLExecutor(TargetExecutor):
                                  f"{function.batch} (or inputs of {function.batch} rows)")
         if "step" not in self.functions:
             raise InputError(f"{self.artifact}: it has no step function (lower it again with hrmc lower)")
+        packages = dict.fromkeys(function.path for function in self.functions.values())  # 0.1's sets: several
+        stored = (weight for package in packages for weight in program_constants(package))
+        self.check_stored_weights(stored, model, batch, self.functions["step"].meta["outputs"])
         return int(self.functions["chunk"].meta["chunk"]) if "chunk" in self.functions else 1
 
     def open_fresh(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> int:

@@ -15,6 +15,7 @@ from typing import Mapping
 import numpy as np
 import onnx_ir as ir
 
+from hrmc.targets import FLOAT16_MAX
 from hrmc.targets._nodes import LowerError, NodeReader, constant_array, op_key, require_static
 from hrmc.targets.coreml._coremltools import Function, Program, ct, mb, mil_types
 from hrmc.targets.coreml.ops import MIL_DTYPES, MIL_TYPES, OPS, mil_array
@@ -46,6 +47,18 @@ def _float16_halves(weight: np.ndarray) -> list[np.ndarray]:
     return [high, (weight - high.astype(np.float32)).astype(np.float16)]
 
 
+def _storable(array: np.ndarray, float_dtype: type, name: str, source: str) -> np.ndarray:
+    """A float constant as a program of `float_dtype` stores it; one beyond float16's range cannot be (as a pair
+    its halves would be inf and −inf, whose sum is NaN): refused, naming it."""
+    if float_dtype is np.float16 and array.dtype.kind == "f" and array.size:
+        finite = array[np.isfinite(array)]
+        if finite.size and float(np.abs(finite).max()) > FLOAT16_MAX:
+            raise LowerError(f"{source}: constant {name!r} {list(array.shape)} holds {float(np.abs(finite).max()):g}, "
+                             f"beyond float16's {FLOAT16_MAX:g}: a float16 program cannot store it (lower it for "
+                             "--target coreml, in float32)")
+    return array
+
+
 def plain_weights(flavour: str) -> str:
     """One weight in the flavour's float type: a target with no choice, and packages written before the choice."""
     return "float16" if FLAVOURS[flavour].float_type == "fp16" else "float32"
@@ -65,9 +78,9 @@ class Builder(NodeReader):
         """A float constant in the program's float type."""
         return self.float_dtype(value)
 
-    def array(self, array: np.ndarray) -> np.ndarray:
+    def array(self, array: np.ndarray, name: str = "") -> np.ndarray:
         """A constant as MIL takes it: int64 as int32, floats in the program's float type."""
-        array = mil_array(array)
+        array = _storable(mil_array(array), self.float_dtype, name, self.source)
         return array.astype(self.float_dtype) if array.dtype.kind == "f" else array
 
     def const(self, value: ir.Value | None) -> np.ndarray | None:
@@ -84,7 +97,7 @@ class Builder(NodeReader):
             if array is None:
                 raise self.fail(f"input {value.name!r} is not defined")
             # one const per initializer, however many unrolled steps read it: weights are never copied
-            self.env[value.name] = mb.const(val=self.array(array))
+            self.env[value.name] = mb.const(val=self.array(array, value.name))
         return self.env[value.name]
 
     def matmul(self, x: ir.Value, y: ir.Value, transpose_y: bool = False, bias: ir.Value | None = None):
@@ -103,6 +116,9 @@ class Builder(NodeReader):
         axis = -1 if transpose_y else -2  # the contracted axis of y
         key = f"{y.name}{' + ' + bias.name if folded else ''} ({'float16 pair' if pairs else 'float16'})"
         if key not in self.env:
+            _storable(weight, np.float16, y.name, self.source)
+            if folded:
+                _storable(offset, np.float16, bias.name, self.source)
             halves = _float16_halves(weight) if pairs else [weight.astype(np.float16)]
             rows = []
             if folded:

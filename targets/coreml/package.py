@@ -26,7 +26,8 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from hrmc import __version__
-from hrmc.binding import BindingError, Record, file_sha256, json_sha256, make_record, parse_record, verify
+from hrmc.binding import (BindingError, changed, file_sha256, json_sha256, members, parse_record, role_of, unrecorded,
+                          verify)
 from hrmc.errors import InputError
 from hrmc.files import atomic_folder
 from hrmc.names import CHUNK, PARTS, meta_key, unprefixed
@@ -103,9 +104,8 @@ def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: 
         (temporary / "Data" / ORIGINS_FILE).write_text(json.dumps(built.origins, indent=0, sort_keys=True))
         (temporary / "Data" / VALUES_FILE).write_text(json.dumps(built.values, indent=0, sort_keys=True))
         _make_reproducible(temporary)
-        files = _package_files(temporary)
-        record = make_record({"package": (out, json_sha256(_flat(files)))})
-        (temporary / "Data" / PARTS_FILE).write_text(json.dumps({"files": files, "set": record}, indent=1,
+        # its own files only, by their paths inside it: a package is the same bytes whatever its name
+        (temporary / "Data" / PARTS_FILE).write_text(json.dumps({"files": _package_files(temporary)}, indent=1,
                                                                 sort_keys=True))
         if check is not None:
             check(temporary, out)
@@ -187,10 +187,6 @@ def _package_files(package: Path) -> dict[str, str]:
             if path.is_file() and path != package / "Data" / PARTS_FILE}
 
 
-def _flat(files: dict[str, str]) -> Record:
-    return {name: {"file": name, "sha256": digest} for name, digest in files.items()}
-
-
 def package_functions(package: str | Path) -> dict[str, PackageFunction]:
     """{role: function} of a package `hrmc lower` wrote, its files checked against its record first.
     A 0.1 package names its set: each graph is the main function of one package of it, each verified."""
@@ -232,24 +228,53 @@ def _hrmc_meta(package: Path):
 
 
 def package_set(package: str | Path) -> dict[str, Path]:
-    """{role: path} of the packages `hrmc lower` wrote together with `package` ({"package": package}
-    for a multifunction package), each file of each checked against the records they hold. Packages
-    written before hrmc recorded parts: the package alone, unverified."""
+    """{role: path} of what `hrmc lower` wrote together with `package` ({"package": package} for a
+    multifunction package), every file of each checked against the record it holds: the package given,
+    whatever its name, and for a 0.1 set the packages beside it named as it is (NAME.step.mlpackage).
+    A package without a record is refused (`binding.unrecorded`), or where that is accepted read alone."""
     package = Path(package)
     record_path = package / "Data" / PARTS_FILE
     if not record_path.is_file():
         read_package(package)  # names what is wrong with a package that is not one
+        unrecorded(package)
         return {"static": package}
     own = _read_parts(record_path)
-    for role, part in own["set"].items():
-        sibling = package.parent / part["file"]
-        parts = own if sibling == package else _read_parts(sibling / "Data" / PARTS_FILE, package)
-        if parts["set"] != own["set"]:
+    _verify_files(own, package)
+    if "set" not in own:
+        return {"package": package}
+    record = parse_record(own["set"], record_path)
+    role = role_of(record, _set_digest(own["files"]), package)
+    where = members(record, package, role)
+    for other, sibling in where.items():
+        if other == role:
+            continue
+        parts = _read_parts(sibling / "Data" / PARTS_FILE, package)
+        if parse_record(parts["set"], sibling) != record:
             raise BindingError(f"{sibling}: does not belong with {package.name} (written by another run)")
-        verify(_flat(parts["files"]), _package_files(sibling), sibling, sibling / "Data" / PARTS_FILE)
-        if json_sha256(_flat(parts["files"])) != part["sha256"]:
+        _verify_files(parts, sibling)
+        if _set_digest(parts["files"]) != record[other]["sha256"]:
             raise BindingError(f"{sibling}: not the package {package.name} was written with (another run)")
-    return {role: package.parent / part["file"] for role, part in own["set"].items()}
+    return where
+
+
+def _set_digest(files: dict[str, str]) -> str:
+    """A package's digest in the set records of earlier releases: of its file list, in the form they wrote."""
+    return json_sha256({name: {"file": name, "sha256": digest} for name, digest in files.items()})
+
+
+def _verify_files(parts: dict, package: Path) -> None:
+    """Every file of `package` as its record (`parts["files"]`) lists it, and no file it does not list."""
+    files = parts["files"]
+    found = _package_files(package)
+    extra = sorted(set(found) - set(files))
+    if extra:
+        changed(f"{package / extra[0]}: not among the files {package.name} records (added after hrmc wrote it)")
+    for name in (f"Data/{file}" for file in HRMC_FILES if file != PARTS_FILE):
+        if name in files and found.get(name) != files[name]:  # hrmc's own maps: never read changed, even by --localize
+            raise BindingError(f"{package / name}: does not match the sha256 {package.name} records for it (hrmc's "
+                               "map of the program: lower the package again)")
+    verify({name: {"sha256": digest} for name, digest in files.items()}, found,
+           {name: package / name for name in files}, package / "Data" / PARTS_FILE)
 
 
 def _read_parts(path: Path, reader: Path | None = None) -> dict:
@@ -258,7 +283,8 @@ def _read_parts(path: Path, reader: Path | None = None) -> dict:
         raise BindingError(f"{path.parent.parent}: missing or not written by hrmc lower{what}")
     try:
         parts = json.loads(path.read_text())
-        parse_record(parts["set"], path)
+        if "set" in parts:  # the set records of earlier releases
+            parse_record(parts["set"], path)
         if not all(isinstance(v, str) for v in parts["files"].values()):
             raise TypeError
         return parts

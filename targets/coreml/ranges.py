@@ -23,10 +23,10 @@ import numpy as np
 
 from hrmc.errors import GateFailure, InputError
 from hrmc.hrm_ref import HRMConfig, load_batch, random_batch
+from hrmc.targets import FLOAT16_MAX
 from hrmc.targets.coreml.package import PackageFunction, origins, package_functions, read_functions
 from hrmc.targets.coreml.runtime import replay, saved_program
 
-FLOAT16_MAX = 65504.0
 MATMUL_OUTPUT_MAX = 32760.0
 EXACT_INTEGERS = 2048.0
 HEADROOM = 2.0
@@ -64,14 +64,16 @@ class OpRange:
 
 
 def op_range(op_type: str, name: str, node: str, results: list[np.ndarray]) -> OpRange | None:
-    """The range of one op's float outputs; None for an op with none (or none finite)."""
+    """The range of one op's float outputs; None for an op with none. A value that is not finite (inf, or the
+    NaN of inf − inf) overflows whatever its limit: its max |x| is inf."""
     floats = [r for r in results if r.dtype.kind == "f" and r.size]
     if not floats:
         return None
-    max_abs = max(float(np.max(np.abs(r))) for r in floats)
+    finite = all(np.isfinite(r).all() for r in floats)
+    max_abs = max(float(np.max(np.abs(r))) for r in floats) if finite else math.inf
     if op_type == "matmul":
         limit, what = MATMUL_OUTPUT_MAX, "matmul output"
-    elif op_type in SUMS and max_abs > 0 and all(np.array_equal(r, np.round(r)) for r in floats):
+    elif op_type in SUMS and finite and max_abs > 0 and all(np.array_equal(r, np.round(r)) for r in floats):
         limit, what = EXACT_INTEGERS, "integer-valued sum"
     else:
         limit, what = FLOAT16_MAX, "float16 range"

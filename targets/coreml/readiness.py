@@ -16,7 +16,7 @@ import numpy as np
 from hrmc.errors import InputError
 from hrmc.names import unprefixed
 from hrmc.targets.coreml._coremltools import ct
-from hrmc.targets.coreml.package import PARTS_FILE, count_ops, function_block, package_functions
+from hrmc.targets.coreml.package import count_ops, function_block, package_functions
 
 # Ops the Neural Engine never runs (apple/ml-ane-transformers, docs/design.md §3).
 ANE_NEVER = {"while_loop": "control flow", "cond": "control flow"}
@@ -52,7 +52,7 @@ def readiness(package: str | Path) -> dict:
             "weight_bytes": weights.stat().st_size, "parameters": parameters,
             "weight_bytes_per_float16_parameter": round(weights.stat().st_size / (2 * parameters), 4)
             if parameters else None,
-            "compute_plan": _compute_plan(package), "bound": (Path(package) / "Data" / PARTS_FILE).is_file()}
+            "compute_plan": _compute_plan(package)}
 
 
 def _scan(block, findings: dict[str, int]) -> list[tuple[int, str, list[int], int]]:

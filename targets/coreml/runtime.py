@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import platform
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -76,6 +76,15 @@ def saved_program(package: str | Path, function: str | None = None) -> Function:
     return program.functions[function or default_function(spec)]
 
 
+def program_constants(package: str | Path) -> Iterator[tuple[str, np.ndarray]]:
+    """Every array constant of every function of a saved package's MIL program, by function and name."""
+    _, program = _saved(Path(package).resolve(), _stamp(Path(package)))
+    for name, function in program.functions.items():
+        for op in function.operations:
+            if op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray):
+                yield f"{name}/{op.outputs[0].name}", op.outputs[0].val
+
+
 def _stamp(package: Path) -> tuple:
     """What changes when a package's files do: their names, sizes and times."""
     return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(package.rglob("*")) if p.is_file())
@@ -105,6 +114,11 @@ def replay(main: Function, feed: dict[str, np.ndarray], observe: Observe | None 
     Each value is dropped after its last reader, and each op is built in a scratch function of its
     own: a whole-inference package holds every step's activations, and keeping them all ran trm-maze
     (900 positions) out of 24 GiB."""
+    with np.errstate(all="ignore"):  # float16 overflows to inf, as the ANE's kernels do: the range report says so
+        return _replay(main, feed, observe, float32)
+
+
+def _replay(main: Function, feed: dict[str, np.ndarray], observe: Observe | None, float32: bool) -> dict[str, np.ndarray]:
     widen = _widen if float32 else (lambda value: value)
     values = {name: widen(mil_array(feed[name])) for name in main.inputs}
     last_reader = {name: index for index, op in enumerate(main.operations) for name in _input_names(op)}

@@ -16,7 +16,7 @@ from hrmc.hrm_ref import HRM, Batch
 from hrmc.targets.base import TargetExecutor
 from hrmc.targets.executor import Arrays, Trace
 from hrmc.targets.mlx.lowering import CLASSES, identifiers, module_name
-from hrmc.targets.mlx.package import lower_mlx
+from hrmc.targets.mlx.package import lower_mlx, read_config, stored_weights
 from hrmc.targets.mlx.runtime import call_uncompiled, load_package, run
 
 
@@ -31,6 +31,10 @@ class MlxExecutor(TargetExecutor):
         self.name = "mlx-chunked" if chunked else "mlx"
 
     def open_shipped(self, model: HRM, batch: Batch) -> int:
+        """Its record, metadata and weights checked before its module is imported: no code of a changed folder runs."""
+        config = read_config(self.artifact)
+        self.check(config, self.artifact, model, batch)
+        self.check_stored_weights(stored_weights(self.artifact).items(), model, batch, config.get("outputs"))
         return self.open(self.artifact, model, batch)
 
     def open_fresh(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> int:

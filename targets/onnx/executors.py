@@ -15,7 +15,7 @@ from hrmc.lowering.export import read_metadata
 from hrmc.passes import lower_onnx, structured_parts
 from hrmc.targets.base import TargetExecutor
 from hrmc.targets.executor import Arrays, Trace
-from hrmc.targets.onnx.package import chunk_steps, shipped_graphs
+from hrmc.targets.onnx.package import chunk_steps, shipped_graphs, stored_weights
 from hrmc.targets.onnx.runtime import run_every_value, run_named, session
 
 
@@ -29,6 +29,7 @@ class OnnxExecutor(TargetExecutor):
     def open_shipped(self, model: HRM, batch: Batch) -> int:
         graphs, meta = shipped_graphs(self.artifact, self.whole_role)
         self.check(meta, self.artifact, model, batch)
+        self.check_stored_weights(stored_weights(graphs.values()), model, batch, meta["outputs"])
         return self.open(graphs)
 
     def open_fresh(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> int:
@@ -40,7 +41,7 @@ class OnnxExecutor(TargetExecutor):
 
     def open(self, graphs: dict[str, Path]) -> int:
         self.graphs, self.unrolled = graphs, None
-        roles = [self.whole_role, "step"] + (["chunk"] if self.chunked and "chunk" in graphs else [])
+        roles = [self.whole_role, "step"] + (["chunk"] if "chunk" in graphs else [])
         self.sessions = {role: session(graphs[role]) for role in roles}
         self.chunked_step = read_metadata(graphs["step"]).get("kind") == "chunk"
         return chunk_steps(graphs)

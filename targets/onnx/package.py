@@ -8,17 +8,22 @@ sets (hrmc.lowering.artifact); files written before hrmc recorded parts are foun
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
 
 from hrmc.errors import InputError
-from hrmc.lowering.artifact import bound_parts
+from hrmc.lowering.artifact import bound_parts, load_proto
 from hrmc.lowering.export import read_metadata, step_path_for
 
 
 def shipped_graphs(artifact: Path, whole: str) -> tuple[dict[str, Path], dict]:
     """The graphs of a shipped ONNX artifact by role, bound, and the hrmc metadata it records; `whole` is
     the role its whole-inference graph must have (act: an export; static: a lowered set)."""
+    meta = read_metadata(artifact)  # first: a graph hrmc never made is named as such
     parts = bound_parts(artifact, fallback={whole: artifact, "step": step_path_for(artifact)})
-    meta = read_metadata(artifact)
     if whole not in parts or meta.get("kind") != whole:
         made_by = {"act": "hrmc export", "static": "hrmc lower --target onnx"}[whole]
         raise InputError(f"{artifact} is not a {whole} graph ({meta.get('kind')}): this executor runs what {made_by} "
@@ -29,3 +34,10 @@ def shipped_graphs(artifact: Path, whole: str) -> tuple[dict[str, Path], dict]:
 def chunk_steps(graphs: dict[str, Path]) -> int:
     """Steps per call of the chunk graph among `graphs` (1: none, the step graph serves)."""
     return int(read_metadata(graphs["chunk"])["chunk"]) if "chunk" in graphs else 1
+
+
+def stored_weights(graphs: Iterable[Path]) -> Iterator[tuple[str, np.ndarray]]:
+    """Every initializer of every graph, by file and name."""
+    for graph in graphs:
+        for tensor in load_proto(graph).graph.initializer:
+            yield f"{graph.name}/{tensor.name}", onnx.numpy_helper.to_array(tensor)

@@ -159,12 +159,14 @@ def step_graph(tiny_export: Path, tmp_path_factory) -> Path:
 
 
 def test_two_lowerings_give_byte_identical_packages(step_graph: Path, tmp_path: Path) -> None:
+    """Whatever their names: a package records nothing of its own name, nor of the folder it was written in."""
     contents = []
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        package = coreml.lower_coreml({"step": step_graph}, tmp_path / name / "t.mlpackage", "ane", 1, "t.onnx")
+    for folder, name in (("a", "t"), ("b", "HRMSolver")):
+        (tmp_path / folder).mkdir()
+        package = coreml.lower_coreml({"step": step_graph}, tmp_path / folder / f"{name}.mlpackage", "ane", 1, "t.onnx")
         contents.append({p.relative_to(package): p.read_bytes() for p in sorted(package.rglob("*")) if p.is_file()})
     assert contents[0] == contents[1] and len(contents[0]) == 6  # spec, weights, manifest, hrmc's parts, origins, values
+    assert not any(b"HRMSolver" in data or str(tmp_path).encode() in data for data in contents[1].values())
 
 
 def test_attention_per_head_computes_what_the_batched_heads_do(tiny, step_graph: Path) -> None:
@@ -208,13 +210,15 @@ def test_inspect_reports_ane_readiness(capsys, step_graph: Path, tmp_path: Path)
     assert_one_line_error(*hrmc(capsys, "inspect", str(package))[::2], "weight.bin: does not match the sha256")
     weights.unlink()
     assert_one_line_error(*hrmc(capsys, "inspect", str(package))[::2], "weight.bin: missing")
-    (package / "Data" / "com.hrmc" / "parts.json").unlink()  # a package without hrmc's record: still read in full
-    assert_one_line_error(*hrmc(capsys, "inspect", str(package))[::2], "weight.bin: missing (the package's weights)")
+    (package / "Data" / "com.hrmc" / "parts.json").unlink()  # a package without hrmc's record: refused
+    assert_one_line_error(*hrmc(capsys, "inspect", str(package))[::2], "no record of its parts")
+    assert_one_line_error(*hrmc(capsys, "inspect", str(package), "--unrecorded")[::2],  # unless asked: read in full
+                          "weight.bin: missing (the package's weights)")
     (package / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(b"\xff not a spec")
-    code, _, err = hrmc(capsys, "inspect", str(package))
+    code, _, err = hrmc(capsys, "inspect", str(package), "--unrecorded")
     assert_one_line_error(code, err, "model.mlmodel: not a Core ML model spec")
     (package / "Data" / "com.apple.CoreML" / "model.mlmodel").unlink()
-    code, _, err = hrmc(capsys, "inspect", str(package))
+    code, _, err = hrmc(capsys, "inspect", str(package), "--unrecorded")
     assert_one_line_error(code, err, "model.mlmodel (the model spec", "Manifest.json names) not found")
 
 

@@ -17,8 +17,8 @@ import torch
 
 from hrmc import hrm_ref
 from hrmc.targets import coreml
-from hrmc.targets.coreml.ranges import (EXACT_INTEGERS, FLOAT16_MAX, MATMUL_OUTPUT_MAX, op_range, package_inputs,
-                                        value_ranges)
+from hrmc.targets import FLOAT16_MAX
+from hrmc.targets.coreml.ranges import EXACT_INTEGERS, MATMUL_OUTPUT_MAX, op_range, package_inputs, value_ranges
 from tests.hrmc.test_cli import hrmc
 
 LARGE = 12000  # norm inputs reach 1.18e4 on seed 0; matmul outputs stay under 32,760 / 2
@@ -49,6 +49,26 @@ def test_each_op_is_held_to_the_limit_that_applies_to_it() -> None:
     near = op_range("matmul", "m", "n", [np.array([-20000.0], np.float32)])
     assert near.max_abs == 20000 and not near.overflows and near.headroom < 2
     assert op_range("matmul", "m", "n", [np.array([40000.0], np.float32)]).overflows
+    for broken in (np.nan, np.inf):  # inf − inf of a weight pair beyond float16 is NaN, and NaN compares false
+        assert op_range("mul", "m", "n", [np.array([1.0, broken], np.float32)]).overflows
+        assert op_range("add", "a", "n", [np.array([1.0, broken], np.float32)]).limit == FLOAT16_MAX
+
+
+def test_a_weight_float16_cannot_hold_is_refused_before_any_work(capsys, tmp_path: Path) -> None:
+    """Finite in float32, beyond float16: named by its parameter for --target ane (in either weight storage),
+    by its ONNX constant where the lowering meets it first; a float32 package takes it."""
+    from hrmc.targets.coreml.lowering import Builder, FLAVOURS
+    from tests.hrmc.test_cli import assert_one_line_error
+
+    checkpoint = scaled_checkpoint(1e6, tmp_path / "huge.safetensors")
+    for weights in ("float16x2", "float16"):
+        code, _, err = hrmc(capsys, "lower", "--target", "ane", "--weights", weights, "--checkpoint", str(checkpoint),
+                            "-o", str(tmp_path / "h.mlpackage"))
+        assert_one_line_error(code, err, "mlp.down_proj.weight holds", "beyond float16's 65504")
+        assert not any(tmp_path.glob("h.*")), err
+    builder = Builder("h.onnx", FLAVOURS["ane"], weight_pairs=True)
+    with pytest.raises(coreml.LowerError, match="constant 'w' \\[2\\] holds 70000"):
+        builder.array(np.array([1.0, 7e4], np.float32), "w")
 
 
 @pytest.fixture(scope="module")
