@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,11 @@ def test_inspect_reports_ane_readiness(capsys, step_graph: Path, tmp_path: Path)
     assert fp32_parameters * 0.95 / 2 <= single_bytes <= fp32_parameters * 1.05 / 2
     code, _, err = hrmc(capsys, "inspect", str(tmp_path / "missing.mlpackage"))
     assert_one_line_error(code, err, "expected an .mlpackage")
+    copy = shutil.copytree(package, tmp_path / "HRMSolver.mlpackage")  # renamed: the same package
+    assert hrmc(capsys, "inspect", str(copy))[0] == 0
+    gutted = copy / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    gutted.write_bytes(gutted.read_bytes()[:1000])  # the copy's own files are the ones verified
+    assert_one_line_error(*hrmc(capsys, "inspect", str(copy))[::2], str(gutted), "does not match the sha256")
     weights = package / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
     weights.write_bytes(weights.read_bytes()[:-4096])  # truncated: inspect verifies every part first
     assert_one_line_error(*hrmc(capsys, "inspect", str(package))[::2], "weight.bin: does not match the sha256")
