@@ -19,7 +19,10 @@ import torch
 
 from hrmc.errors import CheckpointError, ConfigError
 
-FORWARD_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+# float16 and bfloat16 keep the same float32 islands (hrm_ref.layers.compute_dtype): float16 is the model as
+# PyTorch runs it in float16, the yardstick of every float16 artifact (docs/design.md §4)
+FORWARD_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+                  "float16": torch.float16}
 POS_ENCODINGS = ("rope", "learned", "none")  # none: TRM only (its mlp_t recipe)
 FAMILIES = ("hrm", "trm")
 # Upstream's `arch.name` of each family's ACT model (sapientinc/HRM, SamsungSAILMontreal/TinyRecursiveModels).

@@ -2,7 +2,9 @@
 
 Parameters are float32 and cast to the activations' dtype at use ("casted" layers), as
 upstream does. Norms and RoPE compute in float32, or in float64 when the model runs in float64
-(the noise-floor reference), never below float32.
+(the noise-floor reference), never below float32. In bfloat16 and float16 these are the float32 islands:
+RMSNorm's variance, softmax, the RoPE tables and rotation, and the q head's output; every weight and
+every other activation is in the forward dtype.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from torch import nn
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The precision for norms, RoPE and the q head: float32, or float64 for a float64 model."""
+    """The precision for norms, RoPE, softmax and the q head's output: float32 (for float32, bfloat16 and
+    float16 models), or float64 for a float64 model."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -110,7 +113,7 @@ class Attention(nn.Module):
             query, key = apply_rotary(query, *cos_sin), apply_rotary(key, *cos_sin)
         query, key, value = (t.transpose(1, 2) for t in (query, key, value))
         scores = torch.matmul(query, key.transpose(-2, -1)) * self.head_dim ** -0.5
-        # Softmax at >= float32 as flash attention does for bfloat16; exact no-op in float32.
+        # Softmax at >= float32 as flash attention does for bfloat16 and float16; exact no-op in float32.
         weights = torch.softmax(scores, dim=-1, dtype=compute_dtype(scores.dtype)).to(value.dtype)
         attended = torch.matmul(weights, value).transpose(1, 2).reshape(batch, seq, hidden)
         return self.o_proj(attended)

@@ -34,7 +34,7 @@ from hrmc import pipeline as driver
 from hrmc.errors import GateFailure, HrmcError, InputError
 from hrmc.files import LeftBehind, check_apart, check_length, check_output, size_of, work_folder
 
-FORWARD_DTYPES = ("float32", "float64", "bfloat16")
+FORWARD_DTYPES = ("float32", "float64", "bfloat16", "float16")
 MAX_BATCH = 65536  # the exported graphs' dynamic batch dimension goes up to this
 STEPS = click.IntRange(1, MAX_BUDGET)  # --budget, --chunk
 POSITIVE = click.IntRange(min=1)

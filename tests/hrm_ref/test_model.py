@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from hrmc import hrm_ref
 from hrmc.hrm_ref import HRM, HRMConfig
+from hrmc.hrm_ref.layers import rms_norm
 from hrmc.hrm_ref.presets import randomize_weights
 from tests.conftest import upstream_arch, write_upstream_checkpoint
 from tests.hrm_ref.upstream_oracle import ORACLES, UpstreamOracle
@@ -186,6 +187,36 @@ def test_bfloat16_forward_runs_close_to_float32(preset: str) -> None:
     scale = full["logits"].abs().max()
     assert np.isfinite(low["logits"].float().numpy()).all()
     assert (low["logits"].float() - full["logits"]).abs().max() < 0.1 * scale
+
+
+def _rmse(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).square().mean().sqrt())
+
+
+@pytest.mark.parametrize("preset", ("tiny", "sudoku4", *TRM_FORMS))
+def test_float16_forward_is_the_model_in_float16_with_its_float32_islands(preset: str) -> None:
+    """float16 weights and activations, the q head's output in float32; against float64 from the same start it
+    errs more than float32 and less than bfloat16 (8 bits of mantissa fewer), on every output."""
+    model = hrm_ref.build_preset(preset)
+    batch = hrm_ref.random_batch(model.config, 4, seed=5)
+    outputs = {}
+    for dtype in ("float64", "float32", "float16", "bfloat16"):
+        twin = model.with_dtype(dtype)
+        carry, outputs[dtype] = hrm_ref.step(twin, hrm_ref.initial_carry(twin, batch), batch, "max-steps", 8)
+        outputs[dtype] |= {"z_H": carry.z_H, "z_L": carry.z_L}
+    half = outputs["float16"]
+    assert half["logits"].dtype == half["z_H"].dtype == torch.float16 and half["q_halt_logits"].dtype == torch.float32
+    for name, exact in outputs["float64"].items():
+        errors = [_rmse(outputs[dtype][name], exact) for dtype in ("float32", "float16", "bfloat16")]
+        assert errors[0] < errors[1] < errors[2], (name, errors)
+
+
+def test_float16_rms_norm_squares_in_float32() -> None:
+    """|x| = 1000 squares to 1e6, beyond float16's 65504: the variance is an island of float32."""
+    x = torch.full((1, 2, 8), 1000.0, dtype=torch.float16)
+    x[..., ::2] = -1000.0
+    normalised = rms_norm(x, 1e-5)
+    assert normalised.dtype == torch.float16 and torch.equal(normalised.abs(), torch.ones_like(x))
 
 
 def test_weights_rounded_to_float16_are_float16_values_and_leave_the_model_alone(tiny: HRM) -> None:

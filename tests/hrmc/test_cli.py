@@ -53,6 +53,13 @@ def test_run_is_bit_identical_across_runs(capsys, tmp_path: Path) -> None:
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
 
 
+def test_run_in_float16(capsys) -> None:
+    """`--dtype float16`: the model as PyTorch runs it in float16, the float16 gate's yardstick."""
+    code, out, _ = hrmc(capsys, "run", "--preset", "sudoku4", "--dtype", "float16", "--batch", "8", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["dtype"] == "float16" and report["accuracy"]["exact"] == 1.0
+
+
 def test_run_json_report_and_budget(capsys) -> None:
     code, out, _ = hrmc(capsys, "run", "--budget", "2", "--batch", "3", "--json")
     report = json.loads(out)
