@@ -17,8 +17,8 @@ from hrmc.parity.agreement import format_agreement, task_agreement
 from hrmc.parity.localize import Localization, format_localization, localize
 from hrmc.parity.executors import EXECUTORS
 from hrmc.targets.executor import Arrays, Executor
-from hrmc.parity.gate import (ATOL, FLOOR_FACTOR, PSNR_DB, RTOL, Reference, Report, Row, prepared_pair,
-                              step_parity, trajectory_parity, whole_graphs_parity)
+from hrmc.parity.gate import (ATOL, FLOOR_FACTOR, HALF_FACTOR, PSNR_DB, RTOL, Reference, Report, Row,
+                              prepared_pair, step_parity, trajectory_parity, whole_graphs_parity)
 
 MODES = ("step", "trajectory")
 
@@ -30,12 +30,13 @@ def check_parity(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budge
 
 
 def check_modes(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget: int | None,
-                modes: tuple[str, ...] = MODES, atol: float = ATOL, rtol: float = RTOL, psnr_db: float = PSNR_DB,
+                modes: tuple[str, ...] = MODES, atol: float = ATOL, rtol: float = RTOL, psnr_db: float | None = None,
                 seed: int = 0, model_name: str = "", onnx_model: str | None = None, chunk: int | None = None,
                 artifact: str | None = None, labels: np.ndarray | None = None,
                 progress: Callable[[str], None] = lambda _: None) -> list[Report]:
     """Run A and B on `batch` and gate them, one report per mode; the executors are prepared and run
-    once for all modes. `artifact` is B's shipped artifact: exactly those files run.
+    once for all modes. `artifact` is B's shipped artifact: exactly those files run. `psnr_db`: an absolute
+    PSNR floor for float16 outputs beside the float16 rule (none by default).
 
     Step mode checks every graph each executor runs: the step graph teacher-forced against A, and
     the whole-inference graph against the executor's own steps chained.
@@ -79,14 +80,15 @@ def format_report(report: Report) -> str:
         else:
             how = "step graphs from the reference's carry" if report.mode == "step" else "whole runs"
             title, halting = f"A vs B: {how}", report.halting
-        lines += [f"— {title}",
-                  f"{'output':<20}{'step':>5}{'max|a−b|':>12}{'max rel':>12}{'needed':>12}{'limit':>12}{'floor':>12}  ok"]
-        for row in (row for row in report.rows if row.check == check):
-            floor = f"{row.floor:>12.3g}" if row.floor is not None else ""
-            floor += f"  psnr {row.psnr:.1f} dB" if row.psnr is not None else ""
-            floor += f" (fp16 weights {row.weights_psnr:.1f})" if row.weights_psnr is not None else ""
-            lines.append(f"{row.output:<20}{row.step:>5}{row.max_abs:>12.3g}{row.max_rel:>12.3g}{row.needed:>12.3g}"
-                         f"{row.limit:>12.3g}{floor}  {'✓' if row.passed else '✗'}")
+        rows = [row for row in report.rows if row.check == check]
+        if any(row.ratio is not None for row in rows):
+            lines += [f"— {title}; float16: {' and '.join(dict.fromkeys(row.side for row in rows))} against hrm_ref "
+                      "float64, x16 = hrm_ref float16 from the same carry", *_float16_table(rows, report)]
+        else:
+            lines += [f"— {title}", f"{'output':<20}{'step':>5}{'max|a−b|':>12}{'max rel':>12}{'needed':>12}"
+                                    f"{'limit':>12}{'floor':>12}  ok"]
+            lines += [f"{row.output:<20}{row.step:>5}{row.max_abs:>12.3g}{row.max_rel:>12.3g}{row.needed:>12.3g}"
+                      f"{row.limit:>12.3g}{_floor(row)}  {'✓' if row.passed else '✗'}" for row in rows]
         lines.append(_decisions("halting decisions", halting))
         if check == "A vs B" and report.answers:
             lines.append(_decisions("answers (argmax per position)", report.answers))
@@ -100,9 +102,8 @@ def format_report(report: Report) -> str:
         worst = {}
         for row in report.failures():
             worst.setdefault((row.check, row.output), row)
-        detail = "; ".join(f"{_named(row.check)}{row.output} from step {row.step} " + (
-            f"(PSNR {row.psnr:.1f} dB < {report.psnr_db:g} dB{_weights_limit(row, report.psnr_db)})"
-            if row.gated == "psnr" else f"(max |a−b| {row.max_abs:.3g} > {row.limit:.3g})") for row in worst.values())
+        detail = "; ".join(f"{_named(row.check)}{row.output} from step {row.step} ({_failed(row, report)})"
+                           for row in worst.values())
         if report.answers.get("mismatched"):
             detail += f"{'; ' if detail else ''}{report.answers['mismatched']} answers differ where the reference's margin is clear"
         lines.append(f"FAIL: {detail or 'halting decisions differ'}")
@@ -119,11 +120,40 @@ def _decisions(what: str, counts: dict) -> str:
             "(a close call of the reference: reported, not failed)")
 
 
-def _weights_limit(row: Row, gate: float) -> str:
-    if row.weights_psnr is None:
-        return ""
-    return f"; float16 weights alone give {row.weights_psnr:.1f} dB" + (
-        ": below the gate, the model's float16 limit" if row.weights_psnr < gate else "")
+def _floor(row: Row) -> str:
+    return f"{row.floor:>12.3g}" if row.floor is not None else ""
+
+
+FLOAT16_RULES = {"ratio": "≤ 2·x16", "rounding": "≤ 1 rounding", "abs": "|Δq| ≤ limit"}
+
+
+def _float16_table(rows: list[Row], report: Report) -> list[str]:
+    """float16 rows: the judged side's error against float64 beside hrm_ref float16's (x16), their ratio, the
+    limit and the rule that set it, and whether Apple's 60 dB bar is met (for information)."""
+    sides = len({row.side for row in rows}) > 1
+    judged = "x" if sides else rows[0].side
+    lines = [f"{'output':<20}{'step':>5}{f'max|{judged}−f64|':>12}{'RMSE':>11}{'limit':>11}{'ratio':>8}{'PSNR':>8}"
+             f"{'x16 PSNR':>10}  {'rule':<14}{f'≥{PSNR_DB:g} dB':>8}  ok"]
+    for row in rows:
+        name = f"{row.side}: {row.output}" if sides else row.output
+        error = "" if row.gated == "abs" else f"{row.needed:>11.3g}"
+        lines.append(f"{name:<20}{row.step:>5}{row.max_abs:>12.3g}{error:>11}{row.limit:>11.3g}{row.ratio:>8.2f}"
+                     f"{row.psnr:>8.1f}{row.float16_psnr:>10.1f}  {FLOAT16_RULES[row.gated]:<14}"
+                     f"{'—' if row.gated == 'abs' else 'yes' if row.psnr >= PSNR_DB else 'no':>8}  "
+                     f"{'✓' if row.passed else '✗'}")
+    return lines
+
+
+def _failed(row: Row, report: Report) -> str:
+    """Why a row failed, in words."""
+    if row.ratio is None or row.gated == "abs":
+        return f"max |a−b| {row.max_abs:.3g} > {row.limit:.3g}"
+    if row.needed > row.limit:
+        allowed = (f"{HALF_FACTOR:g} × hrm_ref float16's {row.needed / row.ratio:.3g}" if row.gated == "ratio"
+                   else "one float16 rounding")
+        return (f"RMSE {row.needed:.3g} > {row.limit:.3g} = {allowed}: {row.ratio:.2f} × hrm_ref float16's error; "
+                f"PSNR {row.psnr:.1f} dB, hrm_ref float16 {row.float16_psnr:.1f} dB")
+    return f"PSNR {row.psnr:.1f} dB < {report.psnr_db:g} dB (--psnr)"
 
 
 __all__ = ["EXECUTORS", "Localization", "MODES", "PSNR_DB", "Report", "check_modes", "check_parity",

@@ -18,17 +18,17 @@ from hrmc.targets.executor import Arrays, Executor, carry_arrays, to_numpy
 
 
 class TorchExecutor(Executor):
-    """hrm_ref in eager PyTorch: the reference. `dtype` float64 gives the noise-floor reference."""
+    """hrm_ref in eager PyTorch: the reference. `dtype` float64 gives the noise-floor reference, float16 the
+    float16 rule's yardstick (the model as PyTorch runs it in float16)."""
 
     name = "torch"
 
-    def __init__(self, dtype: str = "float32", weights: torch.dtype | None = None) -> None:
-        self.dtype, self.weights = dtype, weights  # weights: round them to this dtype (the float16 limit)
+    def __init__(self, dtype: str = "float32") -> None:
+        self.dtype = dtype
+        self.precision = "float16" if dtype == "float16" else "float32"
 
     def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
         self.model = model.with_dtype(self.dtype)
-        if self.weights is not None:
-            self.model = self.model.with_weights_rounded(self.weights)
         self.policy, self.budget = policy, resolve_budget(model, policy, budget)
 
     def step(self, carry: Carry, batch: Batch) -> Arrays:
@@ -42,8 +42,7 @@ class TorchExecutor(Executor):
         return to_numpy(hrm_ref.run(self.model, batch, self.policy, self.budget))
 
     def describe(self) -> str:
-        weights = f", weights rounded to {str(self.weights).removeprefix('torch.')}" if self.weights is not None else ""
-        return f"torch (hrm_ref eager, {self.dtype}{weights}, CPU)"
+        return f"torch (hrm_ref eager, {self.dtype}, CPU)"
 
 
 def _torch(onnx_model=None, chunk=None, artifact=None) -> Executor:

@@ -3,6 +3,8 @@
 - step mode (the gate): both executors run one ACT step from the *same* carry, the reference's
   carry before step s (teacher forcing), for every step s of the reference trajectory. Every
   output must satisfy |a − b| ≤ atol + rtol·|b|.
+  float16 executors are judged in step mode by the float16 rule: against hrm_ref float64, each output's
+  RMSE at most twice that of hrm_ref running in float16 from the same carry (`float16_step`).
 - trajectory mode: both executors run the whole inference. The drift per step is set beside the
   reference's own fp32 rounding noise (hrm_ref in float64 vs float32 on the same inputs) and is
   gated at max(1e-5, 10 × noise floor). A halting decision is compared only where the
@@ -22,17 +24,23 @@ from hrmc.hrm_ref.act import halt_margin, initial_carry
 from hrmc.hrm_ref.config import HRMConfig
 from hrmc.names import CARRY_NAMES, STATE_NAMES
 from hrmc.parity.executors import TorchExecutor, make_executor
+from hrmc.parity.on_mac import APPLE_PSNR_DB, float16_bound, rmse
 from hrmc.targets.executor import Arrays, Executor
 
 ATOL = RTOL = 1e-5
-PSNR_DB = 60.0  # float16 executors (the ANE): step-mode gate on states and per-token outputs, docs/design.md §4
+# float16 executors (the ANE), states and per-token outputs, step mode (docs/design.md §4): against hrm_ref float64
+# from the same carry, RMSE ≤ HALF_FACTOR × hrm_ref float16's RMSE (FlashAttention's tests: 2 × PyTorch's own
+# same-dtype error; PyTorch's compiler accuracy check: 3 × eager float16's RMSE against float64), or where that is
+# less, one float16 rounding of the output: FLOAT16_ROUNDING × its RMS (float16's unit roundoff).
+HALF_FACTOR = 2.0
+FLOAT16_ROUNDING = 2.0 ** -11
+PSNR_DB = APPLE_PSNR_DB  # Apple's bar for float16 (ml-ane-transformers): reported for each float16 output, not gated
 # float16 executors, decision outputs (docs/design.md §4): |Δq| ≤ Q_ERROR_LIMIT × the reference's q scale (max |q| over
 # the run). Measured: the ane packages of tiny (random) and the trained sudoku4 err by at most 3.2e-3 of it.
 Q_ERROR_LIMIT = 1e-2
-# A decision (halting, argmax answer) must agree wherever the reference's margin exceeds BAND_FACTOR × what float16
-# weights alone cost on that output at that step (hrm_ref float32 with float16-rounded weights, from the same carry).
-# Measured: float16 arithmetic costs the ane packages 1.6–5.9× the weights-only error on q and logits.
-BAND_FACTOR = 8
+# A decision (halting, argmax answer) must agree wherever the reference's margin exceeds BAND_FACTOR × the most hrm_ref
+# float16 changes that margin at that step (against float64, from the same carry).
+BAND_FACTOR = 4
 DECISION_OUTPUTS = ("q_halt_logits", "q_continue_logits")  # one number per sample: judged by decisions, not PSNR
 FLOOR_FACTOR = 10  # trajectory gate: drift ≤ max(ATOL, FLOOR_FACTOR × noise floor)
 DECISIONS = ("halted", "steps")
@@ -51,9 +59,14 @@ class Row:
     passed: bool
     floor: float | None = None  # the reference's own float64-vs-float32 drift (its rounding noise)
     check: str = "A vs B"  # which comparison: A vs B, or one executor's whole-inference graph vs its own steps
-    psnr: float | None = None  # float16 executors: gated on this (dB) instead of the atol
-    weights_psnr: float | None = None  # float16 executors: the reference with float16-rounded weights, for information
-    gated: str = "atol"  # what `passed` judged: atol (|a−b| ≤ limit + rtol·|b|), psnr (≥ the report's dB), abs (|a−b| ≤ limit)
+    psnr: float | None = None  # float16 executors: the judged side's PSNR against hrm_ref float64 (dB)
+    float16_psnr: float | None = None  # float16 executors: hrm_ref float16's PSNR against float64 (the yardstick)
+    ratio: float | None = None  # float16 executors: RMSE of the judged side over hrm_ref float16's, both against float64
+    side: str | None = None  # float16 executors: the side judged ("A" or "B": the float16 one)
+    # what `passed` judged: atol (|a−b| ≤ limit + rtol·|b|); float16: ratio (RMSE ≤ HALF_FACTOR × hrm_ref float16's),
+    # rounding (RMSE ≤ one float16 rounding, where that is more), abs (|a−b| ≤ limit: q values); and, where the report
+    # has a PSNR floor (--psnr), PSNR ≥ it
+    gated: str = "atol"
 
 
 @dataclass
@@ -67,7 +80,7 @@ class Report:
     seed: int
     atol: float
     rtol: float
-    psnr_db: float = PSNR_DB  # float16 executors: the step-mode gate
+    psnr_db: float | None = None  # float16 executors: an absolute PSNR floor (--psnr) beside the float16 rule
     rows: list[Row] = field(default_factory=list)
     halting: dict[str, Any] = field(default_factory=dict)
     answers: dict[str, Any] = field(default_factory=dict)  # float16 step mode: argmax per position, as `halting`
@@ -107,6 +120,11 @@ def compare(a: np.ndarray, b: np.ndarray, rtol: float) -> tuple[float, float, fl
     return float(difference.max()), float(relative.max()), float(max((difference - rtol * np.abs(b)).max(), 0.0))
 
 
+def max_abs(a: np.ndarray, reference: np.ndarray) -> float:
+    """max |a − reference| in float64; inf when the shapes differ."""
+    return compare(a, reference, 0.0)[0]
+
+
 def psnr(a: np.ndarray, reference: np.ndarray) -> float:
     """20·log10(max|reference| / RMSE), in dB; inf when equal."""
     a, reference = np.asarray(a, np.float64), np.asarray(reference, np.float64)
@@ -133,22 +151,25 @@ def q_margin(outputs: Arrays, config: HRMConfig) -> np.ndarray | None:
 
 @dataclass
 class Reference:
-    """hrm_ref on the compared batch, in float32 (the reference) and float64 (its noise floor): executors for
-    the teacher-forced steps, and their whole runs, which every check reads and which run once."""
+    """hrm_ref on the compared batch, in float32 (the reference) and float64 (its noise floor, and the truth a
+    float16 executor is measured against): executors for the teacher-forced steps, and their whole runs, which
+    every check reads and which run once; with `float16`, hrm_ref in float16 too (the float16 rule's
+    yardstick). The one place the reference model is chosen: every one of them runs `model`."""
 
     float32: TorchExecutor
     float64: TorchExecutor
     run32: Arrays
     run64: Arrays
+    float16: TorchExecutor | None = None
 
     @classmethod
-    def prepared(cls, model: HRM, policy: str, budget: int, batch: Batch) -> "Reference":
-        executors = []
-        for dtype in ("float32", "float64"):
-            executor = TorchExecutor(dtype)
-            executor.prepare(model, policy, budget, batch)
-            executors.append(executor)
-        return cls(*executors, *(executor.run(batch) for executor in executors))
+    def prepared(cls, model: HRM, policy: str, budget: int, batch: Batch, float16: bool = False) -> "Reference":
+        executors = {}
+        for dtype in ("float32", "float64") + (("float16",) if float16 else ()):
+            executors[dtype] = TorchExecutor(dtype)
+            executors[dtype].prepare(model, policy, budget, batch)
+        return cls(executors["float32"], executors["float64"], executors["float32"].run(batch),
+                   executors["float64"].run(batch), executors.get("float16"))
 
 
 def prepared_pair(a: str, b: str, model: HRM, batch: Batch, policy: str, budget: int, *, onnx_model: str | None,
@@ -160,7 +181,8 @@ def prepared_pair(a: str, b: str, model: HRM, batch: Batch, policy: str, budget:
     for executor in executors:
         progress(f"preparing executor {executor.name}")
         executor.prepare(model, policy, budget, batch)
-    return executors, Reference.prepared(model, policy, budget, batch)
+    half = any(executor.precision == "float16" for executor in executors)
+    return executors, Reference.prepared(model, policy, budget, batch, float16=half)
 
 
 def step_parity(a: Executor, b: Executor, ref: Reference, batch: Batch, report: Report,
@@ -172,24 +194,23 @@ def step_parity(a: Executor, b: Executor, ref: Reference, batch: Batch, report: 
     reference's own float64-vs-float32 error on that step): atol wherever the reference itself is
     that exact (random weights: ~1e-6), its own rounding edge where it is not (a trained model's
     logits of magnitude 30–40: 5e-5). A halting decision may differ only within tolerance of a tie.
-    float16 executors (`float16_step`): the float16 contract. Beside each row: the reference's own one-step rounding noise (float64 vs float32 from the same carry).
+    float16 executors (`float16_step`): the float16 rule, the float16 side against hrm_ref float64 with hrm_ref
+    float16 as the yardstick, all from the same carry. Beside each row: the reference's own one-step rounding
+    noise (float64 vs float32 from the same carry).
     """
     reference, exact, trajectory = ref.float32, ref.float64, ref.run32
     start = initial_carry(reference.model, batch)
-    half = "float16" in (a.precision, b.precision)
-    if half:
-        rounded = TorchExecutor("float32", weights=torch.float16)
-        rounded.prepare(reference.model, reference.policy, reference.budget, batch)
-        q_scale = max((float(np.abs(trajectory[name]).max()) for name in DECISION_OUTPUTS if name in trajectory),
-                      default=0.0)
+    judged = [side for side, executor in (("A", a), ("B", b)) if executor.precision == "float16"]
+    q_scale = max((float(np.abs(trajectory[name]).max()) for name in DECISION_OUTPUTS if name in trajectory),
+                  default=0.0)
     decisions = {"halting": Decisions(), "answers": Decisions()}
     for s in range(trajectory["steps"].shape[0]):
         carry = carry_at(trajectory, start, s)
         out_a, out_b = a.step(carry, batch), b.step(carry, batch)
         out_32, out_64 = reference.step(carry, batch), exact.step(carry, batch)
-        if half:
-            float16_step(out_a, out_b, out_32, out_64, rounded.step(carry, batch), s + 1, q_scale, report, decisions,
-                         reference.model.config)
+        if judged:
+            float16_step({"A": out_a, "B": out_b}, judged, out_32, out_64, ref.float16.step(carry, batch), s + 1,
+                         q_scale, report, decisions, reference.model.config)
         else:
             float32_step(out_a, out_b, out_32, out_64, s + 1, report, decisions, reference.model.config)
         if report.first_failing_step is None and (report.failures() or any(d.mismatched for d in decisions.values())):
@@ -197,16 +218,9 @@ def step_parity(a: Executor, b: Executor, ref: Reference, batch: Batch, report: 
             if until_failure:
                 break
     report.halting = decisions["halting"].as_dict()
-    if half:
+    if judged:
         report.answers = decisions["answers"].as_dict()
-        report.notes.append(
-            f"float16 contract: states and per-token outputs gated on PSNR ≥ {report.psnr_db:g} dB per step; q values "
-            f"on |Δq| ≤ {Q_ERROR_LIMIT:g} × the q scale ({q_scale:.3g}, max |q| of the reference run), their PSNR for "
-            f"information; every halting decision and answer (argmax per position) must agree wherever the "
-            f"reference's margin exceeds {BAND_FACTOR} × what float16 weights alone cost on that output (closer "
-            "calls: ambiguous, counted)")
-        report.notes.append("fp16 weights: PSNR of hrm_ref float32 with its weights rounded to float16, from the "
-                            "same carry: what float16 weights alone cost, for information")
+        report.notes += float16_notes(report, q_scale, judged)
     report.notes.append("step mode: both executors start every step from the reference's (torch float32) carry; "
                         f"floor = hrm_ref float64 vs float32 on that step; limit = max(atol, {FLOOR_FACTOR} × floor)")
     return report
@@ -250,31 +264,83 @@ def float32_step(out_a: Arrays, out_b: Arrays, out_32: Arrays, out_64: Arrays, s
     decisions["halting"].add(differs, close)
 
 
-def float16_step(out_a: Arrays, out_b: Arrays, out_32: Arrays, out_64: Arrays, out_rounded: Arrays, step: int,
-                 q_scale: float, report: Report, decisions: dict[str, Decisions], config: HRMConfig) -> None:
-    """One step of the float16 contract (docs/design.md §4): states and per-token outputs on PSNR, q values on
-    their absolute error against the q scale, decisions wherever the reference's margin is clear."""
-    for name in [n for n in out_b if n in out_a and n not in DECISIONS]:
-        max_abs, max_rel, needed = compare(out_a[name], out_b[name], report.rtol)
-        floor = compare(out_32[name], out_64[name], 0.0)[0]
-        db, weights_db = float(psnr(out_a[name], out_b[name])), float(psnr(out_rounded[name], out_32[name]))
-        if name in DECISION_OUTPUTS:
-            limit = Q_ERROR_LIMIT * q_scale
-            report.rows.append(Row(name, step, max_abs, max_rel, max_abs, limit, bool(max_abs <= limit), floor,
-                                   psnr=db, weights_psnr=weights_db, gated="abs"))
-        else:
-            report.rows.append(Row(name, step, max_abs, max_rel, needed, report.atol, bool(db >= report.psnr_db), floor,
-                                   psnr=db, weights_psnr=weights_db, gated="psnr"))
-    if "q_halt_logits" in out_b:  # halting: the sign of the halting margin
-        margin, error = q_margin(out_32, config), np.abs(q_margin(out_rounded, config) - q_margin(out_32, config)).max()
+def float16_row(name: str, step: int, got: np.ndarray, yardstick: np.ndarray, exact: np.ndarray, noise: float,
+                q_scale: float, psnr_db: float | None) -> Row:
+    """One float16 output at one step (docs/design.md §4): `got` (the float16 side) and `yardstick` (hrm_ref
+    float16) against `exact` (hrm_ref float64), all from the same carry. States and per-token outputs: RMSE ≤
+    max(HALF_FACTOR × the yardstick's, one float16 rounding of the output), and PSNR ≥ `psnr_db` if given; q values
+    (one number per sample, where PSNR depends on the batch): |Δq| ≤ Q_ERROR_LIMIT × `q_scale`, their RMSE ratio
+    and PSNRs for information. `noise`: the float32 reference's own error on it (float64 vs float32)."""
+    error, yardstick_error = rmse(got, exact), rmse(yardstick, exact)
+    largest, relative, _ = compare(got, exact, 0.0)
+    ratio = error / yardstick_error if yardstick_error else (0.0 if error == 0 else float("inf"))
+    measured = dict(psnr=float(psnr(got, exact)), float16_psnr=float(psnr(yardstick, exact)), ratio=float(ratio))
+    if name in DECISION_OUTPUTS:
+        limit = Q_ERROR_LIMIT * q_scale
+        return Row(name, step, largest, relative, largest, limit, bool(largest <= limit), noise, gated="abs", **measured)
+    limit, rule = float16_bound(yardstick_error, exact, HALF_FACTOR, FLOAT16_ROUNDING)
+    passed = bool(error <= limit) and (psnr_db is None or bool(measured["psnr"] >= psnr_db))
+    return Row(name, step, largest, relative, error, limit, passed, noise, gated=rule, **measured)
+
+
+def float16_margins(exact: Arrays, yardstick: Arrays, config: HRMConfig) -> dict[str, tuple[np.ndarray, float]]:
+    """Each decision's margin in the float64 reference (`exact`), and the band it must clear at this step:
+    BAND_FACTOR × the most hrm_ref float16 (`yardstick`, from the same carry) changes that margin. Halting: the
+    halting margin per sample (`q_margin`); answers: per position, the top logit's lead over the second, and
+    the change of the difference between those two classes."""
+    margins = {}
+    margin = q_margin(exact, config)
+    if margin is not None:
+        change = np.abs(q_margin(yardstick, config) - margin).max(initial=0.0)
+        margins["halting"] = margin, BAND_FACTOR * float(change)
+    if "logits" in exact:
+        logits, other = np.asarray(exact["logits"], np.float64), np.asarray(yardstick["logits"], np.float64)
+        order = np.argsort(logits, axis=-1)
+        first, second = order[..., -1:], order[..., -2:-1]
+        lead = (np.take_along_axis(logits, first, -1) - np.take_along_axis(logits, second, -1))[..., 0]
+        moved = (np.take_along_axis(other, first, -1) - np.take_along_axis(other, second, -1))[..., 0]
+        margins["answers"] = lead, BAND_FACTOR * float(np.abs(moved - lead).max(initial=0.0))
+    return margins
+
+
+def float16_step(outputs: dict[str, Arrays], judged: list[str], out_32: Arrays, out_64: Arrays, out_16: Arrays,
+                 step: int, q_scale: float, report: Report, decisions: dict[str, Decisions], config: HRMConfig) -> None:
+    """One step of the float16 contract (docs/design.md §4): each `judged` side's (`outputs` by side) states and
+    per-token outputs by the float16 rule, its q values on their absolute error against the q scale (both
+    against hrm_ref float64, `float16_row`); A's and B's decisions wherever the reference's margin clears its
+    band (`float16_margins`)."""
+    out_a, out_b = outputs["A"], outputs["B"]
+    for side in judged:
+        got = outputs[side]
+        for name in [n for n in got if n in out_64 and n not in DECISIONS]:
+            noise = max_abs(out_32[name], out_64[name])
+            row = float16_row(name, step, got[name], out_16[name], out_64[name], noise, q_scale, report.psnr_db)
+            row.side = side
+            report.rows.append(row)
+    margins = float16_margins(out_64, out_16, config)
+    if "halting" in margins:  # halting: the sign of the halting margin
+        margin, band = margins["halting"]
         differs = (out_a["halted"] != out_b["halted"]) | (out_a["steps"] != out_b["steps"])
-        decisions["halting"].add(differs, np.abs(margin) <= BAND_FACTOR * error, margin)
-    if "logits" in out_b:  # answers: the argmax per position, against the top-1 minus top-2 logit margin
-        top = np.sort(out_32["logits"], axis=-1)
-        margin = top[..., -1] - top[..., -2]
-        error = np.abs(out_rounded["logits"] - out_32["logits"]).max()
+        decisions["halting"].add(differs, np.abs(margin) <= band, margin)
+    if "answers" in margins and "logits" in out_a and "logits" in out_b:  # answers: the argmax per position
+        margin, band = margins["answers"]
         differs = out_a["logits"].argmax(-1) != out_b["logits"].argmax(-1)
-        decisions["answers"].add(differs, margin <= BAND_FACTOR * error, margin)
+        decisions["answers"].add(differs, margin <= band, margin)
+
+
+def float16_notes(report: Report, q_scale: float, judged: list[str]) -> list[str]:
+    """What the float16 contract judged, for the report."""
+    sides = " and ".join(judged)
+    floor = f"; and PSNR ≥ {report.psnr_db:g} dB (--psnr)" if report.psnr_db is not None else ""
+    return [f"float16 contract: {sides} (float16) judged against hrm_ref float64 from the reference's carry, hrm_ref "
+            f"float16 from the same carry its yardstick (x16): states and per-token outputs need RMSE ≤ "
+            f"{HALF_FACTOR:g} × x16's (rule ratio), or where that is less one float16 rounding of the output, "
+            f"2⁻¹¹ × its RMS (rule rounding){floor}; q values |Δq| ≤ {Q_ERROR_LIMIT:g} × the q scale ({q_scale:.3g}, "
+            "max |q| of the reference run; rule abs), their ratio and PSNRs for information",
+            f"decisions: every halting decision and answer (argmax per position) of A and B must agree wherever "
+            f"the reference's margin exceeds {BAND_FACTOR:g} × the most hrm_ref float16 changes it at that step "
+            "(closer calls: ambiguous, counted)",
+            f"≥ {PSNR_DB:g} dB: whether the output meets Apple's float16 bar (ml-ane-transformers), for information"]
 
 
 def _pad(trajectory: Arrays, steps: int) -> Arrays:
@@ -285,7 +351,8 @@ def _pad(trajectory: Arrays, steps: int) -> Arrays:
 
 def chained_run(executor: Executor, start: Carry, batch: Batch) -> Arrays:
     """The whole inference as `executor`'s own step graph chained from `start`, carry fed back: what its
-    whole-inference graph must reproduce. Halted rows keep their last outputs, as hrm_ref.run does."""
+    whole-inference graph must reproduce. Halted rows keep their last outputs, as hrm_ref.run does; the carry's
+    states after each step come with them, as in hrm_ref.run."""
     carry, history, last = start, {}, None
     while not bool(carry.halted.all()):
         outputs = executor.step(carry, batch)
@@ -295,7 +362,7 @@ def chained_run(executor: Executor, start: Carry, batch: Batch) -> Arrays:
             heads = {name: np.where(halted_before.reshape((-1,) + (1,) * (value.ndim - 1)), last[name], value)
                      for name, value in heads.items()}
         last = heads
-        for name, value in (heads | {name: outputs[name] for name in DECISIONS}).items():
+        for name, value in (heads | {name: outputs[name] for name in DECISIONS + STATE_NAMES}).items():
             history.setdefault(name, []).append(value)
         carry = Carry(*(torch.from_numpy(np.ascontiguousarray(outputs[name])) for name in CARRY_NAMES))
     return {name: np.stack(values) for name, values in history.items()}

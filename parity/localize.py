@@ -5,10 +5,13 @@ reference's carry, with every intermediate value exposed and named as in the ONN
 was lowered from (`Executor.trace_step`: onnxruntime with every node output marked, the emitted MLX
 module called uncompiled, the MIL replay). B's graph is walked in order; the first node whose output
 exceeds the tolerance while every input it reads from another node is within it is where the
-divergence starts. The tolerance is the gate's: |a − b| ≤ atol + rtol·|b| in float32; where either
-side computes in float16, the float16 contract's (docs/design.md §4): PSNR ≥ the gate's dB, and for
-values of one or two numbers per sample (the q head's) |a − b| ≤ 1e-2 × their scale; integer and
-bool values must match.
+divergence starts. The tolerance is the gate's: |a − b| ≤ atol + rtol·|b| in float32; integer and bool
+values must match. Where either side computes in float16, the gate's float16 rule (docs/design.md §4) judges
+an output by its error against hrm_ref float64 beside hrm_ref float16's, which no ONNX value has (hrm_ref
+float16 is eager PyTorch: it has no value of B's graph). So each value is measured by PSNR (B against A), held
+to the bound the rule put on the failing step's outputs, as a PSNR: 20·log10(peak / limit) of the loosest
+failing output (of every output, where only decisions failed), or `--psnr` if that is higher; values of one
+or two numbers per sample (the q head's) by |a − b| ≤ 1e-2 × their scale, as the gate judges q.
 
 torch has no graph: on either side, its exported graph after the `static` pipeline, run by onnxruntime in
 float32, stands in for it (the gate has already compared the two: `hrmc parity torch onnx`).
@@ -103,10 +106,11 @@ class Localization:
 
 
 def localize(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget: int | None, atol: float = ATOL,
-             rtol: float = RTOL, psnr_db: float = PSNR_DB, seed: int = 0, model_name: str = "",
+             rtol: float = RTOL, psnr_db: float | None = None, seed: int = 0, model_name: str = "",
              onnx_model: str | None = None, chunk: int | None = None, artifact: str | None = None,
              progress: Callable[[str], None] = lambda _: None) -> Localization:
-    """Run step mode up to its first failing step, and localise the divergence inside that step."""
+    """Run step mode up to its first failing step, and localise the divergence inside that step. `psnr_db`: the
+    gate's optional PSNR floor on float16 outputs (--psnr)."""
     budget = resolve_budget(model, policy, budget)
     with tolerating_changes() as changed, tempfile.TemporaryDirectory(prefix="hrmc-localize-") as work:
         if onnx_model is None:  # one export for every graph made afresh here, not one per side
@@ -119,10 +123,12 @@ def localize(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget: i
         progress("step mode, up to the first failing step")
         step_parity(*executors, reference, batch, report, until_failure=True)
         half = "float16" in (executors[0].precision, executors[1].precision)
+        threshold, tolerance = None, f"|a−b| ≤ {atol:g} + {rtol:g}·|b|"
+        if half:
+            threshold, tolerance = (_float16_threshold(report) if report.first_failing_step else
+                                    (None, "the float16 rule: RMSE against hrm_ref float64 ≤ 2 × hrm_ref float16's"))
         found = Localization(report.executors, [], model_name, policy, budget, report.batch, seed,
-                             "psnr" if half else "atol",
-                             f"PSNR ≥ {psnr_db:g} dB" if half else f"|a−b| ≤ {atol:g} + {rtol:g}·|b|",
-                             step=report.first_failing_step, changed=changed)
+                             "psnr" if half else "atol", tolerance, step=report.first_failing_step, changed=changed)
         if found.step is None:
             found.whole_graphs = _failing_whole_graphs(executors, reference, batch, report, progress)
             found.notes.append("every step graph output agrees at every step of the reference trajectory: nothing to "
@@ -139,8 +145,26 @@ def localize(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget: i
                 trace.how = f"torch's exported graph after the static pipeline stands in for it: {trace.how}"
             traces.append(trace)
         found.traced = [trace.how for trace in traces]
-        _walk(found, *traces, model, atol, rtol, psnr_db if half else None)
+        _walk(found, *traces, model, atol, rtol, threshold)
     return found
+
+
+def _float16_threshold(report: Report) -> tuple[float, str]:
+    """The PSNR each float16 value of the failing step must keep, and its description: the float16 rule's limit
+    on the loosest failing output of that step (of any output, where only decisions failed) as a PSNR,
+    20·log10(peak / limit); the report's --psnr floor where that is higher."""
+    rows = [row for row in report.rows if row.step == report.first_failing_step and row.check == "A vs B"
+            and row.gated in ("ratio", "rounding") and row.needed > 0]
+    rows = [row for row in rows if not row.passed] or rows
+    bounds = {row.output: row.psnr + 20 * np.log10(row.needed / row.limit) for row in rows}
+    if not bounds:
+        floor = report.psnr_db if report.psnr_db is not None else PSNR_DB
+        return floor, f"PSNR ≥ {floor:g} dB (no float16 output to take a bound from)"
+    output = min(bounds, key=bounds.get)
+    if report.psnr_db is not None and report.psnr_db > bounds[output]:
+        return report.psnr_db, f"PSNR ≥ {report.psnr_db:g} dB (--psnr)"
+    return float(bounds[output]), (f"PSNR ≥ {bounds[output]:.1f} dB (the float16 rule's limit on {output} at step "
+                                   f"{report.first_failing_step}, as a PSNR; hrm_ref float16 has no per-value twin)")
 
 
 def _tracer(executor: Executor, model: HRM, policy: str, budget: int, batch: Batch, onnx_model: str) -> Executor:

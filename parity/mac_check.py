@@ -3,7 +3,8 @@ Core ML itself what the MIL replay judged here.
 
 The folder holds `check.py` (on_mac.py, verbatim: stand-alone, it never imports hrmc), the inputs
 (the seeded random batch of the ane range check, at the package's batch), the torch float32 reference
-trajectory with its decision margins and bands (`reference.npz`), what check.py must know of the package
+trajectory with its decision margins and bands, and for a float16 package the float64 outputs and torch
+float16's error against them at every step (`reference.npz`), what check.py must know of the package
 (`record.json`: the sha256 of its files, its functions, the limits of the contract, from parity/gate.py)
 and the Linux replay's verdict on the same inputs by the same comparison (`linux.json`).
 """
@@ -18,17 +19,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import torch
 
 from hrmc import __version__, hrm_ref
-from hrmc.hrm_ref import HRM, Batch, Carry
+from hrmc.hrm_ref import HRM, Batch
 from hrmc.errors import InputError
 from hrmc.files import atomic_folder, check_output_folder, together
 from hrmc.lowering.export import weights_sha256
-from hrmc.names import CARRY_NAMES
 from hrmc.parity import on_mac
-from hrmc.parity.executors import TorchExecutor
-from hrmc.parity.gate import BAND_FACTOR, DECISION_OUTPUTS, DECISIONS, FLOOR_FACTOR, PSNR_DB, Q_ERROR_LIMIT, q_margin
+from hrmc.parity.gate import (BAND_FACTOR, DECISION_OUTPUTS, DECISIONS, FLOAT16_ROUNDING, FLOOR_FACTOR, HALF_FACTOR,
+                              Q_ERROR_LIMIT, Reference, carry_at, float16_margins, q_margin)
+from hrmc.parity.on_mac import rmse
 from hrmc.targets.coreml._coremltools import ct
 from hrmc.targets.coreml.lowering import FLAVOURS
 from hrmc.targets.coreml.package import PARTS_FILE, PackageFunction, read_functions
@@ -123,45 +123,51 @@ def _float_type(flavour: str) -> str:
     return "float16" if FLAVOURS[flavour].float_type == "fp16" else "float32"
 
 
-def _prepared(executor: TorchExecutor, model: HRM, step: PackageFunction, batch: Batch) -> TorchExecutor:
-    executor.prepare(model, step.meta["policy"], int(step.meta["budget"]), batch)
-    return executor
-
-
 def reference_trajectory(model: HRM, step: PackageFunction, batch: Batch) -> tuple[Arrays, dict[str, dict]]:
     """reference.npz (per step of the torch float32 trajectory: the carry fed, the outputs, the decisions'
-    margins and bands; the whole run's final answers and halting steps with theirs) and the gate of each
-    output, as hrmc's Linux gate (parity/gate.py) sets them.
+    margins and bands, and for float16 packages the float64 outputs and torch float16's RMSE against them; the
+    whole run's final answers and halting steps with theirs) and the gate of each output, as hrmc's Linux gate
+    (parity/gate.py) sets them, from the same reference (`Reference.prepared`).
 
-    The bands per step are what `step_parity` computes: float16, BAND_FACTOR × the error float16-rounded
-    weights alone cause the reference from the same carry; float32, the width of the Mac tolerance,
-    2·(atol + rtol·|b|). The whole run's (check.py's band for the inference function against the step
-    function chained): BAND_FACTOR × what float16-rounded weights change in it (float16), FLOOR_FACTOR × what
-    float64 changes in it (float32: trajectory mode's noise floor); a sample whose halting step changes with
-    them is a close call."""
+    The bands per step are what `step_parity` computes: float16, BAND_FACTOR × the most hrm_ref float16 changes
+    each margin from the same carry (`float16_margins`); float32, the width of the Mac tolerance, 2·(atol +
+    rtol·|b|). The whole run's (check.py's band for the inference function against the step function
+    chained): BAND_FACTOR × what hrm_ref float16 changes in it (float16), FLOOR_FACTOR × what float64 changes
+    in it (float32: trajectory mode's noise floor); a sample whose halting step changes with them is a close
+    call."""
     half = _float_type(step.flavour) == "float16"
-    reference = _prepared(TorchExecutor("float32"), model, step, batch)
-    perturbed = _prepared(TorchExecutor("float32", weights=torch.float16) if half else TorchExecutor("float64"),
-                          model, step, batch)
-    run, other = reference.run(batch), perturbed.run(batch)
+    ref = Reference.prepared(model, step.meta["policy"], int(step.meta["budget"]), batch, float16=half)
+    run, reference = ref.run32, ref.float32
+    other = ref.float16.run(batch) if half else ref.run64
     config, start = reference.model.config, hrm_ref.initial_carry(reference.model, batch)
     steps: dict[str, list[np.ndarray]] = {}
     for s in range(run["steps"].shape[0]):
-        carry = start if s == 0 else Carry(*(torch.from_numpy(np.ascontiguousarray(run[name][s - 1]))
-                                             for name in CARRY_NAMES))
-        out, out_other = reference.step(carry, batch), perturbed.step(carry, batch)
+        carry = carry_at(run, start, s)
+        out = reference.step(carry, batch)
         arrays = {f"carry.{name}": value for name, value in carry_arrays(carry).items()}
         arrays |= {f"step.{name}": value for name, value in out.items()}
-        arrays |= _step_bands(out, out_other, config, half)
+        arrays |= (_float16_step(ref.float64.step(carry, batch), ref.float16.step(carry, batch), config) if half
+                   else _tolerance_bands(out, config))
         for name, value in arrays.items():
             steps.setdefault(name, []).append(value)
     arrays = {name: np.stack(values) for name, values in steps.items()} | _run_bands(run, other, config, half)
     q_scale = max((float(np.abs(run[name]).max()) for name in DECISION_OUTPUTS if name in run), default=0.0)
     floats = [name for name, value in out.items() if value.dtype.kind == "f" and name not in DECISIONS]
     gates = {name: ({"gate": "abs", "limit": Q_ERROR_LIMIT * q_scale} if name in DECISION_OUTPUTS
-                    else {"gate": "psnr", "limit": PSNR_DB}) if half
+                    else {"gate": "float16", "factor": HALF_FACTOR, "rounding": FLOAT16_ROUNDING}) if half
              else {"gate": "tolerance", "atol": MAC_ATOL, "rtol": MAC_RTOL} for name in floats}
     return arrays, gates
+
+
+def _float16_step(out_64: Arrays, out_16: Arrays, config) -> dict[str, np.ndarray]:
+    """One step of a float16 package's reference: every float output of hrm_ref float64 (`exact.`), hrm_ref
+    float16's RMSE against it (`float16_error.`), and the decisions' float64 margins with their bands."""
+    floats = [name for name, value in out_64.items() if value.dtype.kind == "f" and name not in DECISIONS]
+    arrays = {f"exact.{name}": out_64[name] for name in floats}
+    arrays |= {f"float16_error.{name}": np.float64(rmse(out_16[name], out_64[name])) for name in floats}
+    for decision, (margin, band) in float16_margins(out_64, out_16, config).items():
+        arrays |= {f"step.{decision}_margin": margin, f"step.{decision}_band": np.full(margin.shape, band)}
+    return arrays
 
 
 def _tolerance_band(value: np.ndarray) -> np.ndarray:
@@ -175,18 +181,15 @@ def _top2(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return top[..., -1], top[..., -1] - top[..., -2]
 
 
-def _step_bands(out: Arrays, out_other: Arrays, config, half: bool) -> dict[str, np.ndarray]:
+def _tolerance_bands(out: Arrays, config) -> dict[str, np.ndarray]:
+    """One step of a float32 package's reference: the decisions' margins, with the Mac tolerance's width."""
     bands = {}
     margin = q_margin(out, config)
     if margin is not None:
-        band = (np.full(margin.shape, BAND_FACTOR * np.abs(q_margin(out_other, config) - margin).max()) if half
-                else _tolerance_band(out["q_halt_logits"]))
-        bands |= {"step.halting_margin": margin, "step.halting_band": band}
+        bands |= {"step.halting_margin": margin, "step.halting_band": _tolerance_band(out["q_halt_logits"])}
     if "logits" in out:
         top, lead = _top2(out["logits"])
-        band = (np.full(lead.shape, BAND_FACTOR * np.abs(out_other["logits"] - out["logits"]).max()) if half
-                else _tolerance_band(top))
-        bands |= {"step.answers_margin": lead, "step.answers_band": band}
+        bands |= {"step.answers_margin": lead, "step.answers_band": _tolerance_band(top)}
     return bands
 
 

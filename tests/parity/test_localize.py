@@ -197,3 +197,25 @@ def test_float16_q_values_are_measured_as_the_contract_measures_them():
     assert _drift("q", q, q + np.float32(0.1), 1e-5, 1e-5, 60.0, batch=2).exceeds
     state = np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)
     assert _drift("z", state, state + np.float32(1e-4), 1e-5, 1e-5, 60.0, batch=2).kind == "psnr"
+
+
+def test_float16_values_are_held_to_the_bound_the_rule_put_on_the_failing_step():
+    """No ONNX value has a float16 twin in hrm_ref, so a value's PSNR is held to the float16 rule's limit on the
+    loosest failing output of that step, as a PSNR (of every output, where only decisions failed); --psnr where
+    higher."""
+    from hrmc.parity.gate import Report, Row
+    from hrmc.parity.localize import _float16_threshold
+
+    def row(output: str, psnr: float, error: float, limit: float, step: int = 2) -> Row:
+        return Row(output, step, 0.0, 0.0, error, limit, error <= limit, psnr=psnr, float16_psnr=psnr, ratio=1.0,
+                   gated="ratio")
+
+    report = Report("step", ["a", "b"], "m", "q-halt", 8, 2, 0, 1e-5, 1e-5, first_failing_step=2,
+                    rows=[row("z_H", 50.0, 2e-3, 1e-3), row("logits", 55.0, 4e-3, 1e-3), row("z_L", 70.0, 1e-4, 1e-3),
+                          row("z_H", 20.0, 1.0, 1e-3, step=1)])
+    threshold, described = _float16_threshold(report)
+    assert threshold == pytest.approx(50.0 + 20 * np.log10(2e-3 / 1e-3)) and "z_H at step 2" in described
+    report.psnr_db = 60.0
+    assert _float16_threshold(report) == (60.0, "PSNR ≥ 60 dB (--psnr)")
+    report.psnr_db, report.rows = None, [row("z_L", 70.0, 1e-4, 1e-3)]  # only decisions failed
+    assert _float16_threshold(report)[0] == pytest.approx(70.0 - 20)

@@ -19,7 +19,7 @@ import pytest
 
 from hrmc import hrm_ref
 from hrmc.cli import main
-from hrmc.parity.gate import PSNR_DB, Q_ERROR_LIMIT
+from hrmc.parity.gate import FLOAT16_ROUNDING, HALF_FACTOR, Q_ERROR_LIMIT
 from hrmc.parity import mac_check, on_mac
 from hrmc.targets.coreml import PackageFunction
 from hrmc.targets.coreml.runtime import replay
@@ -96,8 +96,13 @@ def test_the_folder_holds_the_script_the_inputs_and_the_reference(checked, tiny)
     steps = reference["carry.steps"].shape[0]
     assert reference["carry.z_H"].shape == (steps, 2, 18, 64) and reference["step.logits"].shape == (steps, 2, 16, 11)
     assert (reference["carry.steps"][0] == 0).all() and (reference["step.answers_band"] > 0).all()
+    # the float16 rule's yardstick: torch float16's RMSE against the float64 outputs, per step
+    assert reference["exact.logits"].shape == reference["step.logits"].shape and reference["exact.z_H"].dtype == np.float64
+    assert reference["float16_error.z_H"].shape == (steps,) and (reference["float16_error.z_H"] > 0).all()
+    np.testing.assert_allclose(reference["exact.z_H"], reference["step.z_H"], atol=1e-4)
     q_scale = max(np.abs(reference["step.q_halt_logits"]).max(), np.abs(reference["step.q_continue_logits"]).max())
-    assert record["gates"]["logits"] == record["gates"]["z_H"] == {"gate": "psnr", "limit": PSNR_DB}
+    assert record["gates"]["logits"] == record["gates"]["z_H"] == {"gate": "float16", "factor": HALF_FACTOR,
+                                                                   "rounding": FLOAT16_ROUNDING}
     assert record["gates"]["q_halt_logits"]["gate"] == "abs"
     assert record["gates"]["q_halt_logits"]["limit"] == pytest.approx(Q_ERROR_LIMIT * q_scale, rel=0.05)
     readme = (folder / "README.txt").read_text().splitlines()
@@ -140,9 +145,10 @@ def test_the_verdict_on_the_replay_is_the_linux_gates_and_a_perturbed_output_fai
     assert code == 0 and gate["passed"]
     linux = json.loads((folder / "linux.json").read_text())["verdict"]
     assert linux["passed"] and not linux["failures"]
-    for row in linux["outputs"]:  # the same replay from the same carries: the same errors
+    for row in linux["outputs"]:  # the same replay from the same carries, against the same float64: the same errors
         rows = [r for r in gate["rows"] if r["output"] == row["output"] and r["check"] == "A vs B"]
         assert row["max_abs"] == pytest.approx(max(r["max_abs"] for r in rows), rel=1e-6), row["output"]
+        assert row["ratio"] == pytest.approx(max(r["ratio"] for r in rows), rel=1e-6), row["output"]
     assert linux["decisions"]["halting decisions, per step"]["compared"] == gate["halting"]["compared"]
     assert linux["decisions"]["answers, per step"]["compared"] == gate["answers"]["compared"]
     record = json.loads((folder / "record.json").read_text())
@@ -152,7 +158,8 @@ def test_the_verdict_on_the_replay_is_the_linux_gates_and_a_perturbed_output_fai
     runs["steps"][0]["logits"][0, 0] += 1.0
     perturbed = on_mac.judge(record, reference, runs)
     assert not perturbed["passed"] and len(perturbed["failures"]) == 1
-    assert perturbed["failures"][0].startswith("logits: PSNR") and "at step 1" in perturbed["failures"][0]
+    assert perturbed["failures"][0].startswith("logits: RMSE") and "at step 1" in perturbed["failures"][0]
+    assert "x torch float16's" in perturbed["failures"][0]
     assert on_mac.format_verdict("CPU_ONLY", perturbed, linux)[-1].startswith("  FAIL: logits")
 
 
@@ -181,7 +188,7 @@ def test_on_a_mac_each_compute_unit_is_judged(capsys, checked, monkeypatch) -> N
     assert "Core ML predict on this Mac (macOS 15.1" in out and "Linux replay said: PASS" in out
     assert [line.split() for line in out.splitlines() if line.split()[:1] in (["CPU_ONLY"], ["CPU_AND_NE"])] == [
         ["CPU_ONLY", "PASS"], ["CPU_AND_NE", "FAIL"]]
-    assert "overall: FAIL" in out and "FAIL: logits: PSNR" in out
+    assert "overall: FAIL" in out and "FAIL: logits: RMSE" in out and "worst ratio" in out
     assert {unit for _, unit, _ in loaded} == set(on_mac.UNITS) and {f for *_, f in loaded} == {"step", "inference"}
     assert all(path != package and path.name == package.name for path, *_ in loaded)  # a copy runs, not the package
     assert script.main(["--units", "cpu_only,ALL"]) == 0 and "overall: PASS" in capsys.readouterr().out
