@@ -15,6 +15,7 @@ exported cos/sin tables (never `mx.fast.rope`, which recomputes them: docs/desig
 Values derived from `Shape` (the batch size) are computed with numpy while `mx.compile` traces,
 so the module runs compiled at any batch size.
 
+    _mlx.py       MLX, imported with MLX_ENABLE_TF32=0 (float32 matmuls stay float32, not TF32)
     ops.py        OPS: each ONNX op as a line of MLX
     lowering.py   Emitter, emit_module: static graphs → the module's text
     package.py    lower_mlx: the folder, written and read back

@@ -62,8 +62,8 @@ class MlxExecutor(TargetExecutor):
         return f"the {module_name(role)} module"
 
     def describe(self) -> str:
-        import mlx.core as mx
+        from hrmc.targets.mlx import _mlx
 
         how = f"{self.chunk}-step chunks, host loop" if self.chunk else "whole inference"
-        return (f"{self.name} ({self.shipped()}pipeline mlx, emitted module, mx.compile, {how}; mlx {mx.__version__}, "
-                f"{mx.default_device()})")
+        return (f"{self.name} ({self.shipped()}pipeline mlx, emitted module, mx.compile, {how}; mlx "
+                f"{_mlx.mx.__version__}, {_mlx.mx.default_device()}, {_mlx.describe()})")

@@ -106,11 +106,25 @@ Needs only `mlx` and `numpy`: `load()` returns the modules below, ready for `mx.
 """
 
 import json
+import os
+import sys
+import warnings
 from pathlib import Path
 
-import mlx.core as mx
-import mlx.nn as nn
-import numpy as np
+# float32 means float32. MLX reads MLX_ENABLE_TF32 when it starts, and by default (1) M5-class chips run float32
+# matmuls, attention and convolutions at TF32-like precision, about 11 bits (ml-explore/mlx#4411, #3534): far from
+# the float32 this module was checked at against its reference. So it is set to 0 here, before MLX is imported;
+# set, not defaulted, and a value it overrides is said.
+if "mlx.core" in sys.modules and os.environ.get("MLX_ENABLE_TF32") != "0":
+    warnings.warn("hrm_mlx: MLX was imported before this module with MLX_ENABLE_TF32 not 0: float32 matmuls may run "
+                  "in TF32 (import hrm_mlx first, or export MLX_ENABLE_TF32=0)")
+elif os.environ.get("MLX_ENABLE_TF32", "0") != "0":
+    warnings.warn("hrm_mlx: MLX_ENABLE_TF32=" + os.environ["MLX_ENABLE_TF32"] + " overridden to 0: float32 stays float32")
+os.environ["MLX_ENABLE_TF32"] = "0"
+
+import mlx.core as mx  # noqa: E402 (after MLX_ENABLE_TF32)
+import mlx.nn as nn  # noqa: E402
+import numpy as np  # noqa: E402
 
 HERE = Path(__file__).parent
 

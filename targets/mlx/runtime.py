@@ -2,7 +2,8 @@
 
 `load_package` checks the folder against its record, imports `hrm_mlx.py` under a name of its own
 (two folders never share a module) and returns what its `load()` returns: the config and one
-`mx.compile`d function per graph. `run` calls one on numpy inputs, on MLX's default device.
+`mx.compile`d function per graph. `run` calls one on numpy inputs, on MLX's default device. MLX is
+always imported through `_mlx`, which sets MLX_ENABLE_TF32=0 first: float32 stays float32.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def load_package(folder: str | Path) -> tuple[dict, dict[str, Callable[..., dict
 
 
 def _module(folder: str | Path) -> ModuleType:
+    from hrmc.targets.mlx import _mlx  # noqa: F401 (MLX_ENABLE_TF32=0 before MLX starts, whatever the module does)
+
     folder = Path(folder)
     read_config(folder)
     name = f"hrm_mlx_{hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]}"
@@ -38,7 +41,7 @@ def _module(folder: str | Path) -> ModuleType:
 def call_uncompiled(folder: str | Path, class_name: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One module of an emitted folder called uncompiled on numpy inputs: every local of its `__call__`
     (one per ONNX value, by the emitter's identifiers) as numpy, read from its frame as it returns."""
-    import mlx.core as mx
+    from hrmc.targets.mlx._mlx import mx
 
     module = _module(folder)
     instance = getattr(module, class_name)(mx.load(str(Path(folder) / WEIGHTS)))
@@ -61,7 +64,7 @@ def call_uncompiled(folder: str | Path, class_name: str, feed: dict[str, np.ndar
 
 def run(function: Callable[..., dict], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One compiled graph of a loaded folder on numpy inputs, its outputs as numpy arrays."""
-    import mlx.core as mx
+    from hrmc.targets.mlx._mlx import mx
 
     outputs = function(**{name: mx.array(value) for name, value in feed.items()})
     return {name: np.array(value) for name, value in outputs.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -72,14 +73,62 @@ def test_mlx_chunked_stops_once_every_sample_halted(tiny, tiny_export: Path) -> 
 
 
 SNIPPET = """
-import sys, numpy as np, mlx.core as mx
+import sys, numpy as np
 sys.path.insert(0, sys.argv[1])
 import hrm_mlx
+import mlx.core as mx
 config, graphs = hrm_mlx.load()
 feed = dict(np.load(sys.argv[2]))
 outputs = graphs["inference"](**{k: mx.array(v) for k, v in feed.items()})
 np.savez(sys.argv[3], **{k: np.array(v) for k, v in outputs.items()})
 """
+
+
+TF32 = "MLX_ENABLE_TF32"
+
+
+def python_with(environment: dict[str, str], code: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter, with `environment` over ours (MLX reads its variables once, at start)."""
+    return subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, cwd=cwd,
+                          env=os.environ | environment, check=True)
+
+
+def test_the_emitted_module_sets_mlx_enable_tf32_to_0_before_importing_mlx(capsys, tiny_export: Path,
+                                                                            tmp_path: Path) -> None:
+    """On Linux MLX has no TF32 path, so what is tested is the variable: set before `import mlx`, whatever the
+    environment said (a 1 exported is overridden, with a warning), and recorded in config.json."""
+    assert lower(capsys, tiny_export, tmp_path / "m")[0] == 0
+    tree = ast.parse((tmp_path / "m" / "hrm_mlx.py").read_text())
+    statements = [ast.unparse(node) for node in tree.body]
+    pinned = statements.index("os.environ['MLX_ENABLE_TF32'] = '0'")
+    imports = [i for i, node in enumerate(tree.body) if isinstance(node, (ast.Import, ast.ImportFrom))
+               and any(alias.name.startswith("mlx") for alias in node.names) or getattr(node, "module", "") == "mlx"]
+    assert imports and pinned < min(imports)
+    seen = "import os, sys; sys.path.insert(0, 'm'); import hrm_mlx; print(os.environ['MLX_ENABLE_TF32'])"
+    for exported, warned in ((None, ""), ("0", ""), ("1", "MLX_ENABLE_TF32=1 overridden to 0")):
+        result = python_with({TF32: exported} if exported else {}, seen, cwd=tmp_path)
+        assert result.stdout.strip() == "0" and (warned in result.stderr if warned else "Warning" not in result.stderr)
+    late = python_with({TF32: "1"}, "import sys; sys.path.insert(0, 'm'); import mlx.core; import hrm_mlx", tmp_path)
+    assert "MLX was imported before this module" in late.stderr
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["tf32"] is False and TF32 in (tmp_path / "m" / "README.md").read_text()
+
+
+def test_hrmcs_mlx_executors_import_mlx_with_float32_pinned(tmp_path: Path) -> None:
+    """Every import of MLX in hrmc goes through `targets/mlx/_mlx.py`, which sets the variable first (set, not
+    defaulted: an exported 1 is overridden) and says so in the executors' descriptions."""
+    backend = Path(mlx_target.__file__).parent
+    for path in backend.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [
+                getattr(node, "module", None) or ""] if isinstance(node, ast.ImportFrom) else []
+            assert path.name == "_mlx.py" or not any(name.split(".")[0] == "mlx" for name in names), path.name
+    code = ("import os, sys; from hrmc.targets.mlx import MlxExecutor; assert 'mlx.core' not in sys.modules; "
+            "d = MlxExecutor().describe(); print(d[d.index('MLX_ENABLE_TF32'):-1]); print(os.environ['MLX_ENABLE_TF32'])")
+    for exported, described in ((None, "MLX_ENABLE_TF32=0"),
+                                ("1", "MLX_ENABLE_TF32=0 (the environment's 1 overridden)")):
+        lines = python_with({TF32: exported} if exported else {}, code).stdout.splitlines()
+        assert lines == [described, "0"], lines
 
 
 @pytest.mark.heavy
