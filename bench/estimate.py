@@ -29,7 +29,13 @@ What a roofline does not see, each of which moves real latency away from these f
 - CPU fallback: ops Core ML keeps off the ANE (an embedding gather on a constant table: `hrmc
   inspect` lists them) run on the CPU, and every switch between devices costs a round trip; here
   every op runs on the ANE;
-- float16x2 weights (the ane default) compute each weight matmul twice: counted, as the ANE runs them.
+- float16x2 weights compute each weight matmul twice: counted, as the ANE runs them (the ane default,
+  one float16 per weight, once).
+- compressed weights (int8, lut6, lut4: constexpr dequantisation ops) hold data, like `const`: the op that
+  reads one is charged its compressed bytes (int8 and its scales, the packed 4- or 6-bit indices and their
+  palettes), as if the ANE read them compressed and expanded them on the fly. Whether it does, or Core ML
+  expands them to float16 when it loads the model (then every read is the float16 bytes), is not published
+  for every chip and OS: the figures of a compressed package are the best case.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from hrmc.hrm_ref.act import resolve_budget
 from hrmc.targets import TARGETS
 from hrmc.targets.base import lowered_source
 from hrmc.targets.coreml._coremltools import ct
+from hrmc.targets.coreml.lowering import DECOMPRESSING
 from hrmc.targets.coreml.package import PackageFunction, function_block, lower_coreml, package_functions
 
 MOVES = frozenset({"reshape", "expand_dims", "squeeze", "identity", "concat", "split", "slice_by_index",
@@ -55,8 +62,9 @@ MOVES = frozenset({"reshape", "expand_dims", "squeeze", "identity", "concat", "s
 NORMALISING_FLOPS = {"softmax": 5, "layer_norm": 7}
 DATA_TYPE = ct.proto.MIL_pb2.DataType
 WIDTHS = {DATA_TYPE.Value(name): width for name, width in (
-    ("BOOL", 1), ("INT8", 1), ("UINT8", 1), ("FLOAT16", 2), ("BFLOAT16", 2), ("INT16", 2), ("UINT16", 2),
-    ("FLOAT32", 4), ("INT32", 4), ("UINT32", 4), ("FLOAT64", 8), ("INT64", 8), ("UINT64", 8))}  # bytes
+    ("BOOL", 8), ("INT8", 8), ("UINT8", 8), ("FLOAT16", 16), ("BFLOAT16", 16), ("INT16", 16), ("UINT16", 16),
+    ("FLOAT32", 32), ("INT32", 32), ("UINT32", 32), ("FLOAT64", 64), ("INT64", 64), ("UINT64", 64),
+    ("INT4", 4), ("UINT4", 4), ("UINT6", 6), ("UINT3", 3), ("UINT2", 2), ("UINT1", 1))}  # bits
 MODEL_NOTE = ("an analytic roofline model of the package's ops: an estimate, not a measurement "
               "(no Apple hardware ran it)")
 FORMULA = ("per op max(FLOPs / float16 peak, bytes / memory bandwidth) + per-op overhead, plus one dispatch per "
@@ -136,6 +144,7 @@ def op_costs(function: PackageFunction) -> list[OpCost]:
     spec, block, _ = function_block(function.path, function.name)
     tensors = {value.name: _shape(value.type) for value in spec.mlProgram.functions[function.name].inputs}
     constants: dict[str, object] = {}
+    compressed: dict[str, int] = {}  # a constexpr dequantisation op's output: the bytes of what it decompresses
     costs = []
     for op in block.operations:
         tensors |= {output.name: _shape(output.type) for output in op.outputs}
@@ -144,14 +153,20 @@ def op_costs(function: PackageFunction) -> list[OpCost]:
             continue
         read = [argument.name for binding in op.inputs.values() for argument in binding.arguments
                 if argument.WhichOneof("binding") == "name"]
-        weights = sum(_bytes(tensors[name]) for name in read if name in constants)
-        moved = sum(_bytes(tensors[name]) for name in read) + sum(_bytes(tensors[o.name]) for o in op.outputs)
+        if op.type in DECOMPRESSING:  # data, as a const is (its constants inline): read compressed where used
+            compressed[op.outputs[0].name] = sum(
+                _bytes(tensors[argument.name]) if argument.WhichOneof("binding") == "name" else
+                _bytes(_shape(argument.value.type)) for binding in op.inputs.values() for argument in binding.arguments)
+            continue
+        sizes = {name: compressed.get(name, _bytes(tensors[name])) for name in read}
+        weights = sum(size for name, size in sizes.items() if name in constants or name in compressed)
+        moved = sum(sizes.values()) + sum(_bytes(tensors[o.name]) for o in op.outputs)
         costs.append(OpCost(op.type, _flops(op, tensors, constants), moved, weights))
     return costs
 
 
 def _shape(value_type) -> tuple[tuple[int, ...], int]:
-    """(dimensions, element width in bytes) of a MIL value; an ane package's shapes are all fixed."""
+    """(dimensions, element width in bits) of a MIL value; an ane package's shapes are all fixed."""
     tensor = value_type.tensorType
     if not all(d.HasField("constant") for d in tensor.dimensions):
         raise InputError("the package has dynamic shapes: --estimate ane reads fixed-shape ane packages")
@@ -166,7 +181,7 @@ def _elements(shape: tuple[tuple[int, ...], int]) -> int:
 
 
 def _bytes(shape: tuple[tuple[int, ...], int]) -> int:
-    return _elements(shape) * shape[1]
+    return -(-_elements(shape) * shape[1] // 8)  # sub-byte elements (4- and 6-bit indices) packed
 
 
 def _flops(op, tensors: dict, constants: dict) -> int:
@@ -213,28 +228,29 @@ def estimate_artifact(path: str | Path, chips: list[Chip]) -> EstimateReport:
     if path.suffix != ".mlpackage" or not path.is_dir():
         raise InputError(f"--artifact: {path}: expected an ane .mlpackage folder (from hrmc lower --target ane)")
     functions = package_functions(path)
-    meta = next(iter(functions.values())).meta
-    if meta["flavour"] != "ane":
-        raise InputError(f"--artifact: {path} is a {meta['flavour']} package: --estimate ane reads ane packages "
+    record = next(iter(functions.values())).record
+    if record.flavour != "ane":
+        raise InputError(f"--artifact: {path} is a {record.flavour} package: --estimate ane reads ane packages "
                          f"(hrmc lower --target ane)")
     packages = [_package(function) for role, function in functions.items() if role in ("static", "step")]
-    report = EstimateReport(meta["source"], meta["policy"], int(meta["budget"]), meta["weights"], chips, packages)
+    report = EstimateReport(record.checkpoint.describe(), record.policy, record.budget, record.weights, chips,
+                            packages)
     _add_rows(report)
     return report
 
 
 def estimate_model(model: HRM, source: str, policy: str, budget: int | None, batches: list[int], seed: int,
                    chips: list[Chip], onnx_model: str | Path | None = None,
-                   progress: Callable[[str], None] = lambda _: None) -> EstimateReport:
+                   progress: Callable[[str], None] = lambda _: None, seq_len: int | None = None) -> EstimateReport:
     """Lower `model` as `hrmc lower --target ane` does, once per batch (in a temporary folder), and estimate
-    each package set."""
+    each package set; `seq_len`: the sequence length to lower for (default: the model's)."""
     budget = resolve_budget(model, policy, budget)
     target = TARGETS["ane"]
     packages = []
     with tempfile.TemporaryDirectory(prefix="hrmc-estimate-") as folder:
         work = Path(folder)
         progress("running the ane pass pipeline" + (" on a fresh export" if onnx_model is None else ""))
-        trace = random_batch(model.config, batches[0], seed)
+        trace = random_batch(model.config, batches[0], seed, seq_len)
         structured, graphs = lowered_source(Path(onnx_model) if onnx_model else None, work, model, policy, budget,
                                             trace, target.pipeline)
         for size in batches:

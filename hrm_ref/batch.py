@@ -149,7 +149,8 @@ def random_batch(config: HRMConfig, batch_size: int, seed: int, seq_len: int | N
     """Seeded random inputs (numpy's PCG64, identical on every machine)."""
     seq_len = seq_len or config.seq_len
     if seq_len is None:
-        raise InputError("the model does not fix a sequence length: pass --seq-len or --inputs")
+        raise InputError("the model does not fix a sequence length (RoPE, and no dataset.json found through "
+                         "all_config.yaml's data_path): pass --seq-len or --inputs once, at export or lower")
     if batch_size < 1 or seq_len < 1:
         raise InputError(f"--batch and --seq-len must be at least 1, got {batch_size} and {seq_len}")
     check_size(config, batch_size, seq_len, "random batch")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import dataclass
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,13 +19,15 @@ import safetensors.torch
 import torch
 import yaml
 
-from hrmc.hrm_ref.config import arch_section, config_from_weights
+from hrmc.hrm_ref.config import HRMConfig, arch_section, config_from_weights
 from hrmc.hrm_ref.model import HRM
 from hrmc.errors import CheckpointError
 from hrmc.names import ARCH
 
 KEY_PREFIXES = ("_orig_mod.model.", "model.", "")
 UPSTREAM_CONFIG_NAME = "all_config.yaml"
+DATASET_METADATA = "dataset.json"  # upstream's PuzzleDatasetMetadata, in each split of a dataset
+DATASET_SPLITS = ("train", "test")
 
 
 def strip_key_prefix(state: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -66,8 +69,10 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return dict(state), {}
 
 
-def _read_arch(path: Path, config_path: Path | None, metadata: Mapping[str, str]) -> tuple[dict[str, Any], str]:
-    """The arch section: from --config, else `all_config.yaml` beside the file, else safetensors metadata."""
+def _read_arch(path: Path, config_path: Path | None,
+               metadata: Mapping[str, str]) -> tuple[dict[str, Any], str, DatasetMetadata | None]:
+    """The arch section: from --config, else `all_config.yaml` beside the file, else safetensors metadata; and
+    the metadata of the dataset the yaml's `data_path` names, where it is found."""
     candidate = config_path or path.parent / UPSTREAM_CONFIG_NAME
     if config_path is not None or candidate.exists():
         if not candidate.is_file():
@@ -76,14 +81,69 @@ def _read_arch(path: Path, config_path: Path | None, metadata: Mapping[str, str]
             parsed = yaml.safe_load(candidate.read_text())
         except yaml.YAMLError as err:
             raise CheckpointError(f"cannot parse config {candidate}: {str(err).splitlines()[0]}") from None
-        return arch_section(parsed, str(candidate)), str(candidate)
+        arch = arch_section(parsed, str(candidate))
+        return arch, str(candidate), dataset_metadata(parsed.get("data_path"), path, candidate)
     if ARCH in metadata:
         try:
             arch = json.loads(metadata[ARCH])
         except ValueError:
             raise CheckpointError(f"{path}: metadata {ARCH} is not JSON") from None
-        return arch_section(arch, f"{path} metadata"), f"{path} metadata"
+        return arch_section(arch, f"{path} metadata"), f"{path} metadata", None
     raise CheckpointError(f"no {UPSTREAM_CONFIG_NAME} beside {path}: pass the architecture with --config")
+
+
+@dataclass(frozen=True)
+class DatasetMetadata:
+    """What upstream's `dataset.json` (PuzzleDatasetMetadata) says of the task a checkpoint was trained on."""
+
+    path: Path
+    seq_len: int
+    vocab_size: int
+    num_puzzle_identifiers: int
+
+
+def dataset_metadata(data_path: object, checkpoint: Path, config: Path) -> DatasetMetadata | None:
+    """The metadata of the dataset `data_path` (all_config.yaml's, relative to where upstream's training ran):
+    `DATA/train/dataset.json` (or test/), looked for from the current folder and from each folder above the
+    checkpoint, as upstream's checkpoints/<project>/<run>/step_N lie beside its data/. None where it is not."""
+    if not isinstance(data_path, str) or not data_path:
+        return None
+    bases = [Path()] if Path(data_path).is_absolute() else [Path.cwd(), *checkpoint.resolve().parents]
+    for base in bases:
+        for split in DATASET_SPLITS:
+            found = base / data_path / split / DATASET_METADATA
+            if found.is_file():
+                return _read_dataset(found, config)
+    return None
+
+
+def _read_dataset(path: Path, config: Path) -> DatasetMetadata:
+    try:
+        values = json.loads(path.read_text())
+        return DatasetMetadata(path, *(_positive(values[key], key) for key in ("seq_len", "vocab_size",
+                                                                              "num_puzzle_identifiers")))
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        what = f"key {err.args[0]!r}" if isinstance(err, KeyError) else "its metadata"
+        raise CheckpointError(f"{path} (the dataset {config.name} names): unreadable {what}") from None
+
+
+def _positive(value: object, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(key)
+    return value
+
+
+def _check_dataset(config: HRMConfig, dataset: DatasetMetadata, source: str) -> HRMConfig:
+    """The checkpoint must be the model of its dataset (vocabulary, puzzle identifiers), which fixes the
+    sequence length as upstream reads it."""
+    for key in ("vocab_size", "num_puzzle_identifiers"):
+        if getattr(config, key) != getattr(dataset, key):
+            raise CheckpointError(f"{source}: its weights have {key} {getattr(config, key)}, but {dataset.path} says "
+                                  f"{getattr(dataset, key)} (the data_path of another task?)")
+    if config.seq_len not in (None, dataset.seq_len):
+        raise CheckpointError(f"{source}: its weights fix seq_len {config.seq_len}, but {dataset.path} says "
+                              f"{dataset.seq_len}")
+    return config.replace(seq_len=dataset.seq_len)
 
 
 def _check_keys(model: HRM, weights: Mapping[str, torch.Tensor], source: str) -> None:
@@ -129,8 +189,10 @@ def load_checkpoint(path: str | Path, config_path: str | Path | None = None,
     raw, metadata = _read_weights(path)
     weights = strip_key_prefix(raw, str(path))
     _check_values(weights, str(path))
-    arch, config_source = _read_arch(path, Path(config_path) if config_path else None, metadata)
+    arch, config_source, dataset = _read_arch(path, Path(config_path) if config_path else None, metadata)
     config = config_from_weights(arch, weights, f"{path} with {config_source}").replace(forward_dtype=forward_dtype)
+    if dataset is not None:
+        config = _check_dataset(config, dataset, f"{path} with {config_source}")
     model = HRM(config)
     _check_keys(model, weights, str(path))
     model.load_state_dict(weights, strict=True)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hrmc.hrm_ref.compression import COMPRESSIONS, compress, compressible
 from hrmc.hrm_ref.config import HEX_SYMBOLS, HRMConfig
 from hrmc.hrm_ref.controller import HiddenFrontEnd, VocabBias, make_injector
 from hrmc.hrm_ref.frontends import ByteFiLM, LatentFrontEnd
@@ -252,4 +254,29 @@ class HRM(nn.Module):
             for tensor in twin.state_dict().values():
                 if tensor.is_floating_point():
                     tensor.copy_(tensor.to(dtype))
+        return twin
+
+    def compressible_weights(self) -> set[str]:
+        """The weights a compressed storage compresses (hrm_ref.compression), by state_dict name: each linear
+        layer's matrix (a matmul weight in every lowering) of at least `compression.MIN_ELEMENTS` elements."""
+        return {f"{name}.weight" for name, module in self.named_modules()
+                if isinstance(module, CastedLinear) and compressible(tuple(module.weight.shape))}
+
+    def with_weights_as_stored(self, storage: str, precision: str = "float16") -> "HRM":
+        """The same model with every weight as a package that stores them `storage` holds it, in a program whose
+        floats are `precision` (float16: the ane flavour; float32: coreml): the compiler's reference for such a
+        package. float32: the weights as they are; float16: rounded once; int8, lut6, lut4: each compressible
+        weight compressed from its float32 value and decompressed (tables in `precision`), every other weight in
+        `precision`. (float16x2 keeps float32's values to 2⁻²², not exactly: not offered.)"""
+        if storage not in ("float32", "float16", *COMPRESSIONS) or precision not in ("float16", "float32"):
+            raise ValueError(f"no weights stored as {storage!r} in {precision!r}")
+        rounded = "float16" if storage == "float16" or (storage in COMPRESSIONS and precision == "float16") else None
+        twin = self.with_weights_rounded(torch.float16) if rounded else self.twin()
+        if storage in COMPRESSIONS:
+            ours, theirs = self.state_dict(), twin.state_dict()
+            dtype = np.float16 if precision == "float16" else np.float32
+            with torch.no_grad():
+                for name in self.compressible_weights():
+                    stored = compress(ours[name].float().numpy(), storage, 0, dtype).dense()
+                    theirs[name].copy_(torch.from_numpy(stored.astype(np.float32)))
         return twin

@@ -31,6 +31,7 @@ from hrmc.parity.agreement import accuracy
 from hrmc import __version__
 from hrmc import binding
 from hrmc import pipeline as driver
+from hrmc import targets
 from hrmc.errors import GateFailure, HrmcError, InputError
 from hrmc.files import LeftBehind, check_apart, check_length, check_output, size_of, work_folder
 
@@ -97,8 +98,26 @@ def cli() -> None:
 
 
 def model_source(checkpoint: str | None, preset: str | None) -> str:
-    """What the model came from, as reports and export metadata name it."""
+    """What the model came from, as reports name it."""
     return checkpoint or f"preset:{preset or driver.DEFAULT_PRESET}"
+
+
+def demo_default(checkpoint: str | None, preset: str | None, doing: str, why: str = "") -> str | None:
+    """The preset a command works on: the one given, or with neither --checkpoint nor --preset the built-in
+    demo model, which the command's first line says (a green light on the demo model is no gate of yours)."""
+    if checkpoint or (preset and not why):
+        return preset
+    preset = preset or driver.DEFAULT_PRESET
+    if preset == driver.DEFAULT_PRESET:  # a progress line, before any other: errors stay one line of their own
+        progress(f"{doing} the built-in demo model {preset} ({why or 'no --checkpoint or --preset given'})")
+    return preset
+
+
+def given(*names: str) -> dict[str, object]:
+    """The options among `names` typed on the command line, with their values."""
+    context = click.get_current_context()
+    return {name: context.params[name] for name in names
+            if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
 
 
 def _check_lowering_source(onnx_model: Path, checkpoint, config_path, preset, policy, budget,
@@ -108,11 +127,10 @@ def _check_lowering_source(onnx_model: Path, checkpoint, config_path, preset, po
     they name, if they name one."""
     from hrmc.targets.base import check_source
 
-    meta = lowering.read_metadata(onnx_model)
-    given = click.get_current_context().get_parameter_source("policy") == click.core.ParameterSource.COMMANDLINE
+    record = lowering.read_record(onnx_model)
     model = driver.load_model(checkpoint, preset, config_path) if checkpoint or preset else None
-    check_source(meta, onnx_model, model, policy if given else meta["policy"], budget or meta["budget"],
-                 seq_len or meta["seq_len"])
+    check_source(record, onnx_model, model, given("policy").get("policy", record.policy), budget or record.budget,
+                 seq_len or record.seq_len)
     return model
 
 
@@ -181,6 +199,7 @@ def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_js
     """Run the reference model (eager PyTorch ACT) and save every step's outputs."""
     if out:
         check_apart([check_output(out, ".npz")], [inputs, checkpoint, config_path])  # before the run, not after
+    preset = demo_default(checkpoint, preset, "running")
     model = driver.load_model(checkpoint, preset, config_path, dtype, depth)
     batch, labels = driver.load_task(model, preset, inputs, batch_size, seed, seq_len)
     budget = resolve_budget(model, policy, budget)
@@ -225,13 +244,13 @@ def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_js
 def export(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, inputs, seq_len, out) -> None:
     """Export to ONNX with the ACT loop and H/L cycles kept as ONNX Loops (plus the one-step model)."""
     check_apart(lowering.export_paths(out), [checkpoint, config_path, inputs])  # before a minute of tracing
+    preset = demo_default(checkpoint, preset, "exporting")
     model = driver.load_model(checkpoint, preset, config_path)
     batch = driver.load_inputs(model, inputs, batch_size, seed, seq_len, preset)
-    source = model_source(checkpoint, preset)
-    result = lowering.export_onnx(model, out, policy, budget, batch, source, progress)
+    result = lowering.export_onnx(model, out, policy, budget, batch, driver.model_origin(checkpoint, preset), progress)
     report = {"out": str(result.act_path), "step_model": str(result.step_path), "seconds": round(result.seconds, 1),
               "file_bytes": result.file_bytes, "parameter_bytes": result.parameter_bytes,
-              "loops": lowering.read_metadata(result.act_path)["loops"]}
+              "loops": list(lowering.read_record(result.act_path).loops)}
     if as_json:
         echo_json(report)
         return
@@ -271,9 +290,11 @@ def list_passes() -> None:
 @click.option("-o", "--out", type=UserPath(), required=True,
               help="onnx: OUT.onnx (OUT.step.onnx beside it); mlx: a folder; coreml, ane: OUT.mlpackage.")
 @click.option("--force", is_flag=True, help="Replace an output folder that hrmc did not write.")
-@click.option("--weights", type=click.Choice(["float16x2", "float16"]),
-              help="ane: each matmul weight as a float16 pair (float32-exact, the default) or one float16 "
-                   "(half the weight bytes and matmul work, float16-rounded weights).")
+@click.option("--weights", type=click.Choice(list(dict.fromkeys(w for t in driver.TARGETS.values() for w in t.weights))),
+              help="ane: one float16 per weight (the default) or a float16 pair (float32-exact, twice the bytes and "
+                   "matmul work); coreml: float32 (the default); ane, coreml: int8 (per output channel) or lut6, "
+                   "lut4 (a k-means palette per 16 output channels), matmul weights of 2048 elements or more, "
+                   "kept compressed in the package.")
 @click.option("--mac-check", is_flag=True,
               help="coreml, ane: also write OUT.check/ beside OUT.mlpackage, a stand-alone script with the torch "
                    "reference on the --seed batch, to confirm on a Mac with Core ML what the Linux replay judged "
@@ -292,6 +313,7 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
         model = _check_lowering_source(Path(onnx_model), checkpoint, config_path, preset, policy, budget, seq_len)
         inputs += passes.structured_parts(Path(onnx_model)).values()
     else:
+        preset = demo_default(checkpoint, preset, "lowering")
         model = driver.load_model(checkpoint, preset, config_path)  # exported below
     if model is not None:
         driver.TARGETS[target].check_storable(model)
@@ -304,7 +326,7 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
             batch = driver.load_inputs(model, None, batch_size, seed, seq_len, preset)
             progress("exporting the structured graph first")
             structured = lowering.export_onnx(model, Path(folder) / "model.onnx", policy, budget, batch,
-                                              model_source(checkpoint, preset), progress).act_path
+                                              driver.model_origin(checkpoint, preset), progress).act_path
         result = driver.lower_target(structured, out, target, pipeline, Path(folder), progress=progress,
                                      strip=tuple(filter(None, (strip or "").split(","))), chunk=chunk,
                                      dump_after=dump_after, batch=batch_size, force=force, weights=weights,
@@ -334,15 +356,17 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
 @click.option("--artifact", type=UserPath(),
               help="--estimate: an ane .mlpackage (hrmc lower --target ane) to estimate at its own batch, "
                    "instead of lowering the model.")
+@click.option("--inputs", type=UserPath(), help="npz inputs to time on (default: a seeded random batch).")
+@click.option("--seq-len", type=SEQ_LEN, help="Sequence length of the random batch (default: the model's).")
 def bench(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, executors, runs,
-          onnx_model, chunk, estimate, chips, artifact) -> None:
+          onnx_model, chunk, estimate, chips, artifact, inputs, seq_len) -> None:
     """Time the whole inference on each executor, with GFLOP/s against this machine's matmul peak (or,
     with --estimate ane, estimate the ANE's latency from the lowered package's ops)."""
     from hrmc import bench as benchmarks
 
     if estimate:
         _estimate(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, onnx_model, chips,
-                  artifact)
+                  artifact, inputs, seq_len)
         return
     if artifact is not None:
         raise InputError("--artifact: only read with --estimate ane")
@@ -351,8 +375,9 @@ def bench(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
     if unknown or not names:
         raise InputError(f"--executors: unknown executor {', '.join(unknown) or '(none given)'}; "
                          f"choose from {', '.join(parity.EXECUTORS)}")
+    preset = demo_default(checkpoint, preset, "timing")
     model = driver.load_model(checkpoint, preset, config_path)
-    batch = driver.load_inputs(model, None, batch_size, seed, None, preset)
+    batch = driver.load_inputs(model, inputs, batch_size, seed, seq_len, preset)
     report = benchmarks.run_bench(model, batch, names, policy=policy, budget=budget, runs=runs,
                                   preset=model_source(checkpoint, preset), onnx_model=onnx_model, chunk=chunk,
                                   progress=progress)
@@ -360,7 +385,7 @@ def bench(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
 
 
 def _estimate(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, onnx_model, chips,
-              artifact) -> None:
+              artifact, inputs, seq_len) -> None:
     """`bench --estimate ane`: the shipped package at its own batch, or the model lowered at each batch."""
     from hrmc.bench import estimate
 
@@ -368,11 +393,13 @@ def _estimate(checkpoint, config_path, preset, policy, budget, batch_size, seed,
     if artifact is not None:
         report = estimate.estimate_artifact(artifact, chosen)
     else:
-        source = click.get_current_context().get_parameter_source("batch_size")
-        given = source == click.core.ParameterSource.COMMANDLINE
-        report = estimate.estimate_model(driver.load_model(checkpoint, preset, config_path),
-                                         model_source(checkpoint, preset), policy, budget,
-                                         [batch_size] if given else [1, 8], seed, chosen, onnx_model, progress)
+        preset = demo_default(checkpoint, preset, "estimating")
+        model = driver.load_model(checkpoint, preset, config_path)
+        if inputs is not None:  # the inputs fix the sequence length the package is lowered for
+            seq_len = model.inner.sequence_length(driver.load_inputs(model, inputs, batch_size, seed, seq_len, preset))
+        batches = [batch_size] if "batch_size" in given("batch_size") else [1, 8]
+        report = estimate.estimate_model(model, model_source(checkpoint, preset), policy, budget, batches, seed, chosen,
+                                         onnx_model, progress, seq_len)
     echo_json(report.to_dict()) if as_json else click.echo(estimate.format_estimate(report))
 
 
@@ -478,20 +505,33 @@ def _print_ranges(report: dict, as_json: bool) -> None:
 @click.option("--localize", is_flag=True,
               help="Step mode up to the first failing step, then name the first node of that step that diverges.")
 @unrecorded_option
+@click.option("--max-accuracy-drop", type=FiniteFloat(), default=0.0, show_default=True,
+              help="B with compressed weights (int8, lut6, lut4), labelled inputs: how many percentage points fewer "
+                   "puzzles it may solve exactly than the uncompressed model.")
 def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, mode, atol, rtol,
-                   psnr_db, onnx_model, artifact, chunk, inputs, seq_len, localize, unrecorded) -> int:
+                   psnr_db, onnx_model, artifact, chunk, inputs, seq_len, localize, unrecorded, max_accuracy_drop) -> int:
     """Run executors A and B on the same inputs and gate the drift (exit 1 on failure).
 
     Step mode (the default) checks every graph B runs: its step graph against A from the same carry,
     and its whole-inference graph against its own steps chained. --localize runs an artifact whose
     files no longer match their record too (it says so, and exits 1)."""
-    if artifact is not None and not Path(artifact).exists():
-        raise InputError(f"--artifact: {artifact} not found")
     if localize and mode != "step":
         raise InputError(f"--localize works in step mode, not --mode {mode}")
-    model = driver.load_model(checkpoint, preset, config_path)
-    batch, labels = driver.load_task(model, preset, inputs, batch_size, seed, seq_len)
     with accepting_unrecorded(unrecorded) as unverified:
+        if artifact is None:
+            preset = demo_default(checkpoint, preset, "gating")
+        else:  # what it records: its model, policy, budget, batch and sequence length
+            typed = given("checkpoint", "preset", "policy", "budget", "batch_size", "seq_len")
+            taken = driver.artifact_options(targets.artifact_record(b, artifact), Path(artifact), typed)
+            checkpoint, preset = taken.get("checkpoint", checkpoint), taken.get("preset", preset)
+            policy, budget = taken.get("policy", policy), taken.get("budget", budget)
+            batch_size, seq_len = taken.get("batch_size", batch_size), taken.get("seq_len", seq_len)
+            if not (checkpoint or typed.get("preset")):  # its weights' sha256 is checked: another model is refused
+                name = Path(artifact).name
+                preset = demo_default(None, preset, "gating",
+                                      f"{name} was made from it" if preset else f"{name} records no model")
+        model = driver.load_model(checkpoint, preset, config_path)
+        batch, labels = driver.load_task(model, preset, inputs, batch_size, seed, seq_len)
         if localize:
             found = parity.localize(a, b, model, batch, policy=policy, budget=budget, atol=atol, rtol=rtol,
                                     psnr_db=psnr_db, seed=seed, model_name=model_source(checkpoint, preset),
@@ -500,7 +540,8 @@ def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_
             report = parity.check_parity(a, b, model, batch, policy=policy, budget=budget, mode=mode, atol=atol,
                                          rtol=rtol, psnr_db=psnr_db, seed=seed,
                                          model_name=model_source(checkpoint, preset), onnx_model=onnx_model,
-                                         chunk=chunk, artifact=artifact, labels=labels, progress=progress)
+                                         chunk=chunk, artifact=artifact, labels=labels,
+                                         max_accuracy_drop=max_accuracy_drop, progress=progress)
     if localize:
         found.unrecorded = list(unverified)
         echo_json(found.to_dict()) if as_json else click.echo(parity.format_localization(found))

@@ -20,9 +20,11 @@ from hrmc.hrm_ref.act import denoise
 from hrmc.hrm_ref.batch import check_labels
 from hrmc.hrm_ref.ddim import DDIMScheduler
 from hrmc.hrm_ref.presets import TRAINED_PRESETS, test_set_path
+from hrmc.binding import file_sha256
 from hrmc.errors import InputError
 from hrmc.files import atomic_output, check_output, together
 from hrmc.names import STATE_NAMES
+from hrmc.record import Checkpoint, Record
 from hrmc.targets import TARGETS, Companion, LowerOptions
 
 DEFAULT_PRESET = "tiny"
@@ -86,6 +88,42 @@ def load_inputs(model: HRM, inputs: str | None, batch_size: int, seed: int, seq_
         raise InputError(f"{inputs}: 'inputs' has {batch['inputs'].shape[1]} positions, but the {preset} preset's "
                          f"task has {task_len}")
     return batch
+
+
+def model_origin(checkpoint: str | None, preset: str | None) -> Checkpoint:
+    """Where a command's model comes from, as its artifacts record it: a checkpoint file by its sha256 and its
+    path from the current folder (each artifact keeps it relative to its own folder), or a preset by name."""
+    if checkpoint:
+        return Checkpoint.of_file(Path(checkpoint), file_sha256(Path(checkpoint)), Path.cwd())
+    return Checkpoint(preset=preset or DEFAULT_PRESET)
+
+
+def artifact_options(record: Record, artifact: Path, given: dict[str, object]) -> dict[str, object]:
+    """What a command run on a shipped artifact (`parity --artifact`) takes from its record: the model, the
+    policy, budget, batch (a Core ML package's) and sequence length. `given` holds the options typed on the
+    command line: one that contradicts the record is refused; the model given is checked against it later
+    (its weights' sha256). The recorded checkpoint is looked for at its path from the artifact's folder and
+    must have its sha256; else one line asks for --checkpoint."""
+    options = {}
+    for option, flag, recorded in (("policy", "--policy", record.policy), ("budget", "--budget", record.budget),
+                                   ("batch_size", "--batch", record.batch), ("seq_len", "--seq-len", record.seq_len)):
+        if recorded is None:
+            continue
+        if given.get(option) not in (None, recorded):
+            raise InputError(f"{flag} {given[option]}: {artifact} was made with {flag.removeprefix('--')} {recorded} "
+                             f"(parity reads it from the artifact: leave {flag} out)")
+        options[option] = recorded
+    origin = record.checkpoint
+    if given.get("checkpoint") or given.get("preset") or origin == Checkpoint():  # none recorded: the default's
+        return options
+    if origin.preset is not None:
+        return options | {"preset": origin.preset}
+    found = origin.located(artifact.parent)
+    if found is not None and origin.sha256 == file_sha256(found):
+        return options | {"checkpoint": str(found)}
+    where = f" at {artifact.parent / origin.path}" if origin.path else ""
+    raise InputError(f"{artifact} was made from {origin.describe()}, not found{where}"
+                     f"{' with that sha256' if found is not None else ''}: name it with --checkpoint")
 
 
 @dataclass(frozen=True)

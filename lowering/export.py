@@ -6,9 +6,10 @@
   what step parity compares.
 
 The batch dimension is dynamic; the sequence length is fixed at export, because the RoPE tables
-are folded to constants. Model-level metadata records hrmc's version, the config, the policy and
-budget, the sha256 of the source weights, and every Loop (kind and trip count). Each Loop node
-also carries `hrmc.loop` and `hrmc.trip_count`, so passes read them rather than pattern-match.
+are folded to constants. Model-level metadata holds the artifact's record (`hrmc.record.Record`): hrmc's
+version, the config, the policy and budget, the sha256 of the weights and where they came from (a preset,
+or a checkpoint by name, sha256 and path relative to the file), and every Loop (kind and trip count). Each
+Loop node also carries `hrmc.loop` and `hrmc.trip_count`, so passes read them rather than pattern-match.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import contextlib
 import dataclasses
 import hashlib
 import io
-import json
 import logging
 import time
 import warnings
@@ -37,6 +37,7 @@ from hrmc.files import check_output, together
 from hrmc.lowering.artifact import load_proto, save_bound
 from hrmc.lowering.graph import ACTGraph, StepGraph
 from hrmc.names import CARRY_NAMES, LOOP, TRIP_COUNT, meta_key, unprefixed
+from hrmc.record import Checkpoint, Record
 
 EXAMPLE_BATCH = 2  # traced with 2 rows: a batch of 1 would let the exporter specialise the batch dimension
 LOOP_KINDS_BY_DEPTH = {"act": ("act", "h_cycles", "l_cycles"), "step": ("h_cycles", "l_cycles")}
@@ -120,14 +121,11 @@ def _label_loops(graph: onnx.GraphProto, kinds: tuple[str, ...], trip_counts: di
             _label_loops(subgraph, kinds, trip_counts, found, depth + (node.op_type == "Loop"))
 
 
-def _finish(proto: onnx.ModelProto, kind: str, model: HRM, policy: str, budget: int, sha: str,
-            seq_len: int, outputs: list[str], source: str) -> onnx.ModelProto:
+def _finish(proto: onnx.ModelProto, kind: str, model: HRM, record: Record) -> onnx.ModelProto:
     loops: list[dict[str, Any]] = []
     trip_counts = {"act": None, "h_cycles": model.config.H_cycles, "l_cycles": model.config.L_cycles}
     _label_loops(proto.graph, LOOP_KINDS_BY_DEPTH[kind], trip_counts, loops)
-    metadata = {"version": __version__, "kind": kind, "config": json.dumps(dataclasses.asdict(model.config)),
-                "policy": policy, "budget": str(budget), "seq_len": str(seq_len), "outputs": json.dumps(outputs),
-                "loops": json.dumps(loops), "weights_sha256": sha, "source": source}
+    metadata = record.replace(kind=kind, loops=tuple(loops)).metadata()
     del proto.metadata_props[:]
     for key, value in metadata.items():
         proto.metadata_props.add(key=meta_key(key), value=value)
@@ -141,9 +139,10 @@ def _finish(proto: onnx.ModelProto, kind: str, model: HRM, policy: str, budget: 
 
 
 def export_onnx(model: HRM, out: str | Path, policy: str = "max-steps", budget: int | None = None,
-                batch: Batch | None = None, source: str = "", progress: Callable[[str], None] = lambda _: None,
-                ) -> ExportedModel:
-    """Write `out` (the whole ACT inference) and its `.step.onnx` sibling; both or neither."""
+                batch: Batch | None = None, checkpoint: Checkpoint = Checkpoint(),
+                progress: Callable[[str], None] = lambda _: None) -> ExportedModel:
+    """Write `out` (the whole ACT inference) and its `.step.onnx` sibling; both or neither. `checkpoint`: where
+    the weights came from, a file's path relative to the current folder (the record keeps it relative to `out`)."""
     out, step_out = export_paths(out)  # before a minute of tracing, not after
     if model.config.forward_dtype != "float32":
         raise InputError(f"export takes a float32 model, got forward dtype {model.config.forward_dtype}")
@@ -152,22 +151,22 @@ def export_onnx(model: HRM, out: str | Path, policy: str = "max-steps", budget: 
     batch = batch or hrm_ref.random_batch(model.config, EXAMPLE_BATCH, seed=0)
     batch = {name: value[:1].expand(EXAMPLE_BATCH, *value.shape[1:]).contiguous() for name, value in batch.items()}
     names, outputs = list(batch), output_names(model, batch)
-    seq_len = model.inner.sequence_length(batch)
-    sha = weights_sha256(model)
+    record = Record(__version__, dataclasses.asdict(model.config), policy, budget, model.inner.sequence_length(batch),
+                    tuple(outputs), weights_sha256(model), checkpoint.rebased(Path.cwd(), out.parent))
     rows = torch.export.Dim("batch", min=1, max=65536)
     batch_dims = tuple({0: rows} for _ in names)
 
     progress(f"tracing the whole ACT inference ({policy}, budget {budget}) as nested ONNX Loops")
     act = _trace(ACTGraph(model, policy, budget, names), tuple(batch.values()), names,
                  [*outputs, "halted", "steps", "steps_run"], (batch_dims,))
-    act = _finish(act, "act", model, policy, budget, sha, seq_len, outputs, source)
+    act = _finish(act, "act", model, record)
 
     progress("tracing the one-step model (carry in, carry out)")
     start = hrm_ref.initial_carry(model, batch)
     carry = (start.z_H.contiguous(), start.z_L.contiguous(), start.steps, start.halted)
     step = _trace(StepGraph(model, policy, budget, names), (*carry, *batch.values()), [*CARRY_NAMES, *names],
                   [*(f"{name}_next" for name in CARRY_NAMES), *outputs], ({0: rows},) * 4 + (batch_dims,))
-    step = _finish(step, "step", model, policy, budget, sha, seq_len, outputs, source)
+    step = _finish(step, "step", model, record)
 
     with together():  # the pair replaces an old pair whole, or not at all
         save_bound({"act": (out, act), "step": (step_out, step)})
@@ -175,18 +174,10 @@ def export_onnx(model: HRM, out: str | Path, policy: str = "max-steps", budget: 
     return ExportedModel(out, step_out, time.perf_counter() - started, out.stat().st_size, parameter_bytes)
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The hrmc metadata of an exported or lowered file; an error if the file was not made by hrmc."""
+def read_record(path: str | Path) -> Record:
+    """The record of an exported or lowered file; an error if the file was not made by hrmc."""
     path = Path(path)
-    proto = load_proto(path)
-    props = unprefixed({p.key: p.value for p in proto.metadata_props})
+    props = unprefixed({p.key: p.value for p in load_proto(path).metadata_props})
     if "config" not in props:
         raise InputError(f"{path} was not made by hrmc export (no hrmc metadata)")
-    parsed = {}
-    for key, parse in (("config", json.loads), ("budget", int), ("seq_len", int), ("outputs", json.loads),
-                       ("loops", json.loads)):
-        try:
-            parsed[key] = parse(props[key])
-        except (KeyError, ValueError):  # a JSONDecodeError is a ValueError
-            raise InputError(f"{path}: metadata {meta_key(key)} is missing or unreadable (edited or corrupted)") from None
-    return props | parsed
+    return Record.parse(props, path)

@@ -14,11 +14,12 @@ import numpy as np
 from hrmc.hrm_ref import HRM, Batch
 from hrmc.hrm_ref.act import batch_size, resolve_budget
 from hrmc.parity.agreement import format_agreement, task_agreement
+from hrmc.parity.compression import compression_cost, format_compression
 from hrmc.parity.localize import Localization, format_localization, localize
 from hrmc.parity.executors import EXECUTORS
 from hrmc.targets.executor import Arrays, Executor
-from hrmc.parity.gate import (ATOL, FLOOR_FACTOR, HALF_FACTOR, PSNR_DB, RTOL, Reference, Report, Row,
-                              prepared_pair, step_parity, trajectory_parity, whole_graphs_parity)
+from hrmc.parity.gate import (ATOL, FLOOR_FACTOR, PSNR_DB, RTOL, Reference, Report, Row, failure, prepared_pair,
+                              step_parity, trajectory_parity, whole_graphs_parity)
 
 MODES = ("step", "trajectory")
 
@@ -32,7 +33,7 @@ def check_parity(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budge
 def check_modes(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget: int | None,
                 modes: tuple[str, ...] = MODES, atol: float = ATOL, rtol: float = RTOL, psnr_db: float | None = None,
                 seed: int = 0, model_name: str = "", onnx_model: str | None = None, chunk: int | None = None,
-                artifact: str | None = None, labels: np.ndarray | None = None,
+                artifact: str | None = None, labels: np.ndarray | None = None, max_accuracy_drop: float = 0.0,
                 progress: Callable[[str], None] = lambda _: None) -> list[Report]:
     """Run A and B on `batch` and gate them, one report per mode; the executors are prepared and run
     once for all modes. `artifact` is B's shipped artifact: exactly those files run. `psnr_db`: an absolute
@@ -40,6 +41,11 @@ def check_modes(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget
 
     Step mode checks every graph each executor runs: the step graph teacher-forced against A, and
     the whole-inference graph against the executor's own steps chained.
+
+    Where B stores its weights compressed (int8, lut6, lut4), A and the reference run hrm_ref on them as stored
+    (the compiler's question), and every report adds what the compression costs against the model's own
+    weights (parity.compression): exact-solved puzzles on labelled inputs, gated at `max_accuracy_drop`
+    percentage points.
     """
     budget = resolve_budget(model, policy, budget)
     executors, reference = prepared_pair(a, b, model, batch, policy, budget, onnx_model=onnx_model, chunk=chunk,
@@ -47,12 +53,16 @@ def check_modes(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget
     progress("running the whole inference on both")
     runs = [executor.run(batch) for executor in executors]
     task = task_agreement(*runs, model.config, labels)
+    cost = {}
+    if executors[1].compression() is not None:
+        progress(f"the compression's cost: {executors[1].name} against hrm_ref on the model's own weights")
+        cost = compression_cost(executors[1], runs[1], model, batch, policy, budget, labels, max_accuracy_drop)
     reports = []
     for mode in modes:
         progress(f"comparing in {mode} mode")
         report = Report(mode, [e.describe() for e in executors], model_name, policy, budget, batch_size(batch), seed,
                         atol, rtol, psnr_db)
-        report.task = task
+        report.task, report.compression = task, cost
         report.notes += [f"{executor.name}'s artifact: {executor.weights_checked}" for executor in executors
                          if executor.weights_checked]
         if mode == "trajectory":
@@ -93,6 +103,7 @@ def format_report(report: Report) -> str:
         if check == "A vs B" and report.answers:
             lines.append(_decisions("answers (argmax per position)", report.answers))
     lines += format_agreement(report.task)
+    lines += format_compression(report.compression)
     lines += [f"note: {note}" for note in report.notes]
     if report.passed:
         lines.append("PASS")
@@ -102,12 +113,21 @@ def format_report(report: Report) -> str:
         worst = {}
         for row in report.failures():
             worst.setdefault((row.check, row.output), row)
-        detail = "; ".join(f"{_named(row.check)}{row.output} from step {row.step} ({_failed(row, report)})"
+        detail = "; ".join(f"{_named(row.check)}{row.output} from step {row.step} ({failure(row, report.psnr_db)})"
                            for row in worst.values())
         if report.answers.get("mismatched"):
             detail += f"{'; ' if detail else ''}{report.answers['mismatched']} answers differ where the reference's margin is clear"
+        if not report.compression.get("passed", True):
+            detail += f"{'; ' if detail else ''}the compression: {_compression_failed(report.compression)}"
         lines.append(f"FAIL: {detail or 'halting decisions differ'}")
     return "\n".join(lines)
+
+
+def _compression_failed(cost: dict) -> str:
+    if "exact_drop_pp" in cost:
+        return (f"{cost['exact_drop_pp']:.2f} points fewer puzzles solved exactly than uncompressed (at most "
+                f"{cost['max_accuracy_drop_pp']:g}: --max-accuracy-drop)")
+    return "answers or halting differ from the uncompressed model's outside the band"
 
 
 def _named(check: str) -> str:
@@ -144,16 +164,6 @@ def _float16_table(rows: list[Row], report: Report) -> list[str]:
     return lines
 
 
-def _failed(row: Row, report: Report) -> str:
-    """Why a row failed, in words."""
-    if row.ratio is None or row.gated == "abs":
-        return f"max |a−b| {row.max_abs:.3g} > {row.limit:.3g}"
-    if row.needed > row.limit:
-        allowed = (f"{HALF_FACTOR:g} × hrm_ref float16's {row.needed / row.ratio:.3g}" if row.gated == "ratio"
-                   else "one float16 rounding")
-        return (f"RMSE {row.needed:.3g} > {row.limit:.3g} = {allowed}: {row.ratio:.2f} × hrm_ref float16's error; "
-                f"PSNR {row.psnr:.1f} dB, hrm_ref float16 {row.float16_psnr:.1f} dB")
-    return f"PSNR {row.psnr:.1f} dB < {report.psnr_db:g} dB (--psnr)"
 
 
 __all__ = ["EXECUTORS", "Localization", "MODES", "PSNR_DB", "Report", "check_modes", "check_parity",

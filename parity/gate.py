@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from hrmc.errors import InputError
 from hrmc.hrm_ref import HRM, Batch, Carry
 from hrmc.hrm_ref.act import halt_margin, initial_carry
 from hrmc.hrm_ref.config import HRMConfig
@@ -89,6 +90,7 @@ class Report:
     whole_graphs: list[dict[str, Any]] = field(default_factory=list)  # step mode: each whole-inference graph checked
     first_failing_step: int | None = None  # step mode: the first step whose outputs or decisions fail (1-based)
     unrecorded: list[str] = field(default_factory=list)  # --unrecorded: artifacts without a record, run unverified
+    compression: dict[str, Any] = field(default_factory=dict)  # B's compressed weights against the uncompressed model
 
     @property
     def passed(self) -> bool:
@@ -99,7 +101,8 @@ class Report:
         """Every output within its limit and every decision agreed: the verdict, but for the record."""
         return (all(row.passed for row in self.rows) and not self.halting.get("mismatched", 0)
                 and not self.answers.get("mismatched", 0)
-                and not any(graph["halting"]["mismatched"] for graph in self.whole_graphs))
+                and not any(graph["halting"]["mismatched"] for graph in self.whole_graphs)
+                and self.compression.get("passed", True))
 
     def failures(self) -> list[Row]:
         return [row for row in self.rows if not row.passed]
@@ -178,11 +181,26 @@ def prepared_pair(a: str, b: str, model: HRM, batch: Batch, policy: str, budget:
     reference every comparison reads."""
     executors = [make_executor(a, onnx_model=onnx_model, chunk=chunk),
                  make_executor(b, onnx_model=onnx_model, chunk=chunk, artifact=artifact)]
-    for executor in executors:
-        progress(f"preparing executor {executor.name}")
-        executor.prepare(model, policy, budget, batch)
+    progress(f"preparing executor {executors[1].name}")  # B first: how it stores its weights says what A runs
+    executors[1].prepare(model, policy, budget, batch)
+    model = as_stored(model, *executors)
+    progress(f"preparing executor {executors[0].name}")
+    executors[0].prepare(model, policy, budget, batch)
     half = any(executor.precision == "float16" for executor in executors)
     return executors, Reference.prepared(model, policy, budget, batch, float16=half)
+
+
+def as_stored(model: HRM, a: Executor, b: Executor) -> HRM:
+    """The model the gate compares B with (the compiler's question): where B (prepared) stores its weights
+    compressed (int8, lut6, lut4), hrm_ref on them exactly as stored, decompressed (`HRM.with_weights_as_stored`),
+    which A runs too; else `model`. What the compression costs is the other question (parity.compression)."""
+    storage = b.compression()
+    if storage is None:
+        return model
+    if a.name != "torch":
+        raise InputError(f"B stores its weights as {storage}: the gate compares it with hrm_ref on those weights (parity "
+                         f"torch {b.name}), not with {a.name}")
+    return model.with_weights_as_stored(storage, b.precision)
 
 
 def step_parity(a: Executor, b: Executor, ref: Reference, batch: Batch, report: Report,
@@ -281,6 +299,18 @@ def float16_row(name: str, step: int, got: np.ndarray, yardstick: np.ndarray, ex
     limit, rule = float16_bound(yardstick_error, exact, HALF_FACTOR, FLOAT16_ROUNDING)
     passed = bool(error <= limit) and (psnr_db is None or bool(measured["psnr"] >= psnr_db))
     return Row(name, step, largest, relative, error, limit, passed, noise, gated=rule, **measured)
+
+
+def failure(row: Row, psnr_db: float | None = None) -> str:
+    """Why a row failed, in words (`psnr_db`: the report's --psnr floor)."""
+    if row.ratio is None or row.gated == "abs":
+        return f"max |a−b| {row.max_abs:.3g} > {row.limit:.3g}"
+    if row.needed > row.limit:
+        allowed = (f"{HALF_FACTOR:g} × hrm_ref float16's {row.needed / row.ratio:.3g}" if row.gated == "ratio"
+                   else "one float16 rounding")
+        return (f"RMSE {row.needed:.3g} > {row.limit:.3g} = {allowed}: {row.ratio:.2f} × hrm_ref float16's error; "
+                f"PSNR {row.psnr:.1f} dB, hrm_ref float16 {row.float16_psnr:.1f} dB")
+    return f"PSNR {row.psnr:.1f} dB < {psnr_db:g} dB (--psnr)"
 
 
 def float16_margins(exact: Arrays, yardstick: Arrays, config: HRMConfig) -> dict[str, tuple[np.ndarray, float]]:

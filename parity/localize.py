@@ -34,8 +34,8 @@ from hrmc.hrm_ref import HRM, Batch
 from hrmc.hrm_ref.act import batch_size, initial_carry, resolve_budget
 from hrmc.names import MADE_BY
 from hrmc.parity.executors import make_executor
-from hrmc.parity.gate import (ATOL, PSNR_DB, Q_ERROR_LIMIT, RTOL, Report, carry_at, compare, prepared_pair, psnr,
-                              step_parity, whole_graphs_parity)
+from hrmc.parity.gate import (ATOL, PSNR_DB, Q_ERROR_LIMIT, RTOL, Report, carry_at, compare, failure, prepared_pair,
+                              psnr, step_parity, whole_graphs_parity)
 from hrmc.targets.base import structured_source
 from hrmc.targets.executor import Executor, Trace
 
@@ -189,8 +189,8 @@ def _failing_whole_graphs(executors: list[Executor], reference, batch: Batch, re
 
 
 def _failing(report: Report) -> list[str]:
-    rows = [f"{row.output} ({f'PSNR {row.psnr:.1f} dB' if row.gated == 'psnr' else f'max |a−b| {row.max_abs:.3g}'})"
-            for row in report.failures() if row.step == report.first_failing_step]
+    rows = [f"{row.output} ({failure(row, report.psnr_db)})" for row in report.failures()
+            if row.step == report.first_failing_step]
     for what, counts in (("halting decisions", report.halting), ("answers", report.answers)):
         if counts.get("mismatched"):
             rows.append(f"{counts['mismatched']} {what} differ")

@@ -22,6 +22,7 @@ import numpy as np
 
 from hrmc import __version__, hrm_ref
 from hrmc.hrm_ref import HRM, Batch
+from hrmc.hrm_ref.compression import COMPRESSIONS
 from hrmc.errors import InputError
 from hrmc.files import atomic_folder, check_output_folder, together
 from hrmc.lowering.export import weights_sha256
@@ -66,15 +67,17 @@ def write_check(folder: Path, written: Path, shown_as: Path, *, model: HRM, seed
     seeded inputs, the record check.py verifies, and the Linux replay's verdict."""
     functions = read_functions(written)  # unverified: the package has not its final name yet
     step = functions["step"]
-    if step.meta.get("weights_sha256") != weights_sha256(model):
+    if step.record.weights_sha256 != weights_sha256(model):
         raise InputError(f"--mac-check: {shown_as.name} was lowered from other weights than the model given "
                          "(check --checkpoint/--preset)")
-    batch = hrm_ref.random_batch(model.config, step.batch, seed, int(step.meta["seq_len"]))
+    if step.record.weights in COMPRESSIONS:  # the compiler's question: the model on its weights as the package stores them
+        model = model.with_weights_as_stored(step.record.weights, _float_type(step.flavour))
+    batch = hrm_ref.random_batch(model.config, step.batch, seed, step.record.seq_len)
     progress(f"--mac-check: the torch float32 reference on a seeded random batch (seed {seed}, batch {step.batch})")
     reference, gates = reference_trajectory(model, step, batch)
     inputs = {name: value.numpy() for name, value in batch.items()}
     record = {"package": shown_as.name, "flavour": step.flavour, "float_type": _float_type(step.flavour),
-              "batch": step.batch, "policy": step.meta["policy"], "budget": int(step.meta["budget"]), "seed": seed,
+              "batch": step.batch, "policy": step.record.policy, "budget": step.record.budget, "seed": seed,
               "hrmc": __version__, "functions": {"step": step.name, "inference": functions["static"].name},
               "halting_margin": _halting_margin(reference, model), "gates": gates,
               "files": json.loads((written / "Data" / PARTS_FILE).read_text())["files"]}
@@ -136,7 +139,7 @@ def reference_trajectory(model: HRM, step: PackageFunction, batch: Batch) -> tup
     in it (float32: trajectory mode's noise floor); a sample whose halting step changes with them is a close
     call."""
     half = _float_type(step.flavour) == "float16"
-    ref = Reference.prepared(model, step.meta["policy"], int(step.meta["budget"]), batch, float16=half)
+    ref = Reference.prepared(model, step.record.policy, step.record.budget, batch, float16=half)
     run, reference = ref.run32, ref.float32
     other = ref.float16.run(batch) if half else ref.run64
     config, start = reference.model.config, hrm_ref.initial_carry(reference.model, batch)

@@ -20,7 +20,8 @@ from onnx_ir.passes.common import NameFixPass
 
 from hrmc.errors import HrmcError, InputError
 from hrmc.files import atomic_output, check_output, together
-from hrmc.lowering import read_metadata, step_path_for
+from hrmc.lowering import read_record, step_path_for
+from hrmc.record import rebase
 from hrmc.lowering.artifact import load_proto, save_bound, source_parts
 from hrmc import names
 from hrmc.passes._loops import COPY, PassInputError, restore_loop_labels
@@ -114,10 +115,12 @@ def _stamp(model: ir.Model, made_by: str, before: set[int]) -> None:
             node.metadata_props[names.MADE_BY] = made_by
 
 
-def _load(path: Path) -> ir.Model:
-    read_metadata(path)  # refuses files hrmc did not make
+def _load(path: Path, out_folder: Path) -> ir.Model:
+    """A source graph to lower into `out_folder`: its record's checkpoint path made relative to that folder."""
+    read_record(path)  # refuses files hrmc did not make
     model = ir.load(str(path))
-    model.metadata_props.pop(names.PARTS, None)  # the export's record: the lowered set gets its own
+    model.metadata_props.pop(names.PARTS, None)  # the export's record of parts: the lowered set gets its own
+    rebase(model.metadata_props, names.meta_key("checkpoint"), path.parent, out_folder)
     restore_loop_labels(model, path)
     return model
 
@@ -131,7 +134,7 @@ def _source_parts(structured: Path, progress: Callable[[str], None]) -> tuple[di
     """`structured_parts`, and whether `structured` was rewritten after export. It is the act graph even
     then (onnxsim rewrites files and keeps their metadata): its step graph must still be the one its
     record names, and the graph must pass ONNX's checker."""
-    read_metadata(structured)  # first: a graph hrmc never made is named as such
+    read_record(structured)  # first: a graph hrmc never made is named as such
     parts, edited = source_parts(structured, "act", fallback={"act": structured, "step": step_path_for(structured)})
     if edited:
         progress(f"{Path(structured).name} differs from the graph hrmc export wrote (rewritten by a graph tool?): "
@@ -201,14 +204,16 @@ def lower_onnx(structured: str | Path, out: str | Path, pipeline: str = "static"
     dumped = check_output(dump_path(dump_beside or out, dump_after), ".onnx") if dump_after else None
     parts, edited = _source_parts(structured, progress)
     with together():
+        folder = paths["static"].parent
         with _rewritten(structured, edited):
-            static = run_pipeline(_load(parts["act"]), pipeline, strip=strip, dump_after=dump_after,
+            static = run_pipeline(_load(parts["act"], folder), pipeline, strip=strip, dump_after=dump_after,
                                   dump=lambda name, model: _save(model, dumped))
             static_proto = _checked_proto(static)
-        protos = {"static": static_proto, "step": _checked_proto(run_pipeline(_load(parts["step"]), pipeline,
+        protos = {"static": static_proto, "step": _checked_proto(run_pipeline(_load(parts["step"], folder), pipeline,
                                                                               strip=strip, chunk=1))}
         if "chunk" in paths:
-            protos["chunk"] = _checked_proto(run_pipeline(_load(parts["step"]), pipeline, strip=strip, chunk=chunk))
+            protos["chunk"] = _checked_proto(run_pipeline(_load(parts["step"], folder), pipeline, strip=strip,
+                                                          chunk=chunk))
         save_bound({role: (paths[role], proto) for role, proto in protos.items()})
     return LoweredModel(paths["static"], paths["step"], paths.get("chunk"), time.perf_counter() - started)
 

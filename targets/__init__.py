@@ -35,6 +35,7 @@ from typing import Callable, ContextManager, Protocol
 
 from hrmc.errors import InputError
 from hrmc.hrm_ref import HRM
+from hrmc.record import Record
 from hrmc.targets.executor import Executor
 
 
@@ -101,10 +102,20 @@ class Companion(Protocol):
 TARGETS: dict[str, Target] = {target.name: target for target in (
     Target("onnx", "static", ".onnx", "hrmc.targets.onnx", ("onnx", "static", "chunked"), "float32"),
     Target("mlx", "fused", "", "hrmc.targets.mlx", ("mlx", "mlx-chunked"), "float32"),
-    Target("coreml", "fused", ".mlpackage", "hrmc.targets.coreml", ("coreml", "coreml-chunked"), "float32"),
-    Target("ane", "fused", ".mlpackage", "hrmc.targets.coreml", ("ane",), "float16", ("float16x2", "float16")),
+    Target("coreml", "fused", ".mlpackage", "hrmc.targets.coreml", ("coreml", "coreml-chunked"), "float32",
+           ("float32", "int8", "lut6", "lut4")),
+    Target("ane", "fused", ".mlpackage", "hrmc.targets.coreml", ("ane",), "float16",
+           ("float16", "float16x2", "int8", "lut6", "lut4")),
 )}
 TARGET_OF_EXECUTOR = {executor: target for target in TARGETS.values() for executor in target.executors}
+
+
+def artifact_record(executor: str, artifact: str | Path) -> Record:
+    """The record of a shipped artifact of `executor`'s kind (an ONNX set, an MLX folder, a Core ML package):
+    what it was made from and how. Read here; its executor verifies every part before it runs."""
+    if not Path(artifact).exists():
+        raise InputError(f"--artifact: {artifact} not found")
+    return TARGET_OF_EXECUTOR[executor].backend().read_record(Path(artifact))
 
 
 def make_executor(name: str, onnx_model: str | Path | None = None, chunk: int | None = None,
@@ -114,4 +125,4 @@ def make_executor(name: str, onnx_model: str | Path | None = None, chunk: int | 
     return TARGET_OF_EXECUTOR[name].backend().executor(name, onnx_model, chunk, artifact)
 
 
-__all__ = ["Companion", "TARGETS", "TARGET_OF_EXECUTOR", "LowerOptions", "Target", "make_executor"]
+__all__ = ["Companion", "TARGETS", "artifact_record", "TARGET_OF_EXECUTOR", "LowerOptions", "Target", "make_executor"]

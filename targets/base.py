@@ -13,10 +13,9 @@ the same for every target, so `TargetExecutor` does it once:
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable
 
 import numpy as np
 
@@ -25,7 +24,8 @@ from hrmc.hrm_ref.act import initial_carry, resolve_budget
 from hrmc.binding import changed, noting_changes
 from hrmc.errors import GateFailure, InputError
 from hrmc.files import work_folder
-from hrmc.lowering.export import export_onnx, read_metadata, weights_sha256
+from hrmc.lowering.export import export_onnx, read_record, weights_sha256
+from hrmc.record import Record
 from hrmc.passes import lower_onnx, structured_parts
 from hrmc.targets import TARGET_OF_EXECUTOR
 from hrmc.targets.executor import DEFAULT_CHUNK, Arrays, Executor, Trace, carry_arrays
@@ -33,14 +33,14 @@ from hrmc.targets.host_loop import carry_feed, run_chunks, split_step, until_ste
 from hrmc.targets.weights import check_weights
 
 
-def check_source(meta: Mapping[str, object], where: Path, model: HRM | None, policy: str, budget: int,
-                 seq_len: int) -> None:
+def check_source(record: Record, where: Path, model: HRM | None, policy: str, budget: int, seq_len: int) -> None:
     """An artifact (exported, lowered, emitted or packaged) must come from these weights (unless `model`
-    is None), with this policy, budget and sequence length: `meta` is the hrmc metadata it carries."""
-    if model is not None and meta.get("weights_sha256") != weights_sha256(model):
-        raise InputError(f"{where} was made from other weights than the model given (check --checkpoint/--preset)")
-    for what, given, recorded in (("policy", policy, meta.get("policy")), ("budget", budget, meta.get("budget")),
-                                  ("sequence length", seq_len, meta.get("seq_len"))):
+    is None), with this policy, budget and sequence length: `record` is what it records."""
+    if model is not None and record.weights_sha256 != weights_sha256(model):
+        raise InputError(f"{where} was made from other weights than the model given ({record.checkpoint.describe()}; "
+                         "check --checkpoint/--preset)")
+    for what, given, recorded in (("policy", policy, record.policy), ("budget", budget, record.budget),
+                                  ("sequence length", seq_len, record.seq_len)):
         if str(given) != str(recorded):
             raise InputError(f"{where} was made with {what} {recorded}, not {given} (see --policy, --budget, --seq-len)")
 
@@ -53,7 +53,7 @@ def structured_source(onnx_model: Path | None, folder: Path, model: HRM, policy:
         path = folder / "model.onnx"
         export_onnx(model, path, policy, budget, batch)
     structured_parts(path)
-    check_source(read_metadata(path), path, model, policy, budget, model.inner.sequence_length(batch))
+    check_source(read_record(path), path, model, policy, budget, model.inner.sequence_length(batch))
     return path
 
 
@@ -145,17 +145,16 @@ class TargetExecutor(Executor):
         """The step graph on numpy inputs, every intermediate value kept (`Executor.trace_step`)."""
         raise NotImplementedError
 
-    def check(self, meta: Mapping[str, object], where: Path, model: HRM, batch: Batch) -> None:
-        """What an artifact records (`meta`) must match the model, policy, budget and sequence length run."""
-        check_source(meta, where, model, self.policy, self.budget, model.inner.sequence_length(batch))
+    def check(self, record: Record, where: Path, model: HRM, batch: Batch) -> None:
+        """What an artifact records must match the model, policy, budget and sequence length run."""
+        check_source(record, where, model, self.policy, self.budget, model.inner.sequence_length(batch))
 
     def check_stored_weights(self, stored: Iterable[tuple[str, np.ndarray]], model: HRM, batch: Batch,
-                             outputs: object) -> None:
+                             outputs: tuple[str, ...], storage: str | None = None) -> None:
         """Every weight the shipped artifact stores is the model's, as its storage keeps it (targets/weights.py),
-        before anything of it runs; `outputs`: the head outputs it records (JSON text or a list)."""
-        heads = json.loads(outputs) if isinstance(outputs, str) else outputs
+        before anything of it runs; `outputs`: the head outputs it records; `storage`: how it records storing them."""
         try:
-            self.weights_checked = check_weights(stored, model, self.artifact, heads, batch).describe()
+            self.weights_checked = check_weights(stored, model, self.artifact, outputs, batch, storage).describe()
         except GateFailure as failure:
             if not noting_changes():  # --localize runs changed artifacts: finding the change is its job
                 raise

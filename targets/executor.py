@@ -68,6 +68,11 @@ class Executor:
         """One line for reports: what exactly ran."""
         return self.name
 
+    def compression(self) -> str | None:
+        """The compression its weights are stored in (int8, lut6, lut4: hrm_ref.compression; known once prepared),
+        None where it holds the model's own values (or their float16 rounding)."""
+        return None
+
     def whole_graph(self) -> str | None:
         """The whole-inference graph `run` executes, when it is not `step` chained (named for reports)."""
         return None

@@ -8,6 +8,9 @@ in a parameter's place must be that parameter exactly as its storage keeps it:
     float16    fp16(W) or fp16(Wᵀ), rounded once
     float16x2  the pair hi = fp16(T), lo = fp16(T − hi) stacked along T's contracted axis (T = W or Wᵀ)
     bias folded (float16 programs): T's bias joined to it as extra contracted rows, rounded (or paired) alike
+    int8, lut6, lut4  hrm_ref.compression's compression of T (its quantised values or palette indices, and their
+               scales or palettes), exactly: every compressible parameter (`HRM.compressible_weights`) of an
+               artifact that stores its weights so, and only those
 
 A stored tensor is in a parameter's place when it has the shape one of these forms of a parameter has
 (other constants, RoPE tables and scalars, are the graph's own, and its numbers judge them; so do
@@ -28,6 +31,7 @@ import numpy as np
 
 from hrmc.errors import GateFailure
 from hrmc.hrm_ref import HRM
+from hrmc.hrm_ref.compression import COMPRESSIONS, Compressed, compress
 from hrmc.hrm_ref.model import HEAD_MODULES, INPUT_MODULES
 
 
@@ -53,13 +57,18 @@ class WeightCheck:
                 f"({', '.join(sorted(self.storages)) or 'none'}): every one is the model's")
 
 
-def check_weights(stored: Iterable[tuple[str, np.ndarray]], model: HRM, artifact: Path,
-                  outputs: Iterable[str] | None = None, inputs: Iterable[str] | None = None) -> WeightCheck:
+def check_weights(stored: Iterable[tuple[str, np.ndarray | Compressed]], model: HRM, artifact: Path,
+                  outputs: Iterable[str] | None = None, inputs: Iterable[str] | None = None,
+                  storage: str | None = None) -> WeightCheck:
     """Every stored tensor in a parameter's place is that parameter in its storage; every parameter that
     `outputs` (the artifact's head outputs; None: all) and `inputs` (the batch it runs on; None: all) need is
-    stored. GateFailure (exit 1) names the first that is not."""
+    stored; where the artifact records a compressed `storage` (int8, lut6, lut4), every compressible one stored
+    so. GateFailure (exit 1) names the first that is not."""
     parameters = _parameters(model, outputs, inputs)
-    stored = [(name, array) for name, array in stored if np.asarray(array).dtype.kind == "f"]
+    stored = list(stored)
+    compressed = [(name, item) for name, item in stored if isinstance(item, Compressed)]
+    stored = [(name, array) for name, array in stored
+              if not isinstance(array, Compressed) and np.asarray(array).dtype.kind == "f"]
     shapes = {(array.dtype.str, array.shape) for _, array in stored}
     forms = {}  # (dtype, shape, digest) → form: only the forms some stored tensor could be
     for form in _forms(parameters, shapes):
@@ -77,12 +86,50 @@ def check_weights(stored: Iterable[tuple[str, np.ndarray]], model: HRM, artifact
         check.compared += 1
         check.storages.add(form.how)
         found.update(form.parameters)
+    found |= _check_compressed(compressed, parameters, model.compressible_weights(), artifact, storage, check)
     # a parameter of one repeated value (a zero bias) may be folded away by the exporter: it need not be stored
     missing = [name for name, weight in parameters.items() if name not in found and np.ptp(weight) > 0]
     if missing:
         raise GateFailure(f"{artifact}: the model's {missing[0]} is stored nowhere in it (of {len(missing)} "
                           "parameters missing): not lowered from this model as it is")
     return check
+
+
+def _check_compressed(stored: list[tuple[str, Compressed]], parameters: dict[str, np.ndarray], compressible: set[str],
+                      artifact: Path, storage: str | None, check: WeightCheck) -> set[str]:
+    """Each compressed weight is hrm_ref.compression's compression of a compressible parameter, and with a
+    compressed `storage` every compressible parameter is stored so; the parameters found."""
+    candidates = {name: weight for name, weight in parameters.items() if name in compressible}
+    wanted = {(item.storage, item.axis, item.values.shape, item.table.dtype.str) for _, item in stored}
+    forms = {}  # (storage, axis, shape, table dtype, digest) → parameter: only the forms some stored weight could be
+    for name, weight in candidates.items():
+        for array, _ in _orientations(weight):
+            for kind, axis, shape, dtype in wanted:
+                if shape == array.shape:
+                    forms.setdefault(_compressed_key(compress(array, kind, axis, np.dtype(dtype))), name)
+    found = set()
+    for name, item in stored:
+        if storage is not None and item.storage != storage:
+            raise GateFailure(f"{artifact}: its stored weight {name} is {item.storage}, but it records {storage} "
+                              "weights")
+        parameter = forms.get(_compressed_key(item))
+        if parameter is None:
+            raise GateFailure(f"{artifact}: its stored weight {name} ({item.describe()}) is none of the model's "
+                              f"parameters as hrmc compresses them: changed after hrmc wrote it, or another model's")
+        check.compared += 1
+        check.storages.add(item.storage)
+        found.add(parameter)
+    if storage in COMPRESSIONS:
+        missing = sorted(name for name, weight in candidates.items() if name not in found and np.ptp(weight) > 0)
+        if missing:
+            raise GateFailure(f"{artifact}: records {storage} weights, but stores the model's {missing[0]} uncompressed "
+                              f"(of {len(missing)}): not as hrmc lowers it")
+    return found
+
+
+def _compressed_key(item: Compressed) -> tuple:
+    return (item.storage, item.axis, item.values.shape, item.table.dtype.str,
+            hashlib.sha256(np.ascontiguousarray(item.values).tobytes() + item.table.tobytes()).hexdigest())
 
 
 def _parameters(model: HRM, outputs: Iterable[str] | None, inputs: Iterable[str] | None) -> dict[str, np.ndarray]:

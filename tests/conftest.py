@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -11,6 +12,8 @@ import yaml
 
 from hrmc import hrm_ref
 from hrmc.hrm_ref import HRM
+
+UPSTREAM_DATA_PATH = "data/sudoku-extreme-1k-aug-1000"  # all_config.yaml's data_path, relative to where training ran
 
 
 def upstream_arch(model: HRM) -> dict:
@@ -38,7 +41,7 @@ def write_upstream_checkpoint(model: HRM, folder: Path, prefix: str = "_orig_mod
     for key, value in model.state_dict().items():
         state[prefix + key] = value.to(torch.bfloat16) if key.endswith("_init") else value.clone()
     torch.save(state, folder / f"step_{step}")
-    config = {"arch": upstream_arch(model), "data_path": "data/sudoku-extreme-1k-aug-1000", "global_batch_size": 768,
+    config = {"arch": upstream_arch(model), "data_path": UPSTREAM_DATA_PATH, "global_batch_size": 768,
               "epochs": 20000, "lr": 1e-4, "lr_min_ratio": 1.0, "lr_warmup_steps": 2000, "weight_decay": 0.1,
               "beta1": 0.9, "beta2": 0.95, "puzzle_emb_lr": 1e-4, "puzzle_emb_weight_decay": 0.1,
               "project_name": "Sudoku-extreme-1k-aug-1000 ACT-torch", "run_name": "HierarchicalReasoningModel_ACTV1 x",
@@ -46,6 +49,19 @@ def write_upstream_checkpoint(model: HRM, folder: Path, prefix: str = "_orig_mod
               "eval_save_outputs": []}
     (folder / "all_config.yaml").write_text(yaml.dump(config))
     return folder / f"step_{step}"
+
+
+def write_dataset_metadata(model: HRM, root: Path, seq_len: int, data_path: str = UPSTREAM_DATA_PATH,
+                           **changes: int) -> Path:
+    """`ROOT/DATA/train/dataset.json` as upstream's dataset builders write it (PuzzleDatasetMetadata), for the
+    task `model` was trained on: its vocabulary and puzzle identifiers, and `seq_len`; `changes` override."""
+    folder = root / data_path / "train"
+    folder.mkdir(parents=True, exist_ok=True)
+    metadata = {"pad_id": 0, "ignore_label_id": -100, "blank_identifier_id": 0, "vocab_size": model.config.vocab_size,
+                "seq_len": seq_len, "num_puzzle_identifiers": model.config.num_puzzle_identifiers,
+                "total_groups": 1000, "mean_puzzle_examples": 1.0, "sets": ["all"]} | changes
+    (folder / "dataset.json").write_text(json.dumps(metadata))
+    return folder / "dataset.json"
 
 
 @pytest.fixture(scope="session")

@@ -2,17 +2,22 @@
 # Lower one HRM checkpoint to every hrmc target, gate each shipped artifact against the
 # PyTorch reference, and keep the reports.
 #
-# Usage: gate.sh [--checkpoint PATH | --preset NAME] [--policy P] [--batch N] [--psnr DB] [--executors LIST] [OUTDIR]
-#   defaults: --preset tiny, --policy q-halt, --batch 1, --psnr hrmc's own (60), --executors onnx,static,mlx,coreml,ane, OUTDIR hrmc-artifacts
+# Usage: gate.sh (--checkpoint PATH | --preset NAME) [--seq-len N] [--inputs F.npz] [--policy P] [--batch N]
+#                [--psnr DB] [--executors LIST] [OUTDIR]
+#   defaults: --policy q-halt, --batch 1, no --psnr floor, --executors onnx,static,mlx,coreml,ane, OUTDIR hrmc-artifacts
 #
 # Writes OUTDIR/model.onnx (+ .step.onnx), model.static.onnx (+ .step), model-mlx/,
 # model.mlpackage, model-ane.mlpackage (functions inference and step), and OUTDIR/reports/:
 # one `hrmc parity --json` report per executor (onnx.json, static.json, mlx.json, coreml.json,
 # ane.json), inspect-ane.json and summary.txt.
 #
-# --psnr DB: the ane (float16) PSNR gate in dB (hrmc parity --psnr). hrmc's 60 dB is the fidelity
-#   contract: lower it only if your CI accepts the model's float16 limit (README.md).
+# A model is required: the script never gates the built-in demo model by default (exit 2 without one).
+# --seq-len N: the sequence length to export for, where the checkpoint does not fix it (RoPE, and no
+#   dataset.json found from all_config.yaml's data_path); every artifact records it.
+# --inputs F.npz: the inputs to export for and to gate on ('labels' optional: accuracy is reported).
+# --psnr DB: an extra absolute PSNR floor for the ane (float16) gate (hrmc parity --psnr).
 # --executors LIST: comma-separated subset of onnx,static,mlx,coreml,ane to lower and gate.
+# Each gate reads the model, policy, budget and sequence length from the artifact's own record.
 #
 # Exit: 0 every gate passed; 1 a gate failed (or a step failed otherwise);
 #       2 an hrmc command refused its input (exit 2: bad input, one line on stderr).
@@ -20,19 +25,23 @@
 set -euo pipefail
 
 HRMC="${HRMC:-hrmc}"
-model=(--preset tiny)
+model=()
+length=()
+inputs=()
 policy=q-halt
 batch=1
 psnr=()
 executors=onnx,static,mlx,coreml,ane
 out=hrmc-artifacts
 
-usage() { sed -n '5,6s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+usage() { sed -n '5,7s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --checkpoint) [ $# -ge 2 ] || usage; model=(--checkpoint "$2"); shift 2 ;;
     --preset) [ $# -ge 2 ] || usage; model=(--preset "$2"); shift 2 ;;
+    --seq-len) [ $# -ge 2 ] || usage; length=(--seq-len "$2"); shift 2 ;;
+    --inputs) [ $# -ge 2 ] || usage; inputs=(--inputs "$2"); shift 2 ;;
     --policy) [ $# -ge 2 ] || usage; policy="$2"; shift 2 ;;
     --batch) [ $# -ge 2 ] || usage; batch="$2"; shift 2 ;;
     --psnr) [ $# -ge 2 ] || usage; psnr=(--psnr "$2"); shift 2 ;;
@@ -43,6 +52,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+if [ ${#model[@]} -eq 0 ]; then
+  echo "gate.sh: name the model to gate: --checkpoint PATH or --preset NAME" >&2
+  exit 2
+fi
+
 for name in ${executors//,/ }; do
   case "$name" in
     onnx|static|mlx|coreml|ane) ;;
@@ -51,9 +65,9 @@ for name in ${executors//,/ }; do
 done
 wanted() { case ",$executors," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
-# The same model, policy and batch for every command: the artifacts record them, and parity
-# refuses (exit 2) an artifact made from another model or policy; a Core ML package has a fixed batch.
-opts=("${model[@]}" --policy "$policy" --batch "$batch")
+# The export fixes the model, policy, sequence length (and the inputs' shape); every artifact lowered from
+# it records them, and each gate reads them back from the artifact (a Core ML package's batch too).
+opts=("${model[@]}" --policy "$policy" --batch "$batch" ${length[@]+"${length[@]}"} ${inputs[@]+"${inputs[@]}"})
 reports="$out/reports"
 rm -rf "$reports"  # this run's reports only
 mkdir -p "$reports"
@@ -82,7 +96,8 @@ gate() {  # gate EXECUTOR ARTIFACT
   local executor="$1" artifact="$2" report="$reports/$1.json" code=0 verdict
   say "gate $executor: $artifact"
   # ${psnr[@]+...}: an empty array under `set -u` in the bash 3.2 of macOS runners
-  "$HRMC" parity torch "$executor" --artifact "$artifact" "${opts[@]}" ${psnr[@]+"${psnr[@]}"} --json \
+  "$HRMC" parity torch "$executor" --artifact "$artifact" --batch "$batch" ${inputs[@]+"${inputs[@]}"} \
+    ${psnr[@]+"${psnr[@]}"} --json \
     > "$report" || code=$?
   if [ -s "$report" ]; then
     # a report was printed: exit 0 is a pass, exit 1 a gate failure
@@ -108,7 +123,7 @@ for entry in \
   wanted "$executor" || continue
   code=0
   say "lower --target $target: $artifact"
-  "$HRMC" lower --target "$target" --onnx-model "$out/model.onnx" "${opts[@]}" -o "$artifact" || code=$?
+  "$HRMC" lower --target "$target" --onnx-model "$out/model.onnx" --batch "$batch" -o "$artifact" || code=$?
   if [ "$code" -eq 0 ]; then
     gate "$executor" "$artifact"
     [ "$executor" != ane ] || ane_lowered=1

@@ -43,7 +43,7 @@ from hrmc.targets.coreml.executors import CoreMLExecutor
 from hrmc.targets.coreml.lowering import FLAVOURS, build_program
 from hrmc.targets.coreml.ops import OPS
 from hrmc.targets.coreml.package import (PARTS_FILE, PackageFunction, lower_coreml, op_counts, package_functions,
-                                         read_package)
+                                         read_package, read_record)
 from hrmc.targets.coreml.ranges import check_ranges, range_report
 from hrmc.targets.coreml.readiness import ANE_ALIGNMENT_BYTES, readiness
 from hrmc.targets.coreml.runtime import LABEL, replay, saved_program
@@ -84,4 +84,4 @@ def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -
 
 __all__ = ["ANE_ALIGNMENT_BYTES", "FLAVOURS", "LABEL", "OPS", "CoreMLExecutor", "LowerError", "PackageFunction",
            "build_program", "check_out", "executor", "lower", "lower_coreml", "op_counts", "package_functions",
-           "range_report", "read_package", "readiness", "replay", "saved_program"]
+           "range_report", "read_package", "read_record", "readiness", "replay", "saved_program"]

@@ -27,6 +27,7 @@ with quiet_stderr():
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil import Function, Program
     from coremltools.converters.mil.mil import types as mil_types
+    from coremltools.converters.mil.mil.ops.defs.iOS18 import compression as iOS18_compression
     from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
 
-__all__ = ["PASS_REGISTRY", "Function", "Program", "ct", "mb", "mil_types", "quiet_stderr"]
+__all__ = ["PASS_REGISTRY", "Function", "Program", "ct", "iOS18_compression", "mb", "mil_types", "quiet_stderr"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from hrmc.hrm_ref import HRM, Batch
+from hrmc.hrm_ref.compression import COMPRESSIONS
 from hrmc.errors import InputError
 from hrmc.targets import TARGETS
 from hrmc.targets.base import TargetExecutor
@@ -43,7 +44,7 @@ class CoreMLExecutor(TargetExecutor):
     def open_shipped(self, model: HRM, batch: Batch) -> int:
         self.functions = package_functions(self.artifact)
         for function in self.functions.values():
-            self.check(function.meta, function.path, model, batch)
+            self.check(function.record, function.path, model, batch)
             if function.flavour != self.flavour:
                 raise InputError(f"{function.path} is a {function.flavour} package: the {self.name} executor runs "
                                  f"{self.flavour} packages")
@@ -54,8 +55,8 @@ class CoreMLExecutor(TargetExecutor):
             raise InputError(f"{self.artifact}: it has no step function (lower it again with hrmc lower)")
         packages = dict.fromkeys(function.path for function in self.functions.values())  # 0.1's sets: several
         stored = (weight for package in packages for weight in program_constants(package))
-        self.check_stored_weights(stored, model, batch, self.functions["step"].meta["outputs"])
-        return int(self.functions["chunk"].meta["chunk"]) if "chunk" in self.functions else 1
+        self.check_stored_weights(stored, model, batch, self.functions["step"].record.outputs, self.weights())
+        return self.functions["chunk"].record.chunk if "chunk" in self.functions else 1
 
     def open_fresh(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> int:
         structured, graphs = self.lowered(model, batch, work, chunk)
@@ -109,8 +110,12 @@ class CoreMLExecutor(TargetExecutor):
         return (f"{self.name} ({self.shipped()}mlprogram, {FLAVOURS[self.flavour].description}, {self.weights()} "
                 f"weights{chunks}, coremltools {ct.__version__}; {runs_with()})")
 
+    def compression(self) -> str | None:
+        weights = self.weights()
+        return weights if weights in COMPRESSIONS else None
+
     def weights(self) -> str:
         """How the packages store their weights (packages written before the key stored them plainly)."""
         if self.artifact is None:
             return TARGETS[self.flavour].weight_storage(None) or plain_weights(self.flavour)
-        return next(iter(self.functions.values())).meta.get("weights", plain_weights(self.flavour))
+        return next(iter(self.functions.values())).record.weights or plain_weights(self.flavour)

@@ -15,6 +15,7 @@ from typing import Mapping
 import numpy as np
 import onnx_ir as ir
 
+from hrmc.hrm_ref.compression import COMPRESSIONS, Compressed, compress, compressible, group_channels
 from hrmc.targets import FLOAT16_MAX
 from hrmc.targets._nodes import LowerError, NodeReader, constant_array, op_key, require_static
 from hrmc.targets.coreml._coremltools import Function, Program, ct, mb, mil_types
@@ -39,6 +40,12 @@ FLAVOURS = {"coreml": Flavour("fp32", ct.ComputeUnit.CPU_ONLY, "float32, CPU_ONL
 # contracted axis and read by one matmul of [x, x], so its accumulation adds both halves before the one
 # rounding of its output: float32-exact weights, twice the weight bytes and matmul work, every op still
 # float16 for the ANE. float16 weights alone cost random-weight sudoku 59.4 dB on logits (docs/design.md §4).
+# int8, lut6, lut4: each compressible matmul weight (hrm_ref.compression) as Core ML's iOS 18 constexpr
+# dequantisation op over its compressed constants, so the package (and the device's memory) holds them compressed:
+#   int8  constexpr_blockwise_shift_scale(data int8 [K, N], scale [1, N])  (a scale per output channel)
+#   lutB  constexpr_lut_to_dense(indices uintB [K, N], lut [1, N/G, 2**B, 1])  (a palette per G output channels)
+# (for a transposed weight [N, K], scale [N, 1] and lut [N/G, 1, 2**B, 1]); the tables in the program's float type.
+DECOMPRESSING = {"constexpr_blockwise_shift_scale": "int8", "constexpr_lut_to_dense": "lut"}
 
 
 def _float16_halves(weight: np.ndarray) -> list[np.ndarray]:
@@ -59,6 +66,35 @@ def _storable(array: np.ndarray, float_dtype: type, name: str, source: str) -> n
     return array
 
 
+def compressed_const(weight: Compressed):
+    """The MIL op that holds a compressed weight, decompressed when Core ML loads or runs the program."""
+    bits = COMPRESSIONS[weight.storage]
+    if bits is None:
+        return mb.constexpr_blockwise_shift_scale(data=weight.values, scale=weight.table)
+    indices = weight.values.astype(mil_types.nptype_from_builtin(mil_types.string_to_builtin(f"uint{bits}")))
+    return mb.constexpr_lut_to_dense(indices=indices, lut=weight.table.reshape(_lut_shape(weight.values.shape,
+                                                                                         weight.axis, bits)))
+
+
+def _lut_shape(shape: tuple[int, ...], axis: int, bits: int) -> tuple[int, ...]:
+    """The rank-(K + 2) lut of constexpr_lut_to_dense for indices of `shape`, a palette per group along `axis`."""
+    return tuple(size // group_channels(size) if a == axis else 1 for a, size in enumerate(shape)) + (2 ** bits, 1)
+
+
+def stored_compressed(op) -> Compressed:
+    """The compressed weight a (saved, read back) constexpr dequantisation op holds, as hrm_ref.compression
+    writes it: what the weight check compares with the model's."""
+    if DECOMPRESSING[op.op_type] == "int8":
+        data, scale = np.asarray(op.data.val, np.int8), np.asarray(op.scale.val)
+        axis = next(a for a in range(data.ndim) if scale.shape == tuple(size if b == a else 1
+                                                                         for b, size in enumerate(data.shape)))
+        return Compressed("int8", axis, data, scale)
+    indices, lut = np.asarray(op.indices.val, np.uint8), np.asarray(op.lut.val)
+    bits = int(np.log2(lut.shape[-2]))
+    axis = next(a for a in range(indices.ndim) if lut.shape == _lut_shape(indices.shape, a, bits))
+    return Compressed(f"lut{bits}", axis, indices, lut.reshape(-1, 2 ** bits))
+
+
 def plain_weights(flavour: str) -> str:
     """One weight in the flavour's float type: a target with no choice, and packages written before the choice."""
     return "float16" if FLAVOURS[flavour].float_type == "fp16" else "float32"
@@ -67,11 +103,13 @@ def plain_weights(flavour: str) -> str:
 class Builder(NodeReader):
     """Maps one ONNX graph's nodes to MIL ops inside the current Function; `env` holds the MIL vars."""
 
-    def __init__(self, source: str, flavour: Flavour, weight_pairs: bool = False) -> None:
+    def __init__(self, source: str, flavour: Flavour, weight_pairs: bool = False,
+                 compression: str | None = None) -> None:
         super().__init__(source)
         self.env = {}
         self.float_type, self.heads_apart = flavour.float_type, flavour.heads_apart
         self.overflow_safe_norm, self.weight_pairs = flavour.overflow_safe_norm, weight_pairs
+        self.compression = compression  # int8, lut6, lut4: compressible matmul weights so stored
         self.float_dtype = np.float16 if flavour.float_type == "fp16" else np.float32
 
     def scalar(self, value: float) -> np.ndarray:
@@ -105,9 +143,18 @@ class Builder(NodeReader):
         (float16x2). In float16, a constant bias joins a constant y as extra contracted rows, read by
         ones, so product and bias are summed in one accumulation and rounded once: on the trained sudoku4
         the q head's W·z reaches 12–13, where float16's step is 2⁻⁷, and was rounded again after its
-        bias (+6 dB on the q values at steps 3–8, docs/design.md §3)."""
+        bias (+6 dB on the q values at steps 3–8, docs/design.md §3). A compressible y where the lowering
+        compresses weights: its constexpr dequantisation op, its bias (if any) added after."""
         weight = constant_array(y)
         offset = None if bias is None else constant_array(bias)
+        if self.compression and weight is not None and weight.dtype == np.float32 and compressible(weight.shape):
+            key = f"{y.name} ({self.compression}, channels on axis {0 if transpose_y else 1})"
+            if key not in self.env:
+                compressed = compress(_storable(weight, self.float_dtype, y.name, self.source), self.compression,
+                                      0 if transpose_y else 1, self.float_dtype)
+                self.env[key] = compressed_const(compressed)
+            product = mb.matmul(x=self.var(x), y=self.env[key], transpose_y=transpose_y)
+            return product if bias is None else mb.add(x=product, y=self.var(bias))
         pairs = self.weight_pairs and weight is not None and weight.dtype == np.float32
         folded = self.float_type == "fp16" and weight is not None and offset is not None
         if not (pairs or folded):
@@ -155,19 +202,20 @@ class MilProgram:
 
 
 def build_program(graphs: Mapping[str, ir.Model], batch: int, source: str, flavour: Flavour = FLAVOURS["coreml"],
-                  weight_pairs: bool = False) -> MilProgram:
+                  weight_pairs: bool = False, compression: str | None = None) -> MilProgram:
     """The MIL program of static ONNX graphs at a fixed batch size, one function per graph (by name);
-    the first is the default function."""
+    the first is the default function. `compression`: int8, lut6 or lut4 (hrm_ref.compression), else None."""
     built = MilProgram(Program())
     for name, model in graphs.items():
         function, built.origins[name], built.values[name] = _build_function(model, batch, f"{source} ({name})",
-                                                                            flavour, weight_pairs)
+                                                                            flavour, weight_pairs, compression)
         built.program.add_function(name, function)
     built.program.default_function_name = next(iter(graphs))
     return built
 
 
-def _build_function(model: ir.Model, batch: int, source: str, flavour: Flavour, weight_pairs: bool):
+def _build_function(model: ir.Model, batch: int, source: str, flavour: Flavour, weight_pairs: bool,
+                    compression: str | None):
     """The MIL function of one static ONNX graph, the ONNX node of each of its ops, and the MIL value of
     each ONNX value an op computes.
 
@@ -182,12 +230,13 @@ def _build_function(model: ir.Model, batch: int, source: str, flavour: Flavour, 
         dims = [batch if not isinstance(d, int) else d for d in value.shape]
         specs[value.name] = mb.placeholder(shape=dims, dtype=MIL_TYPES["int32" if inside[value.name] == "bool"
                                                                          else inside[value.name]])
-    builder = Builder(source, flavour, weight_pairs)
+    builder = Builder(source, flavour, weight_pairs, compression)
     # MIL names unnamed ops from a process-wide counter (ct.convert clears it after, a replay does not):
     # start from zero so the names, and so the package bytes, depend on this graph only
     mb.name_count.clear()
     origins = {}
-    with Function(specs, opset_version=ct.target.iOS17) as function:
+    # iOS 18's opset where weights are compressed: its constexpr ops take int8, uint4 and uint6 groupwise
+    with Function(specs, opset_version=ct.target.iOS18 if compression else ct.target.iOS17) as function:
         for value in graph.inputs:
             var = function.inputs[value.name]
             builder.env[value.name] = mb.cast(x=var, dtype="bool") if inside[value.name] == "bool" else var
@@ -203,7 +252,8 @@ def _build_function(model: ir.Model, batch: int, source: str, flavour: Flavour, 
                 var = mb.cast(x=var, dtype="int32")
             outputs.append(mb.identity(x=var, name=value.name))
         function.set_outputs(outputs)
-    computed = {var.name for op in function.operations if op.op_type != "const" for var in op.outputs}
+    computed = {var.name for op in function.operations if op.op_type != "const" and op.op_type not in DECOMPRESSING
+                for var in op.outputs}
     values = {name: var.name for name, var in builder.env.items() if getattr(var, "name", None) in computed}
     return function, origins, values
 

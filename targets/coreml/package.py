@@ -16,6 +16,7 @@ still run and gate.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import uuid
 from dataclasses import dataclass
@@ -30,7 +31,9 @@ from hrmc.binding import (BindingError, changed, file_sha256, json_sha256, membe
                           verify)
 from hrmc.errors import InputError
 from hrmc.files import atomic_folder
+from hrmc.hrm_ref.compression import COMPRESSIONS
 from hrmc.names import CHUNK, PARTS, meta_key, unprefixed
+from hrmc.record import Record, rebase
 from hrmc.targets import TARGETS
 from hrmc.targets.coreml._coremltools import PASS_REGISTRY, Program, ct, quiet_stderr
 from hrmc.targets.coreml.lowering import FLAVOURS, build_program, plain_weights
@@ -54,15 +57,19 @@ class PackageFunction:
     path: Path  # the package that holds it
     name: str  # its function there ("main" in 0.1's single-function packages)
     bool_outputs: tuple[str, ...]  # bool in the ONNX graph, int32 in the package (Core ML I/O has no bool)
-    meta: dict[str, str]  # hrmc's metadata of its graph, without the `hrmc.` prefix
+    meta: dict[str, str]  # hrmc's metadata of its graph, without the `hrmc.` prefix: its record
+
+    @functools.cached_property
+    def record(self) -> Record:
+        return Record.parse(self.meta, self.path)
 
     @property
     def flavour(self) -> str:
-        return self.meta["flavour"]
+        return self.record.flavour
 
     @property
     def batch(self) -> int:
-        return int(self.meta["batch"])
+        return self.record.batch
 
 
 def function_name(role: str, chunk: int | None = None) -> str:
@@ -83,7 +90,8 @@ def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: 
     chosen, out = FLAVOURS[flavour], Path(out)
     models = {function_name(role, chunk): ir.load(str(graph)) for role, graph in graphs.items()}
     progress(f"building {', '.join(models)} (batch {batch})")
-    built = build_program(models, batch, source, chosen, weight_pairs=weights == "float16x2")
+    built = build_program(models, batch, source, chosen, weight_pairs=weights == "float16x2",
+                          compression=weights if weights in COMPRESSIONS else None)
     if "static" in graphs:
         built.program.default_function_name = WHOLE
     # The functions read the same weights: one blob each in the weight file (save_multifunction's way, without
@@ -97,7 +105,8 @@ def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: 
                              pass_pipeline=ct.PassPipeline.EMPTY)
     with atomic_folder(out, marker=f"Data/{PARTS_FILE}", force=force) as temporary:
         package.save(str(temporary))
-        records = {name: {"role": role} | _function_record(models[name], flavour, batch, weights)
+        records = {name: {"role": role} | _function_record(models[name], flavour, batch, weights,
+                                                           graphs[role].parent, out.parent)
                    for name, role in zip(models, graphs)}
         _describe(temporary, flavour, weights, source, records, models)
         (temporary / "Data" / ORIGINS_FILE).parent.mkdir()
@@ -112,9 +121,12 @@ def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: 
     return out
 
 
-def _function_record(model: ir.Model, flavour: str, batch: int, weights: str) -> dict:
-    """What `hrmc.functions` records of one graph: its bool outputs and its hrmc metadata."""
+def _function_record(model: ir.Model, flavour: str, batch: int, weights: str, graph_folder: Path,
+                     out_folder: Path) -> dict:
+    """What `hrmc.functions` records of one graph: its bool outputs and its hrmc metadata (its record, the
+    checkpoint's path seen from the package's folder)."""
     meta = unprefixed({key: value for key, value in model.metadata_props.items() if key != PARTS})
+    rebase(meta, "checkpoint", graph_folder, out_folder)
     ours = {"version": __version__, "flavour": flavour, "batch": str(batch), "weights": weights}
     bools = [value.name for value in model.graph.outputs if value.dtype == ir.DataType.BOOL]
     return {"bool_outputs": bools, "meta": ours | meta}
@@ -206,6 +218,14 @@ def read_functions(package: str | Path) -> dict[str, PackageFunction]:
                                                 meta | record["meta"]) for name, record in functions.items()}
     except (ValueError, KeyError, TypeError, AttributeError):
         raise InputError(f"{package}: its hrmc.functions metadata is unreadable (edited by hand?)") from None
+
+
+def read_record(package: str | Path) -> Record:
+    """The record of a package (of its step function: every function records the same model and how it was
+    lowered; their graphs differ), read from its files, not yet verified."""
+    package = Path(package)
+    functions = read_functions(package) or {"step": _single_function("step", package)}
+    return (functions.get("step") or next(iter(functions.values()))).record
 
 
 def _single_function(role: str, path: Path) -> PackageFunction:

@@ -13,7 +13,6 @@ limit overflows, and `hrmc lower --target ane` fails on it.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -106,13 +105,11 @@ def value_ranges(whole: PackageFunction, feed: dict[str, np.ndarray]) -> list[Op
 def package_inputs(whole: PackageFunction, inputs: str | None, seed: int) -> tuple[dict[str, np.ndarray], str]:
     """The inputs a range check runs on, and how to say which: an npz file, or the seeded random batch
     of the package's model at the package's batch."""
-    if "config" not in whole.meta or "seq_len" not in whole.meta:
-        raise InputError(f"{whole.path}: records no model config (written by an older hrmc)")
-    config = HRMConfig(**json.loads(whole.meta["config"]))
+    config = HRMConfig(**whole.record.config)
     if inputs is not None:
         batch, what = load_batch(config, inputs), inputs
     else:
-        batch = random_batch(config, whole.batch, seed, int(whole.meta["seq_len"]))
+        batch = random_batch(config, whole.batch, seed, whole.record.seq_len)
         what = f"a seeded random batch (seed {seed}, batch {whole.batch})"
     return {name: value.numpy() for name, value in batch.items()}, what
 

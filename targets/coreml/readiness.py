@@ -7,14 +7,12 @@ Core ML's own compute plan.
 
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
 
 import numpy as np
 
 from hrmc.errors import InputError
-from hrmc.names import unprefixed
 from hrmc.targets.coreml._coremltools import ct
 from hrmc.targets.coreml.package import count_ops, function_block, package_functions
 
@@ -44,9 +42,9 @@ def readiness(package: str | Path) -> dict:
     weights = weights_folder / "weight.bin"
     if not weights.is_file():
         raise InputError(f"{weights}: missing (the package's weights)")
-    meta = unprefixed(dict(spec.description.metadata.userDefined))
-    parameters = _parameters(meta)
-    return {"package": str(package), "flavour": meta.get("flavour"), "weights": meta.get("weights"),
+    record = next(iter(functions.values())).record
+    parameters = _parameters(record.config)
+    return {"package": str(package), "flavour": record.flavour, "weights": record.weights,
             "functions": {name: {"role": f.role, "ops": sum(counts[name].values())} for name, f in functions.items()},
             "ops": counts[next(iter(counts))], "not_on_ane": findings, "largest_tensors": largest,
             "weight_bytes": weights.stat().st_size, "parameters": parameters,
@@ -80,16 +78,14 @@ def _scan(block, findings: dict[str, int]) -> list[tuple[int, str, list[int], in
     return tensors
 
 
-def _parameters(meta: dict[str, str]) -> int | None:
-    """The model's parameter count, from the config the package records (None where it records none)."""
-    if "config" not in meta:
-        return None
+def _parameters(config: dict) -> int:
+    """The model's parameter count, from the config the package records."""
     import torch
 
     from hrmc.hrm_ref import HRM, HRMConfig
 
     with torch.device("meta"):  # shapes only: no memory, no initialisation
-        model = HRM(HRMConfig(**json.loads(meta["config"])))
+        model = HRM(HRMConfig(**config))
     return sum(parameter.numel() for parameter in model.parameters())
 
 

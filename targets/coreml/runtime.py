@@ -15,7 +15,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from hrmc.targets.coreml._coremltools import Function, ct, mb
+from hrmc.hrm_ref.compression import Compressed
+from hrmc.targets.coreml._coremltools import Function, ct, iOS18_compression, mb
+from hrmc.targets.coreml.lowering import DECOMPRESSING, stored_compressed
 from hrmc.targets.coreml.ops import mil_array
 from hrmc.targets.coreml.package import default_function, read_package
 
@@ -62,11 +64,20 @@ def _layer_norm(x: np.ndarray, axes, epsilon=1e-5) -> np.ndarray:
     return normed.astype(x.dtype)
 
 
+def _decompressed(op_type: str) -> Callable[..., np.ndarray]:
+    """A constexpr dequantisation op (compressed weights) as MIL defines it: coremltools' own `decompress` of the
+    op (its value_inference is left to Core ML's load time), not hrmc's, whose compression the replay checks."""
+    decompress = getattr(iOS18_compression, op_type).decompress
+    if op_type == "constexpr_lut_to_dense":
+        return lambda indices, lut, vector_axis=None: decompress(indices, lut, vector_axis)
+    return lambda data, scale, offset=None: decompress(data, scale, offset)
+
+
 FALLBACK: dict[str, Callable[..., np.ndarray]] = {
     "silu": lambda x: x / (1 + np.exp(-x)),  # MIL's silu has no value_inference
     "matmul": _matmul,
     "layer_norm": _layer_norm,
-}
+} | {op_type: _decompressed(op_type) for op_type in DECOMPRESSING}
 
 
 def saved_program(package: str | Path, function: str | None = None) -> Function:
@@ -76,12 +87,16 @@ def saved_program(package: str | Path, function: str | None = None) -> Function:
     return program.functions[function or default_function(spec)]
 
 
-def program_constants(package: str | Path) -> Iterator[tuple[str, np.ndarray]]:
-    """Every array constant of every function of a saved package's MIL program, by function and name."""
+def program_constants(package: str | Path) -> Iterator[tuple[str, np.ndarray | Compressed]]:
+    """Every array constant of every function of a saved package's MIL program, by function and name: a
+    compressed weight (a constexpr dequantisation op) as one `Compressed`, its own constants not apart."""
     _, program = _saved(Path(package).resolve(), _stamp(Path(package)))
     for name, function in program.functions.items():
+        parts = {var.name for op in function.operations if op.op_type in DECOMPRESSING for var in op.inputs.values()}
         for op in function.operations:
-            if op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray):
+            if op.op_type in DECOMPRESSING:
+                yield f"{name}/{op.outputs[0].name}", stored_compressed(op)
+            elif op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray) and op.outputs[0].name not in parts:
                 yield f"{name}/{op.outputs[0].name}", op.outputs[0].val
 
 

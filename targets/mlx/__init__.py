@@ -32,7 +32,7 @@ from hrmc.targets import LowerOptions, Target
 from hrmc.targets._nodes import LowerError
 from hrmc.targets.mlx.executors import MlxExecutor
 from hrmc.targets.mlx.ops import OPS
-from hrmc.targets.mlx.package import MODULE, MlxPackage, lower_mlx, read_config
+from hrmc.targets.mlx.package import MODULE, MlxPackage, lower_mlx, read_config, read_record
 from hrmc.targets.mlx.runtime import load_package
 
 
@@ -50,4 +50,4 @@ def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -
 
 
 __all__ = ["OPS", "LowerError", "MlxExecutor", "MlxPackage", "check_out", "executor", "load_package", "lower",
-           "lower_mlx", "read_config"]
+           "lower_mlx", "read_config", "read_record"]

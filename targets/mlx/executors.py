@@ -16,7 +16,8 @@ from hrmc.hrm_ref import HRM, Batch
 from hrmc.targets.base import TargetExecutor
 from hrmc.targets.executor import Arrays, Trace
 from hrmc.targets.mlx.lowering import CLASSES, identifiers, module_name
-from hrmc.targets.mlx.package import lower_mlx, read_config, stored_weights
+from hrmc.record import Record
+from hrmc.targets.mlx.package import lower_mlx, read_record, stored_weights
 from hrmc.targets.mlx.runtime import call_uncompiled, load_package, run
 
 
@@ -32,9 +33,9 @@ class MlxExecutor(TargetExecutor):
 
     def open_shipped(self, model: HRM, batch: Batch) -> int:
         """Its record, metadata and weights checked before its module is imported: no code of a changed folder runs."""
-        config = read_config(self.artifact)
-        self.check(config, self.artifact, model, batch)
-        self.check_stored_weights(stored_weights(self.artifact).items(), model, batch, config.get("outputs"))
+        record = read_record(self.artifact)
+        self.check(record, self.artifact, model, batch)
+        self.check_stored_weights(stored_weights(self.artifact).items(), model, batch, record.outputs)
         return self.open(self.artifact, model, batch)
 
     def open_fresh(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> int:
@@ -43,9 +44,10 @@ class MlxExecutor(TargetExecutor):
 
     def open(self, folder: Path, model: HRM, batch: Batch) -> int:
         self.folder = folder
-        self.config, self.graphs = load_package(folder)
-        self.check(self.config, folder, model, batch)
-        return int(self.config["chunk"]) if self.config.get("chunk") else 1
+        config, self.graphs = load_package(folder)
+        record = Record.parse(config, folder)
+        self.check(record, folder, model, batch)
+        return record.chunk or 1
 
     def call(self, role: str, feed: dict[str, np.ndarray]) -> Arrays:
         return run(self.graphs[module_name(role)], feed)

@@ -23,6 +23,7 @@ from hrmc.binding import BindingError, file_sha256, json_sha256, make_record, pa
 from hrmc.errors import InputError
 from hrmc.files import atomic_folder
 from hrmc import names
+from hrmc.record import Record, rebase
 from hrmc.targets.mlx.lowering import WeightStore, emit_module, module_name
 from hrmc.targets.mlx.ops import DTYPES
 
@@ -74,11 +75,12 @@ def lower_mlx(graphs: dict[str, Path], folder: str | Path, source: str, force: b
     models = {kind: ir.load(str(path)) for kind, path in graphs.items()}
     static = models["static"]
     meta = names.unprefixed({key: value for key, value in static.metadata_props.items() if key != names.PARTS})
-    title = f"HRM ({meta.get('source', 'model')}) for MLX"
+    rebase(meta, "checkpoint", graphs["static"].parent, Path(folder).parent)
+    chunk = int(models["chunk"].metadata_props[names.CHUNK]) if "chunk" in models else None
+    record = Record.parse(meta, graphs["static"]).replace(version=__version__, chunk=chunk, tf32=False)
+    title = f"HRM ({record.checkpoint.describe()}) for MLX"
     code = emit_module(models, weights, title, source)
-    config = {"hrmc_version": __version__, "source": source, "graphs": {k: module_name(k) for k in models}, "tf32": False,
-              "chunk": models["chunk"].metadata_props.get(names.CHUNK) if "chunk" in models else None,
-              **{key: _json(value) for key, value in meta.items()}}
+    config = {"source": source, "graphs": {k: module_name(k) for k in models}} | record.to_json()
     with atomic_folder(folder, marker=MODULE, force=force) as temporary:
         (temporary / MODULE).write_text(code)
         compile(code, MODULE, "exec")  # a generator bug shows here, not in the user's process
@@ -86,7 +88,7 @@ def lower_mlx(graphs: dict[str, Path], folder: str | Path, source: str, force: b
         (temporary / README_FILE).write_text(README.format(
             title=title, version=__version__, batch=_example_batch(static.graph),
             chunk=', "chunk": …' if "chunk" in models else "",
-            outputs=", ".join(v.name for v in static.graph.outputs), budget=meta.get("budget"), policy=meta.get("policy")))
+            outputs=", ".join(v.name for v in static.graph.outputs), budget=record.budget, policy=record.policy))
         parts = {role: (temporary / name, file_sha256(temporary / name)) for role, name in FILES.items()}
         config[PARTS] = make_record(parts | {"config": (temporary / CONFIG, json_sha256(config))}, stem="")
         (temporary / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
@@ -97,13 +99,6 @@ def _example_batch(graph: ir.Graph) -> str:
     """The README's example inputs: zeros of every graph input's shape and type, at batch 1."""
     return ", ".join(f'"{value.name}": mx.zeros({tuple(d if isinstance(d, int) else 1 for d in value.shape)!r}, '
                      f"mx.{DTYPES.get(value.dtype, 'float32')})" for value in graph.inputs)
-
-
-def _json(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def read_config(folder: str | Path) -> dict:
@@ -138,3 +133,8 @@ def stored_weights(folder: Path) -> dict[str, np.ndarray]:
         return load_file(str(folder / WEIGHTS))
     except Exception as err:  # safetensors raises its own errors for truncated or foreign files
         raise InputError(f"{folder / WEIGHTS}: cannot read its weights ({type(err).__name__})") from None
+
+
+def read_record(folder: str | Path) -> Record:
+    """The record of an emitted folder, from its config.json, every part checked first."""
+    return Record.parse(read_config(folder), Path(folder) / CONFIG)

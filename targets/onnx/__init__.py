@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hrmc.files import check_output
+from hrmc.lowering.export import read_record
 from hrmc.passes import output_paths
 from hrmc.targets import LowerOptions, Target
 from hrmc.targets.executor import Executor
@@ -43,5 +44,5 @@ def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -
     return [check_output(path, target.suffix) for path in output_paths(out, chunk).values()]
 
 
-__all__ = ["ChunkedExecutor", "OnnxExecutor", "StaticExecutor", "check_out", "executor", "lower", "session",
-           "session_options"]
+__all__ = ["ChunkedExecutor", "OnnxExecutor", "StaticExecutor", "check_out", "executor", "lower", "read_record",
+           "session", "session_options"]

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from hrmc.hrm_ref import HRM, Batch
-from hrmc.lowering.export import read_metadata
+from hrmc.lowering.export import read_record
 from hrmc.passes import lower_onnx, structured_parts
 from hrmc.targets.base import TargetExecutor
 from hrmc.targets.executor import Arrays, Trace
@@ -27,9 +27,9 @@ class OnnxExecutor(TargetExecutor):
     whole_role = "act"
 
     def open_shipped(self, model: HRM, batch: Batch) -> int:
-        graphs, meta = shipped_graphs(self.artifact, self.whole_role)
-        self.check(meta, self.artifact, model, batch)
-        self.check_stored_weights(stored_weights(graphs.values()), model, batch, meta["outputs"])
+        graphs, record = shipped_graphs(self.artifact, self.whole_role)
+        self.check(record, self.artifact, model, batch)
+        self.check_stored_weights(stored_weights(graphs.values()), model, batch, record.outputs)
         return self.open(graphs)
 
     def open_fresh(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> int:
@@ -43,7 +43,7 @@ class OnnxExecutor(TargetExecutor):
         self.graphs, self.unrolled = graphs, None
         roles = [self.whole_role, "step"] + (["chunk"] if "chunk" in graphs else [])
         self.sessions = {role: session(graphs[role]) for role in roles}
-        self.chunked_step = read_metadata(graphs["step"]).get("kind") == "chunk"
+        self.chunked_step = read_record(graphs["step"]).kind == "chunk"
         return chunk_steps(graphs)
 
     def call(self, role: str, feed: dict[str, np.ndarray]) -> Arrays:

@@ -16,24 +16,25 @@ import onnx.numpy_helper
 
 from hrmc.errors import InputError
 from hrmc.lowering.artifact import bound_parts, load_proto
-from hrmc.lowering.export import read_metadata, step_path_for
+from hrmc.lowering.export import read_record, step_path_for
+from hrmc.record import Record
 
 
-def shipped_graphs(artifact: Path, whole: str) -> tuple[dict[str, Path], dict]:
-    """The graphs of a shipped ONNX artifact by role, bound, and the hrmc metadata it records; `whole` is
+def shipped_graphs(artifact: Path, whole: str) -> tuple[dict[str, Path], Record]:
+    """The graphs of a shipped ONNX artifact by role, bound, and the record it holds; `whole` is
     the role its whole-inference graph must have (act: an export; static: a lowered set)."""
-    meta = read_metadata(artifact)  # first: a graph hrmc never made is named as such
+    record = read_record(artifact)  # first: a graph hrmc never made is named as such
     parts = bound_parts(artifact, fallback={whole: artifact, "step": step_path_for(artifact)})
-    if whole not in parts or meta.get("kind") != whole:
+    if whole not in parts or record.kind != whole:
         made_by = {"act": "hrmc export", "static": "hrmc lower --target onnx"}[whole]
-        raise InputError(f"{artifact} is not a {whole} graph ({meta.get('kind')}): this executor runs what {made_by} "
+        raise InputError(f"{artifact} is not a {whole} graph ({record.kind}): this executor runs what {made_by} "
                          "writes")
-    return parts, meta
+    return parts, record
 
 
 def chunk_steps(graphs: dict[str, Path]) -> int:
     """Steps per call of the chunk graph among `graphs` (1: none, the step graph serves)."""
-    return int(read_metadata(graphs["chunk"])["chunk"]) if "chunk" in graphs else 1
+    return read_record(graphs["chunk"]).chunk if "chunk" in graphs else 1
 
 
 def stored_weights(graphs: Iterable[Path]) -> Iterator[tuple[str, np.ndarray]]:

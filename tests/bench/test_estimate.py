@@ -25,7 +25,7 @@ def graphs(tiny_export: Path, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def ane_package(graphs: dict[str, Path], tmp_path_factory) -> Path:
-    """tiny's ane package at batch 1, float16x2 weights (the default)."""
+    """tiny's ane package at batch 1, one float16 per weight (the default)."""
     from hrmc.targets.coreml import lower_coreml
 
     return lower_coreml(graphs, tmp_path_factory.mktemp("ane") / "t.mlpackage", "ane", 1, "t.onnx")
@@ -33,16 +33,38 @@ def ane_package(graphs: dict[str, Path], tmp_path_factory) -> Path:
 
 @pytest.mark.heavy  # ane lowerings of tiny
 def test_matmul_flops_are_what_the_model_computes(tiny, ane_package: Path) -> None:
-    """Each weight matmul runs twice (its float16 pair), attention's activation products once: halving the
-    first and adding the second gives the model's matmul FLOPs, counted from its config (bench.roofline)."""
+    """Each weight matmul runs once (with float16x2 pairs, twice), attention's activation products once: their sum
+    gives the model's matmul FLOPs, counted from its config (bench.roofline)."""
     costs = op_costs(package_functions(ane_package)["step"])
     batch = hrm_ref.random_batch(tiny.config, 1, seed=0)
     weighted = sum(c.flops for c in costs if c.type == "matmul" and c.weight_bytes > 16)  # flags are 1-byte constants
     products = sum(c.flops for c in costs if c.type == "matmul" and c.weight_bytes <= 16)
-    assert weighted // 2 + products == flops_per_step(tiny.config, 1, tiny.inner.positions(batch))
+    assert weighted + products == flops_per_step(tiny.config, 1, tiny.inner.positions(batch))
     everything = sum(c.flops for c in costs)
     assert weighted + products < everything < 1.05 * (weighted + products)  # norms, softmax, SwiGLU: a few %
     assert sum(c.type == "const" for c in costs) == 0 and all(c.bytes >= c.weight_bytes >= 0 for c in costs)
+
+
+def test_compressed_weights_are_charged_as_stored(tiny, graphs: dict[str, Path], tmp_path: Path) -> None:
+    """A matmul reading a compressed weight (a constexpr op, not itself an op) is charged the compressed bytes:
+    lut4's packed 4-bit indices and float16 palettes, about a quarter of the float16 weights they replace."""
+    from hrmc.hrm_ref.compression import compress
+    from hrmc.targets.coreml import lower_coreml
+
+    costs = {storage: op_costs(package_functions(lower_coreml({"step": graphs["step"]}, tmp_path / f"{storage}.mlpackage",
+                                                              "ane", 1, "t.onnx", weights=storage))["step"])
+             for storage in ("float16", "lut4")}
+    assert not any(c.type.startswith("constexpr_") for c in costs["lut4"])
+    assert [c.flops for c in costs["lut4"]] == [c.flops for c in costs["float16"]]  # the same ops
+    config = tiny.config
+    reads = {"inner.L_level.": config.H_cycles * config.L_cycles, "inner.H_level.": config.H_cycles}  # per step
+    saved = 0
+    for name in tiny.compressible_weights():
+        packed = compress(tiny.state_dict()[name].numpy(), "lut4", 0)
+        times = next(count for prefix, count in reads.items() if name.startswith(prefix))
+        saved += times * (2 * packed.values.size - (packed.values.size // 2 + packed.table.nbytes))
+    weights = {storage: sum(c.weight_bytes for c in found if c.type == "matmul") for storage, found in costs.items()}
+    assert weights["float16"] - weights["lut4"] == saved
 
 
 def test_the_roofline_charges_the_bound_plus_the_overheads() -> None:

@@ -12,7 +12,7 @@ import pytest
 from hrmc import hrm_ref
 from hrmc.hrm_ref import HRM
 from hrmc.errors import InputError
-from hrmc.lowering import export_onnx, read_metadata, step_path_for
+from hrmc.lowering import export_onnx, read_record, step_path_for
 from hrmc.lowering.export import weights_sha256
 
 
@@ -34,13 +34,13 @@ def test_act_and_cycles_are_nested_loops(tiny_export: Path) -> None:
     assert loops(onnx.load(step_path_for(tiny_export)).graph) == [(0, "h_cycles", "2"), (1, "l_cycles", "2")]
 
 
-def test_metadata_describes_the_export(tiny: HRM, tiny_export: Path) -> None:
-    meta = read_metadata(tiny_export)
-    assert meta["kind"] == "act" and meta["policy"] == "q-halt" and meta["budget"] == 8 and meta["seq_len"] == 16
-    assert meta["weights_sha256"] == weights_sha256(tiny) and meta["config"]["hidden_size"] == 64
-    assert meta["outputs"] == ["logits", "q_halt_logits", "q_continue_logits"]
-    assert [loop["kind"] for loop in meta["loops"]] == ["act", "h_cycles", "l_cycles"]
-    assert read_metadata(step_path_for(tiny_export))["kind"] == "step"
+def test_the_record_describes_the_export(tiny: HRM, tiny_export: Path) -> None:
+    record = read_record(tiny_export)
+    assert record.kind == "act" and record.policy == "q-halt" and record.budget == 8 and record.seq_len == 16
+    assert record.weights_sha256 == weights_sha256(tiny) and record.config["hidden_size"] == 64
+    assert record.outputs == ("logits", "q_halt_logits", "q_continue_logits")
+    assert [loop["kind"] for loop in record.loops] == ["act", "h_cycles", "l_cycles"]
+    assert read_record(step_path_for(tiny_export)).kind == "step"
 
 
 def test_files_pass_the_full_onnx_check(tiny_export: Path) -> None:
@@ -80,10 +80,10 @@ def test_bad_output_paths_leave_nothing(tiny: HRM, tmp_path: Path) -> None:
 def test_foreign_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "junk.onnx").write_bytes(b"\x08\x07garbage")
     with pytest.raises(InputError, match="cannot read .*junk.onnx as ONNX"):
-        read_metadata(tmp_path / "junk.onnx")
+        read_record(tmp_path / "junk.onnx")
     plain = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
     onnx.save(plain, tmp_path / "plain.onnx")
     with pytest.raises(InputError, match="plain.onnx was not made by hrmc export"):
-        read_metadata(tmp_path / "plain.onnx")
+        read_record(tmp_path / "plain.onnx")
     with pytest.raises(InputError, match="ONNX model not found"):
-        read_metadata(tmp_path / "none.onnx")
+        read_record(tmp_path / "none.onnx")

@@ -191,7 +191,7 @@ def test_an_edited_weight_file_is_refused_by_its_record(capsys, ane_package: Pat
     assert_one_line_error(code, err, "weight.bin", "does not match the sha256")
 
 
-@pytest.mark.heavy  # an export's copy lowered to ane: a minute
+@pytest.mark.heavy  # an export's copy lowered to ane, gated and localised: two minutes
 def test_a_constant_1_percent_off_fails_the_numbers(capsys, shipped_copy: Path, tmp_path: Path) -> None:
     """A converter that got one constant 1 % wrong, its record consistent: a RoPE table, a constant of the graph's
     own (a changed weight is refused before anything runs: targets/weights.py). The numbers alone must fail it,
@@ -203,6 +203,13 @@ def test_a_constant_1_percent_off_fails_the_numbers(capsys, shipped_copy: Path, 
     code, out, _ = hrmc(capsys, "parity", "torch", "ane", "--policy", "q-halt", "--batch", "2", "--artifact",
                         str(package))
     assert code == 1 and "FAIL: " in out and "× hrm_ref float16's error" in out.splitlines()[-1], out
+    # --localize holds each value to the rule's bound on the failing step, as a PSNR, and finds where it starts
+    code, out, _ = hrmc(capsys, "parity", "torch", "ane", "--policy", "q-halt", "--batch", "2", "--artifact",
+                        str(package), "--localize", "--json")
+    found = json.loads(out)
+    assert code == 1 and found["step"] == 1 and found["measure"] == "psnr" and found["first"] is not None
+    assert "the float16 rule's limit on" in found["tolerance"]
+    assert found["first"]["output"]["exceeds"] and not any(drift["exceeds"] for drift in found["first"]["inputs"])
 
 
 @pytest.fixture

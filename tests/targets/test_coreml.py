@@ -27,8 +27,8 @@ def test_lower_writes_packages_without_control_flow(capsys, tiny_export: Path, t
     assert {role: f.name for role, f in functions.items()} == {"static": "inference", "step": "step"}
     ops = coreml.op_counts(tmp_path / "t.mlpackage")
     assert ops["matmul"] > 0 and not {"while_loop", "cond"} & set(ops)
-    assert functions["static"].meta["flavour"] == "coreml" and functions["step"].batch == 2
-    assert json.loads(functions["static"].meta["outputs"])[0] == "logits"
+    assert functions["static"].record.flavour == "coreml" and functions["step"].batch == 2
+    assert functions["static"].record.outputs[0] == "logits"
     assert coreml.op_counts(tmp_path / "t.mlpackage", "step")["matmul"] < ops["matmul"]
 
 
@@ -200,13 +200,15 @@ def test_inspect_reports_ane_readiness(capsys, step_graph: Path, tmp_path: Path)
     assert code == 0 and report["flavour"] == "ane" and report["ops"]["matmul"] > 0
     assert "while_loop" not in report["ops"] and not any("dynamic" in k for k in report["not_on_ane"])
     assert any("embedding lookup" in k for k in report["not_on_ane"])  # the token embedding
-    # float16 pairs by default: the float32 parameter bytes, less half the token embedding's (one float16)
+    # one float16 per weight by default: the float16 parameter bytes (within 5 %); float16 pairs, the float32 bytes
+    # less half the token embedding's (one float16)
     fp32_parameters = 4 * sum(t.const_value.size for t in ir.load(str(step_graph)).graph.initializers.values())
-    assert fp32_parameters * 0.95 <= report["weight_bytes"] <= fp32_parameters * 1.05
-    single = coreml.lower_coreml({"step": step_graph}, tmp_path / "single.mlpackage", "ane", 2, "t.onnx",
-                                 weights="float16")
-    single_bytes = (single / "Data" / "com.apple.CoreML" / "weights" / "weight.bin").stat().st_size
-    assert fp32_parameters * 0.95 / 2 <= single_bytes <= fp32_parameters * 1.05 / 2
+    assert report["weights"] == "float16" and report["weight_bytes_per_float16_parameter"] <= 1.05
+    assert fp32_parameters * 0.95 / 2 <= report["weight_bytes"] <= fp32_parameters * 1.05 / 2
+    pairs = coreml.lower_coreml({"step": step_graph}, tmp_path / "pairs.mlpackage", "ane", 2, "t.onnx",
+                                weights="float16x2")
+    pairs_bytes = (pairs / "Data" / "com.apple.CoreML" / "weights" / "weight.bin").stat().st_size
+    assert fp32_parameters * 0.95 <= pairs_bytes <= fp32_parameters * 1.05
     code, _, err = hrmc(capsys, "inspect", str(tmp_path / "missing.mlpackage"))
     assert_one_line_error(code, err, "expected an .mlpackage")
     copy = shutil.copytree(package, tmp_path / "HRMSolver.mlpackage")  # renamed: the same package
@@ -229,6 +231,118 @@ def test_inspect_reports_ane_readiness(capsys, step_graph: Path, tmp_path: Path)
     (package / "Data" / "com.apple.CoreML" / "model.mlmodel").unlink()
     code, _, err = hrmc(capsys, "inspect", str(package), "--unrecorded")
     assert_one_line_error(code, err, "model.mlmodel (the model spec", "Manifest.json names) not found")
+
+
+def _matmul_graph(weight: np.ndarray, small: np.ndarray, bias: np.ndarray) -> ir.Model:
+    """x·W, x·Wᵀᵀ + b (Gemm, transB) and x·S: a weight large enough to compress, read both ways, and one too small."""
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"]),
+                               helper.make_node("Gemm", ["x", "wt", "b"], ["z"], transB=1),
+                               helper.make_node("MatMul", ["x", "s"], ["u"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 64])],
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, [3, n])
+                               for name, n in (("y", 48), ("z", 48), ("u", 16))],
+                              [helper.make_tensor("w", TensorProto.FLOAT, weight.shape, weight.ravel()),
+                               helper.make_tensor("wt", TensorProto.FLOAT, weight.T.shape, weight.T.ravel()),
+                               helper.make_tensor("b", TensorProto.FLOAT, bias.shape, bias),
+                               helper.make_tensor("s", TensorProto.FLOAT, small.shape, small.ravel())])
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+@pytest.mark.parametrize("storage", ["int8", "lut6", "lut4"])
+@pytest.mark.parametrize("flavour", ["ane", "coreml"])
+def test_compressed_weights_are_constexpr_ops_that_the_replay_decompresses_as_hrmc_does(flavour: str,
+                                                                                         storage: str) -> None:
+    """--weights int8|lut6|lut4: a compressible matmul weight (3,072 elements) becomes one iOS 18 constexpr
+    dequantisation op over its compressed constants, read as stored (W) or transposed (Gemm's Wᵀ); one of 1,024
+    elements stays a plain constant. The replay (coremltools' own decompress, MIL's semantics) computes exactly
+    what the same program computes with hrmc's decompressed weights as plain constants."""
+    from hrmc.hrm_ref.compression import compress
+
+    rng = np.random.default_rng(1)
+    weight = (rng.standard_normal((64, 48)) / 8).astype(np.float32)
+    small = (rng.standard_normal((64, 16)) / 8).astype(np.float32)
+    bias = rng.standard_normal(48).astype(np.float32)
+    chosen = coreml.FLAVOURS[flavour]
+    dtype = np.float16 if flavour == "ane" else np.float32
+    program = coreml.build_program({"main": _matmul_graph(weight, small, bias)}, 3, "g.onnx", chosen,
+                                   compression=storage).program
+    main = program.functions["main"]
+    assert main.opset_version == coremltools_target().iOS18
+    decompressing = [op for op in main.operations if op.op_type.startswith("constexpr_")]
+    assert [op.op_type for op in decompressing] == ["constexpr_blockwise_shift_scale" if storage == "int8"
+                                                    else "constexpr_lut_to_dense"] * 2  # W, and Wᵀ apart
+    dense = {axis: compress(array, storage, axis, dtype).dense().astype(np.float32)
+             for axis, array in ((1, weight), (0, weight.T))}
+    plain = coreml.build_program({"main": _matmul_graph(dense[1], small, bias)}, 3, "g.onnx", chosen).program
+    x = rng.standard_normal((3, 64)).astype(dtype)
+    replayed, expected = (coreml.replay(p.functions["main"], {"x": x}) for p in (program, plain))
+    np.testing.assert_array_equal(dense[0], dense[1].T)  # the two orientations compress alike
+    for name in ("y", "u"):
+        np.testing.assert_array_equal(replayed[name], expected[name], err_msg=name)
+    # float16 folds a plain weight's bias into its matmul, rounding once; a compressed weight's bias is added after
+    # its product is rounded: half a step of the product's and one of the sum's apart at most
+    z = np.abs(expected["z"]).astype(np.float64)
+    steps = np.spacing((z + np.abs(bias)).astype(dtype)) / 2 + np.spacing(z.astype(dtype))
+    assert (np.abs(replayed["z"].astype(np.float64) - expected["z"]) <= steps).all()
+    if flavour == "coreml":
+        np.testing.assert_array_equal(replayed["z"], expected["z"])
+
+
+def coremltools_target():
+    from hrmc.targets.coreml._coremltools import ct
+
+    return ct.target
+
+
+@pytest.fixture(scope="module")
+def float16_step_package(step_graph: Path, tmp_path_factory) -> Path:
+    """tiny's step function, ane, batch 2, one float16 per weight (the default)."""
+    return coreml.lower_coreml({"step": step_graph}, tmp_path_factory.mktemp("ane") / "float16.mlpackage", "ane", 2,
+                               "t.onnx")
+
+
+@pytest.mark.parametrize("storage", ["int8", "lut6", "lut4"])
+def test_a_compressed_package_keeps_its_weights_compressed(tiny, step_graph: Path, float16_step_package: Path,
+                                                            tmp_path: Path, storage: str) -> None:
+    """Saved (ct.convert keeps the constexpr ops) and read back: the weight file holds the compressed weights
+    (int8: about half the float16 bytes of what it compresses, lut6 3/8, lut4 1/4, plus the float16 weights it does
+    not), every one of them hrmc's compression of the model's (the weight check), and the replayed step is the
+    model run on its weights as stored: closer to it than to the model's own weights."""
+    from hrmc import hrm_ref
+    from hrmc.hrm_ref.compression import compress
+    from hrmc.parity.executors import TorchExecutor
+    from hrmc.parity.gate import psnr
+    from hrmc.targets.coreml.runtime import program_constants
+    from hrmc.targets.host_loop import carry_feed, split_step
+    from hrmc.targets.weights import check_weights
+
+    package = coreml.lower_coreml({"step": step_graph}, tmp_path / f"{storage}.mlpackage", "ane", 2, "t.onnx",
+                                  weights=storage)
+    plain = float16_step_package
+    assert coreml.package_functions(package)["step"].record.weights == storage
+    ops = coreml.op_counts(package, "step")
+    assert ops["constexpr_blockwise_shift_scale" if storage == "int8" else "constexpr_lut_to_dense"] == 16
+    sizes = {p: (p / "Data" / "com.apple.CoreML" / "weights" / "weight.bin").stat().st_size for p in (package, plain)}
+    bits = {"int8": 8, "lut6": 6, "lut4": 4}[storage]
+    packed = [compress(tiny.state_dict()[name].numpy(), storage, 0) for name in tiny.compressible_weights()]
+    saved = sum(p.values.size * (2 - bits / 8) - p.table.nbytes for p in packed)  # float16 bytes less what replaces them
+    assert abs(sizes[plain] - sizes[package] - saved) <= 3 * 64 * len(packed)  # each blob aligned to 64 bytes
+    # (the step function reads the carry: H_init and L_init are the whole inference's, not stored here)
+    initial = [(name, tiny.state_dict()[name].numpy().astype(np.float16)) for name in ("inner.H_init", "inner.L_init")]
+    check = check_weights([*program_constants(package), *initial], tiny, package, storage=storage)
+    assert storage in check.storages and "float16" in check.storages
+    batch = hrm_ref.random_batch(tiny.config, 2, seed=0)
+    carry = hrm_ref.initial_carry(tiny, batch)
+    feed = {name: value.astype(np.float16) if value.dtype.kind == "f" else value.astype(np.int32)
+            for name, value in carry_feed(carry, batch).items()}
+    replayed = split_step(coreml.replay(coreml.saved_program(package, "step"), feed), chunked=True)
+    db = {}
+    for stored in (False, True):
+        reference = TorchExecutor()
+        reference.prepare(tiny.with_weights_as_stored(storage) if stored else tiny, "q-halt", None, batch)
+        expected = reference.step(carry, batch)
+        db[stored] = psnr(np.asarray(replayed["z_H"], np.float32), expected["z_H"])
+    assert db[True] > 55 and db[True] > db[False] + 3, db
 
 
 @pytest.mark.heavy  # a chunk package per step: a minute

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hrmc.errors import GateFailure
+from hrmc.hrm_ref.compression import COMPRESSIONS, Compressed, compress
 from hrmc.targets.weights import check_weights
 
 HERE = Path("artifact")
@@ -24,12 +25,16 @@ def pair(array: np.ndarray, axis: int) -> np.ndarray:
     return np.concatenate([high, (array - high.astype(np.float32)).astype(np.float16)], axis=axis)
 
 
-def stored_as(model, storage: str) -> list[tuple[str, np.ndarray]]:
+def stored_as(model, storage: str) -> list[tuple[str, np.ndarray | Compressed]]:
     """The model's weights as a lowering stores them: matrices transposed, in float32, float16 or pairs, and the
-    q head's bias folded into its weight as a float16 program does."""
+    q head's bias folded into its weight as a float16 program does; compressed (int8, lut6, lut4, an ane
+    package's float16 tables), the compressible ones, the rest in float16."""
     weights = parameters(model)
     stored = []
     for name, weight in weights.items():
+        if name in model.compressible_weights() and storage in COMPRESSIONS:
+            stored.append((name, compress(weight.T, storage, 1)))
+            continue
         if name == "inner.q_head.bias" and storage != "float32":
             continue
         array = weight.T if weight.ndim == 2 else weight
@@ -51,9 +56,9 @@ def trained():
     return hrm_ref.build_preset("sudoku4")  # a trained q head: its bias is not zero
 
 
-@pytest.mark.parametrize("storage", ["float32", "float16", "float16x2"])
+@pytest.mark.parametrize("storage", ["float32", "float16", "float16x2", "int8", "lut6", "lut4"])
 def test_the_models_own_weights_pass_in_every_storage(trained, storage: str) -> None:
-    check = check_weights(stored_as(trained, storage), trained, HERE)
+    check = check_weights(stored_as(trained, storage), trained, HERE, storage=storage)
     folded = storage != "float32"  # the q head's bias inside its weight
     assert check.compared == len(parameters(trained)) - folded and check.parameters == len(parameters(trained))
 
@@ -71,6 +76,49 @@ def test_any_changed_element_of_any_weight_fails(trained, index: int, storage: s
     stored[position] = (stored[position][0], changed.reshape(array.shape))
     with pytest.raises(GateFailure, match="is none of the model's parameters"):
         check_weights(stored, trained, HERE)
+
+
+@settings(max_examples=25, derandomize=True, deadline=None)
+@given(index=st.integers(0, 10_000), storage=st.sampled_from(list(COMPRESSIONS)), part=st.sampled_from(["values",
+                                                                                                        "table"]))
+def test_any_changed_index_level_scale_or_palette_entry_fails(trained, index: int, storage: str, part: str) -> None:
+    """A compressed weight must be hrmc's own compression of the parameter, exactly: one quantised level or palette
+    index moved by one, or one scale or palette entry changed by one float16 step, fails."""
+    stored = stored_as(trained, storage)
+    packed = [i for i, (_, item) in enumerate(stored) if isinstance(item, Compressed)]
+    position = packed[index % len(packed)]
+    name, item = stored[position]
+    changed = getattr(item, part).copy()
+    flat = changed.reshape(-1)
+    element = (index // len(packed)) % flat.size
+    if part == "values":
+        flat[element] = flat[element] - 1 if flat[element] > (-127 if storage == "int8" else 0) else flat[element] + 1
+    else:
+        flat[element] = np.nextafter(flat[element], np.float16(np.inf))
+    stored[position] = (name, Compressed(item.storage, item.axis, *(
+        (changed, item.table) if part == "values" else (item.values, changed))))
+    with pytest.raises(GateFailure, match="is none of the model's parameters as hrmc compresses them"):
+        check_weights(stored, trained, HERE, storage=storage)
+
+
+def test_a_compressed_artifact_stores_every_compressible_weight_so_and_in_its_own_storage(trained) -> None:
+    stored = stored_as(trained, "int8")
+    first = next(i for i, (_, item) in enumerate(stored) if isinstance(item, Compressed))
+    name = stored[first][0]
+    plain = list(stored)
+    plain[first] = (name, parameters(trained)[name].T.astype(np.float16))  # the model's, but not compressed
+    assert check_weights(plain, trained, HERE).compared == len(stored) - 2  # nothing asked: a float16 weight (and
+    # the two constants that are no parameter's)
+    with pytest.raises(GateFailure, match=f"records int8 weights, but stores the model's {name} uncompressed"):
+        check_weights(plain, trained, HERE, storage="int8")
+    with pytest.raises(GateFailure, match="is int8, but it records lut6 weights"):
+        check_weights(stored, trained, HERE, storage="lut6")
+    other = list(stored)  # the same weight compressed, but not as hrmc does (per tensor, not per channel)
+    flat = compress(parameters(trained)[name].T.reshape(1, -1), "int8", 0)
+    other[first] = (name, Compressed("int8", 1, flat.values.reshape(stored[first][1].values.shape),
+                                     np.repeat(flat.table, stored[first][1].table.size).reshape(1, -1)))
+    with pytest.raises(GateFailure, match="as hrmc compresses them"):
+        check_weights(other, trained, HERE, storage="int8")
 
 
 def test_a_swapped_layer_or_a_missing_head_fails(trained) -> None:
@@ -92,15 +140,16 @@ def test_a_swapped_layer_or_a_missing_head_fails(trained) -> None:
 @pytest.mark.parametrize("preset", ["tiny", "trm-tiny-mlp-t", "hex", "denoiser", "controller-cab", "sudoku4"])
 def test_every_storage_of_every_kind_of_model_is_its_own(preset: str, tmp_path: Path) -> None:
     """What the lowerings store for every front end and head (bytes, latent, controller, TRM's mlp_t, a trained q
-    head's bias): the export's and the fused graphs' initializers, and the MIL constants of float32, float16 and
-    float16-pair programs, every one the model's."""
+    head's bias): the export's and the fused graphs' initializers, and the MIL constants of float32, float16,
+    float16-pair and compressed programs, every one the model's (the compressed ones: every compressible weight
+    compressed, which is what `HRM.with_weights_as_stored` assumes)."""
     import onnx
     from onnx import numpy_helper
 
     from hrmc import hrm_ref
     from hrmc.lowering import export_onnx
     from hrmc.passes import lower_onnx
-    from hrmc.targets.coreml.lowering import FLAVOURS, build_program
+    from hrmc.targets.coreml.lowering import DECOMPRESSING, FLAVOURS, build_program, stored_compressed
     import onnx_ir as ir
 
     model = hrm_ref.build_preset(preset)
@@ -111,8 +160,12 @@ def test_every_storage_of_every_kind_of_model_is_its_own(preset: str, tmp_path: 
         stored = [(t.name, numpy_helper.to_array(t)) for p in paths for t in onnx.load(str(p)).graph.initializer]
         assert check_weights(stored, model, HERE, None, batch).compared > 0
     models = {role: ir.load(str(path)) for role, path in graphs.items()}
-    for flavour, pairs in (("coreml", False), ("ane", False), ("ane", True)):
-        program = build_program(models, 1, "f.onnx", FLAVOURS[flavour], weight_pairs=pairs).program
-        stored = [(op.outputs[0].name, op.outputs[0].val) for function in program.functions.values()
-                  for op in function.operations if op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray)]
-        assert check_weights(stored, model, HERE, None, batch).compared > 0
+    for flavour, pairs, compression in (("coreml", False, None), ("ane", False, None), ("ane", True, None),
+                                        ("coreml", False, "lut4"), ("ane", False, "int8"), ("ane", False, "lut6")):
+        program = build_program(models, 1, "f.onnx", FLAVOURS[flavour], pairs, compression).program
+        stored = [(op.outputs[0].name, stored_compressed(op) if op.op_type in DECOMPRESSING else op.outputs[0].val)
+                  for function in program.functions.values() for op in function.operations
+                  if op.op_type in DECOMPRESSING or (op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray)
+                                                    and not any(child.op_type in DECOMPRESSING
+                                                                for child in op.outputs[0].child_ops))]
+        assert check_weights(stored, model, HERE, None, batch, compression).compared > 0
