@@ -17,17 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# The pipeline on the default model: run → export → lower (onnx, mlx, ane) → each shipped artifact gated as written.
+# The pipeline on the default model: run → export → lower (onnx, mlx, coreml, ane), each artifact gated as written
+# (hrmc/demo.py): one line per command, every report in out/reports/, one summary at the end; exit 1 unless all pass.
 demo: setup
-	mkdir -p out
-	$(BIN)/hrmc run --policy q-halt --batch 8 -o out/tiny-outputs.npz
-	$(BIN)/hrmc export --policy q-halt -o out/tiny.onnx
-	$(BIN)/hrmc lower --target onnx --policy q-halt --onnx-model out/tiny.onnx --chunk 4 -o out/tiny.static.onnx
-	$(BIN)/hrmc parity torch static --policy q-halt --artifact out/tiny.static.onnx
-	$(BIN)/hrmc lower --target mlx --policy q-halt --onnx-model out/tiny.onnx -o out/tiny-mlx
-	$(BIN)/hrmc parity torch mlx --policy q-halt --artifact out/tiny-mlx
-	$(BIN)/hrmc lower --target ane --policy q-halt --batch 1 --onnx-model out/tiny.onnx -o out/tiny.mlpackage
-	$(BIN)/hrmc parity torch ane --policy q-halt --batch 1 --artifact out/tiny.mlpackage
+	$(BIN)/python -m hrmc.demo --out out
 
 # The default `pytest` skips the sudoku-size cases (marker `heavy`); this runs them too, on both cores
 # (pytest-xdist), one thread per worker: two workers of two threads each would fight over two cores.

@@ -1,4 +1,4 @@
-"""The README's table of weight storages: each trained fixture's `ane` package in each storage, measured.
+"""bench/RESULTS.md's table of weight storages: each trained fixture's `ane` package in each storage, measured.
 
     python -m hrmc.bench.compression [--out DIR] [--puzzles N] [--json]
 
@@ -88,7 +88,7 @@ def measure(name: str, out: Path, puzzles: int | None, progress=print) -> list[d
 
 
 def table(rows: list[dict]) -> str:
-    """The rows as the README's markdown table."""
+    """The rows as bench/RESULTS.md's markdown table."""
     chips = list(rows[0]["whole_ms"])
     lines = ["| preset | weights | package bytes | weights × float16 | exact-solved | cells | answers agreed | "
              "halting agreed | " + " | ".join(f"{chip.upper()} ms" for chip in chips) + " |",

@@ -36,6 +36,10 @@ What a roofline does not see, each of which moves real latency away from these f
   palettes), as if the ANE read them compressed and expanded them on the fly. Whether it does, or Core ML
   expands them to float16 when it loads the model (then every read is the float16 bytes), is not published
   for every chip and OS: the figures of a compressed package are the best case.
+
+`--measured latency.json` prints, beside the estimate, what the package's check.py measured on a Mac (`hrmc
+lower --mac-check`; hrmc.parity.latency): per compute unit the measured p50 and p90 of each function, the
+estimate of the same function at the same batch, and the app loop, measured only (`measured_beside`).
 """
 
 from __future__ import annotations
@@ -319,5 +323,62 @@ def format_estimate(report: EstimateReport) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["EstimateReport", "OpCost", "Timing", "estimate_artifact", "estimate_model", "format_estimate",
-           "op_costs", "package_time", "parse_chips"]
+def measured_beside(report: EstimateReport, measured: dict) -> dict:
+    """A latency.json (check.py's, measured on a Mac: `hrmc.parity.latency.read_measured`) beside the estimate:
+    per compute unit and function, the measured p50 and p90 and the estimate of that function (step: the step
+    figure; static: the whole inference's; others none) at the measured batch, for the measured chip where it
+    is one of the chips estimated, else for each; the app loop, measured only."""
+    batch = measured["batch"]
+    rows = [row for row in report.rows if row.batch == batch]
+    chip = measured["measured_on"]["chip"]
+    same = [row for row in rows if any(c.name == row.chip and (chip == c.label or chip.startswith(c.label + " "))
+                                       for c in report.chips)]
+    rows = same or rows
+    functions, loops = [], []
+    for unit, timed in measured["units"].items():
+        for name, figures in timed.get("functions", {}).items():
+            role = figures["role"]
+            estimate = {row.chip: row.step_ms if role == "step" else row.whole_ms if role == "static" else None
+                        for row in rows}
+            functions.append({"unit": unit, "check": timed["check"], "function": name, "role": role,
+                              "p50_ms": figures["p50_ms"], "p90_ms": figures["p90_ms"], "estimate_ms": estimate})
+        loops += [{"unit": unit, **loop} for loop in timed.get("app_loop", [])]
+    return {"package": measured["package"], "flavour": measured["flavour"], "batch": batch,
+            "measured_on": measured["measured_on"], "chips": [row.chip for row in rows],
+            "estimated_batches": sorted({row.batch for row in report.rows}), "functions": functions,
+            "app_loop": loops, "not_timed": {unit: timed["error"] for unit, timed in measured["units"].items()
+                                             if "error" in timed}}
+
+
+def format_beside(beside: dict, source: str | Path) -> str:
+    """The measurement beside the estimate, as `measured_beside` sets them: measured p50 and p90, then the
+    estimate per chip."""
+    on = beside["measured_on"]
+    lines = [f"MEASURED beside the ESTIMATE: {beside['package']} ({beside['flavour']}, batch {beside['batch']}) "
+             f"timed with Core ML predict on {on['chip']} (macOS {on['macos']}, coremltools {on['coremltools']}), "
+             f"read from {source}"]
+    if beside["flavour"] != "ane":
+        lines.append(f"  measured a {beside['flavour']} package; the estimate is of an ane package")
+    if not beside["chips"]:
+        lines.append(f"  no estimate at batch {beside['batch']} (estimated at batch "
+                     f"{', '.join(map(str, beside['estimated_batches']))}): measured only; give --batch "
+                     f"{beside['batch']}, or --artifact the measured package")
+    lines.append(f"{'unit':<13}{'check':<7}{'function':<14}{'role':<8}{'p50 ms':>10}{'p90 ms':>10}"
+                 + "".join(f"{'est. ' + chip + ' ms':>14}" for chip in beside["chips"]))
+    for row in beside["functions"]:
+        estimates = "".join(f"{'-' if estimate is None else format(estimate, '.4g'):>14}"
+                            for estimate in (row["estimate_ms"][chip] for chip in beside["chips"]))
+        lines.append(f"{row['unit']:<13}{row['check']:<7}{row['function']:<14}{row['role']:<8}{row['p50_ms']:>10.3f}"
+                     f"{row['p90_ms']:>10.3f}{estimates}")
+    for unit, error in beside["not_timed"].items():
+        lines.append(f"{unit:<13}not timed: {error}")
+    if beside["app_loop"]:
+        lines.append("app loop, measured only (until every sample has halted; batch 1: one sample):")
+        lines.append(f"{'unit':<13}{'loop':<14}{'batch':>6}{'calls':>7}{'steps':>7}{'p50 ms':>10}{'p90 ms':>10}")
+        lines += [f"{loop['unit']:<13}{loop['loop']:<14}{loop['batch']:>6}{loop['calls']:>7}{loop['steps']:>7}"
+                  f"{loop['p50_ms']:>10.3f}{loop['p90_ms']:>10.3f}" for loop in beside["app_loop"]]
+    return "\n".join(lines)
+
+
+__all__ = ["EstimateReport", "OpCost", "Timing", "estimate_artifact", "estimate_model", "format_beside",
+           "format_estimate", "measured_beside", "op_costs", "package_time", "parse_chips"]

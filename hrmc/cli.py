@@ -299,10 +299,20 @@ def list_passes() -> None:
               help="coreml, ane: also write OUT.check/ beside OUT.mlpackage, a stand-alone script with the torch "
                    "reference on the --seed batch, to confirm on a Mac with Core ML what the Linux replay judged "
                    "(python3 OUT.check/check.py).")
+@click.option("--author", help="coreml, ane: the package's author, as Xcode and an app show it.")
+@click.option("--license", "license_", help="coreml, ane: the package's license.")
+@click.option("--model-version", help="coreml, ane: your model's version (hrmc's own is in its metadata).")
+@click.option("--description", help="coreml, ane: what the model does, first in the package's description.")
 def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, target, pipeline, dump_after, strip,
-          chunk, onnx_model, seq_len, out, force, weights, mac_check) -> None:
+          chunk, onnx_model, seq_len, out, force, weights, mac_check, author, license_, model_version,
+          description) -> None:
     """Lower to a static graph (no Loop or If) for a target, through a named pass pipeline."""
     from hrmc import passes
+
+    about = driver.About(author or "", license_ or "", model_version or "", description or "")
+    if about != driver.About() and driver.TARGETS[target].suffix != ".mlpackage":
+        raise InputError(f"--author, --license, --model-version and --description describe a Core ML package "
+                         f"(--target coreml or ane), not --target {target}")
 
     pipeline = pipeline or driver.TARGETS[target].pipeline
     # Checked here too, because an export of a minute may come before the pipeline runs.
@@ -330,7 +340,8 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
         result = driver.lower_target(structured, out, target, pipeline, Path(folder), progress=progress,
                                      strip=tuple(filter(None, (strip or "").split(","))), chunk=chunk,
                                      dump_after=dump_after, batch=batch_size, force=force, weights=weights,
-                                     seed=seed, companion=_mac_check(model, seed) if mac_check else None)
+                                     seed=seed, companion=_mac_check(model, seed) if mac_check else None,
+                                     about=about)
     if as_json:
         echo_json({"target": target, "pipeline": pipeline, "files": [str(p) for p in result.written],
                    "seconds": round(result.seconds, 2)})
@@ -356,20 +367,24 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
 @click.option("--artifact", type=UserPath(),
               help="--estimate: an ane .mlpackage (hrmc lower --target ane) to estimate at its own batch, "
                    "instead of lowering the model.")
+@click.option("--measured", type=UserPath(),
+              help="--estimate: a latency.json that the package's check.py wrote on a Mac (hrmc lower --mac-check), "
+                   "printed beside the estimate (at its package's batch, unless --batch).")
 @click.option("--inputs", type=UserPath(), help="npz inputs to time on (default: a seeded random batch).")
 @click.option("--seq-len", type=SEQ_LEN, help="Sequence length of the random batch (default: the model's).")
 def bench(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, executors, runs,
-          onnx_model, chunk, estimate, chips, artifact, inputs, seq_len) -> None:
+          onnx_model, chunk, estimate, chips, artifact, measured, inputs, seq_len) -> None:
     """Time the whole inference on each executor, with GFLOP/s against this machine's matmul peak (or,
     with --estimate ane, estimate the ANE's latency from the lowered package's ops)."""
     from hrmc import bench as benchmarks
 
     if estimate:
         _estimate(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, onnx_model, chips,
-                  artifact, inputs, seq_len)
+                  artifact, measured, inputs, seq_len)
         return
-    if artifact is not None:
-        raise InputError("--artifact: only read with --estimate ane")
+    for name, value in (("--artifact", artifact), ("--measured", measured)):
+        if value is not None:
+            raise InputError(f"{name}: only read with --estimate ane")
     names = [name for name in executors.split(",") if name]
     unknown = [name for name in names if name not in parity.EXECUTORS]
     if unknown or not names:
@@ -385,11 +400,14 @@ def bench(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
 
 
 def _estimate(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, onnx_model, chips,
-              artifact, inputs, seq_len) -> None:
-    """`bench --estimate ane`: the shipped package at its own batch, or the model lowered at each batch."""
+              artifact, measured, inputs, seq_len) -> None:
+    """`bench --estimate ane`: the shipped package at its own batch, or the model lowered at each batch; with
+    --measured, what check.py measured on a Mac beside it."""
     from hrmc.bench import estimate
+    from hrmc.parity.latency import read_measured
 
     chosen = estimate.parse_chips(chips)  # before a lowering of minutes
+    latency = read_measured(measured) if measured is not None else None
     if artifact is not None:
         report = estimate.estimate_artifact(artifact, chosen)
     else:
@@ -397,10 +415,17 @@ def _estimate(checkpoint, config_path, preset, policy, budget, batch_size, seed,
         model = driver.load_model(checkpoint, preset, config_path)
         if inputs is not None:  # the inputs fix the sequence length the package is lowered for
             seq_len = model.inner.sequence_length(driver.load_inputs(model, inputs, batch_size, seed, seq_len, preset))
-        batches = [batch_size] if "batch_size" in given("batch_size") else [1, 8]
+        batches = ([batch_size] if "batch_size" in given("batch_size") else [latency["batch"]] if latency is not None
+                   else [1, 8])  # beside a measurement, its package's batch
         report = estimate.estimate_model(model, model_source(checkpoint, preset), policy, budget, batches, seed, chosen,
                                          onnx_model, progress, seq_len)
-    echo_json(report.to_dict()) if as_json else click.echo(estimate.format_estimate(report))
+    beside = estimate.measured_beside(report, latency) if latency is not None else None
+    if as_json:
+        echo_json(report.to_dict() | ({"measured": {"file": str(measured), **beside}} if beside else {}))
+        return
+    click.echo(estimate.format_estimate(report))
+    if beside:
+        click.echo(estimate.format_beside(beside, measured))
 
 
 @cli.command()

@@ -25,7 +25,7 @@ from hrmc.errors import InputError
 from hrmc.files import atomic_output, check_output, together
 from hrmc.names import STATE_NAMES
 from hrmc.record import Checkpoint, Record
-from hrmc.targets import TARGETS, Companion, LowerOptions
+from hrmc.targets import TARGETS, About, Companion, LowerOptions
 
 DEFAULT_PRESET = "tiny"
 
@@ -146,7 +146,8 @@ def check_target_output(target: str, out: str | Path, chunk: int | None = None, 
 def lower_target(structured: str | Path, out: str | Path, target: str, pipeline: str, work: Path, *,
                  progress: Callable[[str], None], strip: tuple[str, ...] = (), chunk: int | None = None,
                  dump_after: str | None = None, batch: int = 1, force: bool = False,
-                 weights: str | None = None, seed: int = 0, companion: Companion | None = None) -> Lowered:
+                 weights: str | None = None, seed: int = 0, companion: Companion | None = None,
+                 about: About = About()) -> Lowered:
     """`hrmc lower`: the pass pipeline (stage 3), then the target's own lowering (stage 4). `companion`:
     written beside the output, with it (`lower --mac-check`). The outputs, the companion and the
     --dump-after graph replace their old ones together, or none does."""
@@ -157,7 +158,7 @@ def lower_target(structured: str | Path, out: str | Path, target: str, pipeline:
     progress(f"running pipeline {pipeline}")
     # graphs are the onnx target's output; other targets lower them from a work folder
     graphs_out = out if declared.suffix == ".onnx" else work / "static.onnx"
-    options = LowerOptions(Path(structured).name, batch, force, weights, seed, progress, companion)
+    options = LowerOptions(Path(structured).name, batch, force, weights, seed, progress, companion, about)
     with together():
         graphs = passes.lower_onnx(structured, graphs_out, pipeline, strip=strip, chunk=chunk, dump_after=dump_after,
                                    dump_beside=out, progress=progress).graphs

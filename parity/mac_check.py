@@ -92,7 +92,12 @@ def write_check(folder: Path, written: Path, shown_as: Path, *, model: HRM, seed
     check = f"{check_folder(shown_as).name}/{SCRIPT}"
     (folder / "README.txt").write_text(
         f"On a Mac, `python3 {check}` runs {shown_as.name} with Core ML predict on each compute unit and judges it "
-        f"as hrmc judged it on Linux, where its MIL program was replayed instead ({on_mac.LINUX}).\n"
+        f"as hrmc judged it on Linux, where its MIL program was replayed instead ({on_mac.LINUX}), then times it on "
+        "each: every function's load (compile) time, first call and warm p50/p90, the app loop at batch 1 and at the "
+        f"package's batch, and where Core ML plans to run the ops (MLComputePlan, macOS 14.4 or later), into "
+        f"{check_folder(shown_as).name}/{on_mac.LATENCY} and a markdown table to publish, {on_mac.LATENCY_TABLE} "
+        f"(`hrmc bench --estimate ane --artifact {shown_as.name} --measured {check_folder(shown_as).name}/"
+        f"{on_mac.LATENCY}` prints the estimate beside it).\n"
         "Needs macOS 15 or later (a multifunction package) and `pip install coremltools numpy` (coremltools 8 or "
         "later).\n")
 

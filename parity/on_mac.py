@@ -18,11 +18,11 @@ it by the contract hrmc's Linux gate applies (hrmc docs/design.md §4; the limit
 - decisions (halting; answers, the argmax per position) must agree wherever the reference's margin
   exceeds the band saved with it: float16, 4 x the most torch float16 changes that margin at that step;
   float32, the tolerance's width. Closer calls are counted as ambiguous, never failed;
-- the `inference` function (the whole static inference), once: its final answers and halting steps
+- the `solve` function (the whole static inference), once: its final answers and halting steps
   against the package's own step function chained from the initial carry (as on Linux, where the two
   are bit-identical), under the same rule; there the band is 4 x (float16) or 10 x (float32) what
   torch float16 (float16) or float64 (float32) change in the reference's whole run;
-- reported, not gated (as on Linux): the inference function's final answers and halting steps against
+- reported, not gated (as on Linux): the solve function's final answers and halting steps against
   the reference's whole run. On random weights the recurrence is chaotic (hrmc docs/design.md §4): a
   correct float16 package's whole run parts from torch's at close calls.
 
@@ -181,10 +181,31 @@ def chained_run(step: Predict, record: dict[str, Any], inputs: Arrays, reference
     return final
 
 
+def app_loop(init: Predict, chunk: Predict, inputs: Arrays, budget: int) -> Arrays:
+    """The loop an app runs (examples/swift/Solve.swift is the same loop in Swift): `init` gives the carry a
+    puzzle starts from; the `chunkK` (or `step`) function runs with its carry fed back until every sample has
+    halted, at most `budget` calls. A halted sample's carry stays, but the function still computes outputs for
+    it: its answer is the argmax of its logits at the step it halted (the rows of a call are its K steps,
+    `halted_per_step` says after which one each sample halted), and halt_step the steps it ran."""
+    carry, answer = dict(init(inputs)), None
+    for _ in range(budget):
+        if np.asarray(carry["halted"]).all():
+            break
+        out = chunk({**carry, **inputs})
+        halted_before = np.asarray(carry["halted"]) != 0
+        for j, halted_after in enumerate(np.asarray(out["halted_per_step"]) != 0):
+            if "logits" in out:
+                found = np.asarray(out["logits"])[j].argmax(-1).astype(np.int32)
+                answer = found if answer is None else np.where(halted_before[:, None], answer, found)
+            halted_before = halted_after
+        carry = {name: np.asarray(out[name + "_next"]) for name in CARRY}
+    return {"answer": answer, "halt_step": np.asarray(carry["steps"])}
+
+
 def run_functions(step: Predict, inference: Predict, record: dict[str, Any], inputs: Arrays,
                   reference: Arrays) -> dict[str, Any]:
     """What `judge` reads: the step function from every carry of the reference trajectory (teacher-forced)
-    and chained from the initial carry, and the inference function once."""
+    and chained from the initial carry, and the solve function once."""
     float_type = record["float_type"]
     steps = [step_outputs(step(step_feed(reference, inputs, s, float_type)))
              for s in range(reference["carry.steps"].shape[0])]
@@ -297,7 +318,7 @@ def judge(record: dict[str, Any], reference: Arrays, runs: dict[str, Any]) -> di
     """The verdict on one run of the package (`run_functions`), by the contract of hrmc's Linux gate.
 
     Gated: each output of the step function over the teacher-forced steps, and its halting and answer
-    decisions per step; the inference function's final answers and halting steps against the step function
+    decisions per step; the solve function's final answers and halting steps against the step function
     chained from the initial carry (every function a package holds is checked, the whole one against the
     steps), close calls being those within the whole-run band. Reported, not gated, as on Linux: the inference
     function against the reference's whole run. The recurrence is chaotic on random weights (hrmc
@@ -376,7 +397,7 @@ def format_verdict(title: str, verdict: dict[str, Any], linux: dict[str, Any] | 
             line += f" (Linux replay: {other['mismatched']} and {other['ambiguous']})"
         lines.append(line)
     for what, counts in verdict["reference_run"].items():
-        line = f"  reported, not gated: the inference function's {what} agree with the reference's whole run on " + (
+        line = f"  reported, not gated: the solve function's {what} agree with the reference's whole run on " + (
             _agreement(counts))
         if what in linux.get("reference_run", {}):
             line += f" (Linux replay: {_agreement(linux['reference_run'][what])})"
@@ -392,6 +413,253 @@ def parse_units(text: str) -> list[str]:
         raise Refused(f"--units: unknown compute unit {', '.join(unknown) or '(none given)'}; choose from "
                       f"{', '.join(UNITS)}")
     return units
+
+
+# Latency (latency.json, latency.md): `time_package` times the package on each compute unit after its check. The
+# summaries are numpy only, like the verdict's code, so that hrmc reads and tests them on Linux (hrmc.parity.latency).
+LATENCY, LATENCY_TABLE = "latency.json", "latency.md"
+LATENCY_FORMAT = 1
+WARMUP, ITERATIONS = 3, 20  # per function and app loop on each compute unit: untimed calls after the first, then timed
+PERCENTILES = "numpy.percentile, method linear, of the timed calls"
+LOAD = ("MLModel(package, compute_units, function_name): Core ML compiles the package and loads the function (a "
+        "unit's first load may also compile for the Neural Engine, which later loads find cached)")
+PLACES = ("neural_engine", "gpu", "cpu", "unknown")  # where MLComputePlan prefers to run an op (unknown: not said)
+DEVICES = {"MLNeuralEngineComputeDevice": "neural_engine", "MLGPUComputeDevice": "gpu", "MLCPUComputeDevice": "cpu"}
+
+
+def timing_summary(samples_s: list[float]) -> dict[str, Any]:
+    """p50 and p90 in ms of timed calls (seconds each), numpy's linear percentiles, and how many."""
+    ms = np.asarray(samples_s, np.float64) * 1e3
+    p50, p90 = np.percentile(ms, [50, 90], method="linear")
+    return {"p50_ms": round(float(p50), 4), "p90_ms": round(float(p90), 4), "n": int(ms.size)}
+
+
+def plan_summary(ops: list[tuple[str, float | None]]) -> dict[str, Any]:
+    """One function's compute plan, from (place, estimated cost) per op: the ops each place runs, and its share of
+    the estimated cost (None where Core ML estimated none)."""
+    counts, costs = dict.fromkeys(PLACES, 0), dict.fromkeys(PLACES, 0.0)
+    for place, cost in ops:
+        counts[place] += 1
+        costs[place] += cost or 0.0
+    total = sum(costs.values())
+    return {"ops": counts, "cost_share": {place: round(cost / total, 4) if total else None
+                                          for place, cost in costs.items()}}
+
+
+def latency_record(about: dict[str, Any], units: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """latency.json from the raw timings of each compute unit: {"check": PASS or FAIL, "functions": {name: {"role",
+    "load_s", "first_s", "samples_s"}}, "app_loop": [{"batch", "loop", "calls", "steps", "samples_s"}],
+    "compute_plan": {name: [(place, cost), ...]}, "no_compute_plan": why there is none, or ""}, or {"check",
+    "error"} for a unit that could not be timed. `about`: the package and the Mac."""
+    summary = {}
+    for unit, raw in units.items():
+        if "error" in raw:
+            summary[unit] = {"check": raw["check"], "error": raw["error"]}
+            continue
+        summary[unit] = {
+            "check": raw["check"],
+            "functions": {name: {"role": timed["role"], "load_s": round(timed["load_s"], 4),
+                                 "first_call_ms": round(timed["first_s"] * 1e3, 4),
+                                 **timing_summary(timed["samples_s"])}
+                          for name, timed in raw["functions"].items()},
+            "app_loop": [{**{key: loop[key] for key in ("batch", "loop", "calls", "steps")},
+                          **timing_summary(loop["samples_s"])} for loop in raw["app_loop"]],
+            "compute_plan": {name: plan_summary(ops) for name, ops in raw["compute_plan"].items()},
+            "no_compute_plan": raw["no_compute_plan"]}
+    return {"kind": "latency", "format": LATENCY_FORMAT, **about, "warmup": WARMUP, "iterations": ITERATIONS,
+            "percentiles": PERCENTILES, "load": LOAD, "units": summary}
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def latency_markdown(latency: dict[str, Any]) -> str:
+    """latency.json as markdown, ready to publish: a table of the functions, one of the app loop and one of the
+    compute plan, under what was measured on what."""
+    on = latency["measured_on"]
+    lines = [f"### {latency['package']}: Core ML latency on {on['chip']}", "",
+             f"{latency['flavour']} package ({latency['float_type']}, batch {latency['batch']}, policy "
+             f"{latency['policy']}, budget {latency['budget']}), lowered by hrmc {latency['hrmc']}, timed by its "
+             f"check.py with Core ML predict on macOS {on['macos']} ({on['machine']}), coremltools "
+             f"{on['coremltools']}. "
+             f"p50 and p90 of {latency['iterations']} timed calls after the first and {latency['warmup']} untimed "
+             f"ones ({latency['percentiles']}); load: {latency['load']}.", "",
+             "| compute unit | check | function | role | load s | first call ms | p50 ms | p90 ms |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    units = latency["units"]
+    for unit, timed in units.items():
+        if "error" in timed:
+            lines.append(f"| {unit} | {timed['check']} | not timed: {_cell(timed['error'])} | | | | | |")
+        for name, row in timed.get("functions", {}).items():
+            lines.append(f"| {unit} | {timed['check']} | {name} | {row['role']} | {row['load_s']:.2f} | "
+                         f"{row['first_call_ms']:.2f} | {row['p50_ms']:.2f} | {row['p90_ms']:.2f} |")
+    lines += ["", "The app loop: the initial carry (the init function's where the package has one), then the loop "
+              "function, its carry fed back, until every sample has halted. Batch 1: one sample, the package's other "
+              "rows halted from the start.", "",
+              "| compute unit | loop | batch | calls | ACT steps | p50 ms | p90 ms |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    for unit, timed in units.items():
+        for loop in timed.get("app_loop", []):
+            lines.append(f"| {unit} | {loop['loop']} | {loop['batch']} | {loop['calls']} | {loop['steps']} | "
+                         f"{loop['p50_ms']:.2f} | {loop['p90_ms']:.2f} |")
+    lines += ["", "Where Core ML plans to run the ops (MLComputePlan: ops, and share of its estimated cost).", "",
+              "| compute unit | function | ops NE / GPU / CPU / unknown | estimated cost NE / GPU / CPU |",
+              "|---|---|---|---|"]
+    for unit, timed in units.items():
+        if timed.get("no_compute_plan"):
+            lines.append(f"| {unit} | no compute plan: {_cell(timed['no_compute_plan'])} | | |")
+        for name, plan in timed.get("compute_plan", {}).items():
+            shares = [plan["cost_share"][place] for place in PLACES[:3]]
+            cost = " / ".join(f"{share:.0%}" for share in shares) if None not in shares else "not estimated"
+            lines.append(f"| {unit} | {name} | {' / '.join(str(plan['ops'][place]) for place in PLACES)} | {cost} |")
+    return "\n".join(lines) + "\n"
+
+
+def _package_functions(ct, package: Path, record: dict[str, Any]) -> dict[str, tuple[str, list[str]]]:
+    """{function: (its role, its input names)} of every function the package's spec lists; roles as hrmc's
+    metadata (hrmc.functions) says, else as record.json does, else the function's name."""
+    spec = ct.utils.load_spec(str(package))
+    roles = {name: role for role, name in record["functions"].items()}
+    meta = spec.description.metadata.userDefined
+    if "hrmc.functions" in meta:
+        roles.update({name: entry["role"] for name, entry in json.loads(meta["hrmc.functions"]).items()})
+    return {function.name: (roles.get(function.name, function.name), [value.name for value in function.input])
+            for function in spec.description.functions}
+
+
+def _feed(names: list[str], values: Arrays, float_type: str) -> Arrays:
+    return _in_package_types({name: value for name, value in values.items() if name in names}, float_type)
+
+
+def _timed(call: Callable[[], Any], clock: Callable[[], float]) -> tuple[float, list[float]]:
+    """The first call's seconds, and those of ITERATIONS calls after WARMUP untimed ones."""
+    seconds = []
+    for _ in range(1 + WARMUP + ITERATIONS):
+        start = clock()
+        call()
+        seconds.append(clock() - start)
+    return seconds[0], seconds[1 + WARMUP:]
+
+
+def _app_run(models: dict[str, Any], functions: dict[str, tuple[str, list[str]]], loop: str, init: str | None,
+             inputs: Arrays, carry: Arrays, halted: np.ndarray, record: dict[str, Any]) -> tuple[int, int]:
+    """The app's loop once (`app_loop`): the initial carry (the init function's, else `carry`), rows `halted`
+    halted from the start, then the loop function until every sample halted. The calls of the loop function it
+    made, and the ACT steps its longest sample ran."""
+    float_type, calls = record["float_type"], []
+
+    def begin(feed: Arrays) -> Arrays:
+        start = models[init].predict(_feed(functions[init][1], feed, float_type)) if init is not None else carry
+        first = {name: np.asarray(start[name]) for name in CARRY}
+        return {**first, "halted": (first["halted"] != 0) | halted}
+
+    def step(feed: Arrays) -> Arrays:
+        calls.append(loop)
+        return models[loop].predict(_feed(functions[loop][1], feed, float_type))
+
+    steps = int(np.asarray(app_loop(begin, step, inputs, record["budget"])["halt_step"]).max())
+    return len(calls), steps
+
+
+def _compute_plan(ct, model: Any, unit: str, names: list[str]) -> tuple[dict[str, list[tuple[str, float | None]]], str]:
+    """(place, estimated cost) of every op but the consts of each function `names`, as Core ML plans them on `unit`
+    (MLComputePlan, of `model`'s compiled package: macOS 14.4 and coremltools 8 or later), or why there is none."""
+    release = platform.mac_ver()[0]
+    if tuple(int(part) for part in release.split(".")[:2] if part.isdigit()) < (14, 4):
+        return {}, f"MLComputePlan needs macOS 14.4 or later (this is macOS {release})"
+    plans = getattr(getattr(ct.models, "compute_plan", None), "MLComputePlan", None)
+    if plans is None:
+        return {}, f"MLComputePlan needs coremltools 8 or later (found {ct.__version__})"
+    try:
+        plan = plans.load_from_path(model.get_compiled_model_path(), getattr(ct.ComputeUnit, unit))
+        program = plan.model_structure.program
+        found = {}
+        for name in (name for name in names if name in program.functions):
+            blocks, ops = [program.functions[name].block], []
+            while blocks:
+                for op in blocks.pop().operations:
+                    blocks += op.blocks
+                    if op.operator_name != "const":
+                        usage = plan.get_compute_device_usage_for_mlprogram_operation(op)
+                        cost = plan.get_estimated_cost_for_mlprogram_operation(op)
+                        ops.append((DEVICES.get(type(usage.preferred_compute_device).__name__, "unknown")
+                                    if usage is not None else "unknown", None if cost is None else float(cost.weight)))
+            found[name] = ops
+        return found, ""
+    except Exception as error:  # the timings stand without it
+        return {}, f"MLComputePlan failed: {type(error).__name__}: {error}".splitlines()[0]
+
+
+def _time_unit(ct, package: Path, unit: str, record: dict[str, Any], inputs: Arrays, reference: Arrays,
+               clock: Callable[[], float]) -> dict[str, Any]:
+    """The raw timings of one compute unit (what `latency_record` reads): each function loaded, called on the saved
+    inputs (and the reference's initial carry), the app loop at batch 1 and at the package's batch, the plan."""
+    functions = _package_functions(ct, package, record)
+    start = {name: reference[f"carry.{name}"][0] for name in CARRY}
+    models, timed = {}, {}
+    for name, (role, names) in functions.items():
+        began = clock()
+        models[name] = ct.models.MLModel(str(package), compute_units=getattr(ct.ComputeUnit, unit), function_name=name)
+        load = clock() - began
+        feed = _feed(names, {**start, **inputs}, record["float_type"])
+        first, samples = _timed(lambda: models[name].predict(feed), clock)
+        timed[name] = {"role": role, "load_s": load, "first_s": first, "samples_s": samples}
+    roles = {role: name for name, (role, _) in reversed(list(functions.items()))}
+    loop, init, batch = roles.get("chunk", roles.get("step")), roles.get("init"), record["batch"]
+    loops, sizes = [], dict.fromkeys((1, batch)) if loop is not None else {}
+    for size in sizes:
+        one = {name: np.repeat(value[:1], batch, axis=0) for name, value in inputs.items()} if size == 1 else inputs
+        halted = np.arange(batch) >= size
+        calls, steps = _app_run(models, functions, loop, init, one, start, halted, record)
+        _, samples = _timed(lambda: _app_run(models, functions, loop, init, one, start, halted, record), clock)
+        loops.append({"batch": size, "loop": loop, "calls": calls, "steps": steps, "samples_s": samples})
+    plan, why = _compute_plan(ct, next(iter(models.values())), unit, list(functions))
+    return {"functions": timed, "app_loop": loops, "compute_plan": plan, "no_compute_plan": why}
+
+
+def time_package(ct, package: Path, record: dict[str, Any], inputs: Arrays, reference: Arrays,
+                 verdicts: dict[str, dict[str, Any]], folder: Path,
+                 clock: Callable[[], float] | None = None) -> dict[str, Any]:
+    """Time the package on each compute unit judged (`verdicts`): each function's load (compile) time, first call
+    and warm p50/p90, the app loop at batch 1 and at the package's batch, and where Core ML plans to run the ops;
+    write latency.json and latency.md (`latency_markdown`) to `folder`, print the table. A unit Core ML cannot
+    time is recorded as such: the verdict stands."""
+    import subprocess
+    import time
+
+    clock = clock or time.perf_counter
+    print()
+    print(f"timing {package.name}: every function and the app loop on each compute unit, {ITERATIONS} timed calls "
+          f"after the first and {WARMUP} untimed")
+    raw = {}
+    with tempfile.TemporaryDirectory(prefix="hrmc-latency-") as scratch:
+        copy = Path(scratch) / package.name  # Core ML may rewrite the manifest of a package it opens
+        shutil.copytree(package, copy)
+        for unit, verdict in verdicts.items():
+            check = "PASS" if verdict["passed"] else "FAIL"
+            try:
+                raw[unit] = {"check": check, **_time_unit(ct, copy, unit, record, inputs, reference, clock)}
+            except Exception as error:  # Core ML refusing a unit is reported in the record, beside the others
+                raw[unit] = {"check": check, "error": f"{type(error).__name__}: {error}".splitlines()[0]}
+                print(f"  not timed on {unit}: {raw[unit]['error']}")
+    try:
+        chip = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                              text=True).stdout.strip()
+    except OSError:
+        chip = ""
+    about = {"package": package.name, "flavour": record["flavour"], "float_type": record["float_type"],
+             "batch": record["batch"], "policy": record["policy"], "budget": record["budget"], "hrmc": record["hrmc"],
+             "measured_on": {"chip": chip or platform.machine(), "macos": platform.mac_ver()[0],
+                             "machine": platform.machine(), "coremltools": ct.__version__,
+                             "python": platform.python_version()}}
+    latency = latency_record(about, raw)
+    table = latency_markdown(latency)
+    (folder / LATENCY).write_text(json.dumps(latency, indent=1))
+    (folder / LATENCY_TABLE).write_text(table)
+    print(table, end="")
+    print(f"wrote {folder / LATENCY} and {folder / LATENCY_TABLE}")
+    return latency
 
 
 def _coremltools():
@@ -461,6 +729,7 @@ def main(argv: list[str] | None = None) -> int:
     passed = all(verdict["passed"] for verdict in verdicts.values())
     print(f"overall: {'PASS' if passed else 'FAIL'} (Core ML predict on this Mac; Linux replay said "
           f"{'PASS' if linux['verdict']['passed'] else 'FAIL'})")
+    time_package(ct, package, record, inputs, reference, verdicts, here)
     return 0 if passed else 1
 
 

@@ -76,6 +76,16 @@ class Target:
 
 
 @dataclass(frozen=True)
+class About:
+    """What a Core ML package says of itself in Xcode and to an app (`hrmc lower --author, --license,
+    --model-version, --description`); hrmc's own version is in its metadata (hrmc.version)."""
+    author: str = ""
+    license: str = ""
+    version: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class LowerOptions:
     """What `hrmc lower` passes on to a target's `lower`, besides the graphs and the output."""
     source: str  # the structured export's name, recorded in the artifact
@@ -85,6 +95,7 @@ class LowerOptions:
     seed: int = 0  # the seeded random batch the lowering's own checks run on (the ane range check)
     progress: Callable[[str], None] = field(default=lambda _: None)
     companion: Companion | None = None  # written beside the output, with it (lower --mac-check)
+    about: About = About()  # what a Core ML package says of itself
 
 
 class Companion(Protocol):
@@ -125,4 +136,4 @@ def make_executor(name: str, onnx_model: str | Path | None = None, chunk: int | 
     return TARGET_OF_EXECUTOR[name].backend().executor(name, onnx_model, chunk, artifact)
 
 
-__all__ = ["Companion", "TARGETS", "artifact_record", "TARGET_OF_EXECUTOR", "LowerOptions", "Target", "make_executor"]
+__all__ = ["About", "Companion", "TARGETS", "artifact_record", "TARGET_OF_EXECUTOR", "LowerOptions", "Target", "make_executor"]

@@ -28,6 +28,7 @@ from hrmc.lowering.export import export_onnx, read_record, weights_sha256
 from hrmc.record import Record
 from hrmc.passes import lower_onnx, structured_parts
 from hrmc.targets import TARGET_OF_EXECUTOR
+from hrmc.targets.app import APP_OUTPUTS
 from hrmc.targets.executor import DEFAULT_CHUNK, Arrays, Executor, Trace, carry_arrays
 from hrmc.targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
 from hrmc.targets.weights import check_weights
@@ -165,10 +166,31 @@ class TargetExecutor(Executor):
 
     def run(self, batch: Batch) -> Arrays:
         if self.chunk is None:
-            return until_steps_run(self.call(self.whole_role, {name: value.numpy() for name, value in batch.items()}))
+            values = self.call(self.whole_role, {name: value.numpy() for name, value in batch.items()})
+            app = {name: values.pop(name) for name in APP_OUTPUTS if name in values}
+            run = until_steps_run(values)
+            self.check_app_outputs(app, run)
+            return run
         role = "chunk" if self.chunk > 1 else "step"  # a chunk graph is lowered only for chunks of 2 steps or more
         trajectory, self.graph_calls = run_chunks(lambda feed: self.call(role, feed), self.start, batch, self.chunk)
         return trajectory
+
+    def check_app_outputs(self, app: Arrays, run: Arrays) -> None:
+        """A whole-inference function's `answer` and `halt_step` (targets/app.py) must be what its own run says:
+        the argmax of the logits at each sample's halting step, and the steps it ran."""
+        expected = {"halt_step": run["steps"][-1]} | ({"answer": run["logits"][-1].argmax(-1)} if "logits" in run else {})
+        for name, value in app.items():
+            if not np.array_equal(value, expected[name]):
+                raise GateFailure(f"{self.graph_name(self.whole_role)}: its {name} is not what its own outputs say "
+                                  f"({int((value != expected[name]).sum())} values differ)")
+
+    def check_initial_carry(self, initial: Arrays, floats: type) -> None:
+        """An `init` function (targets/app.py) must give the model's initial carry, in the artifact's float type."""
+        for name, value in self.start.items():
+            expected = value.astype(floats) if value.dtype.kind == "f" else value
+            if not np.array_equal(initial[name], expected):
+                raise GateFailure(f"{self.graph_name('init')}: its {name} is not the model's initial carry "
+                                  "(hrm_ref.initial_carry)")
 
     def whole_graph(self) -> str:
         if self.chunk is None:

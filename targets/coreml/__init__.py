@@ -3,7 +3,7 @@
 `lower_coreml(graphs, out, flavour, batch)` builds each graph's MIL program with coremltools' Builder
 (`OPS` is the op-mapping table; a node without an entry fails at lower time naming the op and the
 node), converts it (`ct.convert(..., convert_to="mlprogram")`), and joins them into one multifunction
-package (`inference`, `step`, `chunkK`) over one weight file, saved atomically. Two flavours:
+package (`solve`, `step`, `chunkK`, `init`) over one weight file, saved atomically. Two flavours:
 
 - `coreml`: float32 compute precision, CPU_ONLY: parity grade.
 - `ane`: float16 compute precision, CPU_AND_NE, fixed shapes and no control flow (the static graph),
@@ -62,10 +62,10 @@ def lower(target: Target, graphs: dict[str, Path], out: str | Path, options: Low
         checks.append(functools.partial(check_ranges, seed=options.seed, progress=options.progress))
     if options.companion is None:
         return [lower_coreml(graphs, out, target.name, options.batch, options.source, options.progress,
-                             options.force, options.weights, _each(checks))]
+                             options.force, options.weights, _each(checks), options.about)]
     with options.companion.writing(Path(out), options.force) as fill:
         written = lower_coreml(graphs, out, target.name, options.batch, options.source, options.progress,
-                               options.force, options.weights, _each(checks + [fill]))
+                               options.force, options.weights, _each(checks + [fill]), options.about)
     return [written, options.companion.path(Path(out))]
 
 

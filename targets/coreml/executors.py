@@ -56,6 +56,9 @@ class CoreMLExecutor(TargetExecutor):
         packages = dict.fromkeys(function.path for function in self.functions.values())  # 0.1's sets: several
         stored = (weight for package in packages for weight in program_constants(package))
         self.check_stored_weights(stored, model, batch, self.functions["step"].record.outputs, self.weights())
+        if "init" in self.functions:
+            inputs = {name: value.numpy() for name, value in batch.items()}
+            self.check_initial_carry(self.call("init", inputs), np.float16 if FLAVOURS[self.flavour].float_type == "fp16" else np.float32)
         return self.functions["chunk"].record.chunk if "chunk" in self.functions else 1
 
     def open_fresh(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> int:

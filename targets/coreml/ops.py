@@ -195,6 +195,8 @@ OPS: dict[str, Callable[[Builder, ir.Node], object]] = {
     "Softmax": lambda b, n: mb.softmax(x=b.var(n.inputs[0]), axis=b.attr("axis", -1)),
     "ReduceMin": _reduce("reduce_min"), "ReduceMax": _reduce("reduce_max"), "ReduceSum": _reduce("reduce_sum"),
     "ReduceMean": _reduce("reduce_mean"),
+    "ArgMax": lambda b, n: mb.reduce_argmax(x=b.var(n.inputs[0]), axis=b.attr("axis", 0),
+                                            keep_dims=bool(b.attr("keepdims", 1))),
     "hrmc.RMSNorm": _rms_norm, "hrmc.Rope": _rope, "hrmc.Attention": _attention,
     "hrmc.SwiGLU": lambda b, n: mb.mul(x=mb.silu(x=b.var(n.inputs[0])), y=b.var(n.inputs[1])),
 }

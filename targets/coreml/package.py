@@ -34,7 +34,8 @@ from hrmc.files import atomic_folder
 from hrmc.hrm_ref.compression import COMPRESSIONS
 from hrmc.names import CHUNK, PARTS, meta_key, unprefixed
 from hrmc.record import Record, rebase
-from hrmc.targets import TARGETS
+from hrmc.targets import TARGETS, About
+from hrmc.targets.app import describe, init_graph, with_answer
 from hrmc.targets.coreml._coremltools import PASS_REGISTRY, Program, ct, quiet_stderr
 from hrmc.targets.coreml.lowering import FLAVOURS, build_program, plain_weights
 
@@ -46,7 +47,7 @@ HRMC_FILES = {PARTS_FILE: "sha256 of every file of this package and of its set (
               VALUES_FILE: "the MIL value that holds each ONNX value the program computes (hrmc lower)"}
 BOOL_OUTPUTS = "bool_outputs"  # hrmc.bool_outputs in the user metadata: outputs bool in the ONNX graph, int32 here
 FUNCTIONS = "functions"  # hrmc.functions: {function: {"role", "bool_outputs", "meta"}} of a multifunction package
-WHOLE = "inference"  # the function of the whole static graph, the package's default
+WHOLE = "solve"  # the function of the whole static graph, the package's default ("inference" in packages hrmc wrote before)
 
 
 @dataclass(frozen=True)
@@ -73,22 +74,34 @@ class PackageFunction:
 
 
 def function_name(role: str, chunk: int | None = None) -> str:
-    """The function a graph of `role` becomes: inference, step, chunkK."""
-    return {"static": WHOLE, "step": "step", "chunk": f"chunk{chunk}"}[role]
+    """The function a graph of `role` becomes: solve, step, chunkK, init."""
+    return {"static": WHOLE, "step": "step", "chunk": f"chunk{chunk}", "init": "init"}[role]
+
+
+def app_graphs(graphs: dict[str, Path], chunk: int | None) -> tuple[dict[str, ir.Model], dict[str, str]]:
+    """Each graph by its function's name, and each function's role; a package with the whole inference and the
+    step also gets `init`, and its `solve` the final answer (targets/app.py)."""
+    models = {function_name(role, chunk): ir.load(str(graph)) for role, graph in graphs.items()}
+    roles = {function_name(role, chunk): role for role in graphs}
+    if "static" in graphs and "step" in graphs:
+        models[WHOLE] = with_answer(models[WHOLE])
+        models["init"], roles["init"] = init_graph(models[WHOLE], models["step"]), "init"
+    return models, roles
 
 
 def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: int, source: str,
                  progress: Callable[[str], None] = lambda _: None, force: bool = False,
-                 weights: str | None = None, check: Callable[[Path, Path], None] | None = None) -> Path:
-    """Build each graph ({"static": …, "step": …, "chunk": …}) as a function of one MIL program,
+                 weights: str | None = None, check: Callable[[Path, Path], None] | None = None,
+                 about: About = About()) -> Path:
+    """Build each graph ({"static": …, "step": …, "chunk": …}) as a function of one MIL program (and `init`),
     share the weights they hold alike, and save the package `out`; it appears whole, or not at all.
     An existing folder is replaced only if hrmc wrote it (or `force`). `weights`: one of the flavour's
     (its default). `check(written, out)` runs on the package before it appears; what it raises leaves
-    nothing behind."""
+    nothing behind. `about`: the author, license, version and description the package shows."""
     weights = TARGETS[flavour].weight_storage(weights) or plain_weights(flavour)
     chunk = int(ir.load(str(graphs["chunk"])).metadata_props[CHUNK]) if "chunk" in graphs else None
     chosen, out = FLAVOURS[flavour], Path(out)
-    models = {function_name(role, chunk): ir.load(str(graph)) for role, graph in graphs.items()}
+    models, roles = app_graphs(graphs, chunk)
     progress(f"building {', '.join(models)} (batch {batch})")
     built = build_program(models, batch, source, chosen, weight_pairs=weights == "float16x2",
                           compression=weights if weights in COMPRESSIONS else None)
@@ -106,9 +119,9 @@ def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: 
     with atomic_folder(out, marker=f"Data/{PARTS_FILE}", force=force) as temporary:
         package.save(str(temporary))
         records = {name: {"role": role} | _function_record(models[name], flavour, batch, weights,
-                                                           graphs[role].parent, out.parent)
-                   for name, role in zip(models, graphs)}
-        _describe(temporary, flavour, weights, source, records, models)
+                                                           graphs.get(role, graphs.get("step")).parent, out.parent)
+                   for name, role in roles.items()}
+        _describe(temporary, flavour, weights, source, records, models, about, batch)
         (temporary / "Data" / ORIGINS_FILE).parent.mkdir()
         (temporary / "Data" / ORIGINS_FILE).write_text(json.dumps(built.origins, indent=0, sort_keys=True))
         (temporary / "Data" / VALUES_FILE).write_text(json.dumps(built.values, indent=0, sort_keys=True))
@@ -133,27 +146,35 @@ def _function_record(model: ir.Model, flavour: str, batch: int, weights: str, gr
 
 
 def _describe(package: Path, flavour: str, weights: str, source: str, functions: dict[str, dict],
-              models: dict[str, ir.Model]) -> None:
+              models: dict[str, ir.Model], about: About, batch: int) -> None:
     """hrmc's metadata in a saved package's spec: what every function's graph shares at the top, each
-    function's own under `hrmc.functions`; each input and output described with its ONNX type."""
+    function's own under `hrmc.functions`; each input and output described: its meaning, type, shape and use."""
     spec_path, spec = _spec(package)
     metas = [record["meta"] for record in functions.values()]
     shared = {key: value for key, value in metas[0].items() if all(meta.get(key) == value for meta in metas)}
     for record in functions.values():
         record["meta"] = {key: value for key, value in record["meta"].items() if key not in shared}
     description = spec.description.metadata
-    description.shortDescription = (f"HRM lowered by hrmc {__version__} ({flavour}: {FLAVOURS[flavour].description}, "
-                                    f"{weights} weights) from {source}; functions {', '.join(functions)}")
-    description.versionString = __version__
+    lowered = (f"HRM lowered by hrmc {__version__} ({flavour}: {FLAVOURS[flavour].description}, {weights} weights) "
+               f"from {source}; functions {', '.join(functions)}")
+    description.shortDescription = f"{about.description} ({lowered})" if about.description else lowered
+    description.author, description.license, description.versionString = about.author, about.license, about.version
     for key, value in (shared | {FUNCTIONS: json.dumps(functions, sort_keys=True)}).items():
         description.userDefined[meta_key(key)] = value
     for function in spec.description.functions:
         graph = models[function.name].graph
         for features, values in ((function.input, graph.inputs), (function.output, graph.outputs)):
-            types = {value.name: value.dtype.name.lower() for value in values}
+            shapes = {value.name: [d if isinstance(d, int) else batch for d in value.shape] for value in values}
             for feature in features:
-                feature.shortDescription = f"{feature.name} ({types[feature.name]} in the ONNX graph)"
+                feature.shortDescription = describe(feature.name, function.name, _io_type(feature),
+                                                    shapes[feature.name])
     spec_path.write_bytes(spec.SerializeToString(deterministic=True))
+
+
+def _io_type(feature) -> str:
+    """A function input's or output's Core ML type: float16, float32 or int32."""
+    array = feature.type.multiArrayType
+    return {array.FLOAT16: "float16", array.FLOAT32: "float32", array.INT32: "int32"}.get(array.dataType, "array")
 
 
 @contextlib.contextmanager

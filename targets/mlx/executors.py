@@ -36,7 +36,11 @@ class MlxExecutor(TargetExecutor):
         record = read_record(self.artifact)
         self.check(record, self.artifact, model, batch)
         self.check_stored_weights(stored_weights(self.artifact).items(), model, batch, record.outputs)
-        return self.open(self.artifact, model, batch)
+        steps = self.open(self.artifact, model, batch)
+        if module_name("init") in self.graphs:
+            self.check_initial_carry(self.call("init", {name: value.numpy() for name, value in batch.items()}),
+                                     np.float32)
+        return steps
 
     def open_fresh(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> int:
         structured, graphs = self.lowered(model, batch, work, chunk)

@@ -24,7 +24,8 @@ from hrmc.targets.mlx.ops import DTYPES, HOST_OPS, OPS
 
 CLASSES = {"static": ("Inference", "The whole inference: `budget` masked ACT steps."),
            "step": ("Step", "One ACT step, with the carry in and out (chunk-budget 1)."),
-           "chunk": ("Chunk", "A chunk of ACT steps, with the carry in and out (for a host loop).")}
+           "chunk": ("Chunk", "A chunk of ACT steps, with the carry in and out (for a host loop)."),
+           "init": ("Init", "The carry a puzzle starts from: H_init / L_init at every position, no steps run.")}
 
 
 @dataclass
@@ -145,6 +146,27 @@ def load(folder=HERE):
     config = json.loads((folder / "config.json").read_text())
     modules = {{{modules}}}
     return config, {{name: mx.compile(module.__call__) for name, module in modules.items()}}
+
+
+def solve(graphs, config, batch):
+    """What an app runs, stopping as soon as every sample has halted: `init`, then the chunk (or step) module
+    with its carry fed back, at most the budget's calls. A halted sample's carry stays, but a call still computes
+    its outputs: its answer is the argmax of its logits at the step it halted (a call's rows are its steps,
+    `halted_per_step` says after which one each sample halted). Returns answer [B, L] and halt_step [B]."""
+    loop = graphs.get("chunk", graphs["step"])
+    carry, answer = graphs["init"](**batch), None
+    for _ in range(config["budget"]):
+        if mx.all(carry["halted"]).item():
+            break
+        out = loop(**carry, **batch)
+        halted_before = carry["halted"]
+        for j in range(out["halted_per_step"].shape[0]):
+            if "logits" in out:
+                found = mx.argmax(out["logits"][j], axis=-1).astype(mx.int32)
+                answer = found if answer is None else mx.where(halted_before[:, None], answer, found)
+            halted_before = out["halted_per_step"][j]
+        carry = {{name: out[name + "_next"] for name in ("z_H", "z_L", "steps", "halted")}}
+    return {{"answer": answer, "halt_step": carry["steps"]}}
 '''
 
 
@@ -180,7 +202,7 @@ def emit_class(kind: str, model: ir.Model, weights: WeightStore, source: str) ->
 
 
 def module_name(role: str) -> str:
-    """The name `load()` gives the module of the graph of `role`: inference (the static graph), step, chunk."""
+    """The name `load()` gives the module of the graph of `role`: inference (the static graph), step, chunk, init."""
     return CLASSES[role][0].lower()
 
 

@@ -1,6 +1,7 @@
 """The MLX folder: writing it (`lower_mlx`), and reading its config back, verified.
 
-    hrm_mlx.py              generated: one `nn.Module` per graph (Inference, Step, Chunk), one line per ONNX node
+    hrm_mlx.py              generated: one `nn.Module` per graph (Inference, Step, Chunk, Init), one line per
+                            ONNX node, and `solve()`, the app's loop with early exit
     weights.safetensors     every distinct constant once (the graphs share their weights)
     config.json             the model config and hrmc's metadata (policy, budget, outputs), and the record
     README.md               how to load and run it with only `mlx` and `numpy` installed
@@ -24,6 +25,7 @@ from hrmc.errors import InputError
 from hrmc.files import atomic_folder
 from hrmc import names
 from hrmc.record import Record, rebase
+from hrmc.targets.app import init_graph
 from hrmc.targets.mlx.lowering import WeightStore, emit_module, module_name
 from hrmc.targets.mlx.ops import DTYPES
 
@@ -40,14 +42,22 @@ import sys, numpy as np
 sys.path.insert(0, "path/to/this/folder")  # the folder this README is in
 import hrm_mlx                           # before MLX: it sets MLX_ENABLE_TF32=0 (below)
 import mlx.core as mx
-config, graphs = hrm_mlx.load()          # {{"inference": …, "step": …{chunk}}}, each compiled
+config, graphs = hrm_mlx.load()          # {{"inference": …, "step": …{chunk}, "init": …}}, each compiled
 batch = {{{batch}}}
 outputs = graphs["inference"](**batch)   # {outputs}
 ```
 
 `inference` runs the whole inference ({budget} masked ACT steps, policy {policy}); `step` runs one
-ACT step with the carry (`z_H`, `z_L`, `steps`, `halted`) in and out. `config.json` holds the model
-config and the graph metadata. Weights: `weights.safetensors`, each tensor once.
+ACT step with the carry (`z_H`, `z_L`, `steps`, `halted`) in and out; `init` gives the carry a puzzle starts
+from. `config.json` holds the model config and the graph metadata. Weights: `weights.safetensors`, each
+tensor once.
+
+To stop as soon as every puzzle has halted, as an app does:
+
+```python
+solved = hrm_mlx.solve(graphs, config, batch)   # init, then {loop} until every sample halted
+answer, halt_step = solved["answer"], solved["halt_step"]   # [B, L]: argmax at the halting step; [B]
+```
 
 Float32 means float32: `hrm_mlx` sets `MLX_ENABLE_TF32=0` before it imports MLX, overriding (with a
 warning) a value exported before, and `config.json` records it (`"tf32": false`). MLX reads the variable
@@ -74,6 +84,8 @@ def lower_mlx(graphs: dict[str, Path], folder: str | Path, source: str, force: b
     weights = WeightStore()
     models = {kind: ir.load(str(path)) for kind, path in graphs.items()}
     static = models["static"]
+    if "step" in models:  # what an app's loop starts from (targets/app.py)
+        models["init"] = init_graph(static, models["step"])
     meta = names.unprefixed({key: value for key, value in static.metadata_props.items() if key != names.PARTS})
     rebase(meta, "checkpoint", graphs["static"].parent, Path(folder).parent)
     chunk = int(models["chunk"].metadata_props[names.CHUNK]) if "chunk" in models else None
@@ -87,7 +99,7 @@ def lower_mlx(graphs: dict[str, Path], folder: str | Path, source: str, force: b
         mx.save_safetensors(str(temporary / WEIGHTS), {k: mx.array(v) for k, v in weights.arrays.items()})
         (temporary / README_FILE).write_text(README.format(
             title=title, version=__version__, batch=_example_batch(static.graph),
-            chunk=', "chunk": …' if "chunk" in models else "",
+            chunk=', "chunk": …' if "chunk" in models else "", loop="chunk" if "chunk" in models else "step",
             outputs=", ".join(v.name for v in static.graph.outputs), budget=record.budget, policy=record.policy))
         parts = {role: (temporary / name, file_sha256(temporary / name)) for role, name in FILES.items()}
         config[PARTS] = make_record(parts | {"config": (temporary / CONFIG, json_sha256(config))}, stem="")

@@ -133,3 +133,74 @@ def test_bad_input_is_one_line_and_exit_2(capsys, graphs: dict[str, Path], tmp_p
     assert_one_line_error(*hrmc(capsys, "bench", "--estimate", "ane", "--artifact", str(tmp_path / "none"))[::2],
                           "expected an ane .mlpackage")
     assert_one_line_error(*hrmc(capsys, "bench", "--artifact", str(coreml))[::2], "only read with --estimate")
+
+
+def _latency(tmp_path: Path, batch: int = 1, chip: str = "Apple M2 Pro") -> Path:
+    """A latency.json as check.py writes it on a Mac, from fabricated samples (nothing was timed here)."""
+    from hrmc.parity.latency import latency_record
+
+    about = {"package": "t.mlpackage", "flavour": "ane", "float_type": "float16", "batch": batch, "policy": "q-halt",
+             "budget": 8, "hrmc": "0.2.0", "measured_on": {"chip": chip, "macos": "15.1", "machine": "arm64",
+                                                           "coremltools": "9.0", "python": "3.9.6"}}
+    functions = {name: {"role": role, "load_s": 0.5, "first_s": 0.02, "samples_s": [ms * 1e-3 for ms in samples]}
+                 for name, role, samples in (("step", "step", [1.0, 2.0, 3.0]), ("solve", "static", [7.0, 9.0]),
+                                             ("init", "init", [0.25]))}
+    raw = {"check": "PASS", "functions": functions, "compute_plan": {}, "no_compute_plan": "",
+           "app_loop": [{"batch": 1, "loop": "step", "calls": 5, "steps": 5, "samples_s": [0.004, 0.006]}]}
+    path = tmp_path / "latency.json"
+    path.write_text(json.dumps(latency_record(about, {"CPU_AND_NE": raw, "ALL": {"check": "PASS", "error": "E: x"}})))
+    return path
+
+
+def test_the_measurement_is_set_beside_the_estimate_of_the_same_function(tmp_path: Path) -> None:
+    """Per compute unit and function: measured p50 and p90, and the estimate of that function at the measured batch
+    on the measured chip (M2 Pro: m2's Neural Engine); no estimate for a function the model does not estimate."""
+    from hrmc.bench.estimate import EstimateReport, Row, format_beside, measured_beside
+    from hrmc.parity.latency import read_measured
+
+    rows = [Row(chip, batch, step, 8 * step, "step function", "inference function", 0, 0, 0)
+            for chip, step in (("m1", 0.5), ("m2", 0.4)) for batch in (1, 4)]
+    report = EstimateReport("preset:tiny", "q-halt", 8, "float16", [CHIPS["m1"], CHIPS["m2"]], [], rows)
+    beside = measured_beside(report, read_measured(_latency(tmp_path)))
+    assert beside["chips"] == ["m2"] and beside["not_timed"] == {"ALL": "E: x"}
+    assert [(r["function"], r["p50_ms"], r["p90_ms"], r["estimate_ms"]) for r in beside["functions"]] == [
+        ("step", 2.0, 2.8, {"m2": 0.4}), ("solve", 8.0, 8.8, {"m2": 3.2}), ("init", 0.25, 0.25, {"m2": None})]
+    text = format_beside(beside, "x/latency.json").splitlines()
+    assert text[0].startswith("MEASURED beside the ESTIMATE: t.mlpackage (ane, batch 1)") and "Apple M2 Pro" in text[0]
+    assert text[1].split() == ["unit", "check", "function", "role", "p50", "ms", "p90", "ms", "est.", "m2", "ms"]
+    assert text[2].split() == ["CPU_AND_NE", "PASS", "step", "step", "2.000", "2.800", "0.4"]
+    assert text[4].split()[-1] == "-" and "ALL          not timed: E: x" in text
+    beside = measured_beside(report, read_measured(_latency(tmp_path, chip="Apple M3")))  # not estimated: every chip
+    assert beside["chips"] == ["m1", "m2"] and beside["functions"][0]["estimate_ms"] == {"m1": 0.5, "m2": 0.4}
+    beside = measured_beside(report, read_measured(_latency(tmp_path, batch=2)))
+    assert beside["chips"] == [] and "no estimate at batch 2 (estimated at batch 1, 4)" in format_beside(beside, "f")
+
+
+def test_measured_is_read_with_the_estimate_only_and_a_bad_one_is_one_line(capsys, tmp_path: Path) -> None:
+    path = _latency(tmp_path)
+    assert_one_line_error(*hrmc(capsys, "bench", "--measured", str(path))[::2], "--measured: only read with --estimate")
+    data = json.loads(path.read_text())
+    data["units"]["CPU_AND_NE"]["functions"]["step"]["p90_ms"] = None
+    path.write_text(json.dumps(data))
+    assert_one_line_error(*hrmc(capsys, "bench", "--estimate", "ane", "--measured", str(path))[::2], str(path),
+                          "units.CPU_AND_NE.functions.step.p90_ms: expected a finite number")
+    assert_one_line_error(*hrmc(capsys, "bench", "--estimate", "ane", "--measured", str(tmp_path / "none.json"))[::2],
+                          "none.json: no such file")
+
+
+@pytest.mark.heavy  # ane lowerings of tiny
+def test_bench_prints_the_measurement_beside_the_estimate(capsys, ane_package: Path, tmp_path: Path) -> None:
+    path = _latency(tmp_path)
+    code, out, _ = hrmc(capsys, "bench", "--estimate", "ane", "--artifact", str(ane_package), "--measured", str(path))
+    assert code == 0 and "ESTIMATE" in out and "MEASURED beside the ESTIMATE" in out
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("unit") and "est. m2 ms" in line)
+    step = lines[lines.index(header) + 1].split()
+    estimated = next(line.split() for line in lines if line.split()[:2] == ["m2", "15.8"])  # its row: step ms 5th
+    assert step[:6] == ["CPU_AND_NE", "PASS", "step", "step", "2.000", "2.800"]
+    assert float(step[6]) == pytest.approx(float(estimated[4]), rel=2e-3)  # printed to 4 and 3 digits
+    code, out, _ = hrmc(capsys, "bench", "--estimate", "ane", "--artifact", str(ane_package), "--measured", str(path),
+                        "--json")
+    report = json.loads(out)
+    assert code == 0 and report["kind"] == "estimate" and report["measured"]["file"] == str(path)
+    assert report["measured"]["chips"] == ["m2"] and report["measured"]["functions"][0]["estimate_ms"]["m2"] > 0

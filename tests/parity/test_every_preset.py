@@ -49,7 +49,7 @@ def test_every_executor_pair_agrees_in_both_modes(case: str, policy: str, tmp_pa
     export_onnx(model, tmp_path / "m.onnx", policy)
     batch = hrm_ref.random_batch(model.config, 1 if case == "sudoku" else 3, seed=0)
     runs = [(pair, ("step", "trajectory")) for pair in PAIRS]
-    if case != "sudoku":  # sudoku's float32 package is minutes per graph under the replay: measured in the README
+    if case != "sudoku":  # sudoku's float32 package is minutes per graph under the replay: measured in bench/RESULTS.md
         runs += [(pair, ("step",)) for pair in STEP_ONLY]
     for pair, modes in runs:
         reports = check_modes(*pair, model, batch, policy=policy, budget=None, modes=modes,

@@ -4,6 +4,7 @@ reproducing the Linux gate's (Core ML itself is stood in for by the MIL replay: 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -21,6 +22,7 @@ from hrmc import hrm_ref
 from hrmc.cli import main
 from hrmc.parity.gate import FLOAT16_ROUNDING, HALF_FACTOR, Q_ERROR_LIMIT
 from hrmc.parity import mac_check, on_mac
+from hrmc.record import Record
 from hrmc.targets.coreml import PackageFunction
 from hrmc.targets.coreml.runtime import replay
 from tests.hrmc.test_cli import assert_one_line_error, hrmc
@@ -39,7 +41,7 @@ def _feed_key(feed: dict[str, np.ndarray]) -> str:
 
 
 def _role(outputs) -> str:
-    return "inference" if "steps_run" in outputs else "step"
+    return "solve" if "steps_run" in outputs else "step"
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +155,7 @@ def test_the_verdict_on_the_replay_is_the_linux_gates_and_a_perturbed_output_fai
     assert linux["decisions"]["answers, per step"]["compared"] == gate["answers"]["compared"]
     record = json.loads((folder / "record.json").read_text())
     reference, inputs = (on_mac.load_arrays(folder / name) for name in ("reference.npz", "inputs.npz"))
-    runs = on_mac.run_functions(_replayed(replayed, "step"), _replayed(replayed, "inference"), record, inputs, reference)
+    runs = on_mac.run_functions(_replayed(replayed, "step"), _replayed(replayed, "solve"), record, inputs, reference)
     assert on_mac.judge(record, reference, runs) == linux
     runs["steps"][0]["logits"][0, 0] += 1.0
     perturbed = on_mac.judge(record, reference, runs)
@@ -189,7 +191,7 @@ def test_on_a_mac_each_compute_unit_is_judged(capsys, checked, monkeypatch) -> N
     assert [line.split() for line in out.splitlines() if line.split()[:1] in (["CPU_ONLY"], ["CPU_AND_NE"])] == [
         ["CPU_ONLY", "PASS"], ["CPU_AND_NE", "FAIL"]]
     assert "overall: FAIL" in out and "FAIL: logits: RMSE" in out and "worst ratio" in out
-    assert {unit for _, unit, _ in loaded} == set(on_mac.UNITS) and {f for *_, f in loaded} == {"step", "inference"}
+    assert {unit for _, unit, _ in loaded} == set(on_mac.UNITS) and {f for *_, f in loaded} == {"step", "solve"}
     assert all(path != package and path.name == package.name for path, *_ in loaded)  # a copy runs, not the package
     assert script.main(["--units", "cpu_only,ALL"]) == 0 and "overall: PASS" in capsys.readouterr().out
     monkeypatch.setattr("platform.mac_ver", lambda: ("14.6", ("", "", ""), "arm64"))
@@ -220,8 +222,10 @@ def test_a_failing_check_leaves_neither_the_package_nor_its_folder(tiny_export: 
 
 def test_float32_packages_are_held_to_the_mac_tolerance(tiny) -> None:
     """coreml: every output within 1e-4 + 1e-4·|b|, decisions close within twice that of a tie."""
-    meta = {"flavour": "coreml", "policy": "q-halt", "budget": "8", "batch": "2"}
-    step = PackageFunction("step", Path("c.mlpackage"), "step", (), meta)
+    record = Record(version="0", config=dataclasses.asdict(tiny.config), policy="q-halt", budget=8, seq_len=16,
+                    outputs=("logits", "q_halt_logits", "q_continue_logits"), weights_sha256="", flavour="coreml",
+                    batch=2)
+    step = PackageFunction("step", Path("c.mlpackage"), "step", (), record.metadata())
     reference, gates = mac_check.reference_trajectory(tiny, step, hrm_ref.random_batch(tiny.config, 2, 0, 16))
     assert set(gates) == {"logits", "q_halt_logits", "q_continue_logits", "z_H", "z_L"}
     assert all(gate == {"gate": "tolerance", "atol": 1e-4, "rtol": 1e-4} for gate in gates.values())

@@ -24,7 +24,7 @@ def test_lower_writes_packages_without_control_flow(capsys, tiny_export: Path, t
                         "--batch", "2", "-o", str(tmp_path / "t.mlpackage"))
     assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["t.mlpackage"]
     functions = coreml.package_functions(tmp_path / "t.mlpackage")
-    assert {role: f.name for role, f in functions.items()} == {"static": "inference", "step": "step"}
+    assert {role: f.name for role, f in functions.items()} == {"static": "solve", "step": "step", "init": "init"}
     ops = coreml.op_counts(tmp_path / "t.mlpackage")
     assert ops["matmul"] > 0 and not {"while_loop", "cond"} & set(ops)
     assert functions["static"].record.flavour == "coreml" and functions["step"].batch == 2

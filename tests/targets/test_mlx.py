@@ -34,9 +34,21 @@ def test_lower_writes_a_self_contained_folder(capsys, tiny, tiny_export: Path, t
     assert "mx.fast.rms_norm" in code_text and "mx.fast.scaled_dot_product_attention" in code_text
     assert "class Inference" in code_text and "class Step" in code_text and "class Chunk" in code_text
     config = json.loads((folder / "config.json").read_text())
-    assert config["policy"] == "q-halt" and config["graphs"] == {"static": "inference", "step": "step", "chunk": "chunk"}
+    assert config["policy"] == "q-halt" and config["graphs"] == {"static": "inference", "step": "step", "chunk": "chunk",
+                                                                 "init": "init"}
     parameter_bytes = 4 * tiny.num_parameters()
     assert parameter_bytes <= (folder / "weights.safetensors").stat().st_size <= 1.05 * parameter_bytes
+    # an app's loop, with early exit: the chunk module from init until every sample halted, as hrm_ref runs it
+    batch = hrm_ref.random_batch(tiny.config, 4, seed=3)
+    reference = hrm_ref.run(tiny, batch, "q-halt")
+    script = (f"import sys, json, numpy as np; sys.path.insert(0, {str(folder)!r}); import hrm_mlx, mlx.core as mx\n"
+              "config, graphs = hrm_mlx.load()\n"
+              f"batch = {{k: mx.array(np.array(v, np.int32)) for k, v in json.loads({json.dumps(json.dumps({k: v.tolist() for k, v in batch.items()}))}).items()}}\n"
+              "solved = hrm_mlx.solve(graphs, config, batch)\n"
+              "print(json.dumps({k: np.array(v).tolist() for k, v in solved.items()}))")
+    solved = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+    assert solved["halt_step"] == reference["steps"][-1].tolist() and len(set(solved["halt_step"])) > 1
+    assert solved["answer"] == reference["logits"][-1].argmax(-1).tolist()
 
 
 def test_a_missing_op_mapping_fails_at_lower_time_and_leaves_nothing(capsys, tiny_export: Path, tmp_path: Path,
