@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import click
+import numpy as np
 
 from hrmc import hrm_ref
 from hrmc.hrm_ref.act import batch_size as batch_size_of
@@ -164,6 +165,9 @@ def echo_json(report: Any) -> None:
 
 
 def _finite(value: Any) -> Any:
+    """JSON values: numpy scalars as Python's, non-finite floats as strings."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
@@ -547,7 +551,9 @@ def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_
             preset = demo_default(checkpoint, preset, "gating")
         else:  # what it records: its model, policy, budget, batch and sequence length
             typed = given("checkpoint", "preset", "policy", "budget", "batch_size", "seq_len")
-            taken = driver.artifact_options(targets.artifact_record(b, artifact), Path(artifact), typed)
+            with binding.tolerating_changes() if localize else contextlib.nullcontext():  # it notes them itself
+                record = targets.artifact_record(b, artifact)
+            taken = driver.artifact_options(record, Path(artifact), typed)
             checkpoint, preset = taken.get("checkpoint", checkpoint), taken.get("preset", preset)
             policy, budget = taken.get("policy", policy), taken.get("budget", budget)
             batch_size, seq_len = taken.get("batch_size", batch_size), taken.get("seq_len", seq_len)

@@ -40,6 +40,7 @@ this check was written for.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -48,7 +49,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 try:
     import numpy as np
@@ -67,6 +68,16 @@ Predict = Callable[[Arrays], Arrays]
 
 class Refused(Exception):
     """A reason to judge nothing (exit 2): not a Mac, or not the package this check was written for."""
+
+
+@contextlib.contextmanager
+def package_copy(package: Path) -> Iterator[Path]:
+    """A copy of the package in a temporary folder, for Core ML to open: it may rewrite the manifest of a package
+    it opens, and the package must stay the bytes its record names."""
+    with tempfile.TemporaryDirectory(prefix="hrmc-check-") as scratch:
+        copy = Path(scratch) / package.name
+        shutil.copytree(package, copy)
+        yield copy
 
 
 def package_files(package: Path) -> dict[str, str]:
@@ -633,9 +644,7 @@ def time_package(ct, package: Path, record: dict[str, Any], inputs: Arrays, refe
     print(f"timing {package.name}: every function and the app loop on each compute unit, {ITERATIONS} timed calls "
           f"after the first and {WARMUP} untimed")
     raw = {}
-    with tempfile.TemporaryDirectory(prefix="hrmc-latency-") as scratch:
-        copy = Path(scratch) / package.name  # Core ML may rewrite the manifest of a package it opens
-        shutil.copytree(package, copy)
+    with package_copy(package) as copy:
         for unit, verdict in verdicts.items():
             check = "PASS" if verdict["passed"] else "FAIL"
             try:
@@ -713,9 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Linux replay said: {'PASS' if linux['verdict']['passed'] else 'FAIL'}; it computed "
           f"{linux['runs_with']}, with coremltools {linux['coremltools']}")
     verdicts = {}
-    with tempfile.TemporaryDirectory(prefix="hrmc-check-") as scratch:
-        copy = Path(scratch) / package.name  # Core ML may rewrite the manifest of a package it opens
-        shutil.copytree(package, copy)
+    with package_copy(package) as copy:
         for unit in units:
             step, inference = (_predict(ct, copy, unit, record["functions"][role]) for role in ("step", "inference"))
             verdicts[unit] = judge(record, reference, run_functions(step, inference, record, inputs, reference))

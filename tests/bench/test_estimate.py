@@ -91,7 +91,7 @@ def test_the_whole_inference_and_a_larger_batch_cost_more(capsys, tiny_export: P
     code, out, err = hrmc(capsys, "bench", "--estimate", "ane", "--onnx-model", str(tiny_export), "--policy", "q-halt",
                           "--batch", "4", "--chip", "m1", "--chip", "a18", "--json")
     four = json.loads(out)
-    assert code == 0 and "building inference, step (batch 4)" in err
+    assert code == 0 and "building solve, step, init (batch 4)" in err
     assert [(row["chip"], row["batch"]) for row in four["rows"]] == [("m1", 4), ("a18", 4)]
     smaller = {row["chip"]: row for row in one["rows"]}
     for row in four["rows"]:

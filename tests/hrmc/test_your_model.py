@@ -79,14 +79,23 @@ def test_the_demo_model_is_never_gated_unsaid(capsys) -> None:
     assert result.returncode == 2 and "--checkpoint PATH or --preset NAME" in result.stderr
 
 
-@pytest.mark.heavy  # export, four lowerings and five gates per checkpoint, and the ANE estimate: minutes each
-@pytest.mark.parametrize("preset", ["tiny", "trm-tiny"])  # HRM and TRM, attention with RoPE
-@pytest.mark.parametrize("dataset", [True, False], ids=["dataset", "no-dataset"])
-def test_an_upstream_checkpoint_goes_through_the_copyable_ci(capsys, tmp_path: Path, preset: str, dataset: bool) -> None:
+# HRM and TRM (attention with RoPE), with and without the dataset's metadata: every target for one of each, and
+# the float16 package beside the static graph for the other two (where the length comes from is the same code for
+# every target; each full run is two minutes)
+EVERY_TARGET = "onnx,static,mlx,coreml,ane"
+
+
+@pytest.mark.heavy  # export, the lowerings and their gates per checkpoint, and the ANE estimate: minutes each
+@pytest.mark.parametrize("preset, dataset, executors", [
+    ("tiny", True, EVERY_TARGET), ("trm-tiny", False, EVERY_TARGET), ("tiny", False, "static,ane"),
+    ("trm-tiny", True, "static,ane")], ids=["hrm-dataset", "trm-no-dataset", "hrm-no-dataset", "trm-dataset"])
+def test_an_upstream_checkpoint_goes_through_the_copyable_ci(capsys, tmp_path: Path, preset: str, dataset: bool,
+                                                             executors: str) -> None:
     checkpoint = upstream_run(preset, tmp_path, dataset)
     length = [] if dataset else ["--seq-len", "16"]
     hrmc_command = Path(sys.executable).parent / "hrmc"
-    result = subprocess.run(["bash", str(GATE), "--checkpoint", str(checkpoint), *length, str(tmp_path / "out")],
+    result = subprocess.run(["bash", str(GATE), "--checkpoint", str(checkpoint), *length, "--executors", executors,
+                             str(tmp_path / "out")],
                             env=os.environ | {"HRMC": str(hrmc_command)}, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert all(line.split()[1] == "PASS" for line in (tmp_path / "out" / "reports" / "summary.txt").read_text().splitlines())
