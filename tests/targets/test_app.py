@@ -27,8 +27,9 @@ def _lowered(export: Path, out: Path, batch: int, *about: str) -> Path:
 
 @pytest.fixture(scope="module")
 def package(tiny_export: Path, tmp_path_factory) -> Path:
-    return _lowered(tiny_export, tmp_path_factory.mktemp("app") / "Solver.mlpackage", BATCH, "--author", "Ada",
-                    "--license", "MIT", "--model-version", "2.1", "--description", "Solves tiny puzzles")
+    return _lowered(tiny_export, tmp_path_factory.mktemp("app") / "Solver.mlpackage", BATCH, "--chunk", "3",
+                    "--author", "Ada", "--license", "MIT", "--model-version", "2.1", "--description",
+                    "Solves tiny puzzles")
 
 
 def _predict(package: Path, function: str):
@@ -36,18 +37,20 @@ def _predict(package: Path, function: str):
     return load(package, function, coreml.FLAVOURS["ane"].compute_units)
 
 
-def _solved(package: Path, inputs: dict[str, np.ndarray], budget: int) -> tuple[dict, dict]:
-    """What `solve` returns, and what the app loop (init, then step until every sample halted) returns."""
+def _solved(package: Path, inputs: dict[str, np.ndarray], budget: int, loop: str = "step") -> tuple[dict, dict]:
+    """What `solve` returns, and what the app loop (init, then `loop` until every sample halted) returns."""
     solved = _predict(package, "solve")(inputs)
-    looped = on_mac.app_loop(_predict(package, "init"), _predict(package, "step"), inputs, budget)
+    looped = on_mac.app_loop(_predict(package, "init"), _predict(package, loop), inputs, budget)
     return solved, looped
 
 
 def test_the_app_loop_gives_what_solve_gives(package: Path, tiny) -> None:
     batch = hrm_ref.random_batch(tiny.config, BATCH, seed=3)
     inputs = {name: value.numpy().astype(np.int32) for name, value in batch.items()}
-    solved, looped = _solved(package, inputs, budget=8)
-    assert np.array_equal(looped["answer"], solved["answer"]) and np.array_equal(looped["halt_step"], solved["halt_step"])
+    for loop in ("step", "chunk3"):  # a chunk's rows are its steps: samples halt within a call too
+        solved, looped = _solved(package, inputs, 8, loop)
+        assert np.array_equal(looped["answer"], solved["answer"]), loop
+        assert np.array_equal(looped["halt_step"], solved["halt_step"]), loop
     assert len(set(solved["halt_step"].tolist())) > 1  # samples halt at different steps: the loop's masking is seen
 
 
@@ -80,7 +83,7 @@ def test_every_input_and_output_says_what_it_is_for(package: Path) -> None:
     about = spec.description.metadata
     assert (about.author, about.license, about.versionString) == ("Ada", "MIT", "2.1")
     assert about.shortDescription.startswith("Solves tiny puzzles (HRM lowered by hrmc")
-    assert {f.name for f in spec.description.functions} == {"init", "step", "solve"}
+    assert {f.name for f in spec.description.functions} == {"init", "step", "chunk3", "solve"}
     for function in spec.description.functions:
         for feature in [*function.input, *function.output]:
             text = feature.shortDescription
