@@ -24,7 +24,8 @@ from hrmc.hrm_ref.act import initial_carry, resolve_budget
 from hrmc.binding import changed, noting_changes
 from hrmc.errors import GateFailure, InputError
 from hrmc.files import work_folder
-from hrmc.lowering.export import export_onnx, read_record, weights_sha256
+from hrmc.lowering.cache import cached_export
+from hrmc.lowering.export import read_record, weights_sha256
 from hrmc.record import Record
 from hrmc.passes import lower_onnx, structured_parts
 from hrmc.targets import TARGET_OF_EXECUTOR
@@ -48,11 +49,11 @@ def check_source(record: Record, where: Path, model: HRM | None, policy: str, bu
 
 def structured_source(onnx_model: Path | None, folder: Path, model: HRM, policy: str, budget: int,
                       batch: Batch) -> Path:
-    """The structured export every executor made afresh starts from: the given file, checked, or a fresh export."""
+    """The structured export every executor made afresh starts from: the given file, checked, or the model's
+    export (lowering/cache.py: made once per model, policy, budget and length)."""
     path = onnx_model
     if path is None:
-        path = folder / "model.onnx"
-        export_onnx(model, path, policy, budget, batch)
+        path = cached_export(model, policy, budget, batch, folder)
     structured_parts(path)
     check_source(read_record(path), path, model, policy, budget, model.inner.sequence_length(batch))
     return path

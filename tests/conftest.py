@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -62,6 +62,16 @@ def write_dataset_metadata(model: HRM, root: Path, seq_len: int, data_path: str 
                 "total_groups": 1000, "mean_puzzle_examples": 1.0, "sets": ["all"]} | changes
     (folder / "dataset.json").write_text(json.dumps(metadata))
     return folder / "dataset.json"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def export_cache(tmp_path_factory) -> Iterator[Path]:
+    """The export cache (lowering/cache.py) of this test session (of each xdist worker): never the user's, and
+    shared by every test that makes a model's graphs afresh."""
+    folder = tmp_path_factory.mktemp("export-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HRMC_CACHE", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,113 @@
+"""Export once per model: the structured export an executor starts from, cached by what defines it.
+
+Every `hrmc parity` without `--artifact` and every `hrmc bench` makes its executors' graphs afresh from the
+structured export, and tracing it (`torch.export`, twice) is most of a tiny gate's time and a minute of sudoku's.
+The export depends only on the model's weights and config, the policy, the budget, the sequence length and the
+code that traces it (hrmc's export and hrm_ref, torch, onnx): those, hashed, name an entry
+
+    CACHE/exports/KEY/model.onnx, model.step.onnx      (the pair `export_onnx` writes, bound by their record)
+
+CACHE is $HRMC_CACHE, else $XDG_CACHE_HOME/hrmc, else ~/.cache/hrmc; HRMC_CACHE=off turns the cache off. An
+entry appears whole (written in a temporary folder, renamed) or not at all; one whose files no longer match their
+record is removed and made again, never used. The most recently used ENTRIES stay; older ones, unused for an
+hour, are removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import onnx
+import torch
+
+from hrmc import __version__
+from hrmc.hrm_ref import HRM, Batch
+from hrmc.lowering.artifact import bound_parts
+from hrmc.lowering.export import export_onnx, weights_sha256
+
+ENTRIES = 8  # exports kept: sudoku's pair is 0.2 GB
+IN_USE_SECONDS = 3600  # an entry used this recently is never pruned
+OFF = "off"
+_CODE = ("lowering", "hrm_ref")  # hrmc's packages whose code defines an export
+
+
+def cache_folder() -> Path | None:
+    """Where exports are cached, or None when HRMC_CACHE=off."""
+    chosen = os.environ.get("HRMC_CACHE")
+    if chosen == OFF:
+        return None
+    if chosen:
+        return Path(chosen)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hrmc"
+
+
+def cached_export(model: HRM, policy: str, budget: int, batch: Batch, work: Path) -> Path:
+    """The structured export of `model` (policy, budget, the batch's sequence length): from the cache when an
+    intact entry holds it, else exported (into the cache, or into `work` when the cache is off or unwritable)."""
+    root = cache_folder()
+    if root is None:
+        return _export(model, policy, budget, batch, work)
+    entry = root / "exports" / _key(model, policy, budget, batch)
+    path = entry / "model.onnx"
+    if entry.is_dir():
+        try:
+            bound_parts(path)
+            os.utime(entry)  # recently used
+            return path
+        except Exception:  # noqa: BLE001 (any failure to read it back is damage: made again below, never used)
+            shutil.rmtree(entry, ignore_errors=True)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".hrmc-export-", dir=entry.parent))
+    except OSError:
+        return _export(model, policy, budget, batch, work)
+    try:
+        _export(model, policy, budget, batch, staging)
+        try:
+            staging.rename(entry)
+        except OSError:  # another run cached it meanwhile: theirs is as good
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _prune(entry.parent)
+    return path if entry.is_dir() else _export(model, policy, budget, batch, work)
+
+
+def _export(model: HRM, policy: str, budget: int, batch: Batch, folder: Path) -> Path:
+    return export_onnx(model, folder / "model.onnx", policy, budget, batch).act_path
+
+
+def _key(model: HRM, policy: str, budget: int, batch: Batch) -> str:
+    defined = {"hrmc": __version__, "code": _code_digest(), "torch": torch.__version__, "onnx": onnx.__version__,
+               "weights": weights_sha256(model), "config": dataclasses.asdict(model.config), "policy": policy,
+               "budget": budget, "seq_len": model.inner.sequence_length(batch)}
+    return hashlib.sha256(json.dumps(defined, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _code_digest() -> str:
+    """The source of the code that makes an export: a changed exporter never reads an old entry."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent.parent
+    for part in _CODE:
+        for source in sorted((package / part).rglob("*.py")):
+            digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def _prune(exports: Path) -> None:
+    """Keep the ENTRIES most recently used entries, and any used within the hour (another run may be reading it)."""
+    entries = sorted((p for p in exports.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[ENTRIES:]:
+        if old.stat().st_mtime < time.time() - IN_USE_SECONDS:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = ["cache_folder", "cached_export"]
