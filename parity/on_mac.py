@@ -35,6 +35,11 @@ for a multifunction package.
 
 Exit 0: every compute unit passes; 1: one fails; 2: not macOS, or not the package (or the files)
 this check was written for.
+
+After the verdict it times the package on each compute unit (`time_package`): every function's load and
+calls, and the app's loop (`app_loop`: init, then chunk or step until every sample halted), with Core ML's
+compute plan where macOS has it; it writes latency.json and latency.md beside this script. The verdict stands
+whatever the timing finds.
 """
 
 from __future__ import annotations
