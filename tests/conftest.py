@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -85,17 +86,25 @@ def upstream_checkpoint(tiny: HRM, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory) -> Callable[[str, str], Path]:
-    """`exported(preset, policy)`: that preset's export pair, written once per test session (an export
-    takes 10–60 s) and shared by every test that asks."""
-    from hrmc.lowering import export_onnx
+def exported(tmp_path_factory, export_cache: Path) -> Callable[[str, str], Path]:
+    """`exported(preset, policy)`: that preset's export pair as PRESET.onnx, traced once per test session (an
+    export takes 10–60 s) into the session's export cache, so a gate of the same model made afresh traces nothing,
+    and copied out of it: a test may change its copy."""
+    from hrmc.hrm_ref.act import resolve_budget
+    from hrmc.lowering import step_path_for
+    from hrmc.lowering.artifact import bound_parts
+    from hrmc.lowering.cache import cached_export
 
     made: dict[tuple[str, str], Path] = {}
 
     def export(preset: str, policy: str = "q-halt") -> Path:
         if (preset, policy) not in made:
-            path = tmp_path_factory.mktemp("export") / f"{preset}.onnx"
-            export_onnx(hrm_ref.build_preset(preset), path, policy)
+            model, folder = hrm_ref.build_preset(preset), tmp_path_factory.mktemp("export")
+            cached = cached_export(model, policy, resolve_budget(model, policy, None),
+                                   hrm_ref.random_batch(model.config, 2, seed=0), folder)
+            path = folder / f"{preset}.onnx"
+            for role, part in bound_parts(cached).items():  # a pair renamed together is the same pair
+                shutil.copyfile(part, path if role == "act" else step_path_for(path))
             made[preset, policy] = path
         return made[preset, policy]
     return export

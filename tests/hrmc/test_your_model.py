@@ -36,6 +36,7 @@ def test_the_sequence_length_comes_from_the_dataset(capsys, tmp_path: Path) -> N
     assert_one_line_error(code, err, "dataset.json says 12", "vocab_size 11")
 
 
+@pytest.mark.heavy  # an upstream checkpoint exported, lowered and gated: 20 s
 def test_without_a_dataset_the_length_is_given_once_and_recorded(capsys, tmp_path: Path) -> None:
     checkpoint = upstream_run("tiny", tmp_path, dataset=False)
     export = tmp_path / "ship" / "model.onnx"
@@ -61,6 +62,7 @@ def test_without_a_dataset_the_length_is_given_once_and_recorded(capsys, tmp_pat
     assert hrmc(capsys, "parity", "torch", "static", "--artifact", str(moved), "--checkpoint", str(checkpoint))[0] == 0
 
 
+@pytest.mark.heavy  # an upstream checkpoint exported and lowered: 20 s
 def test_no_artifact_holds_a_path_of_the_machine_that_built_it(capsys, tmp_path: Path) -> None:
     checkpoint = upstream_run("tiny", tmp_path, dataset=True)
     out = tmp_path / "ship"
@@ -73,7 +75,7 @@ def test_no_artifact_holds_a_path_of_the_machine_that_built_it(capsys, tmp_path:
 
 
 def test_the_demo_model_is_never_gated_unsaid(capsys) -> None:
-    code, _, err = hrmc(capsys, "parity", "torch", "static", "--budget", "2", "--batch", "1")
+    code, _, err = hrmc(capsys, "parity", "torch", "static", "--policy", "q-halt", "--batch", "1")  # tiny_export's
     assert code == 0 and err.splitlines()[0] == "  gating the built-in demo model tiny (no --checkpoint or --preset given)"
     result = subprocess.run(["bash", str(GATE)], capture_output=True, text=True)
     assert result.returncode == 2 and "--checkpoint PATH or --preset NAME" in result.stderr

@@ -59,7 +59,7 @@ def test_a_transpose_of_an_activation_is_left_alone() -> None:
     assert not FoldWeightTransposesPass()(model).modified
 
 
-@pytest.mark.parametrize("preset", ["trm-tiny", "trm-tiny-mlp-t"])
+@pytest.mark.parametrize("preset", ["trm-tiny", pytest.param("trm-tiny-mlp-t", marks=pytest.mark.heavy)])
 def test_a_trm_step_reads_every_weight_once_and_untransposed(preset: str, exported) -> None:
     """TRM's one network, shared by the L cycles and the H-step: the exporter leaves some of its weights
     behind Transpose nodes and folds others once per loop body; after the pipeline no weight is read
