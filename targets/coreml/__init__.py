@@ -17,14 +17,15 @@ Core ML packages have fixed shapes here (the ANE wants them): the batch is fixed
 int64 becomes int32, and bool inputs and outputs travel as int32 (Core ML I/O has no bool).
 
 On Linux `predict()` does not exist, so the `coreml` and `ane` executors replay the *saved* package:
-its MIL program is read back and every op is rebuilt from numpy constants, so that coremltools'
-own `value_inference` computes it (`FALLBACK` covers ops without one). That checks the lowering
-against MIL's reference semantics, not Core ML's runtime kernels: every report says so.
+its MIL program is read back and run by the MIL interpreter, per op a numpy kernel computing what
+coremltools' own `value_inference` does. That checks the lowering against MIL's reference
+semantics, not Core ML's runtime kernels: every report says so.
 
     ops.py        OPS: each ONNX op as MIL ops
     lowering.py   Builder, build_program: one static graph → a MIL program; the flavours
     package.py    lower_coreml: the multifunction .mlpackage, written and read back (0.1's package sets too)
     runtime.py    predict on macOS, the MIL replay elsewhere
+    interpreter.py  the MIL interpreter the replay runs: KERNELS, each MIL op as numpy
     executors.py  CoreMLExecutor: coreml, coreml-chunked, ane
     readiness.py  the ANE-readiness report of `hrmc inspect`
     ranges.py     the float16 range report (`inspect --ranges`) and `lower --target ane`'s range check

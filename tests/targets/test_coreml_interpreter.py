@@ -1,0 +1,131 @@
+"""The MIL interpreter, on programs hrmc reads itself (program.py), against its slow reference: coremltools'
+reader, every op rebuilt through coremltools' builder (coreml_builder_replay.py). The same bits, on saved
+packages of every flavour and weight storage, on a trained fixture, and op by op on random tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from hrmc.cli import main
+from hrmc.errors import InputError
+from hrmc.hrm_ref import HRM, build_preset, random_batch
+from hrmc.targets import coreml
+from hrmc.targets.coreml._coremltools import Function, mb, mil_types
+from hrmc.targets.coreml.interpreter import interpret
+from hrmc.targets.coreml.runtime import saved_program
+from tests.targets.coreml_builder_replay import builder_replay, coremltools_program
+
+
+def feed_for(function: Function, model: HRM, seed: int = 0) -> dict[str, np.ndarray]:
+    """A function's inputs: the model's random batch of puzzles, and (step and chunk functions) a carry: standard
+    normal states, step counts and halted flags of 0 or 1."""
+    rng = np.random.default_rng(seed)
+    feed = {name: value.numpy().astype(np.int32) for name, value in random_batch(model.config, 2, seed=seed).items()}
+    floats = {mil_types.fp16: np.float16, mil_types.fp32: np.float32}
+    for name, var in function.inputs.items():
+        if name not in feed:
+            feed[name] = (rng.standard_normal(var.shape).astype(floats[var.dtype]) if var.dtype in floats
+                          else rng.integers(0, 2, var.shape).astype(np.int32))
+    return {name: feed[name] for name in function.inputs}
+
+
+def assert_identical(package: Path, model: HRM) -> None:
+    """Every function of a package, interpreted and rebuilt op by op: the same outputs, bit for bit, in the
+    same types; and the float32 replay of the range check computes only float32."""
+    for role, function in coreml.package_functions(package).items():
+        program = saved_program(package, function.name)
+        feed = feed_for(program, model)
+        interpreted, rebuilt = interpret(program, feed), builder_replay(coremltools_program(package, function.name), feed)
+        assert interpreted.keys() == rebuilt.keys()
+        for name, value in interpreted.items():
+            assert value.dtype == rebuilt[name].dtype and value.shape == rebuilt[name].shape, (role, name)
+            assert np.array_equal(value, rebuilt[name], equal_nan=True), (package.name, role, name)
+        widened = interpret(program, feed, float32=True)
+        assert not any(value.dtype == np.float16 for value in widened.values())
+
+
+@pytest.mark.parametrize("target, extra", [("ane", ["--chunk", "2"]),
+                                           pytest.param("coreml", [], marks=pytest.mark.heavy)])
+def test_the_interpreter_gives_the_rebuilds_bits(tiny, tiny_export: Path, tmp_path: Path, target: str,
+                                                 extra: list[str]) -> None:
+    """tiny at batch 2: the ane package with a 2-step chunk function, the float32 coreml package."""
+    package = tmp_path / f"{target}.mlpackage"
+    assert main(["lower", "--target", target, "--onnx-model", str(tiny_export), "--policy", "q-halt", "--batch", "2",
+                 "-o", str(package), *extra]) == 0
+    assert_identical(package, tiny)
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("storage", ["int8", "lut4", "float16x2"])
+def test_the_interpreter_gives_the_rebuilds_bits_for_every_weight_storage(tiny, tiny_export: Path, tmp_path: Path,
+                                                                          storage: str) -> None:
+    package = tmp_path / f"{storage}.mlpackage"
+    assert main(["lower", "--target", "ane", "--weights", storage, "--onnx-model", str(tiny_export), "--policy",
+                "q-halt", "--batch", "2", "-o", str(package)]) == 0
+    assert_identical(package, tiny)
+
+
+@pytest.mark.heavy
+def test_the_interpreter_gives_the_rebuilds_bits_on_a_trained_fixture(tmp_path: Path) -> None:
+    package = tmp_path / "sudoku4.mlpackage"
+    assert main(["lower", "--target", "ane", "--preset", "sudoku4", "--batch", "2", "-o", str(package)]) == 0
+    assert_identical(package, build_preset("sudoku4"))
+
+
+def test_an_op_without_a_kernel_is_named() -> None:
+    with Function({"x": mb.placeholder(shape=(2, 3))}) as function:
+        function.set_outputs([mb.erf(x=function.inputs["x"])])
+    with pytest.raises(InputError, match="MIL op erf .*no kernel"):
+        interpret(function, {"x": np.zeros((2, 3), np.float32)})
+
+
+def scalar(like, value: float) -> np.ndarray:
+    return np.array(value, np.float16 if like.dtype == mil_types.fp16 else np.float32)
+
+
+BINARY = ["add", "sub", "mul", "real_div", "maximum", "minimum", "greater", "less_equal", "equal"]
+UNARY = {"sqrt": lambda x: mb.sqrt(x=mb.abs(x=x)), "exp": lambda x: mb.exp(x=x), "tanh": lambda x: mb.tanh(x=x),
+         "sigmoid": lambda x: mb.sigmoid(x=x), "inverse": lambda x: mb.inverse(x=x, epsilon=scalar(x, 0.0)),
+         "softmax": lambda x: mb.softmax(x=x, axis=-1), "sign": lambda x: mb.sign(x=x),
+         "reduce_mean": lambda x: mb.reduce_mean(x=x, axes=[-1], keep_dims=True),
+         "reduce_sum": lambda x: mb.reduce_sum(x=x, axes=[0], keep_dims=False),
+         "reduce_max": lambda x: mb.reduce_max(x=x, axes=[-1], keep_dims=False),
+         "reduce_argmax": lambda x: mb.reduce_argmax(x=x, axis=-1, keep_dims=True),
+         "cumsum": lambda x: mb.cumsum(x=x, axis=-1, reverse=True),
+         "transpose": lambda x: mb.transpose(x=x, perm=list(range(x.rank))[::-1]),
+         "expand_dims": lambda x: mb.expand_dims(x=x, axes=[0, -1]),
+         "tile": lambda x: mb.tile(x=x, reps=[2] * x.rank),
+         "concat": lambda x: mb.concat(values=[x, mb.mul(x=x, y=x)], axis=-1),
+         "split": lambda x: mb.split(x=mb.concat(values=[x, x], axis=0), num_splits=2, axis=0)[1],
+         "slice_by_index": lambda x: mb.slice_by_index(x=x, begin=[0] * x.rank, end=[1] * x.rank, end_mask=[True] * x.rank),
+         "pad": lambda x: mb.pad(x=x, pad=np.array([1, 0] * x.rank, np.int32), constant_val=scalar(x, 0.5)),
+         "cast": lambda x: mb.cast(x=x, dtype="int32" if x.dtype != mil_types.int32 else "fp32"),
+         "gather": lambda x: mb.gather(x=x, indices=np.array([0, 0], np.int32), axis=0)}
+
+shapes = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4)
+dtypes = st.sampled_from([np.float16, np.float32])
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), dtype=dtypes, shape=shapes)
+def test_each_kernel_gives_the_value_inference_bits(data, dtype, shape) -> None:
+    """One op on random tensors (infinities and NaN among them): interpreted as coremltools infers it."""
+    elements = st.floats(width=16 if dtype == np.float16 else 32, allow_nan=True, allow_infinity=True)
+    x, y = (data.draw(hnp.arrays(dtype, shape, elements=elements)) for _ in range(2))
+    name = data.draw(st.sampled_from(BINARY + sorted(UNARY)))
+    mil_dtype = mil_types.fp16 if dtype == np.float16 else mil_types.fp32
+    with Function({"x": mb.placeholder(shape=shape, dtype=mil_dtype),
+                   "y": mb.placeholder(shape=shape, dtype=mil_dtype)}) as function:
+        x_var, y_var = function.inputs["x"], function.inputs["y"]
+        result = getattr(mb, name)(x=x_var, y=y_var) if name in BINARY else UNARY[name](x_var)
+        function.set_outputs([mb.identity(x=result)])
+    feed = {"x": x, "y": y}
+    interpreted, rebuilt = interpret(function, feed), builder_replay(function, feed)
+    for key, value in interpreted.items():
+        assert value.dtype == rebuilt[key].dtype and np.array_equal(value, rebuilt[key], equal_nan=True), name
