@@ -36,11 +36,12 @@ NUMPY_TYPES = {"fp16": np.float16, "fp32": np.float32, "int32": np.int32, "bool"
 def _matmul(x, y, transpose_x=False, transpose_y=False):
     """MIL's matmul. numpy multiplies float16 operands one output element at a time, adding in float32
     and rounding once (1.4 s for one projection of sudoku): the same float32 sums through BLAS, rounded
-    once, take 0.05 s. Only the order of the float32 additions differs (one float16 ulp on 0.06 % of
-    the elements), as it does between any two kernels."""
+    once to the declared float16, take 0.05 s. Only the order of the float32 additions differs (one
+    float16 ulp on 0.06 % of the elements), as it does between any two kernels. A float16 weight comes
+    widened once by the plan (`_WIDENED_ONCE`): an operand already float32 is not copied again."""
     x, y = (np.swapaxes(a, -1, -2) if flag else a for a, flag in ((x, transpose_x), (y, transpose_y)))
-    if x.dtype == np.float16 and y.dtype == np.float16:
-        return np.matmul(x.astype(np.float32), y.astype(np.float32)).astype(np.float16)
+    if np.float16 in (x.dtype, y.dtype):
+        return np.matmul(x.astype(np.float32, copy=False), y.astype(np.float32, copy=False))
     return np.matmul(x, y)
 
 
@@ -180,6 +181,11 @@ KERNELS: dict[str, Callable[..., Any]] = {
 } | {op_type: _decompressed(op_type) for op_type in DECOMPRESSING}
 
 
+# Constant float16 operands a kernel would widen to float32 on every call (36 % of sudoku's replay was that
+# copy): the plan widens them once. Only where the kernel's result is the same bits either way.
+_WIDENED_ONCE = {"matmul": ("x", "y")}
+
+
 @dataclass(frozen=True)
 class Step:
     """One op of the plan: its kernel, its arguments (a value's name, a list of names, or a constant),
@@ -209,12 +215,18 @@ def plan(function: SavedFunction | Function) -> Plan:
     for index, op in enumerate(computing):
         for name in _input_names(op):
             last_reader[name] = index
-    steps = []
+    steps, widened = [], {}
     for index, op in enumerate(computing):
         if op.op_type not in KERNELS:
             raise InputError(f"MIL op {op.op_type} ({op.name}): no kernel in hrmc's MIL interpreter (hrmc's lowering "
                              "never writes it)")
         arguments = {name: _argument(var, produced_by_const) for name, var in op.inputs.items()}
+        for name in _WIDENED_ONCE.get(op.op_type, ()):
+            kind, value = arguments.get(name, (None, None))
+            if kind == "const" and getattr(value, "dtype", None) == np.float16:
+                if id(value) not in widened:  # a weight read by every unrolled step is widened once
+                    widened[id(value)] = value.astype(np.float32)
+                arguments[name] = (kind, widened[id(value)])
         dead = tuple(name for name in _input_names(op) if last_reader[name] == index and name not in outputs)
         steps.append(Step(op, KERNELS[op.op_type], arguments,
                           tuple((var.name, _dtype_name(var)) for var in op.outputs), dead))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hrmc.targets.coreml._coremltools import Function, mb
-from hrmc.targets.coreml.interpreter import KERNELS
+from hrmc.targets.coreml._coremltools import Function, mb, mil_types
+from hrmc.targets.coreml.interpreter import KERNELS, NUMPY_TYPES
 from hrmc.targets.coreml.lowering import DECOMPRESSING
 from hrmc.targets.coreml.ops import mil_array
 from hrmc.targets.coreml.package import read_package
@@ -34,8 +34,9 @@ def builder_replay(main: Function, feed: dict[str, np.ndarray]) -> dict[str, np.
                 values[op.outputs[0].name] = op.outputs[0].val
                 continue
             arguments = {name: _value(var, values) for name, var in op.inputs.items()}
-            if op.op_type in OWN_KERNELS:
-                results = [KERNELS[op.op_type](**arguments)]
+            if op.op_type in OWN_KERNELS:  # in the declared type: the matmul kernel leaves float32 sums unrounded
+                declared = NUMPY_TYPES[mil_types.builtin_to_string(op.outputs[0].dtype)]
+                results = [np.asarray(KERNELS[op.op_type](**arguments)).astype(declared)]
             else:
                 with Function({}, opset_version=main.opset_version):  # a scratch function per op
                     built = getattr(mb, op.op_type)(**arguments)
