@@ -33,6 +33,7 @@ from hrmc import __version__
 from hrmc import binding
 from hrmc import pipeline as driver
 from hrmc import targets
+from hrmc import timing
 from hrmc.errors import GateFailure, HrmcError, InputError
 from hrmc.files import LeftBehind, check_apart, check_length, check_output, size_of, work_folder
 
@@ -537,8 +538,12 @@ def _print_ranges(report: dict, as_json: bool) -> None:
 @click.option("--max-accuracy-drop", type=FiniteFloat(), default=0.0, show_default=True,
               help="B with compressed weights (int8, lut6, lut4), labelled inputs: how many percentage points fewer "
                    "puzzles it may solve exactly than the uncompressed model.")
+@click.option("--profile", is_flag=True,
+              help="Also print the wall time of each phase (loading, export, lowering, each side's runs, the "
+                   "comparison); --json always carries them as `phases`.")
 def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, mode, atol, rtol,
-                   psnr_db, onnx_model, artifact, chunk, inputs, seq_len, localize, unrecorded, max_accuracy_drop) -> int:
+                   psnr_db, onnx_model, artifact, chunk, inputs, seq_len, localize, unrecorded, max_accuracy_drop,
+                   profile) -> int:
     """Run executors A and B on the same inputs and gate the drift (exit 1 on failure).
 
     Step mode (the default) checks every graph B runs: its step graph against A from the same carry,
@@ -546,7 +551,8 @@ def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_
     files no longer match their record too (it says so, and exits 1)."""
     if localize and mode != "step":
         raise InputError(f"--localize works in step mode, not --mode {mode}")
-    with accepting_unrecorded(unrecorded) as unverified:
+    started = time.perf_counter()
+    with accepting_unrecorded(unrecorded) as unverified, timing.recording() as phases:
         if artifact is None:
             preset = demo_default(checkpoint, preset, "gating")
         else:  # what it records: its model, policy, budget, batch and sequence length
@@ -561,8 +567,9 @@ def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_
                 name = Path(artifact).name
                 preset = demo_default(None, preset, "gating",
                                       f"{name} was made from it" if preset else f"{name} records no model")
-        model = driver.load_model(checkpoint, preset, config_path)
-        batch, labels = driver.load_task(model, preset, inputs, batch_size, seed, seq_len)
+        with timing.phase("load the model and inputs"):
+            model = driver.load_model(checkpoint, preset, config_path)
+            batch, labels = driver.load_task(model, preset, inputs, batch_size, seed, seq_len)
         if localize:
             found = parity.localize(a, b, model, batch, policy=policy, budget=budget, atol=atol, rtol=rtol,
                                     psnr_db=psnr_db, seed=seed, model_name=model_source(checkpoint, preset),
@@ -577,8 +584,10 @@ def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_
         found.unrecorded = list(unverified)
         echo_json(found.to_dict()) if as_json else click.echo(parity.format_localization(found))
         return 0 if found.passed else 1
-    report.unrecorded = list(unverified)
+    report.unrecorded, report.phases = list(unverified), phases
     echo_json(report.to_dict()) if as_json else click.echo(parity.format_report(report))
+    if profile and not as_json:
+        click.echo("\n".join(timing.format_phases(phases, time.perf_counter() - started)))
     return 0 if report.passed else 1
 
 

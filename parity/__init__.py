@@ -18,6 +18,7 @@ from hrmc.parity.compression import compression_cost, format_compression
 from hrmc.parity.localize import Localization, format_localization, localize
 from hrmc.parity.executors import EXECUTORS
 from hrmc.targets.executor import Arrays, Executor
+from hrmc.timing import phase
 from hrmc.parity.gate import (ATOL, FLOOR_FACTOR, PSNR_DB, RTOL, Reference, Report, Row, failure, prepared_pair,
                               step_parity, trajectory_parity, whole_graphs_parity)
 
@@ -51,12 +52,16 @@ def check_modes(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget
     executors, reference = prepared_pair(a, b, model, batch, policy, budget, onnx_model=onnx_model, chunk=chunk,
                                          artifact=artifact, progress=progress)
     progress("running the whole inference on both")
-    runs = [executor.run(batch) for executor in executors]
+    runs = []
+    for side, executor in zip("AB", executors):
+        with phase(f"whole run {side} ({executor.name})"):
+            runs.append(executor.run(batch))
     task = task_agreement(*runs, model.config, labels)
     cost = {}
     if executors[1].compression() is not None:
         progress(f"the compression's cost: {executors[1].name} against hrm_ref on the model's own weights")
-        cost = compression_cost(executors[1], runs[1], model, batch, policy, budget, labels, max_accuracy_drop)
+        with phase("the compression's cost"):
+            cost = compression_cost(executors[1], runs[1], model, batch, policy, budget, labels, max_accuracy_drop)
     reports = []
     for mode in modes:
         progress(f"comparing in {mode} mode")
@@ -66,7 +71,8 @@ def check_modes(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget
         report.notes += [f"{executor.name}'s artifact: {executor.weights_checked}" for executor in executors
                          if executor.weights_checked]
         if mode == "trajectory":
-            reports.append(trajectory_parity(*runs, reference, report))
+            with phase("comparison (trajectory)"):
+                reports.append(trajectory_parity(*runs, reference, report))
         else:
             reports.append(_step_mode(executors, runs, reference, batch, report, progress))
     return reports
@@ -74,8 +80,10 @@ def check_modes(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget
 
 def _step_mode(executors: list[Executor], runs: list[Arrays], reference: Reference, batch: Batch, report: Report,
                progress: Callable[[str], None]) -> Report:
-    step_parity(*executors, reference, batch, report)
-    return whole_graphs_parity(executors, runs, reference, batch, report, progress)
+    with phase("step graphs from the reference's carry (A, B, reference)"):
+        step_parity(*executors, reference, batch, report)
+    with phase("whole graphs against their steps chained"):
+        return whole_graphs_parity(executors, runs, reference, batch, report, progress)
 
 
 def format_report(report: Report) -> str:

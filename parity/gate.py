@@ -24,6 +24,7 @@ from hrmc.hrm_ref import HRM, Batch, Carry
 from hrmc.hrm_ref.act import halt_margin, initial_carry
 from hrmc.hrm_ref.config import HRMConfig
 from hrmc.names import CARRY_NAMES, STATE_NAMES
+from hrmc.timing import phase
 from hrmc.parity.executors import TorchExecutor, make_executor
 from hrmc.parity.on_mac import APPLE_PSNR_DB, float16_bound, rmse
 from hrmc.targets.executor import Arrays, Executor
@@ -91,6 +92,7 @@ class Report:
     first_failing_step: int | None = None  # step mode: the first step whose outputs or decisions fail (1-based)
     unrecorded: list[str] = field(default_factory=list)  # --unrecorded: artifacts without a record, run unverified
     compression: dict[str, Any] = field(default_factory=dict)  # B's compressed weights against the uncompressed model
+    phases: dict[str, float] = field(default_factory=dict)  # wall seconds by phase of the command (hrmc.timing)
 
     @property
     def passed(self) -> bool:
@@ -182,12 +184,15 @@ def prepared_pair(a: str, b: str, model: HRM, batch: Batch, policy: str, budget:
     executors = [make_executor(a, onnx_model=onnx_model, chunk=chunk),
                  make_executor(b, onnx_model=onnx_model, chunk=chunk, artifact=artifact)]
     progress(f"preparing executor {executors[1].name}")  # B first: how it stores its weights says what A runs
-    executors[1].prepare(model, policy, budget, batch)
+    with phase(f"prepare B ({executors[1].name})"):
+        executors[1].prepare(model, policy, budget, batch)
     model = as_stored(model, *executors)
     progress(f"preparing executor {executors[0].name}")
-    executors[0].prepare(model, policy, budget, batch)
+    with phase(f"prepare A ({executors[0].name})"):
+        executors[0].prepare(model, policy, budget, batch)
     half = any(executor.precision == "float16" for executor in executors)
-    return executors, Reference.prepared(model, policy, budget, batch, float16=half)
+    with phase("reference runs (hrm_ref float32, float64" + (", float16)" if half else ")")):
+        return executors, Reference.prepared(model, policy, budget, batch, float16=half)
 
 
 def as_stored(model: HRM, a: Executor, b: Executor) -> HRM:

@@ -22,6 +22,7 @@ from hrmc.errors import HrmcError, InputError
 from hrmc.files import atomic_output, check_output, together
 from hrmc.lowering import read_record, step_path_for
 from hrmc.record import rebase
+from hrmc.timing import phase
 from hrmc.lowering.artifact import load_proto, save_bound, source_parts
 from hrmc import names
 from hrmc.passes._loops import COPY, PassInputError, restore_loop_labels
@@ -203,7 +204,7 @@ def lower_onnx(structured: str | Path, out: str | Path, pipeline: str = "static"
     paths = {role: check_output(path, ".onnx") for role, path in output_paths(out, chunk).items()}
     dumped = check_output(dump_path(dump_beside or out, dump_after), ".onnx") if dump_after else None
     parts, edited = _source_parts(structured, progress)
-    with together():
+    with together(), phase(f"pass pipeline {pipeline}"):
         folder = paths["static"].parent
         with _rewritten(structured, edited):
             static = run_pipeline(_load(parts["act"], folder), pipeline, strip=strip, dump_after=dump_after,

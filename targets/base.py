@@ -33,6 +33,7 @@ from hrmc.targets.app import APP_OUTPUTS
 from hrmc.targets.executor import DEFAULT_CHUNK, Arrays, Executor, Trace, carry_arrays
 from hrmc.targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
 from hrmc.targets.weights import check_weights
+from hrmc.timing import phase
 
 
 def check_source(record: Record, where: Path, model: HRM | None, policy: str, budget: int, seq_len: int) -> None:
@@ -53,7 +54,8 @@ def structured_source(onnx_model: Path | None, folder: Path, model: HRM, policy:
     export (lowering/cache.py: made once per model, policy, budget and length)."""
     path = onnx_model
     if path is None:
-        path = cached_export(model, policy, budget, batch, folder)
+        with phase("export (or the export cache)"):
+            path = cached_export(model, policy, budget, batch, folder)
     structured_parts(path)
     check_source(read_record(path), path, model, policy, budget, model.inner.sequence_length(batch))
     return path
@@ -90,12 +92,14 @@ class TargetExecutor(Executor):
         self._work: tempfile.TemporaryDirectory | None = None
         self.pipeline_graphs: dict[str, Path] = {}  # the target's pipeline graphs, once made
         if self.artifact is not None:
-            steps = self.open_shipped(model, batch)
+            with phase("verify and open the artifact"):
+                steps = self.open_shipped(model, batch)
             if self.chunked and self.chunk not in (None, steps):
                 raise InputError(f"--chunk {self.chunk}: {self.artifact} was lowered with {steps}-step chunks")
         else:
             chunk = (self.chunk or DEFAULT_CHUNK) if self.chunked else None
-            steps = self.open_fresh(model, batch, self.work(), chunk)
+            with phase("make the graphs afresh"):
+                steps = self.open_fresh(model, batch, self.work(), chunk)
         self.chunk, self.chunk_steps = (steps if self.chunked else None), steps
 
     def work(self) -> Path:

@@ -22,6 +22,7 @@ from hrmc.targets.coreml._coremltools import ct
 from hrmc.targets.coreml.lowering import FLAVOURS, plain_weights
 from hrmc.targets.coreml.package import PackageFunction, lower_coreml, package_functions, value_vars
 from hrmc.targets.coreml.runtime import LABEL, Predict, load, program_constants, replay_kept, runs_with
+from hrmc.timing import phase
 
 
 class CoreMLExecutor(TargetExecutor):
@@ -72,7 +73,8 @@ class CoreMLExecutor(TargetExecutor):
             if self.artifact is not None:
                 raise InputError(f"{self.artifact}: it has no {role} function")
             out = self.work() / f"{role}.mlpackage"
-            lower_coreml({role: self.pipeline_graphs[role]}, out, self.flavour, self.size, self.source)
+            with phase(f"lower the {role} graph to Core ML"):
+                lower_coreml({role: self.pipeline_graphs[role]}, out, self.flavour, self.size, self.source)
             self.functions[role] = package_functions(out)[role]
         return self.functions[role]
 

@@ -229,6 +229,18 @@ def test_parity_gates_the_shipped_artifact(capsys, tiny_export: Path) -> None:
     report = json.loads(out)
     assert code == 0 and report["passed"] and report["mode"] == "step" and report["batch"] == 6
     assert report["executors"][1].startswith("onnx (tiny.onnx: structured graph with Loops")
+    assert {"prepare B (onnx)", "reference runs (hrm_ref float32, float64)", "whole run B (onnx)"} <= set(report["phases"])
+
+
+def test_parity_profile_prints_each_phase_after_the_verdict(capsys, tiny_export: Path) -> None:
+    """(tiny_export: the session's export cache holds tiny's export, so the gate's own costs nothing.)"""
+    code, out, _ = hrmc(capsys, "parity", "torch", "static", "--policy", "q-halt", "--batch", "2", "--profile")
+    verdict, timings = out.split("\nPASS\ntime by phase (wall, ")
+    assert code == 0 and "s in all):" in timings
+    for phase in ("load the model and inputs", "prepare B (static)", "  make the graphs afresh",
+                  "    export (or the export cache)", "    pass pipeline static", "whole run A (torch)",
+                  "step graphs from the reference's carry"):
+        assert f"\n  {phase}" in timings, timings
 
 
 def test_parity_fails_on_a_tampered_weight_and_names_the_output(capsys, tiny_export: Path, tmp_path: Path) -> None:
