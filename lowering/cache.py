@@ -7,6 +7,9 @@ code that traces it (hrmc's export and hrm_ref, torch, onnx): those, hashed, nam
 
     CACHE/exports/KEY/model.onnx, model.step.onnx      (the pair `export_onnx` writes, bound by their record)
 
+The same machinery (`cached`) keeps what else a gate without `--artifact` makes again and again: a Core ML
+executor's packages (targets/coreml/executors.py), keyed by the graph they are lowered from.
+
 CACHE is $HRMC_CACHE, else $XDG_CACHE_HOME/hrmc, else ~/.cache/hrmc; HRMC_CACHE=off turns the cache off. An
 entry appears whole (written in a temporary folder, renamed) or not at all; one whose files no longer match their
 record is removed and made again, never used. The most recently used ENTRIES stay; older ones, unused for an
@@ -16,6 +19,7 @@ hour, are removed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -23,6 +27,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import onnx
 import torch
@@ -36,6 +41,7 @@ ENTRIES = 8  # exports kept: sudoku's pair is 0.2 GB
 IN_USE_SECONDS = 3600  # an entry used this recently is never pruned
 OFF = "off"
 _CODE = ("lowering", "hrm_ref")  # hrmc's packages whose code defines an export
+_MADE = "made"  # an entry's file naming what `make` returned, inside the entry
 
 
 def cache_folder() -> Path | None:
@@ -51,25 +57,38 @@ def cache_folder() -> Path | None:
 def cached_export(model: HRM, policy: str, budget: int, batch: Batch, work: Path) -> Path:
     """The structured export of `model` (policy, budget, the batch's sequence length): from the cache when an
     intact entry holds it, else exported (into the cache, or into `work` when the cache is off or unwritable)."""
+    defined = {"torch": torch.__version__, "onnx": onnx.__version__, "weights": weights_sha256(model),
+               "config": dataclasses.asdict(model.config), "policy": policy, "budget": budget,
+               "seq_len": model.inner.sequence_length(batch)}
+    return cached("exports", defined, _CODE, lambda folder: export_onnx(model, folder / "model.onnx", policy, budget,
+                                                                        batch).act_path, bound_parts, work)
+
+
+def cached(kind: str, defined: dict, code: tuple[str, ...], make: Callable[[Path], Path],
+           read_back: Callable[[Path], object], work: Path) -> Path:
+    """What `make(folder)` writes into a folder (the path it returns), cached as CACHE/KIND/KEY, KEY the hash of
+    `defined`, hrmc's version and the source of hrmc's packages `code`. An entry is used when `read_back(path)`
+    accepts it, made again when it raises; made in `work` when the cache is off or cannot be written."""
     root = cache_folder()
     if root is None:
-        return _export(model, policy, budget, batch, work)
-    entry = root / "exports" / _key(model, policy, budget, batch)
-    path = entry / "model.onnx"
+        return make(work)
+    entry = root / kind / _key(defined, code)
     if entry.is_dir():
         try:
-            bound_parts(path)
+            path = entry / (entry / _MADE).read_text()
+            read_back(path)
             os.utime(entry)  # recently used
             return path
         except Exception:  # noqa: BLE001 (any failure to read it back is damage: made again below, never used)
             shutil.rmtree(entry, ignore_errors=True)
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".hrmc-export-", dir=entry.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".hrmc-{kind}-", dir=entry.parent))
     except OSError:
-        return _export(model, policy, budget, batch, work)
+        return make(work)
     try:
-        _export(model, policy, budget, batch, staging)
+        made = make(staging).relative_to(staging)
+        (staging / _MADE).write_text(str(made))
         try:
             staging.rename(entry)
         except OSError:  # another run cached it meanwhile: theirs is as good
@@ -77,25 +96,20 @@ def cached_export(model: HRM, policy: str, budget: int, batch: Batch, work: Path
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _prune(entry.parent)
-    return path if entry.is_dir() else _export(model, policy, budget, batch, work)
+    return entry / made if entry.is_dir() else make(work)
 
 
-def _export(model: HRM, policy: str, budget: int, batch: Batch, folder: Path) -> Path:
-    return export_onnx(model, folder / "model.onnx", policy, budget, batch).act_path
-
-
-def _key(model: HRM, policy: str, budget: int, batch: Batch) -> str:
-    defined = {"hrmc": __version__, "code": _code_digest(), "torch": torch.__version__, "onnx": onnx.__version__,
-               "weights": weights_sha256(model), "config": dataclasses.asdict(model.config), "policy": policy,
-               "budget": budget, "seq_len": model.inner.sequence_length(batch)}
+def _key(defined: dict, code: tuple[str, ...]) -> str:
+    defined = defined | {"hrmc": __version__, "code": _code_digest(code)}
     return hashlib.sha256(json.dumps(defined, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def _code_digest() -> str:
-    """The source of the code that makes an export: a changed exporter never reads an old entry."""
+@functools.lru_cache(maxsize=None)
+def _code_digest(code: tuple[str, ...]) -> str:
+    """The source of the code that makes an entry: changed code never reads an old entry."""
     digest = hashlib.sha256()
     package = Path(__file__).resolve().parent.parent
-    for part in _CODE:
+    for part in code:
         for source in sorted((package / part).rglob("*.py")):
             digest.update(source.read_bytes())
     return digest.hexdigest()
@@ -110,4 +124,4 @@ def _prune(exports: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["cache_folder", "cached_export"]
+__all__ = ["cache_folder", "cached", "cached_export"]

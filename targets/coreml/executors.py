@@ -8,6 +8,7 @@ shipped one runs only at the batch it was lowered for.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from hrmc.hrm_ref import HRM, Batch
 from hrmc.hrm_ref.compression import COMPRESSIONS
 from hrmc.errors import InputError
+from hrmc.lowering.cache import cached
 from hrmc.targets import TARGETS
 from hrmc.targets.base import TargetExecutor
 from hrmc.targets.executor import Arrays, Trace
@@ -23,6 +25,14 @@ from hrmc.targets.coreml.lowering import FLAVOURS, plain_weights
 from hrmc.targets.coreml.package import PackageFunction, lower_coreml, package_functions, value_vars
 from hrmc.targets.coreml.runtime import LABEL, Predict, load, program_constants, replay_kept, runs_with
 from hrmc.timing import phase
+
+
+_CODE = ("targets",)  # hrmc's code that lowers a graph to a package
+
+
+def _sha256(graph: Path) -> str:
+    """A pipeline graph's bytes: what its package is made from."""
+    return hashlib.sha256(graph.read_bytes()).hexdigest()
 
 
 class CoreMLExecutor(TargetExecutor):
@@ -68,14 +78,20 @@ class CoreMLExecutor(TargetExecutor):
         return chunk if "chunk" in graphs else 1
 
     def function(self, role: str) -> PackageFunction:
-        """Without an artifact each graph is converted when first needed: step mode converts no more than it runs."""
+        """Without an artifact each graph is converted when first needed (step mode converts no more than it runs),
+        or read from the cache (lowering/cache.py) where the same graph was converted before."""
         if role not in self.functions:
             if self.artifact is not None:
                 raise InputError(f"{self.artifact}: it has no {role} function")
-            out = self.work() / f"{role}.mlpackage"
-            with phase(f"lower the {role} graph to Core ML"):
-                lower_coreml({role: self.pipeline_graphs[role]}, out, self.flavour, self.size, self.source)
-            self.functions[role] = package_functions(out)[role]
+            graph = self.pipeline_graphs[role]
+            defined = {"graph": _sha256(graph), "role": role, "flavour": self.flavour, "batch": self.size,
+                       "source": self.source, "coremltools": ct.__version__}
+
+            def convert(folder: Path) -> Path:
+                return lower_coreml({role: graph}, folder / f"{role}.mlpackage", self.flavour, self.size, self.source)
+            with phase(f"lower the {role} graph to Core ML (or the cache)"):
+                package = cached("coreml", defined, _CODE, convert, package_functions, self.work())
+            self.functions[role] = package_functions(package)[role]
         return self.functions[role]
 
     def call(self, role: str, feed: dict[str, np.ndarray]) -> Arrays:

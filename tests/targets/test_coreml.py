@@ -357,3 +357,23 @@ def test_coreml_chunked_runs_only_the_chunks_needed(tiny, tiny_export: Path) -> 
     reference = hrm_ref.run(tiny, batch, "q-halt")
     assert executor.graph_calls == trajectory["steps"].shape[0] == reference["steps"].shape[0]
     assert (trajectory["steps"][-1] == reference["steps"][-1].numpy()).all()
+
+
+def test_a_second_gate_without_an_artifact_converts_nothing(capsys, tiny_export: Path, monkeypatch) -> None:
+    """The packages a gate makes afresh are cached by the graph they come from (the session's cache): run again,
+    nothing is converted, and the verdict is the same."""
+    from hrmc.targets.coreml import executors
+
+    converted = []
+
+    def counting(graphs, *args, **kwargs):
+        converted.append(sorted(graphs))
+        return coreml.lower_coreml(graphs, *args, **kwargs)
+    monkeypatch.setattr(executors, "lower_coreml", counting)
+    outputs = []
+    for _ in range(2):
+        converted.clear()
+        code, out, _ = hrmc(capsys, "parity", "torch", "ane", "--policy", "q-halt", "--batch", "3")
+        outputs.append(out)
+        assert code == 0 and out.rstrip().endswith("PASS")
+    assert converted == [] and outputs[0] == outputs[1]
