@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hrmc.hrm_ref.layers import CastedLinear, compute_dtype
+from hrmc.hrm_ref.layers import CastedLinear, compute_dtype, matmul
 
 
 class PromptPooling(nn.Module):
@@ -89,9 +89,9 @@ class CrossAttentionBridge(nn.Module):
     def forward(self, hidden: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         memory = self.memory(z.to(hidden.dtype)).view(-1, self.mem_tokens, self.d_model)
         query, key, value = self.q_proj(hidden), self.k_proj(memory), self.v_proj(memory)
-        scores = torch.matmul(query, key.transpose(-2, -1)) * self.d_model ** -0.5
+        scores = matmul(query, key.transpose(-2, -1)) * self.d_model ** -0.5
         weights = torch.softmax(scores, dim=-1, dtype=compute_dtype(scores.dtype)).to(value.dtype)
-        update = self.o_proj(torch.matmul(weights, value))
+        update = self.o_proj(matmul(weights, value))
         return hidden + (self.gate(hidden) * update).to(hidden.dtype)
 
 

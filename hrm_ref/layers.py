@@ -28,6 +28,15 @@ def rms_norm(hidden_states: torch.Tensor, eps: float) -> torch.Tensor:
     return (hidden_states * torch.rsqrt(variance + eps)).to(input_dtype)
 
 
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b; in float16 summed in float32 and rounded once, as float16 matrix products accumulate (cuBLAS's
+    default; torch's CPU kernel too, up to the order of its sums): on a CPU that one is 30 times slower than
+    float32's, and hrm_ref float16 is every float16 gate's yardstick."""
+    if a.dtype == torch.float16:
+        return torch.matmul(a.float(), b.float()).half()
+    return torch.matmul(a, b)
+
+
 def rotary_tables(head_dim: int, positions: int, theta: float, dtype: torch.dtype,
                   device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables [positions, head_dim] in the `cat((freqs, freqs))` layout upstream uses."""
@@ -71,6 +80,9 @@ class CastedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float16:  # summed in float32 and rounded once, as `matmul`
+            return F.linear(x.float(), self.weight.half().float(),
+                            self.bias.half().float() if self.bias is not None else None).half()
         bias = self.bias.to(x.dtype) if self.bias is not None else None
         return F.linear(x, self.weight.to(x.dtype), bias)
 
@@ -112,10 +124,10 @@ class Attention(nn.Module):
         if cos_sin is not None:
             query, key = apply_rotary(query, *cos_sin), apply_rotary(key, *cos_sin)
         query, key, value = (t.transpose(1, 2) for t in (query, key, value))
-        scores = torch.matmul(query, key.transpose(-2, -1)) * self.head_dim ** -0.5
+        scores = matmul(query, key.transpose(-2, -1)) * self.head_dim ** -0.5
         # Softmax at >= float32 as flash attention does for bfloat16 and float16; exact no-op in float32.
         weights = torch.softmax(scores, dim=-1, dtype=compute_dtype(scores.dtype)).to(value.dtype)
-        attended = torch.matmul(weights, value).transpose(1, 2).reshape(batch, seq, hidden)
+        attended = matmul(weights, value).transpose(1, 2).reshape(batch, seq, hidden)
         return self.o_proj(attended)
 
 

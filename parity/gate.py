@@ -168,11 +168,15 @@ class Reference:
     float16: TorchExecutor | None = None
 
     @classmethod
-    def prepared(cls, model: HRM, policy: str, budget: int, batch: Batch, float16: bool = False) -> "Reference":
-        executors = {}
+    def prepared(cls, model: HRM, policy: str, budget: int, batch: Batch, float16: bool = False,
+                 float32: TorchExecutor | None = None) -> "Reference":
+        """`float32`: a float32 TorchExecutor already prepared on `model` (the gate's A), which serves as the
+        reference too: each of its steps and runs is computed once."""
+        executors = {"float32": float32} if float32 is not None else {}
         for dtype in ("float32", "float64") + (("float16",) if float16 else ()):
-            executors[dtype] = TorchExecutor(dtype)
-            executors[dtype].prepare(model, policy, budget, batch)
+            if dtype not in executors:
+                executors[dtype] = TorchExecutor(dtype)
+                executors[dtype].prepare(model, policy, budget, batch)
         return cls(executors["float32"], executors["float64"], executors["float32"].run(batch),
                    executors["float64"].run(batch), executors.get("float16"))
 
@@ -192,7 +196,9 @@ def prepared_pair(a: str, b: str, model: HRM, batch: Batch, policy: str, budget:
         executors[0].prepare(model, policy, budget, batch)
     half = any(executor.precision == "float16" for executor in executors)
     with phase("reference runs (hrm_ref float32, float64" + (", float16)" if half else ")")):
-        return executors, Reference.prepared(model, policy, budget, batch, float16=half)
+        a = executors[0]
+        reusable = isinstance(a, TorchExecutor) and a.dtype == "float32" and a.model is model.with_dtype("float32")
+        return executors, Reference.prepared(model, policy, budget, batch, float16=half, float32=a if reusable else None)
 
 
 def as_stored(model: HRM, a: Executor, b: Executor) -> HRM:
