@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from hrmc.errors import InputError
 from hrmc.targets.coreml._coremltools import Function, compute_gather, iOS18_compression, mil_types
@@ -41,7 +42,7 @@ def _matmul(x, y, transpose_x=False, transpose_y=False):
     widened once by the plan (`_WIDENED_ONCE`): an operand already float32 is not copied again."""
     x, y = (np.swapaxes(a, -1, -2) if flag else a for a, flag in ((x, transpose_x), (y, transpose_y)))
     if np.float16 in (x.dtype, y.dtype):
-        return np.matmul(x.astype(np.float32, copy=False), y.astype(np.float32, copy=False))
+        return np.matmul(_wide(x), _wide(y))
     return np.matmul(x, y)
 
 
@@ -58,9 +59,16 @@ def _layer_norm(x, axes, epsilon=1e-5, gamma=None, beta=None):
 
 
 def _softmax(x, axis):
+    """As coremltools' value_inference computes it, in x's type. In float16 the maximum (exact either way), the
+    subtraction and the division in float32, rounded once (the same bits, `_widening`); the exponential and
+    the sum as numpy computes them in float16 (its sum adds in its own order)."""
     axis = int(axis)
-    shifted = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    return shifted / np.sum(shifted, axis=axis, keepdims=True)
+    if x.dtype != np.float16:
+        shifted = np.exp(x - np.max(x, axis=axis, keepdims=True))
+        return shifted / np.sum(shifted, axis=axis, keepdims=True)
+    wide = _wide(x)
+    exponentials = np.exp(_half(wide - wide.max(axis=axis, keepdims=True)))
+    return _wide(exponentials) / _wide(np.sum(exponentials, axis=axis, keepdims=True))
 
 
 def _reduce(reduce: Callable) -> Callable:
@@ -149,6 +157,34 @@ def _binary(function: Callable) -> Callable:
     return lambda x, y: function(x, y)
 
 
+def _widening(function: Callable) -> Callable:
+    """+, −, ×, ÷ of float16 values as numpy computes them (each operand widened to float32, the result rounded
+    to float16 once, which is the correctly rounded float16 result: float32's 24 bits hold 2 × 11 + 2), the
+    rounding left to `_as_declared`: numpy's own float16 loop rounds a float16 subnormal 100 times slower."""
+    def kernel(x, y):
+        if np.float16 in (np.result_type(x), np.result_type(y)):
+            return function(_wide(x), _wide(y))
+        return function(x, y)
+    return kernel
+
+
+def _wide(a) -> np.ndarray:
+    """float16 values as float32 (exactly), through torch where numpy is slow (float16 subnormals)."""
+    a = np.asarray(a)
+    if a.dtype == np.float16 and a.ndim:
+        return torch.from_numpy(np.ascontiguousarray(a)).float().numpy()
+    return a.astype(np.float32, copy=False)
+
+
+def _half(a: np.ndarray) -> np.ndarray:
+    """float32 values rounded to float16, to nearest even as numpy's cast, through torch (F16C): the same bits
+    (30 million random float32 patterns and every value near float16's range compared), without numpy's slow
+    path for float16 subnormals."""
+    if a.ndim:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(torch.float16).numpy()
+    return a.astype(np.float16)
+
+
 def _unary(function: Callable) -> Callable:
     return lambda x: function(x)
 
@@ -156,11 +192,12 @@ def _unary(function: Callable) -> Callable:
 # Each MIL op hrmc's lowering emits, as a numpy kernel of the op's named inputs.
 KERNELS: dict[str, Callable[..., Any]] = {
     **{name: _binary(function) for name, function in {
-        "add": operator.add, "sub": operator.sub, "mul": operator.mul, "real_div": operator.truediv,
         "pow": operator.pow, "mod": operator.mod, "floor_div": operator.floordiv,
         "maximum": np.maximum, "minimum": np.minimum, "equal": np.equal, "not_equal": operator.ne,
         "greater": operator.gt, "greater_equal": operator.ge, "less": operator.lt, "less_equal": operator.le,
         "logical_and": np.logical_and, "logical_or": np.logical_or}.items()},
+    **{name: _widening(function) for name, function in {
+        "add": operator.add, "sub": operator.sub, "mul": operator.mul, "real_div": operator.truediv}.items()},
     **{name: _unary(function) for name, function in {
         "abs": np.abs, "sign": np.sign, "sqrt": np.sqrt, "exp": np.exp, "tanh": np.tanh, "sin": np.sin,
         "cos": np.cos, "floor": np.floor, "logical_not": np.logical_not,
@@ -279,10 +316,13 @@ def _resolve(kind: str, source, values: dict, constants: dict, widen: Callable):
 
 
 def _as_declared(result, dtype: str, float32: bool) -> np.ndarray:
-    """A kernel's result in the op's declared output type, as coremltools stores an inferred value."""
+    """A kernel's result in the op's declared output type, as coremltools stores an inferred value (float32 to
+    float16 by `_half`)."""
     wanted = np.float32 if float32 and dtype == "fp16" else NUMPY_TYPES.get(dtype)
     result = np.asarray(result)
-    return result if wanted is None or result.dtype == wanted else result.astype(wanted)
+    if wanted is None or result.dtype == wanted:
+        return result
+    return _half(result) if wanted is np.float16 and result.dtype == np.float32 else result.astype(wanted)
 
 
 def _dtype_name(var) -> str:

@@ -25,8 +25,8 @@ from tests.targets.coreml_builder_replay import builder_replay, coremltools_prog
 def feed_for(function: Function, model: HRM, seed: int = 0) -> dict[str, np.ndarray]:
     """A function's inputs: the model's random batch of puzzles, and (step and chunk functions) a carry: standard
     normal states, step counts and halted flags of 0 or 1."""
-    rng = np.random.default_rng(seed)
-    feed = {name: value.numpy().astype(np.int32) for name, value in random_batch(model.config, 2, seed=seed).items()}
+    rng, rows = np.random.default_rng(seed), next(iter(function.inputs.values())).shape[0]
+    feed = {name: value.numpy().astype(np.int32) for name, value in random_batch(model.config, rows, seed=seed).items()}
     floats = {mil_types.fp16: np.float16, mil_types.fp32: np.float32}
     for name, var in function.inputs.items():
         if name not in feed:
