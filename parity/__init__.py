@@ -54,8 +54,8 @@ def check_modes(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget
     progress("running the whole inference on both")
     runs = []
     for side, executor in zip("AB", executors):
-        with phase(f"whole run {side} ({executor.name})"):
-            runs.append(executor.run(batch))
+        with phase(f"whole run {side} ({executor.name})"):  # A may be the reference itself: run once
+            runs.append(reference.run32 if executor is reference.float32 else executor.run(batch))
     task = task_agreement(*runs, model.config, labels)
     cost = {}
     if executors[1].compression() is not None:

@@ -26,30 +26,20 @@ class TorchExecutor(Executor):
     def __init__(self, dtype: str = "float32") -> None:
         self.dtype = dtype
         self.precision = "float16" if dtype == "float16" else "float32"
-        self._last_step: tuple[Carry, Batch, Arrays] | None = None
-        self._last_run: tuple[Batch, Arrays] | None = None
 
     def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
         self.model = model.with_dtype(self.dtype)
         self.policy, self.budget = policy, resolve_budget(model, policy, budget)
 
     def step(self, carry: Carry, batch: Batch) -> Arrays:
-        """One ACT step; asked again for the same carry and batch (the gate's A is its reference too), the same
-        outputs."""
-        if self._last_step is not None and self._last_step[0] is carry and self._last_step[1] is batch:
-            return self._last_step[2]
-        carry_in, dtype = carry, self.model.config.torch_dtype
+        dtype = self.model.config.torch_dtype
         carry = Carry(carry.z_H.to(dtype), carry.z_L.to(dtype), carry.steps, carry.halted)
         with torch.no_grad():
             new_carry, outputs = hrm_ref.step(self.model, carry, batch, self.policy, self.budget)
-        self._last_step = (carry_in, batch, to_numpy(outputs) | carry_arrays(new_carry))
-        return self._last_step[2]
+        return to_numpy(outputs) | carry_arrays(new_carry)
 
     def run(self, batch: Batch) -> Arrays:
-        """The whole inference; asked again for the same batch, the same run."""
-        if self._last_run is None or self._last_run[0] is not batch:
-            self._last_run = (batch, to_numpy(hrm_ref.run(self.model, batch, self.policy, self.budget)))
-        return self._last_run[1]
+        return to_numpy(hrm_ref.run(self.model, batch, self.policy, self.budget))
 
     def describe(self) -> str:
         return f"torch (hrm_ref eager, {self.dtype}, CPU)"

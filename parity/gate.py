@@ -171,7 +171,7 @@ class Reference:
     def prepared(cls, model: HRM, policy: str, budget: int, batch: Batch, float16: bool = False,
                  float32: TorchExecutor | None = None) -> "Reference":
         """`float32`: a float32 TorchExecutor already prepared on `model` (the gate's A), which serves as the
-        reference too: each of its steps and runs is computed once."""
+        reference too: the gate computes each of its steps and runs once."""
         executors = {"float32": float32} if float32 is not None else {}
         for dtype in ("float32", "float64") + (("float16",) if float16 else ()):
             if dtype not in executors:
@@ -236,7 +236,8 @@ def step_parity(a: Executor, b: Executor, ref: Reference, batch: Batch, report: 
     for s in range(trajectory["steps"].shape[0]):
         carry = carry_at(trajectory, start, s)
         out_a, out_b = a.step(carry, batch), b.step(carry, batch)
-        out_32, out_64 = reference.step(carry, batch), exact.step(carry, batch)
+        out_32 = out_a if a is reference else reference.step(carry, batch)  # A may be the reference itself
+        out_64 = exact.step(carry, batch)
         if judged:
             float16_step({"A": out_a, "B": out_b}, judged, out_32, out_64, ref.float16.step(carry, batch), s + 1,
                          q_scale, report, decisions, reference.model.config)

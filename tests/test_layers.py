@@ -9,7 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # layer of each part, lowest first; `hrmc.errors` and the like are the ground every layer may use
 LAYERS = ["ground", "hrm_ref", "lowering", "passes", "targets", "parity", "bench", "driver"]
-GROUND = {"hrmc", "hrmc.__version__", "hrmc.errors", "hrmc.files", "hrmc.binding", "hrmc.names", "hrmc.record"}
+GROUND = {"hrmc", "hrmc.__version__", "hrmc.errors", "hrmc.files", "hrmc.binding", "hrmc.names", "hrmc.record",
+          "hrmc.timing"}
 
 
 def part_of(module: str) -> str | None:
