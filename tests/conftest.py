@@ -66,10 +66,13 @@ def write_dataset_metadata(model: HRM, root: Path, seq_len: int, data_path: str 
 
 
 @pytest.fixture(scope="session", autouse=True)
-def export_cache(tmp_path_factory) -> Iterator[Path]:
-    """The export cache (lowering/cache.py) of this test session (of each xdist worker): never the user's, and
-    shared by every test that makes a model's graphs afresh."""
-    folder = tmp_path_factory.mktemp("export-cache")
+def export_cache(tmp_path_factory, worker_id: str) -> Iterator[Path]:
+    """The export cache (lowering/cache.py) of this test session, shared by its xdist workers (entries appear by
+    an atomic rename: a worker reads another's, or makes its own): never the user's, and shared by every test
+    that makes a model's graphs afresh."""
+    root = tmp_path_factory.getbasetemp()
+    folder = (root.parent if worker_id != "master" else root) / "export-cache"
+    folder.mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HRMC_CACHE", str(folder))
         yield folder

@@ -50,8 +50,16 @@ def assert_identical(package: Path, model: HRM) -> None:
         assert not any(value.dtype == np.float16 for value in widened.values())
 
 
-@pytest.mark.parametrize("target, extra", [("ane", ["--chunk", "2"]),
-                                           pytest.param("coreml", [], marks=pytest.mark.heavy)])
+def test_the_interpreter_gives_the_rebuilds_bits_on_a_step_function(tiny, tiny_export: Path, tmp_path: Path) -> None:
+    """tiny's ane step function alone (the whole packages below are heavy)."""
+    from hrmc.passes import lower_onnx
+
+    step = lower_onnx(tiny_export, tmp_path / "t.onnx", "fused").step_path
+    assert_identical(coreml.lower_coreml({"step": step}, tmp_path / "step.mlpackage", "ane", 2, "t.onnx"), tiny)
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("target, extra", [("ane", ["--chunk", "2"]), ("coreml", [])])
 def test_the_interpreter_gives_the_rebuilds_bits(tiny, tiny_export: Path, tmp_path: Path, target: str,
                                                  extra: list[str]) -> None:
     """tiny at batch 2: the ane package with a 2-step chunk function, the float32 coreml package."""
