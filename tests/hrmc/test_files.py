@@ -137,11 +137,16 @@ def test_an_interrupt_during_the_swap_changes_nothing(tmp_path: Path, monkeypatc
             return move(*args, **kwargs)
         return moved
 
-    with pytest.raises(KeyboardInterrupt):
-        with monkeypatch.context() as patch:
-            patch.setattr(os, "rename", interrupting(os.rename))
-            patch.setattr(os, "replace", interrupting(os.replace))
-            write_folder(out, "new")
+    # Python's own SIGINT handler, whatever a library imported earlier in this process put there
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with monkeypatch.context() as patch:
+                patch.setattr(os, "rename", interrupting(os.rename))
+                patch.setattr(os, "replace", interrupting(os.replace))
+                write_folder(out, "new")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert contents(out) == {"a": "old", "sub/b": "old"} and os.listdir(tmp_path) == ["out"]
 
 
