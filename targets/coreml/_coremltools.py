@@ -26,6 +26,7 @@ with quiet_stderr():
     import coremltools as ct  # prints "Failed to load _MLModelProxy" lines off macOS
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.frontend.milproto.helper import proto_to_types
+    from coremltools.converters.mil.frontend.milproto.load import TranscriptionContext
     from coremltools.converters.mil.frontend.milproto.load import _load_value as load_value
     from coremltools.converters.mil.mil import Function, Program, TupleInputType
     from coremltools.converters.mil.mil import types as mil_types
@@ -34,5 +35,5 @@ with quiet_stderr():
     from coremltools.converters.mil.mil.ops.registry import SSAOpRegistry
     from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
 
-__all__ = ["PASS_REGISTRY", "Function", "Program", "SSAOpRegistry", "TupleInputType", "compute_gather", "ct",
-           "iOS18_compression", "load_value", "mb", "mil_types", "proto_to_types", "quiet_stderr"]
+__all__ = ["PASS_REGISTRY", "Function", "Program", "SSAOpRegistry", "TranscriptionContext", "TupleInputType",
+           "compute_gather", "ct", "iOS18_compression", "load_value", "mb", "mil_types", "proto_to_types", "quiet_stderr"]

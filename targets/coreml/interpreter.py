@@ -330,9 +330,11 @@ def _dtype_name(var) -> str:
 
 
 def _widen(value):
-    """float16 arrays and scalars as float32; anything else (lists of values too) as it is."""
+    """float16 arrays (by `_wide`) and scalars as float32; anything else (lists of values too) as it is."""
     if isinstance(value, (list, tuple)):
         return [_widen(v) for v in value]
+    if isinstance(value, np.ndarray) and value.dtype == np.float16 and value.ndim:
+        return _wide(value)
     if isinstance(value, (np.ndarray, np.generic)) and value.dtype == np.float16:
         return value.astype(np.float32)
     return value

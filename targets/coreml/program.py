@@ -15,7 +15,8 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from hrmc.targets.coreml._coremltools import SSAOpRegistry, TupleInputType, load_value, mil_types, proto_to_types
+from hrmc.targets.coreml._coremltools import (SSAOpRegistry, TranscriptionContext, TupleInputType, load_value,
+                                              mil_types, proto_to_types)
 
 
 @dataclass(eq=False)
@@ -56,18 +57,11 @@ class SavedFunction:
 def read_program(spec, weights: str) -> dict[str, SavedFunction]:
     """Every function of a saved model spec's MIL program, by name; constants read from `weights` (the
     package's weights folder)."""
-    context = _Context(str(weights))
+    context = TranscriptionContext(str(weights))  # only its weight-file readers are used
     return {name: _function(function, context) for name, function in spec.mlProgram.functions.items()}
 
 
-class _Context:
-    """What `load_value` reads weight files through (coremltools' TranscriptionContext's fields)."""
-
-    def __init__(self, weights_dir: str) -> None:
-        self.weights_dir, self.blob_reader_from_filename = weights_dir, {}
-
-
-def _function(spec, context: _Context) -> SavedFunction:
+def _function(spec, context: TranscriptionContext) -> SavedFunction:
     named: dict[str, Var] = {}
     inputs = {}
     for value in spec.inputs:
@@ -77,7 +71,7 @@ def _function(spec, context: _Context) -> SavedFunction:
     return SavedFunction(inputs, operations, [named[name] for name in block.outputs])
 
 
-def _op(spec, named: dict[str, Var], context: _Context) -> Op:
+def _op(spec, named: dict[str, Var], context: TranscriptionContext) -> Op:
     name = load_value(context, spec.attributes["name"]) if "name" in spec.attributes else spec.outputs[0].name
     op = Op(spec.type, name, {})
     tuples = _tuple_inputs(spec.type)
@@ -105,7 +99,7 @@ def _tuple_inputs(op_type: str) -> frozenset[str]:
     return frozenset(name for name, kind in input_types.items() if isinstance(kind, TupleInputType))
 
 
-def _constant(value_spec, context: _Context) -> Var:
+def _constant(value_spec, context: TranscriptionContext) -> Var:
     var = _var("", value_spec.type)
     var.val = load_value(context, value_spec)
     return var
