@@ -112,7 +112,7 @@ def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: 
     PASS_REGISTRY["common::const_deduplication"]._deduplicate_const_across_functions(built.program)
     built.program.export_as_multifunction = True
     progress("converting")
-    with quiet_stderr(), _unprinted(built.program):
+    with quiet_stderr(), _converting(built.program):
         package = ct.convert(built.program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT32,
                              compute_units=chosen.compute_units, minimum_deployment_target=ct.target.iOS18,
                              pass_pipeline=ct.PassPipeline.EMPTY)
@@ -178,16 +178,28 @@ def _io_type(feature) -> str:
 
 
 @contextlib.contextmanager
-def _unprinted(program: Program):
-    """coremltools formats the whole program into its debug log messages (eager f-strings) even with
-    debug logging off: about 40 % of converting sudoku's unrolled program. Print nothing meanwhile."""
+def _converting(program: Program):
+    """ct.convert of a built program, without the work that is not conversion:
+    - coremltools formats the whole program into its debug log messages (eager f-strings) even with debug
+      logging off: about 40 % of converting sudoku's unrolled program. Print nothing meanwhile.
+    - it validates the whole program before its pipelines, after each backend pass and twice more while
+      writing it (11 walks of every op, about a fifth of `lower --target ane` on sudoku): validate the program
+      as built once (what hrmc wrote), not again after each of coremltools' own passes."""
     cls = type(program)
-    printed = cls.__str__
+    printed, validate = cls.__str__, cls.validate
+    validated = []
+
+    def validate_once(self, *args, **kwargs):
+        if not validated:
+            validate(self, *args, **kwargs)
+            validated.append(self)
+
     cls.__str__ = lambda self: f"<MIL program, {sum(len(f.operations) for f in self.functions.values())} ops>"
+    cls.validate = validate_once
     try:
         yield
     finally:
-        cls.__str__ = printed
+        cls.__str__, cls.validate = printed, validate
 
 
 def _make_reproducible(package: Path) -> None:
