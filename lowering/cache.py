@@ -12,13 +12,15 @@ executor's packages (targets/coreml/executors.py), keyed by the graph they are l
 
 CACHE is $HRMC_CACHE, else $XDG_CACHE_HOME/hrmc, else ~/.cache/hrmc; HRMC_CACHE=off turns the cache off. An
 entry appears whole (written in a temporary folder, renamed) or not at all; one whose files no longer match their
-record is removed and made again, never used. The most recently used ENTRIES stay; older ones, unused for an
+record is removed and made again, never used. Runs asking for one entry at once make it once: the others wait
+on its lock file (CACHE/KIND/.KEY.lock), then read it. The most recently used ENTRIES stay; older ones, unused for an
 hour, are removed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import json
@@ -73,6 +75,18 @@ def cached(kind: str, defined: dict, code: tuple[str, ...], make: Callable[[Path
     if root is None:
         return make(work)
     entry = root / kind / _key(defined, code)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(_lock_path(entry), "a")
+    except OSError:
+        return make(work)
+    with lock:
+        # one maker per entry: a second run (or test worker) asking for it meanwhile waits, then reads it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _read_or_make(entry, make, read_back, work)
+
+
+def _read_or_make(entry: Path, make: Callable[[Path], Path], read_back: Callable[[Path], object], work: Path) -> Path:
     if entry.is_dir():
         try:
             path = entry / (entry / _MADE).read_text()
@@ -82,8 +96,7 @@ def cached(kind: str, defined: dict, code: tuple[str, ...], make: Callable[[Path
         except Exception:  # noqa: BLE001 (any failure to read it back is damage: made again below, never used)
             shutil.rmtree(entry, ignore_errors=True)
     try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".hrmc-{kind}-", dir=entry.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".hrmc-{entry.parent.name}-", dir=entry.parent))
     except OSError:
         return make(work)
     try:
@@ -97,6 +110,10 @@ def cached(kind: str, defined: dict, code: tuple[str, ...], make: Callable[[Path
         shutil.rmtree(staging, ignore_errors=True)
     _prune(entry.parent)
     return entry / made if entry.is_dir() else make(work)
+
+
+def _lock_path(entry: Path) -> Path:
+    return entry.with_name(f".{entry.name}.lock")
 
 
 def _key(defined: dict, code: tuple[str, ...]) -> str:
@@ -122,6 +139,7 @@ def _prune(exports: Path) -> None:
     for old in entries[ENTRIES:]:
         if old.stat().st_mtime < time.time() - IN_USE_SECONDS:
             shutil.rmtree(old, ignore_errors=True)
+            _lock_path(old).unlink(missing_ok=True)
 
 
 __all__ = ["cache_folder", "cached", "cached_export"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import shutil
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -41,7 +43,24 @@ def test_a_model_is_traced_once_and_a_damaged_entry_is_made_again(tiny, exports:
     step.write_bytes(step.read_bytes()[:1000])  # a damaged entry: never used, made again
     again = cache.cached_export(tiny, "q-halt", 8, batch, tmp_path)
     assert again == first and len(exports) == 3 and bound_parts(again)["step"].stat().st_size > 1000
-    assert not [p for p in first.parent.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
+    assert not [p for p in first.parent.parent.iterdir() if p.is_dir() and p.name.startswith(".")]  # no staging
+
+
+def test_runs_asking_for_one_entry_at_once_make_it_once(monkeypatch, tmp_path: Path) -> None:
+    """Two test workers, or a gate and a bench, asking for the same export together: one traces, the other
+    waits on the entry's lock and reads what it made."""
+    monkeypatch.setenv("HRMC_CACHE", str(tmp_path / "cache"))
+    made: list[Path] = []
+
+    def make(folder: Path) -> Path:
+        made.append(folder)
+        time.sleep(0.5)  # a trace: long enough for the other thread to ask meanwhile
+        (folder / "made.txt").write_text("once")
+        return folder / "made.txt"
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        paths = list(pool.map(lambda _: cache.cached("things", {"a": 1}, (), make, Path.read_text, tmp_path), range(2)))
+    assert len(made) == 1 and paths[0] == paths[1] and paths[0].read_text() == "once"
 
 
 def test_the_cache_can_be_turned_off(tiny, exports: list[Path], monkeypatch, tmp_path: Path) -> None:

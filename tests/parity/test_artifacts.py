@@ -111,14 +111,10 @@ def test_a_tampered_whole_inference_graph_fails_the_default_mode(capsys, shipped
     assert code == 1 and f"FAIL: {executor} whole vs its steps: logits from step 1" in out, out
 
 
-def test_a_step_graph_from_another_export_is_refused(capsys, shipped: Path, tmp_path: Path, tiny) -> None:
-    from hrmc.lowering import export_onnx
-
-    other = tmp_path / "other"
-    other.mkdir()
-    export_onnx(tiny, other / "tiny.onnx", "q-halt", budget=4)
+def test_a_step_graph_from_another_export_is_refused(capsys, shipped: Path, tmp_path: Path, exported) -> None:
+    other = exported("tiny", "max-steps")  # the same model, exported under the other policy
     mixed = copy_of(shipped / "tiny.onnx", tmp_path / "mixed")
-    shutil.copy(other / "tiny.step.onnx", step_path_for(mixed))  # killed between two renames, say
+    shutil.copy(step_path_for(other), step_path_for(mixed))  # killed between two renames, say
     code, _, err = gate(capsys, "onnx", mixed)
     assert_one_line_error(code, err, "tiny.step.onnx")
     code, _, err = hrmc(capsys, "lower", "--target", "onnx", "--policy", "q-halt", "--onnx-model", str(mixed),
