@@ -49,18 +49,18 @@ def measure(name: str, out: Path, puzzles: int | None, progress=print) -> list[d
         held_out = {key: data[key][:puzzles] for key in data.files}
     labels = held_out.pop("labels")
     batch = hrm_ref.make_batch(model.config, held_out, f"{name}'s held-out puzzles")
-    export = out / f"{name}.onnx"
+    export, budget = out / f"{name}.onnx", resolve_budget(model, POLICY, None)
     if not export.is_file():
         progress(f"{name}: exporting {export}")
-        export_onnx(model, export, POLICY)
+        export_onnx(model, export, POLICY, budget)
     reference = TorchExecutor()
-    reference.prepare(model, POLICY, None, batch)
+    reference.prepare(model, POLICY, budget, batch)
     expected = reference.run(batch)
     parameters = sum(tensor.numel() for tensor in model.parameters())
     rows = []
     with tempfile.TemporaryDirectory(prefix="hrmc-compression-") as folder:
         work = Path(folder)
-        structured, graphs = lowered_source(export, work, model, POLICY, resolve_budget(model, POLICY, None), batch,
+        structured, graphs = lowered_source(export, work, model, POLICY, budget, batch,
                                             TARGETS["ane"].pipeline)
         for weights in TARGETS["ane"].weights:
             started = time.perf_counter()
@@ -69,7 +69,7 @@ def measure(name: str, out: Path, puzzles: int | None, progress=print) -> list[d
             whole = lower_coreml(graphs, work / f"{name}-{weights}-held-out.mlpackage", "ane", len(labels),
                                  structured.name, weights=weights)
             package = make_executor("ane", artifact=str(whole))
-            package.prepare(model, POLICY, None, batch)
+            package.prepare(model, POLICY, budget, batch)
             run = package.run(batch)
             weight_file = shipped / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
             estimate = estimate_artifact(shipped, list(CHIPS.values()))

@@ -55,9 +55,7 @@ from hrmc.hrm_ref import HRM, random_batch
 from hrmc.hrm_ref.act import resolve_budget
 from hrmc.targets import TARGETS
 from hrmc.targets.base import lowered_source
-from hrmc.targets.coreml._coremltools import ct
-from hrmc.targets.coreml.lowering import DECOMPRESSING
-from hrmc.targets.coreml.package import PackageFunction, function_block, lower_coreml, package_functions
+from hrmc.targets.coreml import DECOMPRESSING, PackageFunction, ct, function_block, lower_coreml, package_functions
 
 MOVES = frozenset({"reshape", "expand_dims", "squeeze", "identity", "concat", "split", "slice_by_index",
                    "slice_by_size", "gather", "gather_nd", "pad", "tile", "transpose"})

@@ -24,12 +24,12 @@ from hrmc.targets.onnx import session, session_options
 
 # name → (pass pipeline, SessionOptions attributes, session config entries)
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
-    "hrmc's session": ("default", {}, {}),
-    "graph optimisations basic only": ("default", {"graph_optimization_level": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}, {}),
-    "graph optimisations off": ("default", {"graph_optimization_level": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}, {}),
-    "1 intra-op thread": ("default", {"intra_op_num_threads": 1}, {}),
-    "no memory pattern": ("default", {"enable_mem_pattern": False}, {}),
-    "no thread spinning": ("default", {}, {"session.intra_op.allow_spinning": "0"}),
+    "hrmc's session": ("static", {}, {}),
+    "graph optimisations basic only": ("static", {"graph_optimization_level": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}, {}),
+    "graph optimisations off": ("static", {"graph_optimization_level": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}, {}),
+    "1 intra-op thread": ("static", {"intra_op_num_threads": 1}, {}),
+    "no memory pattern": ("static", {"enable_mem_pattern": False}, {}),
+    "no thread spinning": ("static", {}, {"session.intra_op.allow_spinning": "0"}),
     "fused graph (fused pipeline)": ("fused", {}, {}),
 }
 

@@ -1,23 +1,20 @@
-"""The HRM ACT v1 architecture config, read from upstream's `all_config.yaml` (`arch:` section).
+"""The HRM ACT v1 architecture config: the dataclass, its values checked, and the numbers derived from it.
 
-Upstream stores only the architecture in the yaml; the vocabulary size, the number of puzzle
-identifiers and (for learned positions or TRM's mlp_t) the sequence length come from the dataset,
-so we infer them from the weights' shapes (`config_from_weights`). The yaml's `arch.name` picks the
-family: HRM, or TRM (docs/design.md §2, "The family: TRM"), which is a configuration of the same model.
+The family is HRM, or TRM (docs/design.md §2, "The family: TRM"), which is a configuration of the same model.
+Reading it from upstream's `all_config.yaml` and inferring what the yaml leaves out from the weights is the
+checkpoint loader's job (checkpoint.py: `arch_section`, `config_from_weights`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 
-from hrmc.errors import CheckpointError, ConfigError
+from hrmc.errors import ConfigError
 
 # float16 and bfloat16 keep the same float32 islands (hrm_ref.layers.compute_dtype): float16 is the model as
 # PyTorch runs it in float16, the yardstick of every float16 artifact (docs/design.md §4)
@@ -270,115 +267,3 @@ def check_values(values: Mapping[str, Any]) -> None:
                               f"{values[name]:g}: the model computes with it in float32")
     if values.get("seq_len") is not None and values["seq_len"] < 1:
         raise ConfigError(f"config seq_len must be at least 1, got {values['seq_len']}")
-
-
-# Keys of upstream's `arch:` section that we read (`name` picks the family); the rest (loss,
-# exploration) is training-only.
-_ARCH_KEYS = {f.name for f in dataclasses.fields(HRMConfig)} - {"vocab_size", "num_puzzle_identifiers"}
-_INTERPOLATION = re.compile(r"^\$\{\.(\w+)\}$")
-
-
-def arch_section(yaml_dict: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """The architecture keys of an upstream yaml: `all_config.yaml` (under `arch:`) or an arch yaml.
-
-    Resolves hydra's sibling references such as `puzzle_emb_ndim: ${.hidden_size}`.
-    """
-    if not isinstance(yaml_dict, Mapping):
-        raise ConfigError(f"{source}: expected a mapping at the top level")
-    arch = yaml_dict.get("arch", yaml_dict)
-    if not isinstance(arch, Mapping):
-        raise ConfigError(f"{source}: 'arch' is not a mapping")
-    resolved = {}
-    for key, value in arch.items():
-        if isinstance(value, str) and (match := _INTERPOLATION.match(value)):
-            if match.group(1) not in arch:
-                raise ConfigError(f"{source}: arch.{key} refers to missing key {match.group(1)!r}")
-            value = arch[match.group(1)]
-        resolved[key] = value
-    if "hidden_size" not in resolved:
-        raise ConfigError(f"{source}: no arch.hidden_size: not an HRM config")
-    if "name" in resolved:  # upstream's yaml; ours (safetensors metadata) states `family` instead
-        name = resolved["name"]
-        family = ARCH_NAMES.get(name) if isinstance(name, str) else None
-        if family is None:
-            raise ConfigError(f"{source}: arch.name {name!r} is not a model hrmc runs: {', '.join(ARCH_NAMES)}")
-        if resolved.get("family", family) != family:
-            raise ConfigError(f"{source}: arch.family {resolved['family']!r} contradicts arch.name {name!r}")
-        resolved["family"] = family
-        if family == "trm":
-            resolved = TRM_DEFAULTS | resolved
-    return {k: v for k, v in resolved.items() if k in _ARCH_KEYS}
-
-
-@contextmanager
-def _named(source: str):
-    """A ConfigError from within names the file it came from."""
-    try:
-        yield
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
-
-
-def config_from_weights(arch: Mapping[str, Any], weights: Mapping[str, torch.Tensor], source: str) -> HRMConfig:
-    """Complete an `arch:` section with the sizes only the weights know (keys without prefix)."""
-    def shape(key: str) -> tuple[int, int]:
-        """Every tensor the sizes are read from is a matrix."""
-        if key not in weights:
-            raise CheckpointError(f"{source}: missing key {key}, needed to infer the model size")
-        if weights[key].ndim != 2:
-            raise CheckpointError(f"{source}: tensor {key} has shape {tuple(weights[key].shape)}, not a matrix")
-        return tuple(weights[key].shape)
-
-    arch = dict(arch)
-    with _named(source):
-        check_values(arch)
-    extra: dict[str, Any] = {}
-    if arch.get("input_mode") == "latent":  # the denoiser has no vocabulary
-        width_key = "inner.latent.in_proj.weight"
-        hidden, vocab_size = shape(width_key)[0], 0
-    elif arch.get("input_mode") == "hidden":  # the controller: the LLM's width and vocabulary
-        width_key = "inner.front.proj.weight"
-        hidden, d_model = shape(width_key)
-        if arch.pop("d_model", d_model) != d_model:
-            raise ConfigError(f"{source}: arch.d_model does not match {width_key}, which reads {d_model} wide states")
-        vocab_key = "inner.vocab_bias.proj.weight"
-        vocab_size = shape(vocab_key)[0] if vocab_key in weights else 0
-        extra["d_model"] = d_model
-    else:
-        width_key = "inner.embed_tokens.embedding_weight"
-        vocab_size, hidden = shape(width_key)
-    if arch.get("hidden_size", hidden) != hidden:
-        raise ConfigError(
-            f"{source}: arch.hidden_size is {arch['hidden_size']} but {width_key} has width {hidden}")
-    extra["vocab_size"] = vocab_size
-    mlp_key = "inner.L_level.layers.0.mlp.gate_up_proj.weight"  # checked before a model that wide is built
-    expansion = arch.get("expansion", HRMConfig.expansion)
-    if mlp_key in weights and 2 * swiglu_width(expansion, hidden) != shape(mlp_key)[0]:
-        raise ConfigError(f"{source}: arch.expansion {expansion:g} does not give the SwiGLU width of {mlp_key}, "
-                          f"{shape(mlp_key)[0] // 2}")
-    if arch.get("puzzle_emb_ndim", 0) > 0:
-        n_ids, ndim = shape("inner.puzzle_emb.weights")
-        if ndim != arch["puzzle_emb_ndim"]:
-            raise ConfigError(
-                f"{source}: arch.puzzle_emb_ndim is {arch['puzzle_emb_ndim']} but inner.puzzle_emb.weights "
-                f"has width {ndim}")
-        extra["num_puzzle_identifiers"] = n_ids
-    # Learned positions and mlp_t's sequence SwiGLU span every position: puzzle embedding plus seq_len.
-    if arch.get("pos_encodings", "rope") == "learned":
-        positions_key, what = "inner.embed_pos.embedding_weight", "learned positions"
-    elif arch.get("mlp_t"):
-        positions_key, what = "inner.L_level.layers.0.mlp_t.down_proj.weight", "positions mlp_t mixes"
-    else:
-        positions_key = None
-    if positions_key:
-        positions = shape(positions_key)[0]
-        explicit_len = arch.get("puzzle_emb_len", 0) if arch.get("family") == "trm" else 0  # HRM has none
-        seq_len = positions - puzzle_positions(arch.get("puzzle_emb_ndim", 0), hidden, explicit_len)
-        if arch.pop("seq_len", seq_len) != seq_len:
-            raise ConfigError(f"{source}: arch.seq_len does not match the {positions} {what}")
-        extra["seq_len"] = seq_len
-    try:
-        with _named(source):
-            return HRMConfig(**arch, **extra)
-    except TypeError as err:  # a value of the wrong type in the yaml
-        raise ConfigError(f"{source}: {err}") from None

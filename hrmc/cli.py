@@ -31,7 +31,6 @@ from hrmc import parity
 from hrmc.parity.agreement import accuracy
 from hrmc import __version__
 from hrmc import binding
-from hrmc import pipeline as driver
 from hrmc import targets
 from hrmc import timing
 from hrmc.errors import GateFailure, HrmcError, InputError
@@ -80,7 +79,7 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--checkpoint", type=UserPath(dir_okay=True), help="Upstream step_N checkpoint or .safetensors file."),
         click.option("--config", "config_path", type=UserPath(), help="Arch yaml for --checkpoint (default: all_config.yaml beside it)."),
-        click.option("--preset", type=click.Choice(sorted(hrm_ref.PRESETS)), help=f"Built-in model (default: {driver.DEFAULT_PRESET})."),
+        click.option("--preset", type=click.Choice(sorted(hrm_ref.PRESETS)), help=f"Built-in model (default: {hrm_ref.DEFAULT_PRESET})."),
         click.option("--policy", type=click.Choice(hrm_ref.POLICIES), default="max-steps", show_default=True, help="ACT halting policy."),
         click.option("--budget", type=STEPS,
                      help=f"ACT step budget, 1 to {MAX_BUDGET} (default: the model's halt_max_steps)."),
@@ -101,7 +100,7 @@ def cli() -> None:
 
 def model_source(checkpoint: str | None, preset: str | None) -> str:
     """What the model came from, as reports name it."""
-    return checkpoint or f"preset:{preset or driver.DEFAULT_PRESET}"
+    return checkpoint or f"preset:{preset or hrm_ref.DEFAULT_PRESET}"
 
 
 def demo_default(checkpoint: str | None, preset: str | None, doing: str, why: str = "") -> str | None:
@@ -109,8 +108,8 @@ def demo_default(checkpoint: str | None, preset: str | None, doing: str, why: st
     demo model, which the command's first line says (a green light on the demo model is no gate of yours)."""
     if checkpoint or (preset and not why):
         return preset
-    preset = preset or driver.DEFAULT_PRESET
-    if preset == driver.DEFAULT_PRESET:  # a progress line, before any other: errors stay one line of their own
+    preset = preset or hrm_ref.DEFAULT_PRESET
+    if preset == hrm_ref.DEFAULT_PRESET:  # a progress line, before any other: errors stay one line of their own
         progress(f"{doing} the built-in demo model {preset} ({why or 'no --checkpoint or --preset given'})")
     return preset
 
@@ -130,7 +129,7 @@ def _check_lowering_source(onnx_model: Path, checkpoint, config_path, preset, po
     from hrmc.targets.base import check_source
 
     record = lowering.read_record(onnx_model)
-    model = driver.load_model(checkpoint, preset, config_path) if checkpoint or preset else None
+    model = hrm_ref.load_model(checkpoint, preset, config_path) if checkpoint or preset else None
     check_source(record, onnx_model, model, given("policy").get("policy", record.policy), budget or record.budget,
                  seq_len or record.seq_len)
     return model
@@ -139,18 +138,18 @@ def _check_lowering_source(onnx_model: Path, checkpoint, config_path, preset, po
 def _check_mac_check(target: str, out: str, force: bool, onnx_model: str | None, model: hrm_ref.HRM | None) -> Path:
     """`lower --mac-check`: a Core ML package to check, a new check folder (or one hrmc wrote) and, from an
     --onnx-model, the model named for the reference the folder saves. Returns the folder."""
-    if driver.TARGETS[target].module != "hrmc.targets.coreml":
+    if not targets.TARGETS[target].mac_check:
         raise InputError(f"--mac-check: only for a Core ML package (--target coreml or ane), not --target {target}")
     if onnx_model is not None and model is None:
         raise InputError("--mac-check with --onnx-model: name its model too (--checkpoint or --preset), whose torch "
                          "reference the check saves")
-    from hrmc.parity.mac_check import check_out
+    from hrmc.parity.mac_check.bundle import check_out
 
     return check_out(out, force)
 
 
 def _mac_check(model: hrm_ref.HRM, seed: int):
-    from hrmc.parity.mac_check import MacCheck
+    from hrmc.parity.mac_check.bundle import MacCheck
 
     return MacCheck(model, seed, progress)
 
@@ -205,18 +204,18 @@ def run(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_js
     if out:
         check_apart([check_output(out, ".npz")], [inputs, checkpoint, config_path])  # before the run, not after
     preset = demo_default(checkpoint, preset, "running")
-    model = driver.load_model(checkpoint, preset, config_path, dtype, depth)
-    batch, labels = driver.load_task(model, preset, inputs, batch_size, seed, seq_len)
+    model = hrm_ref.load_model(checkpoint, preset, config_path, dtype, depth)
+    batch, labels = hrm_ref.load_task(model, preset, inputs, batch_size, seed, seq_len)
     budget = resolve_budget(model, policy, budget)
 
     def step_done(step: int, carry: hrm_ref.Carry) -> None:
         progress(f"step {step}/{budget}: {int((~carry.halted).sum())} of {len(carry.halted)} samples still running")
 
     started = time.perf_counter()
-    outputs = driver.run_model(model, batch, policy, budget, seed, ddim_steps, step_done)
+    outputs = hrm_ref.run_outputs(model, batch, policy, budget, seed, ddim_steps, step_done)
     seconds = time.perf_counter() - started
     if out:
-        driver.save_npz(outputs, out)
+        hrm_ref.save_outputs(outputs, out)
     steps = outputs["steps"][-1]
     report = {
         "model": model_source(checkpoint, preset),
@@ -250,9 +249,9 @@ def export(checkpoint, config_path, preset, policy, budget, batch_size, seed, as
     """Export to ONNX with the ACT loop and H/L cycles kept as ONNX Loops (plus the one-step model)."""
     check_apart(lowering.export_paths(out), [checkpoint, config_path, inputs])  # before a minute of tracing
     preset = demo_default(checkpoint, preset, "exporting")
-    model = driver.load_model(checkpoint, preset, config_path)
-    batch = driver.load_inputs(model, inputs, batch_size, seed, seq_len, preset)
-    result = lowering.export_onnx(model, out, policy, budget, batch, driver.model_origin(checkpoint, preset), progress)
+    model = hrm_ref.load_model(checkpoint, preset, config_path)
+    batch = hrm_ref.load_inputs(model, inputs, batch_size, seed, seq_len, preset)
+    result = lowering.export_onnx(model, out, policy, budget, batch, hrm_ref.model_origin(checkpoint, preset), progress)
     report = {"out": str(result.act_path), "step_model": str(result.step_path), "seconds": round(result.seconds, 1),
               "file_bytes": result.file_bytes, "parameter_bytes": result.parameter_bytes,
               "loops": list(lowering.read_record(result.act_path).loops)}
@@ -284,7 +283,7 @@ def list_passes() -> None:
 
 @cli.command()
 @model_options
-@click.option("--target", type=click.Choice(list(driver.TARGETS)), default="onnx", show_default=True,
+@click.option("--target", type=click.Choice(list(targets.TARGETS)), default="onnx", show_default=True,
               help="Backend to lower to.")
 @click.option("--pipeline", help="Named pass pipeline (see `hrmc passes`; default: the target's own).")
 @click.option("--dump-after", help="Also write the graph right after this pass (OUT.after-PASS.onnx).")
@@ -295,7 +294,7 @@ def list_passes() -> None:
 @click.option("-o", "--out", type=UserPath(), required=True,
               help="onnx: OUT.onnx (OUT.step.onnx beside it); mlx: a folder; coreml, ane: OUT.mlpackage.")
 @click.option("--force", is_flag=True, help="Replace an output folder that hrmc did not write.")
-@click.option("--weights", type=click.Choice(list(dict.fromkeys(w for t in driver.TARGETS.values() for w in t.weights))),
+@click.option("--weights", type=click.Choice(list(dict.fromkeys(w for t in targets.TARGETS.values() for w in t.weights))),
               help="ane: one float16 per weight (the default) or a float16 pair (float32-exact, twice the bytes and "
                    "matmul work); coreml: float32 (the default); ane, coreml: int8 (per output channel) or lut6, "
                    "lut4 (a k-means palette per 16 output channels), matmul weights of 2048 elements or more, "
@@ -314,39 +313,38 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
     """Lower to a static graph (no Loop or If) for a target, through a named pass pipeline."""
     from hrmc import passes
 
-    about = driver.About(author or "", license_ or "", model_version or "", description or "")
-    if about != driver.About() and driver.TARGETS[target].suffix != ".mlpackage":
+    declared = targets.TARGETS[target]
+    about = targets.About(author or "", license_ or "", model_version or "", description or "")
+    if about != targets.About() and declared.suffix != ".mlpackage":
         raise InputError(f"--author, --license, --model-version and --description describe a Core ML package "
                          f"(--target coreml or ane), not --target {target}")
 
-    pipeline = pipeline or driver.TARGETS[target].pipeline
+    pipeline = pipeline or declared.pipeline
     # Checked here too, because an export of a minute may come before the pipeline runs.
     passes.pipeline_passes(pipeline)
-    outputs = driver.check_target_output(target, out, chunk, force, weights, dump_after)
-    model, inputs = None, [checkpoint, config_path]
+    outputs = targets.check_outputs(declared, out, chunk, force, weights, dump_after)
+    model, inputs, batch = None, [checkpoint, config_path], None
     if onnx_model is not None:
         model = _check_lowering_source(Path(onnx_model), checkpoint, config_path, preset, policy, budget, seq_len)
         inputs += passes.structured_parts(Path(onnx_model)).values()
+        policy = given("policy").get("policy")  # else as the export records
     else:
         preset = demo_default(checkpoint, preset, "lowering")
-        model = driver.load_model(checkpoint, preset, config_path)  # exported below
+        model = hrm_ref.load_model(checkpoint, preset, config_path)  # exported below
+        batch = hrm_ref.load_inputs(model, None, batch_size, seed, seq_len, preset)
     if model is not None:
-        driver.TARGETS[target].check_storable(model)
+        declared.check_storable(model)
     if mac_check:
         outputs.append(_check_mac_check(target, out, force, onnx_model, model))
     check_apart(outputs, inputs)
+    options = targets.LowerOptions(batch=batch_size, force=force, weights=weights, seed=seed, progress=progress,
+                                   companion=_mac_check(model, seed) if mac_check else None, about=about)
     with work_folder("lower") as folder:
-        structured = onnx_model
-        if structured is None:  # the model is needed to export it (and for --mac-check's reference)
-            batch = driver.load_inputs(model, None, batch_size, seed, seq_len, preset)
-            progress("exporting the structured graph first")
-            structured = lowering.export_onnx(model, Path(folder) / "model.onnx", policy, budget, batch,
-                                              driver.model_origin(checkpoint, preset), progress).act_path
-        result = driver.lower_target(structured, out, target, pipeline, Path(folder), progress=progress,
-                                     strip=tuple(filter(None, (strip or "").split(","))), chunk=chunk,
-                                     dump_after=dump_after, batch=batch_size, force=force, weights=weights,
-                                     seed=seed, companion=_mac_check(model, seed) if mac_check else None,
-                                     about=about)
+        result = targets.lower(declared, out, Path(folder), structured=Path(onnx_model) if onnx_model else None,
+                               model=model, policy=policy, budget=budget, batch=batch,
+                               origin=hrm_ref.model_origin(checkpoint, preset) if onnx_model is None else None,
+                               pipeline=pipeline, options=options,
+                               strip=tuple(filter(None, (strip or "").split(","))), chunk=chunk, dump_after=dump_after)
     if as_json:
         echo_json({"target": target, "pipeline": pipeline, "files": [str(p) for p in result.written],
                    "seconds": round(result.seconds, 2)})
@@ -396,8 +394,8 @@ def bench(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
         raise InputError(f"--executors: unknown executor {', '.join(unknown) or '(none given)'}; "
                          f"choose from {', '.join(parity.EXECUTORS)}")
     preset = demo_default(checkpoint, preset, "timing")
-    model = driver.load_model(checkpoint, preset, config_path)
-    batch = driver.load_inputs(model, inputs, batch_size, seed, seq_len, preset)
+    model = hrm_ref.load_model(checkpoint, preset, config_path)
+    batch = hrm_ref.load_inputs(model, inputs, batch_size, seed, seq_len, preset)
     report = benchmarks.run_bench(model, batch, names, policy=policy, budget=budget, runs=runs,
                                   preset=model_source(checkpoint, preset), onnx_model=onnx_model, chunk=chunk,
                                   progress=progress)
@@ -417,9 +415,9 @@ def _estimate(checkpoint, config_path, preset, policy, budget, batch_size, seed,
         report = estimate.estimate_artifact(artifact, chosen)
     else:
         preset = demo_default(checkpoint, preset, "estimating")
-        model = driver.load_model(checkpoint, preset, config_path)
+        model = hrm_ref.load_model(checkpoint, preset, config_path)
         if inputs is not None:  # the inputs fix the sequence length the package is lowered for
-            seq_len = model.inner.sequence_length(driver.load_inputs(model, inputs, batch_size, seed, seq_len, preset))
+            seq_len = model.inner.sequence_length(hrm_ref.load_inputs(model, inputs, batch_size, seed, seq_len, preset))
         batches = ([batch_size] if "batch_size" in given("batch_size") else [latency["batch"]] if latency is not None
                    else [1, 8])  # beside a measurement, its package's batch
         report = estimate.estimate_model(model, model_source(checkpoint, preset), policy, budget, batches, seed, chosen,
@@ -559,7 +557,7 @@ def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_
             typed = given("checkpoint", "preset", "policy", "budget", "batch_size", "seq_len")
             with binding.tolerating_changes() if localize else contextlib.nullcontext():  # it notes them itself
                 record = targets.artifact_record(b, artifact)
-            taken = driver.artifact_options(record, Path(artifact), typed)
+            taken = parity.artifact_options(record, Path(artifact), typed)
             checkpoint, preset = taken.get("checkpoint", checkpoint), taken.get("preset", preset)
             policy, budget = taken.get("policy", policy), taken.get("budget", budget)
             batch_size, seq_len = taken.get("batch_size", batch_size), taken.get("seq_len", seq_len)
@@ -568,8 +566,8 @@ def parity_command(a, b, checkpoint, config_path, preset, policy, budget, batch_
                 preset = demo_default(None, preset, "gating",
                                       f"{name} was made from it" if preset else f"{name} records no model")
         with timing.phase("load the model and inputs"):
-            model = driver.load_model(checkpoint, preset, config_path)
-            batch, labels = driver.load_task(model, preset, inputs, batch_size, seed, seq_len)
+            model = hrm_ref.load_model(checkpoint, preset, config_path)
+            batch, labels = hrm_ref.load_task(model, preset, inputs, batch_size, seed, seq_len)
         if localize:
             found = parity.localize(a, b, model, batch, policy=policy, budget=budget, atol=atol, rtol=rtol,
                                     psnr_db=psnr_db, seed=seed, model_name=model_source(checkpoint, preset),

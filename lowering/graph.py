@@ -17,9 +17,8 @@ from torch import nn
 from torch._higher_order_ops import while_loop
 
 from hrmc.hrm_ref import HRM, Carry
-from hrmc.hrm_ref.act import freeze, initial_carry, resolve_budget, step
+from hrmc.hrm_ref.act import freeze, initial_carry, step
 from hrmc.hrm_ref.model import CosSin, HRMInner
-from hrmc.names import CARRY_NAMES
 
 
 def _counter() -> torch.Tensor:
@@ -80,7 +79,7 @@ class ACTGraph(nn.Module):
     def __init__(self, model: HRM, policy: str, budget: int, batch_names: list[str]) -> None:
         super().__init__()
         self.model = looped(model)
-        self.policy, self.budget, self.batch_names = policy, resolve_budget(model, policy, budget), batch_names
+        self.policy, self.budget, self.batch_names = policy, budget, batch_names  # resolved by export_onnx
 
     def forward(self, *batch_tensors):
         batch = dict(zip(self.batch_names, batch_tensors))

@@ -2,27 +2,59 @@
 
 Entry point: `check_parity(...) -> Report`; `format_report` renders it for people. `localize(...) ->
 Localization` names where a failing step diverges (`parity --localize`). `mac_check` writes
-the same judgement out for a Mac (`lower --mac-check`; `on_mac` is its stand-alone script).
+the same judgement out for a Mac (`lower --mac-check`; its `check.py` is the stand-alone script it ships).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from hrmc.binding import file_sha256
+from hrmc.errors import InputError
 from hrmc.hrm_ref import HRM, Batch
 from hrmc.hrm_ref.act import batch_size, resolve_budget
 from hrmc.parity.agreement import format_agreement, task_agreement
 from hrmc.parity.compression import compression_cost, format_compression
 from hrmc.parity.localize import Localization, format_localization, localize
 from hrmc.parity.executors import EXECUTORS
+from hrmc.record import Checkpoint, Record
 from hrmc.targets.executor import Arrays, Executor
 from hrmc.timing import phase
 from hrmc.parity.gate import (ATOL, FLOOR_FACTOR, PSNR_DB, RTOL, Reference, Report, Row, failure, prepared_pair,
                               step_parity, trajectory_parity, whole_graphs_parity)
 
 MODES = ("step", "trajectory")
+
+
+def artifact_options(record: Record, artifact: Path, given: dict[str, object]) -> dict[str, object]:
+    """What a gate of a shipped artifact (`parity --artifact`) takes from its record: the model, the policy,
+    budget, batch (a Core ML package's) and sequence length. `given` holds the options typed on the command
+    line: one that contradicts the record is refused; the model given is checked against it later (its
+    weights' sha256). The recorded checkpoint is looked for at its path from the artifact's folder and must
+    have its sha256; else one line asks for --checkpoint."""
+    options = {}
+    for option, flag, recorded in (("policy", "--policy", record.policy), ("budget", "--budget", record.budget),
+                                   ("batch_size", "--batch", record.batch), ("seq_len", "--seq-len", record.seq_len)):
+        if recorded is None:
+            continue
+        if given.get(option) not in (None, recorded):
+            raise InputError(f"{flag} {given[option]}: {artifact} was made with {flag.removeprefix('--')} {recorded} "
+                             f"(parity reads it from the artifact: leave {flag} out)")
+        options[option] = recorded
+    origin = record.checkpoint
+    if given.get("checkpoint") or given.get("preset") or origin == Checkpoint():  # none recorded: the default's
+        return options
+    if origin.preset is not None:
+        return options | {"preset": origin.preset}
+    found = origin.located(artifact.parent)
+    if found is not None and origin.sha256 == file_sha256(found):
+        return options | {"checkpoint": str(found)}
+    where = f" at {artifact.parent / origin.path}" if origin.path else ""
+    raise InputError(f"{artifact} was made from {origin.describe()}, not found{where}"
+                     f"{' with that sha256' if found is not None else ''}: name it with --checkpoint")
 
 
 def check_parity(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget: int | None, mode: str = "step",
@@ -174,5 +206,5 @@ def _float16_table(rows: list[Row], report: Report) -> list[str]:
 
 
 
-__all__ = ["EXECUTORS", "Localization", "MODES", "PSNR_DB", "Report", "check_modes", "check_parity",
+__all__ = ["EXECUTORS", "Localization", "MODES", "PSNR_DB", "Report", "artifact_options", "check_modes", "check_parity",
            "format_localization", "format_report", "localize"]

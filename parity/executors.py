@@ -51,9 +51,9 @@ def _torch(onnx_model=None, chunk=None, artifact=None) -> Executor:
     return TorchExecutor()
 
 
-# the reference, then every target's executors (targets.TARGETS)
+# the reference, then every target's executors (targets.TARGETS), each made by its Target
 EXECUTORS: dict[str, Callable[..., Executor]] = {"torch": _torch} | {
-    name: functools.partial(targets.make_executor, name) for name in targets.TARGET_OF_EXECUTOR}
+    name: functools.partial(target.executor, name) for target in targets.TARGETS.values() for name in target.executors}
 
 
 def make_executor(name: str, onnx_model: str | None = None, chunk: int | None = None,

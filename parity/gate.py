@@ -26,7 +26,7 @@ from hrmc.hrm_ref.config import HRMConfig
 from hrmc.names import CARRY_NAMES, STATE_NAMES
 from hrmc.timing import phase
 from hrmc.parity.executors import TorchExecutor, make_executor
-from hrmc.parity.on_mac import APPLE_PSNR_DB, float16_bound, rmse
+from hrmc.parity.mac_check.check import APPLE_PSNR_DB, float16_bound, rmse
 from hrmc.targets.executor import Arrays, Executor
 
 ATOL = RTOL = 1e-5

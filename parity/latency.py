@@ -4,7 +4,7 @@ check.py times the package on each compute unit after judging it: each function'
 call and warm p50/p90, the app loop at batch 1 and at the package's batch, and where Core ML plans to run the ops
 (MLComputePlan). It runs on a Mac with numpy and coremltools only, without hrmc, and the check folder holds it
 alone, so the summaries it writes (`timing_summary`, `plan_summary`, `latency_record`, `latency_markdown`) live
-in on_mac.py, as the verdict's code does, and hrmc reads them from there. Here: a latency.json read back and
+in mac_check/check.py, as the verdict's code does, and hrmc reads them from there. Here: a latency.json read back and
 checked (`read_measured`), for `hrmc bench --estimate ane --measured`. Nothing here measures: on Linux no Core
 ML runs (check.py exits 2 there, saying it needs macOS).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hrmc.errors import InputError
-from hrmc.parity.on_mac import (LATENCY, LATENCY_FORMAT, PLACES, latency_markdown, latency_record, plan_summary,
+from hrmc.parity.mac_check.check import (LATENCY, LATENCY_FORMAT, PLACES, latency_markdown, latency_record, plan_summary,
                                 timing_summary)
 
 TIMING = {"p50_ms": float, "p90_ms": float, "n": int}

@@ -44,7 +44,15 @@ PASSES: dict[str, type[ir.passes.PassBase]] = {
     "fp16": Float16Pass,
 }
 # Named pipelines, named by the graph they produce, as ordered pass names; `strip-heads` and
-# `chunk-budget` are added on request.
+# `chunk-budget` are added on request. The order is the passes' own constraints:
+# - unroll-cycles before act-to-masked-budget: the ACT body is copied `budget` times, and copies of a
+#   body that still holds its H/L Loops would each have to be unrolled again (innermost first, once).
+# - cleanup after act-to-masked-budget and before fuse: fuse's Rope rule matches constant cos/sin tables,
+#   which only cleanup's folding (fold-constant-tables) leaves constant; it also drops the ACT Loop's
+#   leftovers, so fuse matches each pattern once per copy and not in dead code.
+# - fp16 after fuse: fuse's patterns are float32 subgraphs (a Cast between their nodes would hide them),
+#   and its fused primitives keep their float32 internals where fp16 converts the rest.
+# - cleanup last again: what fuse and fp16 leave unused (the replaced nodes' constants, Casts of Casts).
 PIPELINES: dict[str, tuple[str, ...]] = {
     "static": ("unroll-cycles", "act-to-masked-budget", "cleanup"),  # plain ONNX ops: what onnxruntime runs
     "fused": ("unroll-cycles", "act-to-masked-budget", "cleanup", "fuse", "cleanup"),  # float32, fused primitives
@@ -70,9 +78,8 @@ class LoweredModel:
 
 
 def describe(name: str) -> str:
-    """The first line of a pass's docstring (for `hrmc passes`)."""
-    module = __import__(PASSES[name].__module__, fromlist=["__doc__"])
-    return (module.__doc__ or "").strip().splitlines()[0]
+    """The first line of a pass class's docstring (for `hrmc passes`)."""
+    return (PASSES[name].__doc__ or "").strip().splitlines()[0]
 
 
 def pipeline_passes(pipeline: str) -> tuple[str, ...]:
@@ -98,6 +105,8 @@ def run_pipeline(model: ir.Model, pipeline: str, *, strip: tuple[str, ...] = (),
         before = set(map(id, model.graph.all_nodes()))
         try:
             instance(model)
+        except PassInputError:
+            raise  # names the node and the reason itself
         except ir.passes.PreconditionError as err:
             raise PassInputError(f"{name}: {err}") from None
         _stamp(model, name, before)

@@ -21,8 +21,9 @@ from hrmc.names import LOOP, LOOPS, TRIP_COUNT
 COPY = "hrmc.copy"  # in a node's in-memory `meta` (never saved): a copy of a loop body's node, made here
 
 
-class PassInputError(HrmcError):
-    """The graph is not one this pass can transform (named node, reason)."""
+class PassInputError(HrmcError, ir.passes.PreconditionError):
+    """The graph is not one this pass can transform (named node, reason). A precondition error to onnx-ir too:
+    raised by a pass's `requires`, it comes out of the pass as it is, not wrapped in onnx-ir's own."""
 
 
 @dataclass

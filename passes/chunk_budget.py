@@ -1,20 +1,5 @@
-"""`chunk-budget k`: the one-step graph becomes a k-step graph, with the carry in and out.
-
-A host loop calls it until every sample has halted, so a static graph costs about what dynamic
-halting costs. With k = 1 it is how every target gets the one-step model that step parity needs.
-
-Before (the one-step model, cycles already unrolled):
-
-    (z_H, z_L, steps, halted, *batch) → step → (z_H_next, z_L_next, steps_next, halted_next, logits, q…)
-
-After (k copies chained; weights and batch inputs are shared, not copied):
-
-    c₁ = step(c₀); c₂ = step(c₁); … c_k = step(c_{k−1})
-    → (z_H_next … of c_k, logits = stack(logits₁ … logits_k) [k, B, …], …,
-       halted_per_step = stack(halted₁ … halted_k) [k, B], steps_per_step likewise)
-
-Outputs are not frozen for samples that halted inside the chunk: the host loop freezes them,
-as `hrm_ref.run` does.
+"""The pass `lower_onnx` runs on the one-step model after its pipeline: `ChunkBudgetPass` makes the step graph
+every target's step parity runs (k = 1) and the k-step graphs a host loop calls (targets/host_loop.py).
 """
 
 from __future__ import annotations
@@ -26,8 +11,26 @@ from hrmc.names import CARRY_NAMES, CHUNK, KIND
 from hrmc.passes._loops import PassInputError, clone_nodes
 
 
-
 class ChunkBudgetPass(ir.passes.InPlacePass):
+    """`chunk-budget k`: the one-step graph becomes a k-step graph, with the carry in and out.
+
+    A host loop calls it until every sample has halted, so a static graph costs about what dynamic
+    halting costs. With k = 1 it is how every target gets the one-step model that step parity needs.
+
+    Before (the one-step model, cycles already unrolled):
+
+        (z_H, z_L, steps, halted, *batch) → step → (z_H_next, z_L_next, steps_next, halted_next, logits, q…)
+
+    After (k copies chained; weights and batch inputs are shared, not copied):
+
+        c₁ = step(c₀); c₂ = step(c₁); … c_k = step(c_{k−1})
+        → (z_H_next … of c_k, logits = stack(logits₁ … logits_k) [k, B, …], …,
+           halted_per_step = stack(halted₁ … halted_k) [k, B], steps_per_step likewise)
+
+    Outputs are not frozen for samples that halted inside the chunk: the host loop freezes them,
+    as `hrm_ref.run` does.
+    """
+
     def __init__(self, steps: int) -> None:
         super().__init__()
         if steps < 1:

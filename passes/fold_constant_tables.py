@@ -1,22 +1,4 @@
-"""`fold-constant-tables` (a step of `cleanup`): compute the RoPE tables the exporter left to run time.
-
-The exporter folds constant subgraphs only up to a size: past it (trm-maze's 916 positions × 64
-angles) the cos and sin tables stay ops computed at run time from a constant angle table. A float16
-target then takes the cosine of angles up to 915 held in float16, whose spacing there is 0.5: tables
-40 dB below the contract (`hrmc parity torch ane --preset trm-maze --localize` named `node_cos`).
-Computed here once, in float64 from the float32 angles and rounded once, they are constants that
-every target stores in its own float type.
-
-Before:
-    angles (initializer [S, D/2]) ──► Concat(angles, angles) ──► cat ──► Cos ──► cos ──► …
-                                                                   └───► Sin ──► sin ──► …
-
-After:
-    cos (initializer [S, D]) ──► …        sin (initializer [S, D]) ──► …
-
-Only Concat, Cos and Sin are folded, and only where every input is a constant: what the exporter
-leaves of the tables. Folding everything foldable takes minutes on an unrolled graph (`cleanup`).
-"""
+"""A step of `cleanup` (passes/cleanup.py): `FoldConstantTablesPass`, and the ops it folds (`FOLDS`)."""
 
 from __future__ import annotations
 
@@ -33,6 +15,26 @@ FOLDS: dict[str, Callable[[ir.Node, list[np.ndarray]], np.ndarray]] = {
 
 
 class FoldConstantTablesPass(ir.passes.InPlacePass):
+    """`fold-constant-tables` (a step of `cleanup`): compute the RoPE tables the exporter left to run time.
+
+    The exporter folds constant subgraphs only up to a size: past it (trm-maze's 916 positions × 64
+    angles) the cos and sin tables stay ops computed at run time from a constant angle table. A float16
+    target then takes the cosine of angles up to 915 held in float16, whose spacing there is 0.5: tables
+    40 dB below the contract (`hrmc parity torch ane --preset trm-maze --localize` named `node_cos`).
+    Computed here once, in float64 from the float32 angles and rounded once, they are constants that
+    every target stores in its own float type.
+
+    Before:
+        angles (initializer [S, D/2]) ──► Concat(angles, angles) ──► cat ──► Cos ──► cos ──► …
+                                                                       └───► Sin ──► sin ──► …
+
+    After:
+        cos (initializer [S, D]) ──► …        sin (initializer [S, D]) ──► …
+
+    Only Concat, Cos and Sin are folded, and only where every input is a constant: what the exporter
+    leaves of the tables. Folding everything foldable takes minutes on an unrolled graph (`cleanup`).
+    """
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, modified = model.graph, False
         for node in list(graph):

@@ -1,18 +1,4 @@
-"""`fold-weight-transposes` (a step of `cleanup`): store a transposed weight as its own initializer.
-
-The exporter folds `F.linear`'s weight transpose into a constant for a weight one loop body reads; a
-weight two loop bodies share (TRM's one network, run by the L cycles and by the H-step) stays a
-Transpose node in the graph, which every target would then run at each use, and behind which a
-target no longer sees a constant weight (the `ane` lowering's float16 pairs need one).
-
-Before:
-    W (initializer [out, in]) ──► Transpose(perm=[1, 0]) ──► t ──► MatMul(x, t) … MatMul(z, t)
-
-After:
-    W.transposed (initializer [in, out]) ──► MatMul(x, W.transposed) … MatMul(z, W.transposed)
-
-W itself goes once nothing else reads it.
-"""
+"""A step of `cleanup` (passes/cleanup.py): `FoldWeightTransposesPass`."""
 
 from __future__ import annotations
 
@@ -21,6 +7,22 @@ import onnx_ir as ir
 
 
 class FoldWeightTransposesPass(ir.passes.InPlacePass):
+    """`fold-weight-transposes` (a step of `cleanup`): store a transposed weight as its own initializer.
+
+    The exporter folds `F.linear`'s weight transpose into a constant for a weight one loop body reads; a
+    weight two loop bodies share (TRM's one network, run by the L cycles and by the H-step) stays a
+    Transpose node in the graph, which every target would then run at each use, and behind which a
+    target no longer sees a constant weight (the `ane` lowering's float16 pairs need one).
+
+    Before:
+        W (initializer [out, in]) ──► Transpose(perm=[1, 0]) ──► t ──► MatMul(x, t) … MatMul(z, t)
+
+    After:
+        W.transposed (initializer [in, out]) ──► MatMul(x, W.transposed) … MatMul(z, W.transposed)
+
+    W itself goes once nothing else reads it.
+    """
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, folded = model.graph, {}
         for node in list(graph):

@@ -1,18 +1,4 @@
-"""`fp16`: compute in float16, except norms, rope and softmax, which stay float32 inside the `hrmc` functions.
-
-Before (float32 throughout, after `fuse`):
-
-    z_H: f32 ─► Add(z_H, x) ─► MatMul(·, W: f32) ─► hrmc.RMSNorm(·, eps: f32) ─► … ─► logits: f32
-
-After (the interface keeps its float32 names and types; the tables the function bodies read
-in float32, rope's cos/sin and the norm's eps, stay float32):
-
-    z_H: f32 ─► Cast(f16) ─► Add ─► MatMul(·, W: f16) ─► hrmc.RMSNorm(·, eps: f32) ─► … ─► Cast(f32) ─► logits: f32
-
-`hrmc.RMSNorm`, `hrmc.Rope` and the softmax in `hrmc.Attention` cast their input to float32 and
-their result back (see `fuse`), so only the main graph changes here. The pass refuses a graph
-that still has an unfused ReduceMean or Softmax: it would compute a norm or softmax in float16.
-"""
+"""The pass that makes a fused graph compute in float16 (the `fused-fp16` pipeline's): `Float16Pass`."""
 
 from __future__ import annotations
 
@@ -37,6 +23,22 @@ def _retype(value: ir.Value) -> None:
 
 
 class Float16Pass(ir.passes.InPlacePass):
+    """`fp16`: compute in float16, except norms, rope and softmax, which stay float32 inside the `hrmc` functions.
+
+    Before (float32 throughout, after `fuse`):
+
+        z_H: f32 ─► Add(z_H, x) ─► MatMul(·, W: f32) ─► hrmc.RMSNorm(·, eps: f32) ─► … ─► logits: f32
+
+    After (the interface keeps its float32 names and types; the tables the function bodies read
+    in float32, rope's cos/sin and the norm's eps, stay float32):
+
+        z_H: f32 ─► Cast(f16) ─► Add ─► MatMul(·, W: f16) ─► hrmc.RMSNorm(·, eps: f32) ─► … ─► Cast(f32) ─► logits: f32
+
+    `hrmc.RMSNorm`, `hrmc.Rope` and the softmax in `hrmc.Attention` cast their input to float32 and
+    their result back (see `fuse`), so only the main graph changes here. The pass refuses a graph
+    that still has an unfused ReduceMean or Softmax: it would compute a norm or softmax in float16.
+    """
+
     def requires(self, model: ir.Model) -> None:
         for node in model.graph:
             if node.op_type in UNFUSED and node.domain == "":

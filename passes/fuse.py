@@ -1,20 +1,8 @@
-"""`fuse`: mark RMSNorm, RoPE, SwiGLU and attention as calls of `hrmc` functions that targets map to fused primitives.
+"""The `hrmc` functions (RMSNorm, Rope, Attention, SwiGLU), the onnxscript rules that rewrite their patterns into
+calls of them, and `FusePass`, which applies the rules.
 
-Before (one post-norm block as the exporter writes it; the cos/sin tables are constants):
-
-    ms = ReduceMean(Pow(h, 2), [-1]);  n = Mul(h, Reciprocal(Sqrt(Add(ms, eps))))
-    q' = Add(Mul(q, cos), Mul(Concat(Neg(Slice(q, D/2:)), Slice(q, :D/2)), sin))
-    s = Softmax(Mul(MatMul(Transpose(q', 0213), Transpose(k', 0231)), scale));  o = Transpose(MatMul(s, Transpose(v, 0213)), 0213)
-    m = Mul(Mul(gate, Sigmoid(gate)), up)
-
-After (each call's body is the same ops, defined once per model in `model.functions`):
-
-    n = hrmc.RMSNorm(h, eps)      q' = hrmc.Rope(q, cos, sin)
-    o = hrmc.Attention(q', k', v, scale)      m = hrmc.SwiGLU(gate, up)
-
-onnxruntime inlines the functions, so the graph computes what it did. The bodies compute norms,
-rope and softmax in float32 whatever the input type (`Cast` in, `CastLike` out): the `fp16` pass
-relies on that to keep those regions in float32.
+The function bodies compute norms, rope and softmax in float32 whatever the input type (`Cast` in,
+`CastLike` out): the `fp16` pass relies on that to keep those regions in float32.
 """
 
 from __future__ import annotations
@@ -172,6 +160,23 @@ RULES = pattern.RewriteRuleSet([RMSNormRule.rule(), RopeRule.rule(), AttentionRu
 
 
 class FusePass(ir.passes.InPlacePass):
+    """`fuse`: mark RMSNorm, RoPE, SwiGLU and attention as calls of `hrmc` functions that targets map to fused primitives.
+
+    Before (one post-norm block as the exporter writes it; the cos/sin tables are constants):
+
+        ms = ReduceMean(Pow(h, 2), [-1]);  n = Mul(h, Reciprocal(Sqrt(Add(ms, eps))))
+        q' = Add(Mul(q, cos), Mul(Concat(Neg(Slice(q, D/2:)), Slice(q, :D/2)), sin))
+        s = Softmax(Mul(MatMul(Transpose(q', 0213), Transpose(k', 0231)), scale));  o = Transpose(MatMul(s, Transpose(v, 0213)), 0213)
+        m = Mul(Mul(gate, Sigmoid(gate)), up)
+
+    After (each call's body is the same ops, defined once per model in `model.functions`):
+
+        n = hrmc.RMSNorm(h, eps)      q' = hrmc.Rope(q, cos, sin)
+        o = hrmc.Attention(q', k', v, scale)      m = hrmc.SwiGLU(gate, up)
+
+    onnxruntime inlines the functions, so the graph computes what it did.
+    """
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         # Our own function bodies hold the very patterns: keep them out of the rewriter's reach.
         ours = {key: model.functions.pop(key) for key in list(model.functions) if key[0] == DOMAIN}

@@ -1,12 +1,16 @@
 """Stage 4 of the pipeline: the backends, each declared once here as a `Target`.
 
 A target names the pass pipeline whose graphs it lowers, the output it writes, the package that
-does the work and the executors it gives `hrmc parity` and `hrmc bench`. Its package (imported only
-when used: onnxruntime, MLX and coremltools load slowly) provides three functions:
+does the work, the executors it gives `hrmc parity` and `hrmc bench`, the precision they compute in and
+the weight storages it offers: each said once, here. Its package (imported only when used: onnxruntime,
+MLX and coremltools load slowly) provides three functions, each handed its `Target`:
 
     check_out(target, out, chunk, force) -> list[Path]  # every output path, checked before any work
     lower(target, graphs, out, options) -> list[Path]   # the files or folders written
-    executor(name, onnx_model, chunk, artifact) -> Executor
+    executor(target, name, onnx_model, chunk, artifact) -> Executor
+
+`lower(target, out, ...)` below is `hrmc lower`: the structured export (given and checked, or exported now),
+the target's pass pipeline (stage 3), then the target's own lowering.
 
 Every backend is one folder of the same shape (`coreml/`, `mlx/`; `onnx/` runs the pass pipeline's
 graphs as they are, so it has no op table and no lowering of its own):
@@ -27,15 +31,18 @@ and one line in `TARGETS`.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Callable, ContextManager, Protocol
 
 from hrmc.errors import InputError
-from hrmc.hrm_ref import HRM
-from hrmc.record import Record
+from hrmc.files import check_output, together
+from hrmc.hrm_ref import HRM, Batch
+from hrmc.record import Checkpoint, Record
 from hrmc.targets.executor import Executor
 
 
@@ -51,9 +58,16 @@ class Target:
     executors: tuple[str, ...]  # the executor names it provides
     precision: str  # what those executors compute in: "float16" ones are judged on the float16 contract
     weights: tuple[str, ...] = ()  # how it may store weights (`lower --weights`), the default first
+    mac_check: bool = False  # `lower --mac-check` can write a Mac check beside its output (a Core ML package)
 
     def backend(self) -> ModuleType:
         return importlib.import_module(self.module)
+
+    def executor(self, name: str, onnx_model: str | Path | None = None, chunk: int | None = None,
+                 artifact: str | Path | None = None) -> Executor:
+        """This target's executor `name`, running the shipped `artifact` when one is named, else graphs made
+        afresh (from `onnx_model`, the structured export, when given); `chunk`: steps per call of a chunked one."""
+        return self.backend().executor(self, name, onnx_model, chunk, artifact)
 
     def weight_storage(self, asked: str | None) -> str | None:
         """How a lowering stores matmul weights: `asked` (`--weights`) if this target offers it, else its
@@ -88,7 +102,7 @@ class About:
 @dataclass(frozen=True)
 class LowerOptions:
     """What `hrmc lower` passes on to a target's `lower`, besides the graphs and the output."""
-    source: str  # the structured export's name, recorded in the artifact
+    source: str = ""  # the structured export's name, recorded in the artifact (`lower` sets it)
     batch: int = 1  # the fixed batch of a Core ML package
     force: bool = False  # replace an output folder hrmc did not write
     weights: str | None = None  # one of the target's `weights`
@@ -100,7 +114,7 @@ class LowerOptions:
 
 class Companion(Protocol):
     """Something written beside a target's output and together with it: both appear, or neither. Made by
-    a higher layer (`lower --mac-check`: hrmc.parity.mac_check), run by the target's `lower`."""
+    a higher layer (`lower --mac-check`: hrmc.parity.mac_check.bundle), run by the target's `lower`."""
 
     def path(self, out: Path) -> Path:
         """Where it goes, beside `out`."""
@@ -114,9 +128,9 @@ TARGETS: dict[str, Target] = {target.name: target for target in (
     Target("onnx", "static", ".onnx", "hrmc.targets.onnx", ("onnx", "static", "chunked"), "float32"),
     Target("mlx", "fused", "", "hrmc.targets.mlx", ("mlx", "mlx-chunked"), "float32"),
     Target("coreml", "fused", ".mlpackage", "hrmc.targets.coreml", ("coreml", "coreml-chunked"), "float32",
-           ("float32", "int8", "lut6", "lut4")),
+           ("float32", "int8", "lut6", "lut4"), mac_check=True),
     Target("ane", "fused", ".mlpackage", "hrmc.targets.coreml", ("ane",), "float16",
-           ("float16", "float16x2", "int8", "lut6", "lut4")),
+           ("float16", "float16x2", "int8", "lut6", "lut4"), mac_check=True),
 )}
 TARGET_OF_EXECUTOR = {executor: target for target in TARGETS.values() for executor in target.executors}
 
@@ -129,11 +143,47 @@ def artifact_record(executor: str, artifact: str | Path) -> Record:
     return TARGET_OF_EXECUTOR[executor].backend().read_record(Path(artifact))
 
 
-def make_executor(name: str, onnx_model: str | Path | None = None, chunk: int | None = None,
-                  artifact: str | Path | None = None) -> Executor:
-    """A target's executor `name`, running the shipped `artifact` when one is named, else graphs made
-    afresh (from `onnx_model`, the structured export, when given); `chunk`: steps per call of a chunked one."""
-    return TARGET_OF_EXECUTOR[name].backend().executor(name, onnx_model, chunk, artifact)
+@dataclass(frozen=True)
+class Lowered:
+    written: list[Path]
+    seconds: float
 
 
-__all__ = ["About", "Companion", "TARGETS", "artifact_record", "TARGET_OF_EXECUTOR", "LowerOptions", "Target", "make_executor"]
+def check_outputs(target: Target, out: str | Path, chunk: int | None = None, force: bool = False,
+                  weights: str | None = None, dump_after: str | None = None) -> list[Path]:
+    """Every path `hrmc lower` will write, and its options, checked before any work; the paths."""
+    from hrmc.passes import dump_path
+
+    target.weight_storage(weights)
+    dumped = [check_output(dump_path(out, dump_after), ".onnx")] if dump_after else []
+    return target.backend().check_out(target, out, chunk, force) + dumped
+
+
+def lower(target: Target, out: str | Path, work: Path, *, structured: Path | None, model: HRM | None,
+          policy: str | None, budget: int | None, batch: Batch | None, origin: Checkpoint | None, pipeline: str,
+          options: LowerOptions, strip: tuple[str, ...] = (), chunk: int | None = None,
+          dump_after: str | None = None) -> Lowered:
+    """`hrmc lower`: the structured export (`structured`, given and checked, or `model` exported now into `work`
+    recording `origin`), its graphs after `pipeline` (stage 3), then the target's own lowering (stage 4). The
+    outputs, the companion (`options.companion`) and the --dump-after graph replace their old ones together, or
+    none does."""
+    from hrmc import passes
+    from hrmc.targets.base import structured_source
+
+    started, progress = time.perf_counter(), options.progress
+    structured = structured_source(structured, work, model, policy, budget, batch, origin, progress)
+    options = dataclasses.replace(options, source=structured.name)
+    progress(f"running pipeline {pipeline}")
+    # graphs are the onnx target's output; other targets lower them from a work folder
+    graphs_out = out if target.suffix == ".onnx" else work / "static.onnx"
+    with together():
+        graphs = passes.lower_onnx(structured, graphs_out, pipeline, strip=strip, chunk=chunk, dump_after=dump_after,
+                                   dump_beside=out, progress=progress).graphs
+        if target.suffix != ".onnx":
+            progress(f"lowering to {target.name}")
+        written = target.backend().lower(target, graphs, out, options)
+    return Lowered(written, time.perf_counter() - started)
+
+
+__all__ = ["About", "Companion", "Lowered", "TARGETS", "artifact_record", "TARGET_OF_EXECUTOR", "LowerOptions",
+           "Target", "check_outputs", "lower"]

@@ -13,9 +13,10 @@ the same for every target, so `TargetExecutor` does it once:
 
 from __future__ import annotations
 
+import abc
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -25,10 +26,10 @@ from hrmc.binding import changed, noting_changes
 from hrmc.errors import GateFailure, InputError
 from hrmc.files import work_folder
 from hrmc.lowering.cache import cached_export
-from hrmc.lowering.export import read_record, weights_sha256
-from hrmc.record import Record
+from hrmc.lowering.export import export_onnx, read_record, weights_sha256
+from hrmc.record import Checkpoint, Record
 from hrmc.passes import lower_onnx, structured_parts
-from hrmc.targets import TARGET_OF_EXECUTOR
+from hrmc.targets import Target
 from hrmc.targets.app import APP_OUTPUTS
 from hrmc.targets.executor import DEFAULT_CHUNK, Arrays, Executor, Trace, carry_arrays
 from hrmc.targets.host_loop import carry_feed, run_chunks, split_step, until_steps_run
@@ -48,16 +49,25 @@ def check_source(record: Record, where: Path, model: HRM | None, policy: str, bu
             raise InputError(f"{where} was made with {what} {recorded}, not {given} (see --policy, --budget, --seq-len)")
 
 
-def structured_source(onnx_model: Path | None, folder: Path, model: HRM, policy: str, budget: int,
-                      batch: Batch) -> Path:
-    """The structured export every executor made afresh starts from: the given file, checked, or the model's
-    export (lowering/cache.py: made once per model, policy, budget and length)."""
+def structured_source(onnx_model: Path | None, work: Path, model: HRM | None, policy: str | None, budget: int | None,
+                      batch: Batch | None, origin: Checkpoint | None = None,
+                      progress: Callable[[str], None] = lambda _: None) -> Path:
+    """The structured export graphs are made from, the one answer to "given and checked, or exported now": the
+    given file, checked against `model` (None: taken as it is), `policy`, `budget` and the batch's sequence length
+    (each None: as it records); else `model`'s export, from the export cache (lowering/cache.py: an executor's
+    graphs, made once per model, policy, budget and length), or, with `origin`, exported into `work` recording
+    where the weights came from (`hrmc lower`: what it ships records it)."""
     path = onnx_model
-    if path is None:
+    if path is None and origin is not None:
+        progress("exporting the structured graph first")
+        path = export_onnx(model, work / "model.onnx", policy, budget, batch, origin, progress).act_path
+    elif path is None:
         with phase("export (or the export cache)"):
-            path = cached_export(model, policy, budget, batch, folder)
+            path = cached_export(model, policy, budget, batch, work)
     structured_parts(path)
-    check_source(read_record(path), path, model, policy, budget, model.inner.sequence_length(batch))
+    record = read_record(path)
+    seq_len = model.inner.sequence_length(batch) if model is not None and batch is not None else record.seq_len
+    check_source(record, path, model, policy or record.policy, budget or record.budget, seq_len)
     return path
 
 
@@ -68,23 +78,24 @@ def lowered_source(onnx_model: Path | None, work: Path, model: HRM, policy: str,
     return structured, lower_onnx(structured, work / "static.onnx", pipeline, chunk=chunk).graphs
 
 
-class TargetExecutor(Executor):
-    """Base class of the targets' executors: subclasses set `name` (and `chunked`, `whole_role`) and
-    implement `open_shipped`, `open_fresh`, `call` and `graph_name`."""
+class TargetExecutor(Executor, abc.ABC):
+    """Base class of the targets' executors, each made for its `Target`: subclasses set `name` (and `chunked`,
+    `whole_role`) and implement `open_shipped`, `open_fresh`, `call`, `graph_name` and `trace`."""
 
     chunked = False  # `run` drives the chunk graph from the host loop
     whole_role = "static"  # the role of the whole-inference graph
     chunked_step = True  # the step graph is a 1-step chunk graph (outputs stacked [1, …])
 
-    def __init__(self, onnx_model: str | Path | None = None, chunk: int | None = None,
+    def __init__(self, target: Target, onnx_model: str | Path | None = None, chunk: int | None = None,
                  artifact: str | Path | None = None) -> None:
+        self.target = target
         self.onnx_model = Path(onnx_model) if onnx_model else None
         self.artifact = Path(artifact) if artifact else None
         self.chunk, self.graph_calls = chunk, 0  # chunk: as asked (--chunk), then as run (None: not chunked)
 
     @property
     def precision(self) -> str:
-        return TARGET_OF_EXECUTOR[self.name].precision
+        return self.target.precision
 
     def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
         self.policy, self.budget = policy, resolve_budget(model, policy, budget)
@@ -108,22 +119,22 @@ class TargetExecutor(Executor):
             self._work = work_folder(self.name)
         return Path(self._work.name)
 
+    @abc.abstractmethod
     def open_shipped(self, model: HRM, batch: Batch) -> int:
         """Check and open the shipped artifact (`self.artifact`); returns the steps of its chunk graph (1: none)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def open_fresh(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> int:
         """Make the graphs afresh in `work`, with `chunk`-step chunks where not None, and open them;
         returns the steps of the chunk graph (1: none)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def call(self, role: str, feed: dict) -> Arrays:
         """Run the graph of `role` on numpy inputs; outputs with the ONNX graph's names and types."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def graph_name(self, role: str) -> str:
         """The graph of `role`, as reports name it."""
-        raise NotImplementedError
 
     def structured(self, model: HRM, batch: Batch, work: Path) -> Path:
         """The structured export graphs made afresh start from: `--onnx-model`, checked, or a fresh export into `work`."""
@@ -131,9 +142,8 @@ class TargetExecutor(Executor):
 
     def lowered(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> tuple[Path, dict[str, Path]]:
         """The structured source and its graphs after its target's pass pipeline, made in `work`."""
-        pipeline = TARGET_OF_EXECUTOR[self.name].pipeline
         structured, self.pipeline_graphs = lowered_source(self.onnx_model, work, model, self.policy, self.budget,
-                                                          batch, pipeline, chunk)
+                                                          batch, self.target.pipeline, chunk)
         return structured, self.pipeline_graphs
 
     def pipeline_graph(self, role: str, batch: Batch) -> Path:
@@ -147,9 +157,9 @@ class TargetExecutor(Executor):
     def trace_step(self, carry: Carry, batch: Batch) -> Trace:
         return self.trace(carry_feed(carry, batch), batch)
 
+    @abc.abstractmethod
     def trace(self, feed: dict, batch: Batch) -> Trace:
         """The step graph on numpy inputs, every intermediate value kept (`Executor.trace_step`)."""
-        raise NotImplementedError
 
     def check(self, record: Record, where: Path, model: HRM, batch: Batch) -> None:
         """What an artifact records must match the model, policy, budget and sequence length run."""

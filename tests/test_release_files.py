@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hrmc.test_cli import hrmc
+from tests.helpers import hrmc
 
 RELEASE = Path(__file__).parent / "fixtures" / "v0.1"
 CHECKPOINT = ["--checkpoint", str(RELEASE / "tiny.safetensors"), "--policy", "q-halt"]

@@ -1,5 +1,5 @@
 // The app loop of an hrmc package in Swift: init, then chunkK (or step) until every sample has halted.
-// Line for line the loop of `app_loop` in hrmc/parity/on_mac.py, which is tested on Linux through the MIL
+// Line for line the loop of `app_loop` in hrmc/parity/mac_check/check.py, which is tested on Linux through the MIL
 // replay; this file was not compiled here (no macOS): see README.md beside it.
 //
 // Needs macOS 15 / iOS 18 (multifunction packages). Add the .mlpackage to your Xcode target, or compile it

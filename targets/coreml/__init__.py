@@ -40,33 +40,34 @@ from typing import Callable
 from hrmc.files import check_output_folder
 from hrmc.targets import LowerOptions, Target
 from hrmc.targets._nodes import LowerError
+from hrmc.targets.coreml._coremltools import ct
 from hrmc.targets.coreml.executors import CoreMLExecutor
-from hrmc.targets.coreml.lowering import FLAVOURS, build_program
+from hrmc.targets.coreml.lowering import DECOMPRESSING, FLAVOURS, build_program
 from hrmc.targets.coreml.ops import OPS
-from hrmc.targets.coreml.package import (PARTS_FILE, PackageFunction, lower_coreml, op_counts, package_functions,
-                                         read_package, read_record)
+from hrmc.targets.coreml.package import (PARTS_FILE, PackageFunction, function_block, lower_coreml, op_counts,
+                                         package_functions, read_functions, read_package, read_record)
 from hrmc.targets.coreml.ranges import check_ranges, range_report
 from hrmc.targets.coreml.readiness import ANE_ALIGNMENT_BYTES, readiness
 from hrmc.targets.coreml.runtime import LABEL, replay, saved_program
 
 
-def executor(name: str, onnx_model: str | Path | None, chunk: int | None,
+def executor(target: Target, name: str, onnx_model: str | Path | None, chunk: int | None,
              artifact: str | Path | None) -> CoreMLExecutor:
-    return CoreMLExecutor(name.removesuffix("-chunked"), onnx_model, name.endswith("-chunked"), chunk, artifact)
+    return CoreMLExecutor(target, onnx_model, name.endswith("-chunked"), chunk, artifact)
 
 
 def lower(target: Target, graphs: dict[str, Path], out: str | Path, options: LowerOptions) -> list[Path]:
     """The package; a float16 flavour's whole inference checked against float16's limits first (ranges.py).
     With `options.companion` (lower --mac-check), that beside it too: both or neither."""
     checks: list[Callable[[Path, Path], None]] = []
-    if FLAVOURS[target.name].float_type == "fp16":
+    if target.precision == "float16":
         checks.append(functools.partial(check_ranges, seed=options.seed, progress=options.progress))
     if options.companion is None:
         return [lower_coreml(graphs, out, target.name, options.batch, options.source, options.progress,
-                             options.force, options.weights, _each(checks), options.about)]
+                             options.force, target.weight_storage(options.weights), _each(checks), options.about)]
     with options.companion.writing(Path(out), options.force) as fill:
         written = lower_coreml(graphs, out, target.name, options.batch, options.source, options.progress,
-                               options.force, options.weights, _each(checks + [fill]), options.about)
+                               options.force, target.weight_storage(options.weights), _each(checks + [fill]), options.about)
     return [written, options.companion.path(Path(out))]
 
 
@@ -83,6 +84,8 @@ def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -
     return [check_output_folder(out, target.suffix, f"Data/{PARTS_FILE}", force)]
 
 
-__all__ = ["ANE_ALIGNMENT_BYTES", "FLAVOURS", "LABEL", "OPS", "CoreMLExecutor", "LowerError", "PackageFunction",
-           "build_program", "check_out", "executor", "lower", "lower_coreml", "op_counts", "package_functions",
-           "range_report", "read_package", "read_record", "readiness", "replay", "saved_program"]
+# `ct`: coremltools as hrmc imports it (quietly, pinned): other stages read its version and protobuf types here
+__all__ = ["ANE_ALIGNMENT_BYTES", "DECOMPRESSING", "FLAVOURS", "LABEL", "OPS", "PARTS_FILE", "CoreMLExecutor",
+           "LowerError", "PackageFunction", "build_program", "check_out", "ct", "executor", "function_block", "lower",
+           "lower_coreml", "op_counts", "package_functions", "range_report", "read_functions", "read_package",
+           "read_record", "readiness", "replay", "saved_program"]

@@ -17,7 +17,7 @@ from hrmc.hrm_ref import HRM, Batch
 from hrmc.hrm_ref.compression import COMPRESSIONS
 from hrmc.errors import InputError
 from hrmc.lowering.cache import cached
-from hrmc.targets import TARGETS
+from hrmc.targets import Target
 from hrmc.targets.base import TargetExecutor
 from hrmc.targets.executor import Arrays, Trace
 from hrmc.targets.coreml._coremltools import ct
@@ -40,11 +40,13 @@ class CoreMLExecutor(TargetExecutor):
     graphs, run with predict on macOS and replayed elsewhere. `chunked` drives the chunk (or step)
     function from the host loop."""
 
-    def __init__(self, flavour: str, onnx_model: str | Path | None = None, chunked: bool = False,
+    def __init__(self, target: Target, onnx_model: str | Path | None = None, chunked: bool = False,
                  chunk: int | None = None, artifact: str | Path | None = None) -> None:
-        super().__init__(onnx_model, chunk, artifact)
-        self.flavour, self.chunked = flavour, chunked
-        self.name = f"{flavour}-chunked" if chunked else flavour
+        super().__init__(target, onnx_model, chunk, artifact)
+        self.flavour, self.chunked = target.name, chunked  # a package's flavour is its target's name
+        self.name = f"{self.flavour}-chunked" if chunked else self.flavour
+        self.floats = np.float16 if target.precision == "float16" else np.float32  # its inputs' and outputs'
+        self.spec = FLAVOURS[self.flavour]
 
     def prepare(self, model: HRM, policy: str, budget: int | None, batch: Batch) -> None:
         self.size = next(iter(batch.values())).shape[0]
@@ -69,7 +71,7 @@ class CoreMLExecutor(TargetExecutor):
         self.check_stored_weights(stored, model, batch, self.functions["step"].record.outputs, self.weights())
         if "init" in self.functions:
             inputs = {name: value.numpy() for name, value in batch.items()}
-            self.check_initial_carry(self.call("init", inputs), np.float16 if FLAVOURS[self.flavour].float_type == "fp16" else np.float32)
+            self.check_initial_carry(self.call("init", inputs), self.floats)
         return self.functions["chunk"].record.chunk if "chunk" in self.functions else 1
 
     def open_fresh(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> int:
@@ -98,7 +100,7 @@ class CoreMLExecutor(TargetExecutor):
         """Run one function on numpy inputs; outputs come back with the ONNX graph's types (float32 for floats)."""
         function = self.function(role)
         if role not in self.loaded:
-            self.loaded[role] = load(function.path, function.name, FLAVOURS[self.flavour].compute_units)
+            self.loaded[role] = load(function.path, function.name, self.spec.compute_units)
         values = self.loaded[role](self.package_feed(feed))
         return {name: value.astype(bool) if name in function.bool_outputs
                 else value.astype(np.float32) if value.dtype == np.float16 else value for name, value in values.items()}
@@ -117,8 +119,7 @@ class CoreMLExecutor(TargetExecutor):
 
     def package_feed(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The package's I/O: floats in its float type, everything else int32."""
-        floats = np.float16 if FLAVOURS[self.flavour].float_type == "fp16" else np.float32
-        return {name: value.astype(floats if value.dtype.kind == "f" else np.int32) for name, value in feed.items()}
+        return {name: value.astype(self.floats if value.dtype.kind == "f" else np.int32) for name, value in feed.items()}
 
     def graph_name(self, role: str) -> str:
         if self.artifact is None or role not in self.functions:
@@ -128,7 +129,7 @@ class CoreMLExecutor(TargetExecutor):
 
     def describe(self) -> str:
         chunks = f", {self.chunk}-step chunks with a host loop" if self.chunk else ""
-        return (f"{self.name} ({self.shipped()}mlprogram, {FLAVOURS[self.flavour].description}, {self.weights()} "
+        return (f"{self.name} ({self.shipped()}mlprogram, {self.spec.description}, {self.weights()} "
                 f"weights{chunks}, coremltools {ct.__version__}; {runs_with()})")
 
     def compression(self) -> str | None:
@@ -138,5 +139,5 @@ class CoreMLExecutor(TargetExecutor):
     def weights(self) -> str:
         """How the packages store their weights (packages written before the key stored them plainly)."""
         if self.artifact is None:
-            return TARGETS[self.flavour].weight_storage(None) or plain_weights(self.flavour)
+            return self.target.weight_storage(None) or plain_weights(self.flavour)
         return next(iter(self.functions.values())).record.weights or plain_weights(self.flavour)

@@ -34,7 +34,7 @@ from hrmc.files import atomic_folder
 from hrmc.hrm_ref.compression import COMPRESSIONS
 from hrmc.names import CHUNK, PARTS, meta_key, unprefixed
 from hrmc.record import Record, rebase
-from hrmc.targets import TARGETS, About
+from hrmc.targets import About
 from hrmc.targets.app import describe, init_graph, with_answer
 from hrmc.targets.coreml._coremltools import PASS_REGISTRY, Program, ct, quiet_stderr
 from hrmc.targets.coreml.lowering import FLAVOURS, build_program, plain_weights
@@ -98,7 +98,7 @@ def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: 
     An existing folder is replaced only if hrmc wrote it (or `force`). `weights`: one of the flavour's
     (its default). `check(written, out)` runs on the package before it appears; what it raises leaves
     nothing behind. `about`: the author, license, version and description the package shows."""
-    weights = TARGETS[flavour].weight_storage(weights) or plain_weights(flavour)
+    weights = weights or plain_weights(flavour)  # `lower --weights` was checked against the Target's offer
     chunk = int(ir.load(str(graphs["chunk"])).metadata_props[CHUNK]) if "chunk" in graphs else None
     chosen, out = FLAVOURS[flavour], Path(out)
     models, roles = app_graphs(graphs, chunk)

@@ -36,8 +36,9 @@ from hrmc.targets.mlx.package import MODULE, MlxPackage, lower_mlx, read_config,
 from hrmc.targets.mlx.runtime import load_package
 
 
-def executor(name: str, onnx_model: str | Path | None, chunk: int | None, artifact: str | Path | None) -> MlxExecutor:
-    return MlxExecutor(onnx_model, name == "mlx-chunked", chunk, artifact)
+def executor(target: Target, name: str, onnx_model: str | Path | None, chunk: int | None,
+             artifact: str | Path | None) -> MlxExecutor:
+    return MlxExecutor(target, onnx_model, name == "mlx-chunked", chunk, artifact)
 
 
 def lower(target: Target, graphs: dict[str, Path], out: str | Path, options: LowerOptions) -> list[Path]:

@@ -13,6 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from hrmc.hrm_ref import HRM, Batch
+from hrmc.targets import Target
 from hrmc.targets.base import TargetExecutor
 from hrmc.targets.executor import Arrays, Trace
 from hrmc.targets.mlx.lowering import CLASSES, identifiers, module_name
@@ -25,9 +26,9 @@ class MlxExecutor(TargetExecutor):
     """The emitted folder (shipped, or emitted afresh), loaded and compiled, on MLX's default device.
     `chunked` drives the chunk module (or the step module) from the host loop."""
 
-    def __init__(self, onnx_model: str | Path | None = None, chunked: bool = False, chunk: int | None = None,
-                 artifact: str | Path | None = None) -> None:
-        super().__init__(onnx_model, chunk, artifact)
+    def __init__(self, target: Target, onnx_model: str | Path | None = None, chunked: bool = False,
+                 chunk: int | None = None, artifact: str | Path | None = None) -> None:
+        super().__init__(target, onnx_model, chunk, artifact)
         self.chunked = chunked
         self.name = "mlx-chunked" if chunked else "mlx"
 
@@ -71,5 +72,5 @@ class MlxExecutor(TargetExecutor):
         from hrmc.targets.mlx import _mlx
 
         how = f"{self.chunk}-step chunks, host loop" if self.chunk else "whole inference"
-        return (f"{self.name} ({self.shipped()}pipeline mlx, emitted module, mx.compile, {how}; mlx "
-                f"{_mlx.mx.__version__}, {_mlx.mx.default_device()}, {_mlx.describe()})")
+        return (f"{self.name} ({self.shipped()}pipeline {self.target.pipeline}, emitted module, mx.compile, {how}; "
+                f"mlx {_mlx.mx.__version__}, {_mlx.mx.default_device()}, {_mlx.describe()})")

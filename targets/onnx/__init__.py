@@ -30,8 +30,10 @@ from hrmc.targets.onnx.executors import ChunkedExecutor, OnnxExecutor, StaticExe
 from hrmc.targets.onnx.runtime import session, session_options
 
 
-def executor(name: str, onnx_model: str | Path | None, chunk: int | None, artifact: str | Path | None) -> Executor:
-    return {"onnx": OnnxExecutor, "static": StaticExecutor, "chunked": ChunkedExecutor}[name](onnx_model, chunk, artifact)
+def executor(target: Target, name: str, onnx_model: str | Path | None, chunk: int | None,
+             artifact: str | Path | None) -> Executor:
+    return {"onnx": OnnxExecutor, "static": StaticExecutor, "chunked": ChunkedExecutor}[name](target, onnx_model, chunk,
+                                                                                           artifact)
 
 
 def lower(target: Target, graphs: dict[str, Path], out: str | Path, options: LowerOptions) -> list[Path]:

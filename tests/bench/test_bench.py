@@ -12,7 +12,7 @@ from hrmc import hrm_ref
 from hrmc.bench.cuda import fixed_budget
 from hrmc.bench.roofline import flops_per_step
 from hrmc.hrm_ref.act import run
-from tests.hrmc.test_cli import assert_one_line_error, hrmc
+from tests.helpers import assert_one_line_error, hrmc
 
 
 def test_bench_reports_every_executor(capsys, tiny_export: Path) -> None:

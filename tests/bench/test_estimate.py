@@ -12,7 +12,7 @@ from hrmc.bench.ane_chips import CHIPS
 from hrmc.bench.estimate import OpCost, op_costs, package_time
 from hrmc.targets.coreml import package_functions
 from hrmc.bench.roofline import flops_per_step
-from tests.hrmc.test_cli import assert_one_line_error, hrmc
+from tests.helpers import assert_one_line_error, hrmc
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from hrmc import parity
-from hrmc import pipeline as driver
+from hrmc import targets
 from hrmc.cli import cli
 
 CI = Path(__file__).resolve().parents[2] / "examples" / "ci"
@@ -51,7 +51,7 @@ def test_the_script_uses_only_commands_and_executors_hrmc_knows() -> None:
     entries = re.findall(r'"([a-z-]+):([a-z-]+):\$out/', text)  # target:executor:artifact
     gated = set(re.findall(r"^if wanted (\S+); then gate \1 ", text, re.M)) | {executor for _, executor in entries}
     assert gated == set(EXECUTORS) and set(EXECUTORS) <= set(parity.EXECUTORS)
-    assert {target for target, _ in entries} == set(driver.TARGETS)  # every target is lowered
+    assert {target for target, _ in entries} == set(targets.TARGETS)  # every target is lowered
     assert '"$HRMC" parity torch "$executor"' in text and "torch" in parity.EXECUTORS
     # every option the script passes to hrmc is one its command takes
     for option in set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", text)) - {"--executors", "--help"}:

@@ -11,7 +11,7 @@ import yaml
 
 from hrmc import hrm_ref
 from hrmc.hrm_ref import HRM, HRMConfig
-from hrmc.hrm_ref.config import arch_section
+from hrmc.hrm_ref.checkpoint import arch_section
 from hrmc.hrm_ref.presets import randomize_weights
 from hrmc.errors import CheckpointError, ConfigError, HrmcError
 from tests.conftest import upstream_arch, write_upstream_checkpoint

@@ -13,7 +13,7 @@ import pytest
 
 from hrmc import hrm_ref
 from tests.conftest import write_dataset_metadata, write_upstream_checkpoint
-from tests.hrmc.test_cli import assert_one_line_error, hrmc
+from tests.helpers import assert_one_line_error, hrmc
 
 GATE = Path(__file__).resolve().parents[2] / "examples" / "ci" / "gate.sh"
 

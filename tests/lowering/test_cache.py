@@ -14,7 +14,7 @@ from hrmc import hrm_ref
 from hrmc.lowering import cache
 from hrmc.lowering import step_path_for
 from hrmc.lowering.artifact import bound_parts
-from tests.hrmc.test_cli import hrmc
+from tests.helpers import hrmc
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from hrmc.binding import BindingError
 from hrmc.cli import main
 from hrmc.lowering.artifact import bound_parts, load_proto, save_bound
 from hrmc.lowering.export import step_path_for
-from tests.hrmc.test_cli import assert_one_line_error
+from tests.helpers import assert_one_line_error
 
 
 def hrmc(capsys, *argv: str) -> tuple[int, str, str]:

@@ -25,8 +25,8 @@ from hrmc.parity import format_report
 from hrmc.parity.executors import TorchExecutor
 from hrmc.parity.gate import (BAND_FACTOR, FLOAT16_ROUNDING, HALF_FACTOR, Q_ERROR_LIMIT, Reference, Report,
                               float16_margins, float16_row, step_parity)
-from hrmc.parity.on_mac import rmse
-from tests.hrmc.test_cli import assert_one_line_error, hrmc
+from hrmc.parity.mac_check.check import rmse
+from tests.helpers import assert_one_line_error, hrmc
 from tests.parity.test_artifacts import largest_weight, rope_table, tamper
 
 WEIGHT = "inner.L_level.layers.1.self_attn.o_proj.weight"  # one weight matrix, made 1 % wrong

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hrmc.errors import InputError
-from hrmc.parity import on_mac
+from hrmc.parity.mac_check import check as check_py
 from hrmc.parity.latency import latency_markdown, latency_record, plan_summary, read_measured, timing_summary
 
 MS = 1e-3
@@ -47,13 +47,13 @@ def test_the_plan_counts_ops_per_place_and_shares_the_estimated_cost() -> None:
     plan = plan_summary([("neural_engine", 0.6), ("neural_engine", 0.2), ("cpu", 0.2), ("unknown", None)])
     assert plan["ops"] == {"neural_engine": 2, "gpu": 0, "cpu": 1, "unknown": 1}
     assert plan["cost_share"] == {"neural_engine": 0.8, "gpu": 0.0, "cpu": 0.2, "unknown": 0.0}
-    assert plan_summary([("gpu", None)])["cost_share"] == dict.fromkeys(on_mac.PLACES)  # no estimate: none made up
+    assert plan_summary([("gpu", None)])["cost_share"] == dict.fromkeys(check_py.PLACES)  # no estimate: none made up
 
 
 def test_the_record_states_its_counts_and_round_trips(tmp_path: Path) -> None:
     record = latency_record(ABOUT, {"CPU_ONLY": _raw(), "CPU_AND_NE": {"check": "FAIL", "error": "RuntimeError: no"}})
-    assert record["kind"] == "latency" and record["format"] == on_mac.LATENCY_FORMAT
-    assert (record["warmup"], record["iterations"]) == (on_mac.WARMUP, on_mac.ITERATIONS)
+    assert record["kind"] == "latency" and record["format"] == check_py.LATENCY_FORMAT
+    assert (record["warmup"], record["iterations"]) == (check_py.WARMUP, check_py.ITERATIONS)
     assert "linear" in record["percentiles"] and "compiles" in record["load"]
     unit = record["units"]["CPU_ONLY"]
     assert unit["functions"]["step"] == {"role": "step", "load_s": 0.4123, "first_call_ms": 12.0, "p50_ms": 5.5,
@@ -73,7 +73,7 @@ def test_the_markdown_table_is_ready_to_publish() -> None:
     table = latency_markdown(record)
     lines = table.splitlines()
     assert lines[0] == "### t.mlpackage: Core ML latency on Apple M2" and table.endswith("|\n")
-    assert "macOS 15.1" in table and f"{on_mac.ITERATIONS} timed calls" in table and "linear" in table
+    assert "macOS 15.1" in table and f"{check_py.ITERATIONS} timed calls" in table and "linear" in table
     assert "| CPU_ONLY | PASS | step | step | 0.41 | 12.00 | 5.50 | 9.10 |" in lines
     assert "| CPU_ONLY | PASS | solve | static | 1.50 | 40.00 | 8.00 | 8.00 |" in lines
     assert "| ALL | PASS | not timed: RuntimeError: a\\|b | | | | | |" in lines  # a pipe in a message stays in its cell
@@ -176,7 +176,7 @@ def _fake_coremltools(predicted: list) -> types.SimpleNamespace:
         def get_estimated_cost_for_mlprogram_operation(self, operation):
             return op(weight=0.9 if operation.operator_name == "matmul" else 0.1)
 
-    units = types.SimpleNamespace(**{unit: unit for unit in on_mac.UNITS})
+    units = types.SimpleNamespace(**{unit: unit for unit in check_py.UNITS})
     return types.SimpleNamespace(__version__="9.0", ComputeUnit=units, utils=op(load_spec=lambda path: spec),
                                  models=op(MLModel=MLModel, compute_plan=op(MLComputePlan=Plan)))
 
@@ -197,7 +197,7 @@ def test_time_package_times_every_function_and_the_app_loop(tmp_path: Path, monk
     reference = {"carry.z_H": np.zeros((1, 3, 2)), "carry.z_L": np.zeros((1, 3, 2)),
                  "carry.steps": np.zeros((1, 3), np.int32), "carry.halted": np.zeros((1, 3), bool)}
     ticks = iter(range(10**6))
-    latency = on_mac.time_package(ct, package, record, inputs, reference,
+    latency = check_py.time_package(ct, package, record, inputs, reference,
                                   {"CPU_ONLY": {"passed": True}, "ALL": {"passed": False}}, tmp_path,
                                   clock=lambda: next(ticks) * MS)  # every call takes 1 ms
     assert json.loads((tmp_path / "latency.json").read_text()) == latency == read_measured(tmp_path / "latency.json")
@@ -208,7 +208,7 @@ def test_time_package_times_every_function_and_the_app_loop(tmp_path: Path, monk
         assert timed["check"] == check and list(timed["functions"]) == ["solve", "step"]
         for row in timed["functions"].values():
             assert row["load_s"] == 0.001 and row["first_call_ms"] == row["p50_ms"] == row["p90_ms"] == 1.0
-            assert row["n"] == on_mac.ITERATIONS
+            assert row["n"] == check_py.ITERATIONS
         assert [(loop["batch"], loop["calls"], loop["steps"]) for loop in timed["app_loop"]] == [(1, 2, 2), (3, 5, 5)]
         assert all(loop["loop"] == "step" and loop["p50_ms"] > 0 for loop in timed["app_loop"])
         assert timed["compute_plan"]["step"] == {"ops": {"neural_engine": 1, "gpu": 0, "cpu": 1, "unknown": 0},
@@ -240,7 +240,7 @@ def test_a_unit_core_ml_cannot_time_is_recorded_and_the_plan_needs_macos_14_4(tm
         return original(path, compute_units=compute_units, function_name=function_name)
 
     ct.models.MLModel = refusing
-    latency = on_mac.time_package(ct, package, record, inputs, reference,
+    latency = check_py.time_package(ct, package, record, inputs, reference,
                                   {"CPU_AND_GPU": {"passed": True}, "CPU_ONLY": {"passed": True}}, tmp_path)
     assert latency["units"]["CPU_AND_GPU"] == {"check": "PASS", "error": "RuntimeError: Error compiling model"}
     timed = latency["units"]["CPU_ONLY"]

@@ -24,7 +24,7 @@ from hrmc.hrm_ref import HRM, build_preset
 from hrmc.parity.localize import Localization, _walk
 from hrmc.passes import lower_onnx
 from hrmc.targets.executor import Trace
-from tests.hrmc.test_cli import assert_one_line_error
+from tests.helpers import assert_one_line_error
 
 WEIGHT = "inner.L_level.layers.1.self_attn.o_proj.weight"  # the weight changed: read first in H cycle 1, L cycle 1
 

@@ -21,11 +21,12 @@ import pytest
 from hrmc import hrm_ref
 from hrmc.cli import main
 from hrmc.parity.gate import FLOAT16_ROUNDING, HALF_FACTOR, Q_ERROR_LIMIT
-from hrmc.parity import mac_check, on_mac
+from hrmc.parity.mac_check import bundle as mac_check
+from hrmc.parity.mac_check import check as check_py
 from hrmc.record import Record
 from hrmc.targets.coreml import PackageFunction
 from hrmc.targets.coreml.runtime import replay
-from tests.hrmc.test_cli import assert_one_line_error, hrmc
+from tests.helpers import assert_one_line_error, hrmc
 
 pytestmark = pytest.mark.heavy  # lowerings of tiny with their check folders: a minute and a half
 
@@ -86,15 +87,15 @@ def test_the_folder_holds_the_script_the_inputs_and_the_reference(checked, tiny)
     package, _ = checked
     folder = package.with_suffix(".check")
     assert {p.name for p in folder.iterdir()} == CHECK_FILES
-    assert _check_script(package).read_text() == Path(on_mac.__file__).read_text()  # verbatim
+    assert _check_script(package).read_text() == Path(check_py.__file__).read_text()  # verbatim
     record = json.loads((folder / "record.json").read_text())
     parts = json.loads((package / "Data" / "com.hrmc" / "parts.json").read_text())
-    assert record["files"] == parts["files"] == on_mac.package_files(package)
+    assert record["files"] == parts["files"] == check_py.package_files(package)
     assert record["package"] == "t.mlpackage" and record["float_type"] == "float16" and record["batch"] == 2
-    inputs = on_mac.load_arrays(folder / "inputs.npz")
+    inputs = check_py.load_arrays(folder / "inputs.npz")
     batch = hrm_ref.random_batch(tiny.config, 2, 0, 16)  # lower's --seed (0) at the package's batch
     assert inputs.keys() == batch.keys() and all(np.array_equal(inputs[k], v.numpy()) for k, v in batch.items())
-    reference = on_mac.load_arrays(folder / "reference.npz")
+    reference = check_py.load_arrays(folder / "reference.npz")
     steps = reference["carry.steps"].shape[0]
     assert reference["carry.z_H"].shape == (steps, 2, 18, 64) and reference["step.logits"].shape == (steps, 2, 16, 11)
     assert (reference["carry.steps"][0] == 0).all() and (reference["step.answers_band"] > 0).all()
@@ -112,7 +113,7 @@ def test_the_folder_holds_the_script_the_inputs_and_the_reference(checked, tiny)
 
 
 def test_check_py_needs_nothing_but_numpy_and_coremltools() -> None:
-    source = Path(on_mac.__file__).read_text()
+    source = Path(check_py.__file__).read_text()
     tree = ast.parse(source, feature_version=(3, 9))  # macOS's own python3 is 3.9
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
@@ -154,15 +155,15 @@ def test_the_verdict_on_the_replay_is_the_linux_gates_and_a_perturbed_output_fai
     assert linux["decisions"]["halting decisions, per step"]["compared"] == gate["halting"]["compared"]
     assert linux["decisions"]["answers, per step"]["compared"] == gate["answers"]["compared"]
     record = json.loads((folder / "record.json").read_text())
-    reference, inputs = (on_mac.load_arrays(folder / name) for name in ("reference.npz", "inputs.npz"))
-    runs = on_mac.run_functions(_replayed(replayed, "step"), _replayed(replayed, "solve"), record, inputs, reference)
-    assert on_mac.judge(record, reference, runs) == linux
+    reference, inputs = (check_py.load_arrays(folder / name) for name in ("reference.npz", "inputs.npz"))
+    runs = check_py.run_functions(_replayed(replayed, "step"), _replayed(replayed, "solve"), record, inputs, reference)
+    assert check_py.judge(record, reference, runs) == linux
     runs["steps"][0]["logits"][0, 0] += 1.0
-    perturbed = on_mac.judge(record, reference, runs)
+    perturbed = check_py.judge(record, reference, runs)
     assert not perturbed["passed"] and len(perturbed["failures"]) == 1
     assert perturbed["failures"][0].startswith("logits: RMSE") and "at step 1" in perturbed["failures"][0]
     assert "x torch float16's" in perturbed["failures"][0]
-    assert on_mac.format_verdict("CPU_ONLY", perturbed, linux)[-1].startswith("  FAIL: logits")
+    assert check_py.format_verdict("CPU_ONLY", perturbed, linux)[-1].startswith("  FAIL: logits")
 
 
 def test_on_a_mac_each_compute_unit_is_judged(capsys, checked, monkeypatch) -> None:
@@ -177,7 +178,7 @@ def test_on_a_mac_each_compute_unit_is_judged(capsys, checked, monkeypatch) -> N
             wrong = compute_units == "CPU_AND_NE"
             self.predict = _replayed(replayed, function_name, _plus_one_on_a_row if wrong else None)
 
-    units = types.SimpleNamespace(**{unit: unit for unit in on_mac.UNITS})
+    units = types.SimpleNamespace(**{unit: unit for unit in check_py.UNITS})
     fake = types.SimpleNamespace(__version__="9.0", ComputeUnit=units, models=types.SimpleNamespace(MLModel=MLModel))
     monkeypatch.setitem(sys.modules, "coremltools", fake)
     monkeypatch.setattr("platform.system", lambda: "Darwin")
@@ -191,7 +192,7 @@ def test_on_a_mac_each_compute_unit_is_judged(capsys, checked, monkeypatch) -> N
     assert [line.split() for line in out.splitlines() if line.split()[:1] in (["CPU_ONLY"], ["CPU_AND_NE"])] == [
         ["CPU_ONLY", "PASS"], ["CPU_AND_NE", "FAIL"]]
     assert "overall: FAIL" in out and "FAIL: logits: RMSE" in out and "worst ratio" in out
-    assert {unit for _, unit, _ in loaded} == set(on_mac.UNITS) and {f for *_, f in loaded} == {"step", "solve"}
+    assert {unit for _, unit, _ in loaded} == set(check_py.UNITS) and {f for *_, f in loaded} == {"step", "solve"}
     assert all(path != package and path.name == package.name for path, *_ in loaded)  # a copy runs, not the package
     assert script.main(["--units", "cpu_only,ALL"]) == 0 and "overall: PASS" in capsys.readouterr().out
     monkeypatch.setattr("platform.mac_ver", lambda: ("14.6", ("", "", ""), "arm64"))

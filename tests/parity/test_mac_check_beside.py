@@ -10,7 +10,7 @@ import pytest
 
 from hrmc.errors import InputError
 from hrmc.files import LeftBehind, atomic_folder
-from hrmc.parity import mac_check
+from hrmc.parity.mac_check import bundle as mac_check
 from tests.hrmc.test_files import contents, immutable
 
 MARKER = "Data/com.hrmc/parts.json"  # what marks a package hrmc wrote

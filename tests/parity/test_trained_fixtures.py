@@ -14,7 +14,7 @@ import pytest
 
 from hrmc import hrm_ref
 from hrmc.hrm_ref.presets import TRAINED_PRESETS, test_set_path
-from tests.hrmc.test_cli import hrmc
+from tests.helpers import hrmc
 
 PUZZLES = 32  # of each held-out set: enough to show agreement, small enough for the replayed Core ML executors
 EXECUTORS = ("onnx", "static", "chunked", "mlx", "mlx-chunked", "coreml", "coreml-chunked", "ane")

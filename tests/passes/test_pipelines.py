@@ -1,11 +1,20 @@
-"""Named pipelines: each named by what it produces, the 0.1 names still accepted."""
+"""Named pipelines: each named by what it produces, the 0.1 names still accepted; the passes as `hrmc passes`
+lists them, and their errors."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
+
+import onnx_ir as ir
 import pytest
 
 from hrmc import passes, targets
 from hrmc.errors import InputError
+from hrmc.passes._loops import PassInputError
+from tests.helpers import hrmc
+from tests.passes.graphs import cycles_model
 
 
 def test_every_target_lowers_from_a_named_pipeline() -> None:
@@ -38,3 +47,32 @@ def test_every_node_says_which_pass_made_it(tiny_export, tmp_path) -> None:
     assert all(by == "fuse" for kind, by in made_by if kind != "onnx")
     assert {kind for kind, by in made_by if by == "fuse"} == {"RMSNorm", "Rope", "Attention", "SwiGLU"}
     assert any(node.name.startswith("h1/l1/") and node.metadata_props[MADE_BY] == "export" for node in graph)
+
+
+def test_hrmc_passes_prints_the_first_line_of_each_pass_class_docstring(capsys) -> None:
+    code, out, _ = hrmc(capsys, "passes")
+    listed = out.split("\npipelines")[0].splitlines()[1:]  # the lines under "passes:"
+    assert code == 0 and dict(line.split(maxsplit=1) for line in listed) == {
+        name: pass_class.__doc__.splitlines()[0] for name, pass_class in passes.PASSES.items()}
+
+
+def test_every_pass_class_draws_the_graph_before_and_after() -> None:
+    """`cleanup`'s own steps (fold-constant-tables, fold-weight-transposes) too, which `hrmc passes` does not list."""
+    modules = [importlib.import_module(f"hrmc.passes.{info.name}") for info in pkgutil.iter_modules(passes.__path__)]
+    classes = {value for module in modules for value in vars(module).values() if inspect.isclass(value)
+               and issubclass(value, ir.passes.PassBase) and value.__module__ == module.__name__}
+    assert set(passes.PASSES.values()) < classes
+    for pass_class in classes:
+        doc = inspect.getdoc(pass_class) or ""
+        assert doc.startswith("`") and "\nBefore" in doc and "\nAfter" in doc, pass_class
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"strip": ("halted",)}, "strip-heads: output 'halted' is the carry or a halting decision, not a head"),
+    ({"chunk": 2}, "chunk-budget: it works on the one-step model"),
+])
+def test_a_graph_a_pass_refuses_is_named_once_by_that_pass(options: dict, message: str) -> None:
+    """A pass's own error names it already; onnx-ir's precondition errors get its name from the pipeline."""
+    with pytest.raises(PassInputError) as refused:
+        passes.run_pipeline(cycles_model(2, 2, 1.0, 0.0, 1.0), "static", **options)
+    assert str(refused.value).startswith(message)

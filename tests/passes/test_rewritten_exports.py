@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from hrmc.lowering import step_path_for
-from tests.hrmc.test_cli import assert_one_line_error, hrmc
+from tests.helpers import assert_one_line_error, hrmc
 
 
 def _loop_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:

@@ -41,6 +41,15 @@ def test_a_loop_without_hrmc_metadata_is_named() -> None:
         UnrollCyclesPass()(model)
 
 
+def test_a_cycle_without_a_fixed_trip_count_is_refused_before_anything_is_unrolled() -> None:
+    model = cycles_model(2, 2, 1.0, 0.0, 1.0)
+    next(node for node in model.graph if node.op_type == "Loop").metadata_props["hrmc.trip_count"] = ""
+    with pytest.raises(PassInputError, match=r"Loop node 'outer' \(h_cycles\) has no fixed trip count"):
+        UnrollCyclesPass()(model)
+    loops = [node.name for node in ir.traversal.RecursiveGraphIterator(model.graph) if node.op_type == "Loop"]
+    assert loops == ["outer", "inner"]  # the inner cycle too: nothing unrolled
+
+
 def test_the_real_export_keeps_only_its_act_loop(tiny_export) -> None:
     model = ir.load(str(tiny_export))
     UnrollCyclesPass()(model)

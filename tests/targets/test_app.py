@@ -9,11 +9,11 @@ import pytest
 
 from hrmc import hrm_ref
 from hrmc.hrm_ref.presets import test_set_path
-from hrmc.parity import on_mac
+from hrmc.parity.mac_check import check as check_py
 from hrmc.targets import coreml
 from hrmc.targets.coreml.package import _spec
 from hrmc.targets.coreml.runtime import load
-from tests.hrmc.test_cli import assert_one_line_error, hrmc
+from tests.helpers import assert_one_line_error, hrmc
 
 BATCH = 4
 
@@ -33,14 +33,14 @@ def package(tiny_export: Path, tmp_path_factory) -> Path:
 
 
 def _predict(package: Path, function: str):
-    """A Core ML predict stand-in: the function replayed under MIL's semantics, as on_mac's loop calls it."""
+    """A Core ML predict stand-in: the function replayed under MIL's semantics, as check.py's loop calls it."""
     return load(package, function, coreml.FLAVOURS["ane"].compute_units)
 
 
 def _solved(package: Path, inputs: dict[str, np.ndarray], budget: int, loop: str = "step") -> tuple[dict, dict]:
     """What `solve` returns, and what the app loop (init, then `loop` until every sample halted) returns."""
     solved = _predict(package, "solve")(inputs)
-    looped = on_mac.app_loop(_predict(package, "init"), _predict(package, loop), inputs, budget)
+    looped = check_py.app_loop(_predict(package, "init"), _predict(package, loop), inputs, budget)
     return solved, looped
 
 

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from hrmc.targets import coreml
-from tests.hrmc.test_cli import assert_one_line_error, hrmc
+from tests.helpers import assert_one_line_error, hrmc
 
 ANE = coreml.FLAVOURS["ane"]
 

@@ -19,7 +19,7 @@ from hrmc import hrm_ref
 from hrmc.targets import coreml
 from hrmc.targets import FLOAT16_MAX
 from hrmc.targets.coreml.ranges import EXACT_INTEGERS, MATMUL_OUTPUT_MAX, op_range, package_inputs, value_ranges
-from tests.hrmc.test_cli import hrmc
+from tests.helpers import hrmc
 
 LARGE = 12000  # norm inputs reach 1.18e4 on seed 0; matmul outputs stay under 32,760 / 2
 
@@ -58,7 +58,7 @@ def test_a_weight_float16_cannot_hold_is_refused_before_any_work(capsys, tmp_pat
     """Finite in float32, beyond float16: named by its parameter for --target ane (in either weight storage),
     by its ONNX constant where the lowering meets it first; a float32 package takes it."""
     from hrmc.targets.coreml.lowering import Builder, FLAVOURS
-    from tests.hrmc.test_cli import assert_one_line_error
+    from tests.helpers import assert_one_line_error
 
     checkpoint = scaled_checkpoint(1e6, tmp_path / "huge.safetensors")
     for weights in ("float16x2", "float16"):

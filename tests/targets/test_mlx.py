@@ -16,7 +16,7 @@ from hrmc import hrm_ref
 from hrmc.cli import main
 from hrmc.lowering import step_path_for
 from hrmc.targets import mlx as mlx_target
-from tests.hrmc.test_cli import assert_one_line_error, hrmc
+from tests.helpers import assert_one_line_error, hrmc
 
 
 def lower(capsys, tiny_export: Path, out: Path, *extra: str) -> tuple[int, str, str]:
@@ -135,8 +135,8 @@ def test_hrmcs_mlx_executors_import_mlx_with_float32_pinned(tmp_path: Path) -> N
             names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [
                 getattr(node, "module", None) or ""] if isinstance(node, ast.ImportFrom) else []
             assert path.name == "_mlx.py" or not any(name.split(".")[0] == "mlx" for name in names), path.name
-    code = ("import os, sys; from hrmc.targets.mlx import MlxExecutor; assert 'mlx.core' not in sys.modules; "
-            "d = MlxExecutor().describe(); print(d[d.index('MLX_ENABLE_TF32'):-1]); print(os.environ['MLX_ENABLE_TF32'])")
+    code = ("import os, sys; from hrmc.targets import TARGETS; from hrmc.targets.mlx import MlxExecutor; "
+            "assert 'mlx.core' not in sys.modules; d = MlxExecutor(TARGETS['mlx']).describe(); print(d[d.index('MLX_ENABLE_TF32'):-1]); print(os.environ['MLX_ENABLE_TF32'])")
     for exported, described in ((None, "MLX_ENABLE_TF32=0"),
                                 ("1", "MLX_ENABLE_TF32=0 (the environment's 1 overridden)")):
         lines = python_with({TF32: exported} if exported else {}, code).stdout.splitlines()

@@ -1,7 +1,7 @@
 """`hrmc lower --mac-check`: NAME.check/ beside NAME.mlpackage, so that anyone with a Mac confirms with
 Core ML itself what the MIL replay judged here.
 
-The folder holds `check.py` (on_mac.py, verbatim: stand-alone, it never imports hrmc), the inputs
+The folder holds `check.py` (check.py beside this module, verbatim: stand-alone, it never imports hrmc), the inputs
 (the seeded random batch of the ane range check, at the package's batch), the torch float32 reference
 trajectory with its decision margins and bands, and for a float16 package the float64 outputs and torch
 float16's error against them at every step (`reference.npz`), what check.py must know of the package
@@ -26,19 +26,17 @@ from hrmc.hrm_ref.compression import COMPRESSIONS
 from hrmc.errors import InputError
 from hrmc.files import atomic_folder, check_output_folder, together
 from hrmc.lowering.export import weights_sha256
-from hrmc.parity import on_mac
+from hrmc.parity.mac_check import check as check_py
 from hrmc.parity.gate import (BAND_FACTOR, DECISION_OUTPUTS, DECISIONS, FLOAT16_ROUNDING, FLOOR_FACTOR, HALF_FACTOR,
                               Q_ERROR_LIMIT, Reference, carry_at, float16_margins, q_margin)
-from hrmc.parity.on_mac import rmse
-from hrmc.targets.coreml._coremltools import ct
-from hrmc.targets.coreml.lowering import FLAVOURS
-from hrmc.targets.coreml.package import PARTS_FILE, PackageFunction, read_functions
-from hrmc.targets.coreml.runtime import LABEL, replay, saved_program
+from hrmc.parity.mac_check.check import rmse
+from hrmc.targets.coreml import (FLAVOURS, LABEL, PARTS_FILE, PackageFunction, ct, read_functions, replay,
+                                 saved_program)
 from hrmc.targets.executor import Arrays, carry_arrays
 
 SCRIPT = "check.py"  # every check folder has it: the marker that hrmc wrote the folder
 # float32 packages on a Mac: Core ML's kernels order sums differently from the reference's, so the Linux replay's
-# 1e-5 + 1e-5·|b| becomes 1e-4 + 1e-4·|b| (on_mac.py's docstring says so to its readers)
+# 1e-5 + 1e-5·|b| becomes 1e-4 + 1e-4·|b| (check.py's docstring says so to its readers)
 MAC_ATOL = MAC_RTOL = 1e-4
 
 
@@ -83,21 +81,21 @@ def write_check(folder: Path, written: Path, shown_as: Path, *, model: HRM, seed
               "files": json.loads((written / "Data" / PARTS_FILE).read_text())["files"]}
     progress("--mac-check: the Linux replay of the step and inference functions on the same inputs")
     verdict = linux_verdict(written, record, inputs, reference)
-    (folder / on_mac.RECORD).write_text(json.dumps(record, indent=1))  # in order: the gates as judged
-    np.savez(folder / on_mac.INPUTS, **inputs)
-    np.savez(folder / on_mac.REFERENCE, **reference)
-    (folder / on_mac.LINUX).write_text(json.dumps({"runs_with": LABEL, "coremltools": ct.__version__,
+    (folder / check_py.RECORD).write_text(json.dumps(record, indent=1))  # in order: the gates as judged
+    np.savez(folder / check_py.INPUTS, **inputs)
+    np.savez(folder / check_py.REFERENCE, **reference)
+    (folder / check_py.LINUX).write_text(json.dumps({"runs_with": LABEL, "coremltools": ct.__version__,
                                                    "verdict": verdict}, indent=1))
-    (folder / SCRIPT).write_text(Path(on_mac.__file__).read_text())
+    (folder / SCRIPT).write_text(Path(check_py.__file__).read_text())
     check = f"{check_folder(shown_as).name}/{SCRIPT}"
     (folder / "README.txt").write_text(
         f"On a Mac, `python3 {check}` runs {shown_as.name} with Core ML predict on each compute unit and judges it "
-        f"as hrmc judged it on Linux, where its MIL program was replayed instead ({on_mac.LINUX}), then times it on "
+        f"as hrmc judged it on Linux, where its MIL program was replayed instead ({check_py.LINUX}), then times it on "
         "each: every function's load (compile) time, first call and warm p50/p90, the app loop at batch 1 and at the "
         f"package's batch, and where Core ML plans to run the ops (MLComputePlan, macOS 14.4 or later), into "
-        f"{check_folder(shown_as).name}/{on_mac.LATENCY} and a markdown table to publish, {on_mac.LATENCY_TABLE} "
+        f"{check_folder(shown_as).name}/{check_py.LATENCY} and a markdown table to publish, {check_py.LATENCY_TABLE} "
         f"(`hrmc bench --estimate ane --artifact {shown_as.name} --measured {check_folder(shown_as).name}/"
-        f"{on_mac.LATENCY}` prints the estimate beside it).\n"
+        f"{check_py.LATENCY}` prints the estimate beside it).\n"
         "Needs macOS 15 or later (a multifunction package) and `pip install coremltools numpy` (coremltools 8 or "
         "later).\n")
 
@@ -128,7 +126,7 @@ def _halting_margin(reference: Arrays, model: HRM) -> list[str]:
 
 
 def _float_type(flavour: str) -> str:
-    return "float16" if FLAVOURS[flavour].float_type == "fp16" else "float32"
+    return FLAVOURS[flavour].precision
 
 
 def reference_trajectory(model: HRM, step: PackageFunction, batch: Batch) -> tuple[Arrays, dict[str, dict]]:
@@ -228,6 +226,6 @@ def _run_bands(run: Arrays, other: Arrays, config, half: bool) -> dict[str, np.n
 def linux_verdict(package: Path, record: dict[str, Any], inputs: Arrays, reference: Arrays) -> dict[str, Any]:
     """What check.py will judge on the Mac, judged here by the same code on the MIL replay of the package."""
     step, inference = (saved_program(package, record["functions"][role]) for role in ("step", "inference"))
-    runs = on_mac.run_functions(lambda feed: replay(step, feed), lambda feed: replay(inference, feed), record,
+    runs = check_py.run_functions(lambda feed: replay(step, feed), lambda feed: replay(inference, feed), record,
                                 inputs, reference)
-    return on_mac.judge(record, reference, runs)
+    return check_py.judge(record, reference, runs)

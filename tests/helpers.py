@@ -1,0 +1,18 @@
+"""Helpers the test files share: `hrmc` as a user runs it, and the shape of its one-line errors."""
+
+from __future__ import annotations
+
+from hrmc.cli import main
+
+
+def hrmc(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    lines = [line for line in err.splitlines() if not line.startswith("  ")]  # progress lines are indented
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("hrmc: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
