@@ -162,9 +162,7 @@ def test_every_storage_of_every_kind_of_model_is_its_own(preset: str, tmp_path: 
     models = {role: ir.load(str(path)) for role, path in graphs.items()}
     for flavour, pairs, compression in (("coreml", False, None), ("ane", False, None), ("ane", True, None),
                                         ("coreml", False, "lut4"), ("ane", False, "int8"), ("ane", False, "lut6")):
-        # the whole inference once: its matmuls store their weights through the same code as the step's
-        built = models if flavour == "coreml" and compression is None else {"step": models["step"]}
-        program = build_program(built, 1, "f.onnx", FLAVOURS[flavour], pairs, compression).program
+        program = build_program(models, 1, "f.onnx", FLAVOURS[flavour], pairs, compression).program
         stored = [(op.outputs[0].name, stored_compressed(op) if op.op_type in DECOMPRESSING else op.outputs[0].val)
                   for function in program.functions.values() for op in function.operations
                   if op.op_type in DECOMPRESSING or (op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray)
