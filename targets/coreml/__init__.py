@@ -64,10 +64,10 @@ def lower(target: Target, graphs: dict[str, Path], out: str | Path, options: Low
         checks.append(functools.partial(check_ranges, seed=options.seed, progress=options.progress))
     if options.companion is None:
         return [lower_coreml(graphs, out, target.name, options.batch, options.source, options.progress,
-                             options.force, target.weight_storage(options.weights), _each(checks), options.about)]
+                             options.force, options.weights, _each(checks), options.about)]
     with options.companion.writing(Path(out), options.force) as fill:
         written = lower_coreml(graphs, out, target.name, options.batch, options.source, options.progress,
-                               options.force, target.weight_storage(options.weights), _each(checks + [fill]), options.about)
+                               options.force, options.weights, _each(checks + [fill]), options.about)
     return [written, options.companion.path(Path(out))]
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from hrmc.hrm_ref.compression import COMPRESSIONS, Compressed, compress, compressible, group_channels
-from hrmc.targets import FLOAT16_MAX, TARGETS
+from hrmc.targets import FLOAT16_MAX, TARGETS, Target
 from hrmc.targets._nodes import LowerError, NodeReader, constant_array, op_key, require_static
 from hrmc.targets.coreml._coremltools import Function, Program, ct, mb, mil_types
 from hrmc.targets.coreml.ops import MIL_DTYPES, MIL_TYPES, OPS, mil_array
@@ -24,13 +24,19 @@ from hrmc.targets.coreml.ops import MIL_DTYPES, MIL_TYPES, OPS, mil_array
 
 @dataclass(frozen=True)
 class Flavour:
-    """What the Core ML backend does for one of its targets, beside what the `Target` says (its precision)."""
+    """What the Core ML backend does for one of its targets, beside what the `Target` says (its precision and
+    weight storages)."""
 
-    precision: str  # its Target's: every float tensor inside the program is of it
+    target: Target
     compute_units: object
     units_and_layout: str  # for the package's description, after the precision
     heads_apart: bool = False  # attention as one small matmul pair per head, no 4-D transposes (ANE)
     overflow_safe_norm: bool = False  # RMSNorm as a layer_norm over [x, −x]: no x² to overflow float16 (ANE)
+
+    @property
+    def precision(self) -> str:
+        """Its Target's: every float tensor inside the program is of it."""
+        return self.target.precision
 
     @property
     def float_type(self) -> str:
@@ -44,8 +50,8 @@ class Flavour:
 
 # The program is built in its final precision, so ct.convert runs no pass pipeline: coremltools'
 # passes (its fp16 pass above all) take minutes on an unrolled graph, and ours already ran on ONNX.
-FLAVOURS = {"coreml": Flavour(TARGETS["coreml"].precision, ct.ComputeUnit.CPU_ONLY, "CPU_ONLY"),
-            "ane": Flavour(TARGETS["ane"].precision, ct.ComputeUnit.CPU_AND_NE,
+FLAVOURS = {"coreml": Flavour(TARGETS["coreml"], ct.ComputeUnit.CPU_ONLY, "CPU_ONLY"),
+            "ane": Flavour(TARGETS["ane"], ct.ComputeUnit.CPU_AND_NE,
                            "CPU_AND_NE, attention per head, overflow-safe RMSNorm", True, True)}
 # float16x2: each matmul weight W as the float16 pair hi = fp16(W), lo = fp16(W - hi), stacked along the
 # contracted axis and read by one matmul of [x, x], so its accumulation adds both halves before the one

@@ -98,9 +98,9 @@ def lower_coreml(graphs: dict[str, Path], out: str | Path, flavour: str, batch: 
     An existing folder is replaced only if hrmc wrote it (or `force`). `weights`: one of the flavour's
     (its default). `check(written, out)` runs on the package before it appears; what it raises leaves
     nothing behind. `about`: the author, license, version and description the package shows."""
-    weights = weights or plain_weights(flavour)  # `lower --weights` was checked against the Target's offer
-    chunk = int(ir.load(str(graphs["chunk"])).metadata_props[CHUNK]) if "chunk" in graphs else None
     chosen, out = FLAVOURS[flavour], Path(out)
+    weights = chosen.target.weight_storage(weights) or plain_weights(flavour)
+    chunk = int(ir.load(str(graphs["chunk"])).metadata_props[CHUNK]) if "chunk" in graphs else None
     models, roles = app_graphs(graphs, chunk)
     progress(f"building {', '.join(models)} (batch {batch})")
     built = build_program(models, batch, source, chosen, weight_pairs=weights == "float16x2",
