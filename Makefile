@@ -22,12 +22,10 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/python -m hrmc.demo --out out
 
-# The default `pytest` skips the sudoku-size cases (marker `heavy`); this runs them too, on both cores
-# (pytest-xdist), one thread per worker: two workers of two threads each would fight over two cores.
-# pytest-benchmark warns that xdist disables it: the benchmarks run only under `pytest --benchmark-only`.
+# The default `pytest` skips the sudoku-size cases (marker `heavy`); this runs them too. Both run a test worker per
+# core (pyproject's `-n auto`, pytest-xdist), one thread per worker (tests/conftest.py).
 test: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -m "heavy or not heavy" --durations=25 \
-		-W "ignore::pytest_benchmark.logger.PytestBenchmarkWarning"
+	$(BIN)/python -m pytest -m "heavy or not heavy" --durations=25
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -253,12 +253,13 @@ def export(checkpoint, config_path, preset, policy, budget, batch_size, seed, as
     batch = hrm_ref.load_inputs(model, inputs, batch_size, seed, seq_len, preset)
     result = lowering.export_onnx(model, out, policy, budget, batch, hrm_ref.model_origin(checkpoint, preset), progress)
     report = {"out": str(result.act_path), "step_model": str(result.step_path), "seconds": round(result.seconds, 1),
-              "file_bytes": result.file_bytes, "parameter_bytes": result.parameter_bytes,
+              "traced": result.traced, "file_bytes": result.file_bytes, "parameter_bytes": result.parameter_bytes,
               "loops": list(lowering.read_record(result.act_path).loops)}
     if as_json:
         echo_json(report)
         return
-    click.echo(f"wrote {result.act_path} and {result.step_path} in {result.seconds:.1f} s")
+    how = "" if result.traced else " (the model's trace from the export cache)"
+    click.echo(f"wrote {result.act_path} and {result.step_path} in {result.seconds:.1f} s{how}")
     click.echo(f"{result.file_bytes:,} bytes for {result.parameter_bytes:,} bytes of float32 weights "
                f"({result.file_bytes / result.parameter_bytes:.3f}×)")
     for loop in report["loops"]:

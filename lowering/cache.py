@@ -1,11 +1,15 @@
-"""Export once per model: the structured export an executor starts from, cached by what defines it.
+"""Export once per model: the structured export, cached by what defines it.
 
-Every `hrmc parity` without `--artifact` and every `hrmc bench` makes its executors' graphs afresh from the
-structured export, and tracing it (`torch.export`, twice) is most of a tiny gate's time and a minute of sudoku's.
+`hrmc export`, every `hrmc lower` without `--onnx-model`, every `hrmc parity` without `--artifact` and every
+`hrmc bench` start from the structured export, and tracing it (`torch.export`, twice: `export.trace_onnx`) takes
+half a minute or more whatever the model's size, most of a tiny gate's time. `export_onnx` traces a model once and
+copies its pair thereafter, each copy recording where its own weights came from (the one field of the record that
+is not the model's).
+
 The export depends only on the model's weights and config, the policy, the budget, the sequence length and the
 code that traces it (hrmc's export and hrm_ref, torch, onnx): those, hashed, name an entry
 
-    CACHE/exports/KEY/model.onnx, model.step.onnx      (the pair `export_onnx` writes, bound by their record)
+    CACHE/exports/KEY/model.onnx, model.step.onnx      (the pair `trace_onnx` writes, bound by their record)
 
 The same machinery (`cached`) keeps what else a gate without `--artifact` makes again and again: a Core ML
 executor's packages (targets/coreml/executors.py), keyed by the graph they are lowered from.
@@ -36,8 +40,13 @@ import torch
 
 from hrmc import __version__
 from hrmc.hrm_ref import HRM, Batch
-from hrmc.lowering.artifact import bound_parts
-from hrmc.lowering.export import export_onnx, weights_sha256
+from hrmc.hrm_ref.act import resolve_budget
+from hrmc.files import together
+from hrmc.lowering.artifact import bound_parts, load_proto, save_bound
+from hrmc.lowering.export import (ExportedModel, check_exportable, example_batch, export_paths, exported_model,
+                                  trace_onnx, weights_sha256)
+from hrmc.names import meta_key
+from hrmc.record import Checkpoint
 
 ENTRIES = 8  # exports kept: sudoku's pair is 0.2 GB
 IN_USE_SECONDS = 3600  # an entry used this recently is never pruned
@@ -56,14 +65,53 @@ def cache_folder() -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hrmc"
 
 
-def cached_export(model: HRM, policy: str, budget: int, batch: Batch, work: Path) -> Path:
+def cached_export(model: HRM, policy: str, budget: int, batch: Batch, work: Path,
+                  progress: Callable[[str], None] = lambda _: None) -> Path:
     """The structured export of `model` (policy, budget, the batch's sequence length): from the cache when an
     intact entry holds it, else exported (into the cache, or into `work` when the cache is off or unwritable)."""
     defined = {"torch": torch.__version__, "onnx": onnx.__version__, "weights": weights_sha256(model),
                "config": dataclasses.asdict(model.config), "policy": policy, "budget": budget,
                "seq_len": model.inner.sequence_length(batch)}
-    return cached("exports", defined, _CODE, lambda folder: export_onnx(model, folder / "model.onnx", policy, budget,
-                                                                        batch).act_path, bound_parts, work)
+    return cached("exports", defined, _CODE, lambda folder: trace_onnx(model, folder / "model.onnx", policy, budget,
+                                                                       batch, progress=progress).act_path,
+                  bound_parts, work)
+
+
+def export_onnx(model: HRM, out: str | Path, policy: str = "max-steps", budget: int | None = None,
+                batch: Batch | None = None, checkpoint: Checkpoint = Checkpoint(),
+                progress: Callable[[str], None] = lambda _: None) -> ExportedModel:
+    """`hrmc export`: write `out` (the whole ACT inference) and its `.step.onnx` sibling, both or neither, recording
+    `checkpoint` (where the weights came from; a file's path relative to the current folder, kept relative to
+    `out`). The model is traced once (`trace_onnx`); its pair comes from the cache thereafter, the same graphs
+    with this export's own record of where the weights came from."""
+    out, step_out = export_paths(out)
+    check_exportable(model)
+    budget = resolve_budget(model, policy, budget)
+    if cache_folder() is None:
+        return trace_onnx(model, out, policy, budget, batch, checkpoint, progress)
+    started, traced = time.perf_counter(), []
+
+    def tracing(line: str) -> None:  # called only while the model is traced (not found in the cache)
+        traced.append(line)
+        progress(line)
+
+    with tempfile.TemporaryDirectory(prefix=".hrmc-export-", dir=out.parent) as work:
+        source = cached_export(model, policy, budget, example_batch(model, batch), Path(work), tracing)
+        if not traced:
+            progress(f"the export cache ({cache_folder()}) holds this model's trace: not traced again")
+        _copy_recording(bound_parts(source), {"act": out, "step": step_out}, checkpoint.rebased(Path.cwd(), out.parent))
+    return exported_model(model, out, step_out, started, traced=bool(traced))
+
+
+def _copy_recording(parts: dict[str, Path], to: dict[str, Path], checkpoint: Checkpoint) -> None:
+    """The export pair `parts`, written as `to` (both or neither) with `checkpoint` in their records."""
+    protos = {role: load_proto(path) for role, path in parts.items()}
+    for proto in protos.values():
+        for prop in proto.metadata_props:
+            if prop.key == meta_key("checkpoint"):
+                prop.value = json.dumps(checkpoint.to_json(), sort_keys=True)  # as Record.metadata() writes it
+    with together():
+        save_bound({role: (to[role], proto) for role, proto in protos.items()})
 
 
 def cached(kind: str, defined: dict, code: tuple[str, ...], make: Callable[[Path], Path],
@@ -142,4 +190,4 @@ def _prune(exports: Path) -> None:
             _lock_path(old).unlink(missing_ok=True)
 
 
-__all__ = ["cache_folder", "cached", "cached_export"]
+__all__ = ["cache_folder", "cached", "cached_export", "export_onnx"]

@@ -54,6 +54,7 @@ class ExportedModel:
     seconds: float
     file_bytes: int
     parameter_bytes: int
+    traced: bool  # False: copied from the export cache
 
 
 def step_path_for(path: str | Path) -> Path:
@@ -138,18 +139,29 @@ def _finish(proto: onnx.ModelProto, kind: str, model: HRM, record: Record) -> on
     return proto
 
 
-def export_onnx(model: HRM, out: str | Path, policy: str = "max-steps", budget: int | None = None,
-                batch: Batch | None = None, checkpoint: Checkpoint = Checkpoint(),
-                progress: Callable[[str], None] = lambda _: None) -> ExportedModel:
-    """Write `out` (the whole ACT inference) and its `.step.onnx` sibling; both or neither. `checkpoint`: where
-    the weights came from, a file's path relative to the current folder (the record keeps it relative to `out`)."""
-    out, step_out = export_paths(out)  # before a minute of tracing, not after
+def example_batch(model: HRM, batch: Batch | None) -> Batch:
+    """What a trace runs on: the first row of `batch` (default: a seeded random one) repeated EXAMPLE_BATCH times."""
+    batch = batch or hrm_ref.random_batch(model.config, EXAMPLE_BATCH, seed=0)
+    return {name: value[:1].expand(EXAMPLE_BATCH, *value.shape[1:]).contiguous() for name, value in batch.items()}
+
+
+def check_exportable(model: HRM) -> None:
     if model.config.forward_dtype != "float32":
         raise InputError(f"export takes a float32 model, got forward dtype {model.config.forward_dtype}")
+
+
+def trace_onnx(model: HRM, out: str | Path, policy: str = "max-steps", budget: int | None = None,
+               batch: Batch | None = None, checkpoint: Checkpoint = Checkpoint(),
+               progress: Callable[[str], None] = lambda _: None) -> ExportedModel:
+    """Trace `model` and write `out` (the whole ACT inference) and its `.step.onnx` sibling; both or neither.
+    `checkpoint`: where the weights came from, a file's path relative to the current folder (the record keeps it
+    relative to `out`). Two `torch.export` traces, half a minute or more whatever the model's size: `export_onnx`
+    (lowering/cache.py) traces a model once and copies the pair thereafter."""
+    out, step_out = export_paths(out)  # before a minute of tracing, not after
+    check_exportable(model)
     budget = resolve_budget(model, policy, budget)
     started = time.perf_counter()
-    batch = batch or hrm_ref.random_batch(model.config, EXAMPLE_BATCH, seed=0)
-    batch = {name: value[:1].expand(EXAMPLE_BATCH, *value.shape[1:]).contiguous() for name, value in batch.items()}
+    batch = example_batch(model, batch)
     names, outputs = list(batch), output_names(model, batch)
     record = Record(__version__, dataclasses.asdict(model.config), policy, budget, model.inner.sequence_length(batch),
                     tuple(outputs), weights_sha256(model), checkpoint.rebased(Path.cwd(), out.parent))
@@ -170,8 +182,12 @@ def export_onnx(model: HRM, out: str | Path, policy: str = "max-steps", budget: 
 
     with together():  # the pair replaces an old pair whole, or not at all
         save_bound({"act": (out, act), "step": (step_out, step)})
+    return exported_model(model, out, step_out, started, traced=True)
+
+
+def exported_model(model: HRM, out: Path, step_out: Path, started: float, traced: bool) -> ExportedModel:
     parameter_bytes = sum(t.numel() * 4 for t in model.state_dict().values())
-    return ExportedModel(out, step_out, time.perf_counter() - started, out.stat().st_size, parameter_bytes)
+    return ExportedModel(out, step_out, time.perf_counter() - started, out.stat().st_size, parameter_bytes, traced)
 
 
 def read_record(path: str | Path) -> Record:

@@ -67,7 +67,7 @@ def check_modes(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget
                 modes: tuple[str, ...] = MODES, atol: float = ATOL, rtol: float = RTOL, psnr_db: float | None = None,
                 seed: int = 0, model_name: str = "", onnx_model: str | None = None, chunk: int | None = None,
                 artifact: str | None = None, labels: np.ndarray | None = None, max_accuracy_drop: float = 0.0,
-                progress: Callable[[str], None] = lambda _: None) -> list[Report]:
+                progress: Callable[[str], None] = lambda _: None, reference: Reference | None = None) -> list[Report]:
     """Run A and B on `batch` and gate them, one report per mode; the executors are prepared and run
     once for all modes. `artifact` is B's shipped artifact: exactly those files run. `psnr_db`: an absolute
     PSNR floor for float16 outputs beside the float16 rule (none by default).
@@ -79,10 +79,12 @@ def check_modes(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget
     (the compiler's question), and every report adds what the compression costs against the model's own
     weights (parity.compression): exact-solved puzzles on labelled inputs, gated at `max_accuracy_drop`
     percentage points.
+
+    `reference`: hrm_ref prepared once for several gates of `model` on `batch` (`Reference.shared`).
     """
     budget = resolve_budget(model, policy, budget)
     executors, reference = prepared_pair(a, b, model, batch, policy, budget, onnx_model=onnx_model, chunk=chunk,
-                                         artifact=artifact, progress=progress)
+                                         artifact=artifact, progress=progress, reference=reference)
     progress("running the whole inference on both")
     runs = []
     for side, executor in zip("AB", executors):
@@ -206,5 +208,6 @@ def _float16_table(rows: list[Row], report: Report) -> list[str]:
 
 
 
-__all__ = ["EXECUTORS", "Localization", "MODES", "PSNR_DB", "Report", "artifact_options", "check_modes", "check_parity",
+__all__ = ["EXECUTORS", "Localization", "MODES", "PSNR_DB", "Reference", "Report", "artifact_options", "check_modes",
+           "check_parity",
            "format_localization", "format_report", "localize"]

@@ -159,13 +159,16 @@ class Reference:
     """hrm_ref on the compared batch, in float32 (the reference) and float64 (its noise floor, and the truth a
     float16 executor is measured against): executors for the teacher-forced steps, and their whole runs, which
     every check reads and which run once; with `float16`, hrm_ref in float16 too (the float16 rule's
-    yardstick). The one place the reference model is chosen: every one of them runs `model`."""
+    yardstick). The one place the reference model is chosen: every one of them runs `model`.
+
+    `kept`: the teacher-forced steps by (dtype, step), where one reference serves several gates (`shared`)."""
 
     float32: TorchExecutor
     float64: TorchExecutor
     run32: Arrays
     run64: Arrays
     float16: TorchExecutor | None = None
+    kept: dict[tuple[str, int], Arrays] | None = None
 
     @classmethod
     def prepared(cls, model: HRM, policy: str, budget: int, batch: Batch, float16: bool = False,
@@ -180,24 +183,51 @@ class Reference:
         return cls(executors["float32"], executors["float64"], executors["float32"].run(batch),
                    executors["float64"].run(batch), executors.get("float16"))
 
+    @classmethod
+    def shared(cls, model: HRM, policy: str, budget: int, batch: Batch, float16: bool = False) -> "Reference":
+        """One reference for several gates of `model` on `batch` (`check_modes(reference=…)`): its runs, and each
+        teacher-forced step once it is computed, serve them all (a sudoku step in float64 is seconds)."""
+        reference = cls.prepared(model, policy, budget, batch, float16)
+        reference.kept = {}
+        return reference
+
+    def step(self, dtype: str, s: int, carry: Carry, batch: Batch) -> Arrays:
+        """hrm_ref in `dtype` on step `s` from `carry`, the trajectory's carry before it; computed once where kept."""
+        if self.kept is None:
+            return getattr(self, dtype).step(carry, batch)
+        if (dtype, s) not in self.kept:
+            self.kept[dtype, s] = getattr(self, dtype).step(carry, batch)
+        return self.kept[dtype, s]
+
+    def serves(self, model: HRM, float16: bool) -> bool:
+        return self.float32.model is model.with_dtype("float32") and (self.float16 is not None or not float16)
+
 
 def prepared_pair(a: str, b: str, model: HRM, batch: Batch, policy: str, budget: int, *, onnx_model: str | None,
-                  chunk: int | None, artifact: str | None, progress) -> tuple[list[Executor], Reference]:
+                  chunk: int | None, artifact: str | None, progress,
+                  reference: Reference | None = None) -> tuple[list[Executor], Reference]:
     """Executors A and B (B running its shipped `artifact` where one is named) prepared on `batch`, and the
-    reference every comparison reads."""
+    reference every comparison reads (`reference`: one already prepared for these gates, `Reference.shared`)."""
     executors = [make_executor(a, onnx_model=onnx_model, chunk=chunk),
                  make_executor(b, onnx_model=onnx_model, chunk=chunk, artifact=artifact)]
     progress(f"preparing executor {executors[1].name}")  # B first: how it stores its weights says what A runs
     with phase(f"prepare B ({executors[1].name})"):
         executors[1].prepare(model, policy, budget, batch)
     model = as_stored(model, *executors)
+    half = any(executor.precision == "float16" for executor in executors)
+    if reference is not None and not reference.serves(model, half):
+        raise ValueError(f"the shared reference was prepared for another model than {executors[1].name}'s gate")
+    torch_float32 = isinstance(executors[0], TorchExecutor) and executors[0].dtype == "float32"
+    if reference is not None and torch_float32:
+        return [reference.float32, executors[1]], reference  # A is the reference: prepared, its steps kept
     progress(f"preparing executor {executors[0].name}")
     with phase(f"prepare A ({executors[0].name})"):
         executors[0].prepare(model, policy, budget, batch)
-    half = any(executor.precision == "float16" for executor in executors)
+    if reference is not None:
+        return executors, reference
     with phase("reference runs (hrm_ref float32, float64" + (", float16)" if half else ")")):
         a = executors[0]
-        reusable = isinstance(a, TorchExecutor) and a.dtype == "float32" and a.model is model.with_dtype("float32")
+        reusable = torch_float32 and a.model is model.with_dtype("float32")
         return executors, Reference.prepared(model, policy, budget, batch, float16=half, float32=a if reusable else None)
 
 
@@ -227,7 +257,7 @@ def step_parity(a: Executor, b: Executor, ref: Reference, batch: Batch, report: 
     float16 as the yardstick, all from the same carry. Beside each row: the reference's own one-step rounding
     noise (float64 vs float32 from the same carry).
     """
-    reference, exact, trajectory = ref.float32, ref.float64, ref.run32
+    reference, trajectory = ref.float32, ref.run32
     start = initial_carry(reference.model, batch)
     judged = [side for side, executor in (("A", a), ("B", b)) if executor.precision == "float16"]
     q_scale = max((float(np.abs(trajectory[name]).max()) for name in DECISION_OUTPUTS if name in trajectory),
@@ -235,11 +265,12 @@ def step_parity(a: Executor, b: Executor, ref: Reference, batch: Batch, report: 
     decisions = {"halting": Decisions(), "answers": Decisions()}
     for s in range(trajectory["steps"].shape[0]):
         carry = carry_at(trajectory, start, s)
-        out_a, out_b = a.step(carry, batch), b.step(carry, batch)
-        out_32 = out_a if a is reference else reference.step(carry, batch)  # A may be the reference itself
-        out_64 = exact.step(carry, batch)
+        out_32 = ref.step("float32", s, carry, batch)
+        out_a = out_32 if a is reference else a.step(carry, batch)  # A may be the reference itself
+        out_b = b.step(carry, batch)
+        out_64 = ref.step("float64", s, carry, batch)
         if judged:
-            float16_step({"A": out_a, "B": out_b}, judged, out_32, out_64, ref.float16.step(carry, batch), s + 1,
+            float16_step({"A": out_a, "B": out_b}, judged, out_32, out_64, ref.step("float16", s, carry, batch), s + 1,
                          q_scale, report, decisions, reference.model.config)
         else:
             float32_step(out_a, out_b, out_32, out_64, s + 1, report, decisions, reference.model.config)

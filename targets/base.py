@@ -25,8 +25,8 @@ from hrmc.hrm_ref.act import initial_carry, resolve_budget
 from hrmc.binding import changed, noting_changes
 from hrmc.errors import GateFailure, InputError
 from hrmc.files import work_folder
-from hrmc.lowering.cache import cached_export
-from hrmc.lowering.export import export_onnx, read_record, weights_sha256
+from hrmc.lowering.cache import cached_export, export_onnx
+from hrmc.lowering.export import read_record, weights_sha256
 from hrmc.record import Checkpoint, Record
 from hrmc.passes import lower_onnx, structured_parts
 from hrmc.targets import Target

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Callable, Iterator
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per test worker (and the commands it starts): one per core
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
@@ -14,7 +18,13 @@ import yaml
 from hrmc import hrm_ref
 from hrmc.hrm_ref import HRM
 
-UPSTREAM_DATA_PATH = "data/sudoku-extreme-1k-aug-1000"  # all_config.yaml's data_path, relative to where training ran
+UPSTREAM_DATA_PATH = "data/sudoku-extreme-1k-aug-1000"
+
+
+def pytest_xdist_auto_num_workers(config) -> int | None:
+    """`-n auto` (pyproject's addopts): a worker per core, but none under `--benchmark-only`: xdist would
+    disable pytest-benchmark, and timings want the machine to themselves."""
+    return 0 if config.getoption("benchmark_only", False) else None  # all_config.yaml's data_path, relative to where training ran
 
 
 def upstream_arch(model: HRM) -> dict:

@@ -14,6 +14,10 @@ from hrmc import hrm_ref
 from hrmc.lowering import cache
 from hrmc.lowering import step_path_for
 from hrmc.lowering.artifact import bound_parts
+from hrmc.lowering.artifact import content_sha256, load_proto
+from hrmc.lowering.export import read_record
+from hrmc.names import PARTS, meta_key
+from tests.conftest import write_upstream_checkpoint
 from tests.helpers import hrmc
 
 
@@ -30,7 +34,7 @@ def exports(monkeypatch, tmp_path: Path, tiny_export: Path) -> list[Path]:
         for role, part in bound_parts(tiny_export).items():
             shutil.copyfile(part, out if role == "act" else step_path_for(out))
         return SimpleNamespace(act_path=out)
-    monkeypatch.setattr(cache, "export_onnx", copying)
+    monkeypatch.setattr(cache, "trace_onnx", copying)
     return traced
 
 
@@ -75,3 +79,25 @@ def test_a_second_gate_of_the_same_model_exports_nothing(capsys, exports: list[P
         code, out, _ = hrmc(capsys, "parity", "torch", "static", "--policy", "q-halt", "--batch", "2")
         assert code == 0 and out.rstrip().endswith("PASS")
     assert len(exports) == 1
+
+
+def test_hrmc_export_traces_a_model_once_and_each_copy_records_its_own_checkpoint(capsys, tiny, exports: list[Path],
+                                                                                  tmp_path: Path) -> None:
+    checkpoint = write_upstream_checkpoint(tiny, tmp_path / "run")
+    outs = [tmp_path / "a" / "m.onnx", tmp_path / "b" / "c" / "model.onnx"]
+    for out in outs:
+        out.parent.mkdir(parents=True)
+        code, printed, err = hrmc(capsys, "export", "--checkpoint", str(checkpoint), "--seq-len", "16",
+                                  "-o", str(out))
+        assert code == 0, err
+    assert len(exports) == 1 and "from the export cache" in printed
+    assert [read_record(out).checkpoint.path for out in outs] == ["../run/step_52080", "../../run/step_52080"]
+    traced = bound_parts(next((tmp_path / "cache").rglob("model.onnx")))
+    for out in outs:
+        for role, part in bound_parts(out).items():  # verified, and the traced graphs but for the two records
+            mine, cached = load_proto(part), load_proto(traced[role])
+            for proto in (mine, cached):
+                kept = [p for p in proto.metadata_props if p.key not in (PARTS, meta_key("checkpoint"))]
+                del proto.metadata_props[:]
+                proto.metadata_props.extend(kept)
+            assert content_sha256(mine) == content_sha256(cached)

@@ -3,7 +3,8 @@
 Heavy: one export per case (about a minute, two for sudoku), then torch–onnx (the export),
 onnx–static (the passes), torch–chunked (the chunk graph and its host loop) and torch–mlx in both
 modes, and torch–coreml (the float32 package, MIL replay) in step mode for every case but the
-full-size sudoku. Each pair's executors are prepared and run once for both modes (`check_modes`).
+full-size sudoku. Each pair's executors are prepared and run once for both modes (`check_modes`), and
+every pair reads one reference (`Reference.shared`: hrm_ref's runs and teacher-forced steps, once per case).
 
 Upstream's sudoku arch runs once at full size, under max-steps. Its q-halt case runs on a
 sudoku-shaped model (the same 81 cells, vocabulary, puzzle position and H/L cycles; a quarter of the
@@ -23,7 +24,8 @@ from hrmc import hrm_ref
 from hrmc.hrm_ref import HRM, HRMConfig
 from hrmc.hrm_ref.presets import PRESETS, randomize_weights
 from hrmc.lowering import export_onnx
-from hrmc.parity import check_modes
+from hrmc.hrm_ref.act import resolve_budget
+from hrmc.parity import Reference, check_modes
 
 CASES = [("tiny", "max-steps"), ("sudoku", "max-steps"), ("sudoku-shaped", "q-halt"), ("nibble", "max-steps"),
          ("nibble", "q-halt"), ("hex", "max-steps"), ("hex", "q-halt"), ("nxt", "max-steps"), ("denoiser", "max-steps"),
@@ -55,9 +57,11 @@ def test_every_executor_pair_agrees_in_both_modes(case: str, policy: str, tmp_pa
     runs = [(pair, modes) for pair in PAIRS]
     if case != "sudoku":  # sudoku's float32 package is minutes per graph under the replay: measured in bench/RESULTS.md
         runs += [(pair, ("step",)) for pair in STEP_ONLY]
+    budget = resolve_budget(model, policy, None)
+    reference = Reference.shared(model, policy, budget, batch)  # hrm_ref's runs and steps, once for every pair
     for pair, modes in runs:
-        reports = check_modes(*pair, model, batch, policy=policy, budget=None, modes=modes,
-                              onnx_model=str(tmp_path / "m.onnx"))
+        reports = check_modes(*pair, model, batch, policy=policy, budget=budget, modes=modes,
+                              onnx_model=str(tmp_path / "m.onnx"), reference=reference)
         for mode, report in zip(modes, reports):
             assert report.passed, (pair, mode, report.failures())
 

@@ -9,7 +9,8 @@ import pytest
 
 from hrmc import hrm_ref
 from hrmc.hrm_ref import HRM, Batch, Carry
-from hrmc.parity import check_parity
+from hrmc.hrm_ref.act import resolve_budget
+from hrmc.parity import Reference, check_modes, check_parity
 from hrmc.parity.executors import EXECUTORS, TorchExecutor
 from hrmc.targets.executor import Arrays
 from hrmc.parity.gate import compare, q_margin
@@ -86,6 +87,22 @@ def test_a_drift_above_tolerance_fails_and_is_named(tiny: HRM, batch: Batch, nud
 def test_a_drift_within_tolerance_passes(tiny: HRM, batch: Batch, nudged) -> None:
     nudged("logits", 5e-6)
     assert check_parity("torch", "nudged", tiny, batch, policy="max-steps", budget=None, mode="step").passed
+
+
+def test_gates_sharing_one_reference_judge_as_alone_and_compute_its_steps_once(tiny: HRM, batch: Batch,
+                                                                                nudged) -> None:
+    nudged("logits", 1e-3, after=3)
+    budget = resolve_budget(tiny, "max-steps", None)
+    reference = Reference.shared(tiny, "max-steps", budget, batch)
+    calls = []
+    for executor in (reference.float32, reference.float64):
+        executor.step = lambda carry, rows, step=executor.step: calls.append(step) or step(carry, rows)
+    shared = [check_modes("torch", b, tiny, batch, policy="max-steps", budget=budget, reference=reference)
+              for b in ("torch", "nudged", "onnx")]
+    alone = [check_modes("torch", b, tiny, batch, policy="max-steps", budget=budget) for b in ("torch", "nudged", "onnx")]
+    assert [[r.to_dict() for r in reports] for reports in shared] == [[r.to_dict() for r in reports] for reports in alone]
+    assert [[r.passed for r in reports] for reports in shared] == [[True, True], [False, False], [True, True]]
+    assert len(calls) == 2 * budget  # each step once in float32 and float64, for three gates
 
 
 def test_trajectory_gate_scales_with_the_noise_floor(tiny: HRM, batch: Batch) -> None:
