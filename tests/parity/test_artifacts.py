@@ -112,7 +112,7 @@ def test_a_tampered_whole_inference_graph_fails_the_default_mode(capsys, shipped
 
 
 def test_a_step_graph_from_another_export_is_refused(capsys, shipped: Path, tmp_path: Path, exported) -> None:
-    other = exported("tiny", "max-steps")  # the same model, exported under the other policy
+    other = exported("trm-tiny")  # another export (one the session traces anyway)
     mixed = copy_of(shipped / "tiny.onnx", tmp_path / "mixed")
     shutil.copy(step_path_for(other), step_path_for(mixed))  # killed between two renames, say
     code, _, err = gate(capsys, "onnx", mixed)

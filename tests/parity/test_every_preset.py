@@ -1,4 +1,4 @@
-"""Every executor pair the stages so far add, for every preset and policy, in both modes.
+"""Every executor pair the stages so far add, for every preset, in both modes.
 
 Heavy: one export per case (about a minute, two for sudoku), then torch–onnx (the export),
 onnx–static (the passes), torch–chunked (the chunk graph and its host loop) and torch–mlx in both
@@ -27,10 +27,12 @@ from hrmc.lowering import export_onnx
 from hrmc.hrm_ref.act import resolve_budget
 from hrmc.parity import Reference, check_modes
 
-CASES = [("tiny", "max-steps"), ("sudoku", "max-steps"), ("sudoku-shaped", "q-halt"), ("nibble", "max-steps"),
-         ("nibble", "q-halt"), ("hex", "max-steps"), ("hex", "q-halt"), ("nxt", "max-steps"), ("denoiser", "max-steps"),
-         ("controller-grb", "max-steps"), ("controller-grb", "q-halt"), ("controller-cab", "q-halt"),
-         ("trm-tiny", "max-steps"), ("trm-tiny", "q-halt"), ("trm-tiny-mlp-t", "q-halt")]
+# Every preset once, HRM's q-halt on every front end and head that has a q head (the masked halting is the same code
+# whatever computes q), max-steps on tiny, full-size sudoku, the heads without one (nxt, denoiser) and controller-grb;
+# TRM under both policies (its own halting rule).
+CASES = [("tiny", "max-steps"), ("sudoku", "max-steps"), ("sudoku-shaped", "q-halt"), ("nibble", "q-halt"),
+         ("hex", "q-halt"), ("nxt", "max-steps"), ("denoiser", "max-steps"), ("controller-grb", "max-steps"),
+         ("controller-cab", "q-halt"), ("trm-tiny", "max-steps"), ("trm-tiny", "q-halt"), ("trm-tiny-mlp-t", "q-halt")]
 SUDOKU_SHAPED = PRESETS["sudoku"].replace(hidden_size=128, num_heads=2, puzzle_emb_ndim=128, H_layers=2, L_layers=2,
                                           halt_max_steps=8)
 
