@@ -192,7 +192,11 @@ class Reference:
         return reference
 
     def step(self, dtype: str, s: int, carry: Carry, batch: Batch) -> Arrays:
-        """hrm_ref in `dtype` on step `s` from `carry`, the trajectory's carry before it; computed once where kept."""
+        """hrm_ref in `dtype` on step `s` from `carry`, the float32 trajectory's carry before it; computed once where
+        kept. In float32 while no row has halted, that step is the one the trajectory ran: read from it, the same
+        bits (hrm_ref.run is hrm_ref.step on the same carry; a halted row's outputs are frozen in the run)."""
+        if dtype == "float32" and not bool(carry.halted.any()):
+            return {name: values[s] for name, values in self.run32.items()}
         if self.kept is None:
             return getattr(self, dtype).step(carry, batch)
         if (dtype, s) not in self.kept:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from hrmc import hrm_ref
 from hrmc.hrm_ref import HRM, Batch, Carry
-from hrmc.hrm_ref.act import resolve_budget
+from hrmc.hrm_ref.act import initial_carry, resolve_budget
+from hrmc.hrm_ref.presets import TRAINED_PRESETS, test_set_path
 from hrmc.parity import Reference, check_modes, check_parity
 from hrmc.parity.executors import EXECUTORS, TorchExecutor
 from hrmc.targets.executor import Arrays
-from hrmc.parity.gate import compare, q_margin
+from hrmc.parity.gate import carry_at, compare, q_margin
 
 
 class Nudged(TorchExecutor):
@@ -102,7 +105,25 @@ def test_gates_sharing_one_reference_judge_as_alone_and_compute_its_steps_once(t
     alone = [check_modes("torch", b, tiny, batch, policy="max-steps", budget=budget) for b in ("torch", "nudged")]
     assert [[r.to_dict() for r in reports] for reports in shared[:2]] == [[r.to_dict() for r in reports] for reports in alone]
     assert [[r.passed for r in reports] for reports in shared] == [[True, True], [False, False], [True, True]]
-    assert len(calls) == 2 * budget  # each step once in float32 and float64, for three gates
+    assert len(calls) == budget  # each float64 step once for three gates (float32's are the run's: max-steps)
+
+
+@pytest.mark.parametrize("preset, policy", [("tiny", "max-steps"), ("sudoku4", "q-halt")])
+def test_a_float32_step_read_from_the_trajectory_is_the_step_computed(preset: str, policy: str) -> None:
+    """The reference's teacher-forced float32 steps before any row halts are read from its run: the same bits."""
+    model = hrm_ref.build_preset(preset)
+    with np.load(test_set_path(preset)) if preset in TRAINED_PRESETS else contextlib.nullcontext() as held_out:
+        batch = (hrm_ref.random_batch(model.config, 8, seed=0) if held_out is None else
+                 {name: torch.from_numpy(held_out[name][:32]) for name in held_out.files if name != "labels"})
+    reference = Reference.prepared(model, policy, resolve_budget(model, policy, None), batch)
+    start, read = initial_carry(reference.float32.model, batch), 0
+    for s in range(reference.run32["steps"].shape[0]):
+        carry = carry_at(reference.run32, start, s)
+        computed, got = reference.float32.step(carry, batch), reference.step("float32", s, carry, batch)
+        assert got.keys() == computed.keys()
+        assert all(got[name].dtype == value.dtype and np.array_equal(got[name], value) for name, value in computed.items())
+        read += not bool(carry.halted.any())
+    assert read >= 2  # max-steps: every step; the trained fixture's first rows halt after step 2
 
 
 def test_trajectory_gate_scales_with_the_noise_floor(tiny: HRM, batch: Batch) -> None:
