@@ -15,6 +15,7 @@ and value inference per op: 13.8 s of tiny's 21 s gate went there.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import operator
 from dataclasses import dataclass
@@ -282,7 +283,8 @@ def interpret(function: SavedFunction | Function, feed: dict[str, np.ndarray], o
     program = plan(function)
     widen = _widen if float32 else (lambda value: value)
     values = {name: widen(mil_array(feed[name])) for name in program.inputs}
-    with np.errstate(all="ignore"):  # float16 overflows to inf, as the ANE's kernels do: the range report says so
+    # float16 overflows to inf, as the ANE's kernels do: the range report says so
+    with np.errstate(all="ignore"), _one_torch_thread():
         for step in program.steps:
             arguments = {name: _resolve(kind, source, values, program.constants, widen)
                          for name, (kind, source) in step.arguments.items()}
@@ -297,6 +299,19 @@ def interpret(function: SavedFunction | Function, feed: dict[str, np.ndarray], o
             for name in step.dead:
                 values.pop(name, None)
     return {name: values[name] if name in values else widen(program.constants[name]) for name in program.outputs}
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """torch on one thread while the kernels run: its conversions (`_wide`, `_half`) between numpy's BLAS calls
+    are memory-bound, and two thread pools taking turns on two cores spin against each other (trm-maze's step
+    19 s with torch's default two threads, 11.6 s with one; a matmul alone is faster on two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _argument(var, constants: dict[str, Any]) -> tuple[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -94,6 +95,17 @@ def test_an_op_without_a_kernel_is_named() -> None:
         function.set_outputs([mb.erf(x=function.inputs["x"])])
     with pytest.raises(InputError, match="MIL op erf .*no kernel"):
         interpret(function, {"x": np.zeros((2, 3), np.float32)})
+
+
+def test_the_kernels_run_with_torch_on_one_thread_and_leave_its_setting_as_it_was(monkeypatch) -> None:
+    """torch's conversions between numpy's BLAS calls, on two threads, doubled trm-maze's replay on two cores."""
+    with Function({"x": mb.placeholder(shape=(2, 3), dtype=mil_types.fp16)}) as function:
+        function.set_outputs([mb.mul(x=function.inputs["x"], y=np.float16(2.0))])
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # the user's setting, whatever the machine's cores
+    seen, settings = [], []
+    monkeypatch.setattr(torch, "set_num_threads", settings.append)
+    interpret(function, {"x": np.ones((2, 3), np.float16)}, observe=lambda op, results: seen.append(list(settings)))
+    assert seen == [[1]] and settings == [1, 3]  # one thread while the op ran, then the user's three again
 
 
 def scalar(like, value: float) -> np.ndarray:
