@@ -41,7 +41,7 @@ import torch
 from hrmc import __version__
 from hrmc.hrm_ref import HRM, Batch
 from hrmc.hrm_ref.act import resolve_budget
-from hrmc.files import together
+from hrmc.files import together, work_folder
 from hrmc.lowering.artifact import bound_parts, load_proto, save_bound
 from hrmc.lowering.export import (ExportedModel, check_exportable, example_batch, export_paths, exported_model,
                                   trace_onnx, weights_sha256)
@@ -95,7 +95,7 @@ def export_onnx(model: HRM, out: str | Path, policy: str = "max-steps", budget: 
         traced.append(line)
         progress(line)
 
-    with tempfile.TemporaryDirectory(prefix=".hrmc-export-", dir=out.parent) as work:
+    with work_folder("export") as work:  # where the trace goes when the cache cannot be written
         source = cached_export(model, policy, budget, example_batch(model, batch), Path(work), tracing)
         if not traced:
             progress(f"the export cache ({cache_folder()}) holds this model's trace: not traced again")

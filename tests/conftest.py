@@ -18,13 +18,13 @@ import yaml
 from hrmc import hrm_ref
 from hrmc.hrm_ref import HRM
 
-UPSTREAM_DATA_PATH = "data/sudoku-extreme-1k-aug-1000"
+UPSTREAM_DATA_PATH = "data/sudoku-extreme-1k-aug-1000"  # all_config.yaml's data_path, relative to where training ran
 
 
 def pytest_xdist_auto_num_workers(config) -> int | None:
     """`-n auto` (pyproject's addopts): a worker per core, but none under `--benchmark-only`: xdist would
     disable pytest-benchmark, and timings want the machine to themselves."""
-    return 0 if config.getoption("benchmark_only", False) else None  # all_config.yaml's data_path, relative to where training ran
+    return 0 if config.getoption("benchmark_only", False) else None
 
 
 def upstream_arch(model: HRM) -> dict:
