@@ -61,15 +61,24 @@ def _layer_norm(x, axes, epsilon=1e-5, gamma=None, beta=None):
 
 def _softmax(x, axis):
     """As coremltools' value_inference computes it, in x's type. In float16 the maximum (exact either way), the
-    subtraction and the division in float32, rounded once (the same bits, `_widening`); the exponential and
-    the sum as numpy computes them in float16 (its sum adds in its own order)."""
+    subtraction and the division in float32, rounded once (the same bits, `_widening`); the exponential (looked
+    up, `_elementwise`) and the sum (`_float16_sum`) as numpy computes them in float16."""
     axis = int(axis)
     if x.dtype != np.float16:
         shifted = np.exp(x - np.max(x, axis=axis, keepdims=True))
         return shifted / np.sum(shifted, axis=axis, keepdims=True)
     wide = _wide(x)
-    exponentials = np.exp(_half(wide - wide.max(axis=axis, keepdims=True)))
-    return _wide(exponentials) / _wide(np.sum(exponentials, axis=axis, keepdims=True))
+    exponentials = _wide(_looked_up(np.exp, _half(wide - wide.max(axis=axis, keepdims=True))))
+    return exponentials / _wide(_float16_sum(exponentials, axis))
+
+
+def _float16_sum(widened: np.ndarray, axis: int) -> np.ndarray:
+    """numpy's sum of float16 values (given widened to float32), with its dimension kept. Along the last axis numpy
+    adds float16 in float32, pairwise as it adds float32, and rounds once: the float32 sum rounded is its bits,
+    10 times faster (trm-maze's attention)."""
+    if axis in (-1, widened.ndim - 1):
+        return _half(np.sum(widened, axis=-1, keepdims=True))
+    return np.sum(_half(widened), axis=axis, keepdims=True)
 
 
 def _reduce(reduce: Callable) -> Callable:
@@ -186,8 +195,35 @@ def _half(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float16)
 
 
-def _unary(function: Callable) -> Callable:
-    return lambda x: function(x)
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _silu(x):
+    return x / (1 + np.exp(-x))
+
+
+def _elementwise(function: Callable) -> Callable:
+    """A function of each element, which in float16 is a function of 65,536 bit patterns: computed for all of them
+    once, then looked up. The same bits as numpy computing it (each pattern's result is numpy's, in the same
+    loop), 27 times faster for the exponentials of trm-maze's attention (8 × 916² per layer application)."""
+    return lambda x: _looked_up(function, x)
+
+
+def _looked_up(function: Callable, x) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype == np.float16 and x.ndim:
+        return _float16_table(function)[x.view(np.uint16)]
+    return function(x)
+
+
+@functools.cache
+def _float16_table(function: Callable) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return np.asarray(function(FLOAT16_PATTERNS), np.float16)
+
+
+FLOAT16_PATTERNS = np.arange(2 ** 16, dtype=np.uint16).view(np.float16)  # every float16, NaNs too
 
 
 # Each MIL op hrmc's lowering emits, as a numpy kernel of the op's named inputs.
@@ -199,10 +235,10 @@ KERNELS: dict[str, Callable[..., Any]] = {
         "logical_and": np.logical_and, "logical_or": np.logical_or}.items()},
     **{name: _widening(function) for name, function in {
         "add": operator.add, "sub": operator.sub, "mul": operator.mul, "real_div": operator.truediv}.items()},
-    **{name: _unary(function) for name, function in {
+    **{name: _elementwise(function) for name, function in {
         "abs": np.abs, "sign": np.sign, "sqrt": np.sqrt, "exp": np.exp, "tanh": np.tanh, "sin": np.sin,
-        "cos": np.cos, "floor": np.floor, "logical_not": np.logical_not,
-        "sigmoid": lambda x: 1 / (1 + np.exp(-x)), "silu": lambda x: x / (1 + np.exp(-x))}.items()},
+        "cos": np.cos, "floor": np.floor, "sigmoid": _sigmoid, "silu": _silu}.items()},
+    "logical_not": lambda x: np.logical_not(x),
     "inverse": lambda x, epsilon=1e-4: np.reciprocal(x + epsilon),
     "identity": lambda x: x,
     "cast": lambda x, dtype: x.astype(NUMPY_TYPES[dtype]),

@@ -26,7 +26,7 @@ class Var:
     dtype: type  # the primitive type of a tensor, as coremltools' Var.dtype
     shape: tuple[int, ...]
     val: Any = None
-    op: Op | None = None
+    op: Op | None = field(default=None, repr=False)  # a repr of the op would repr its inputs' ops: the graph
 
     @property
     def rank(self) -> int:
@@ -50,7 +50,7 @@ class Op:
 @dataclass(eq=False)
 class SavedFunction:
     inputs: dict[str, Var]
-    operations: list[Op]
+    operations: list[Op] = field(repr=False)  # thousands (a traceback shows the repr)
     outputs: list[Var]
 
 

@@ -18,7 +18,7 @@ from hrmc.errors import InputError
 from hrmc.hrm_ref import HRM, build_preset, random_batch
 from hrmc.targets import coreml
 from hrmc.targets.coreml._coremltools import Function, mb, mil_types
-from hrmc.targets.coreml.interpreter import interpret
+from hrmc.targets.coreml.interpreter import KERNELS, _float16_sum, _wide, interpret
 from hrmc.targets.coreml.runtime import saved_program
 from tests.targets.coreml_builder_replay import builder_replay, coremltools_program
 
@@ -106,6 +106,40 @@ def test_the_kernels_run_with_torch_on_one_thread_and_leave_its_setting_as_it_wa
     monkeypatch.setattr(torch, "set_num_threads", settings.append)
     interpret(function, {"x": np.ones((2, 3), np.float16)}, observe=lambda op, results: seen.append(list(settings)))
     assert seen == [[1]] and settings == [1, 3]  # one thread while the op ran, then the user's three again
+
+
+@pytest.mark.parametrize("name", ["exp", "sqrt", "tanh", "sigmoid", "silu", "sin", "cos", "sign", "floor", "abs"])
+def test_a_float16_function_looked_up_is_numpy_computing_it_element_by_element(name: str) -> None:
+    """Every float16 bit pattern, NaNs included, through the op's kernel (a table): numpy's bits on each element
+    alone and on a strided array, whatever loop numpy takes."""
+    kernel, patterns = KERNELS[name], np.arange(2 ** 16, dtype=np.uint16).view(np.float16)
+    functions = {"sigmoid": lambda x: 1 / (1 + np.exp(-x)), "silu": lambda x: x / (1 + np.exp(-x))}
+    function = functions[name] if name in functions else getattr(np, name)
+    with np.errstate(all="ignore"):
+        each = np.array([function(value) for value in patterns], np.float16)
+        strided = function(np.repeat(patterns, 2)[::2])
+    looked_up = kernel(patterns.reshape(256, 256)).reshape(-1)
+    assert looked_up.dtype == np.float16
+    assert np.array_equal(looked_up.view(np.uint16), each.view(np.uint16))
+    assert np.array_equal(looked_up.view(np.uint16), strided.view(np.uint16))
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), rows=st.integers(1, 3), length=st.integers(1, 2000), axis=st.sampled_from([-1, 0]))
+def test_a_float16_sum_from_float32_is_numpys_float16_sum(data, rows: int, length: int, axis: int) -> None:
+    """Long rows (numpy's pairwise blocks are 8 and 128 long), any scale, infinities and NaN among them."""
+    scale = float(np.float16(data.draw(st.sampled_from([1e-6, 1e-2, 1.0, 60.0, 6e4]))))
+    finite = st.floats(-scale, scale, width=16)
+    special = st.sampled_from([np.inf, -np.inf, np.nan, -0.0])
+    values = data.draw(hnp.arrays(np.float16, (rows, length), elements=finite | special if length < 50 else finite))
+    with np.errstate(all="ignore"):
+        expected, got = np.sum(values, axis=axis, keepdims=True), _float16_sum(_wide(values), axis)
+    assert got.dtype == np.float16 and np.array_equal(np.isnan(got), np.isnan(expected))
+    assert np.array_equal(bits_but_nan(got), bits_but_nan(expected))  # a NaN's payload is the interpreter's own
+
+
+def bits_but_nan(values: np.ndarray) -> np.ndarray:
+    return np.where(np.isnan(values), 0, values.view(np.uint16))
 
 
 def scalar(like, value: float) -> np.ndarray:
