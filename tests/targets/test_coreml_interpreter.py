@@ -18,7 +18,8 @@ from hrmc.errors import InputError
 from hrmc.hrm_ref import HRM, build_preset, random_batch
 from hrmc.targets import coreml
 from hrmc.targets.coreml._coremltools import Function, mb, mil_types
-from hrmc.targets.coreml.interpreter import KERNELS, _float16_sum, _wide, interpret
+from hrmc.targets.coreml.interpreter import (FLOAT16_PATTERNS, KERNELS, _float16_sum, _sigmoid, _silu, _wide,
+                                             interpret)
 from hrmc.targets.coreml.runtime import saved_program
 from tests.targets.coreml_builder_replay import builder_replay, coremltools_program
 
@@ -112,9 +113,8 @@ def test_the_kernels_run_with_torch_on_one_thread_and_leave_its_setting_as_it_wa
 def test_a_float16_function_looked_up_is_numpy_computing_it_element_by_element(name: str) -> None:
     """Every float16 bit pattern, NaNs included, through the op's kernel (a table): numpy's bits on each element
     alone and on a strided array, whatever loop numpy takes."""
-    kernel, patterns = KERNELS[name], np.arange(2 ** 16, dtype=np.uint16).view(np.float16)
-    functions = {"sigmoid": lambda x: 1 / (1 + np.exp(-x)), "silu": lambda x: x / (1 + np.exp(-x))}
-    function = functions[name] if name in functions else getattr(np, name)
+    kernel, patterns = KERNELS[name], FLOAT16_PATTERNS
+    function = {"sigmoid": _sigmoid, "silu": _silu}.get(name) or getattr(np, name)
     with np.errstate(all="ignore"):
         each = np.array([function(value) for value in patterns], np.float16)
         strided = function(np.repeat(patterns, 2)[::2])
