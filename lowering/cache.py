@@ -1,8 +1,8 @@
 """Export once per model: the structured export, cached by what defines it.
 
 `hrmc export`, every `hrmc lower` without `--onnx-model`, every `hrmc parity` without `--artifact` and every
-`hrmc bench` start from the structured export, and tracing it (`torch.export`, twice: `export.trace_onnx`) takes
-half a minute or more whatever the model's size, most of a tiny gate's time. `export_onnx` traces a model once and
+`hrmc bench` start from the structured export, and tracing it (`torch.export`: `export.trace_onnx`) takes
+20 s or more whatever the model's size, most of a tiny gate's time. `export_onnx` traces a model once and
 copies its pair thereafter, each copy recording where its own weights came from (the one field of the record that
 is not the model's).
 

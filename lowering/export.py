@@ -3,7 +3,7 @@
 - `NAME.onnx`, the whole inference: the ACT step loop, H cycles and L cycles are nested ONNX
   Loops. The ACT loop stops on its data-dependent condition: every sample halted, or the budget.
 - `NAME.step.onnx`, one ACT step with the carry as inputs and outputs (z_H, z_L, steps, halted):
-  what step parity compares.
+  what step parity compares, read out of the first's ACT Loop rather than traced again (step.py).
 
 The batch dimension is dynamic; the sequence length is fixed at export, because the RoPE tables
 are folded to constants. Model-level metadata holds the artifact's record (`hrmc.record.Record`): hrmc's
@@ -35,8 +35,9 @@ from hrmc import __version__
 from hrmc.errors import HrmcError, InputError
 from hrmc.files import check_output, together
 from hrmc.lowering.artifact import load_proto, save_bound
-from hrmc.lowering.graph import ACTGraph, StepGraph
-from hrmc.names import CARRY_NAMES, LOOP, TRIP_COUNT, meta_key, unprefixed
+from hrmc.lowering.graph import ACTGraph
+from hrmc.lowering.step import step_model
+from hrmc.names import LOOP, TRIP_COUNT, meta_key, unprefixed
 from hrmc.record import Checkpoint, Record
 
 EXAMPLE_BATCH = 2  # traced with 2 rows: a batch of 1 would let the exporter specialise the batch dimension
@@ -155,8 +156,9 @@ def trace_onnx(model: HRM, out: str | Path, policy: str = "max-steps", budget: i
                progress: Callable[[str], None] = lambda _: None) -> ExportedModel:
     """Trace `model` and write `out` (the whole ACT inference) and its `.step.onnx` sibling; both or neither.
     `checkpoint`: where the weights came from, a file's path relative to the current folder (the record keeps it
-    relative to `out`). Two `torch.export` traces, half a minute or more whatever the model's size: `export_onnx`
-    (lowering/cache.py) traces a model once and copies the pair thereafter."""
+    relative to `out`). One `torch.export` trace, of the whole inference, 20 s or more whatever the model's size
+    (the one-step model is read out of its ACT Loop: step.py); `export_onnx` (lowering/cache.py) traces a model
+    once and copies the pair thereafter."""
     out, step_out = export_paths(out)  # before a minute of tracing, not after
     check_exportable(model)
     budget = resolve_budget(model, policy, budget)
@@ -173,11 +175,8 @@ def trace_onnx(model: HRM, out: str | Path, policy: str = "max-steps", budget: i
                  [*outputs, "halted", "steps", "steps_run"], (batch_dims,))
     act = _finish(act, "act", model, record)
 
-    progress("tracing the one-step model (carry in, carry out)")
-    start = hrm_ref.initial_carry(model, batch)
-    carry = (start.z_H.contiguous(), start.z_L.contiguous(), start.steps, start.halted)
-    step = _trace(StepGraph(model, policy, budget, names), (*carry, *batch.values()), [*CARRY_NAMES, *names],
-                  [*(f"{name}_next" for name in CARRY_NAMES), *outputs], ({0: rows},) * 4 + (batch_dims,))
+    progress("reading the one-step model (carry in, carry out) out of its ACT Loop")
+    step = step_model(act, outputs)
     step = _finish(step, "step", model, record)
 
     with together():  # the pair replaces an old pair whole, or not at all

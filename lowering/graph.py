@@ -4,10 +4,12 @@ A Python `for` is unrolled at trace time; `torch._higher_order_ops.while_loop` b
 `Loop`. The modules below reuse hrm_ref's layers and its `act.step` unchanged. Only the H/L
 cycles (`LoopedInner.reason`) and the ACT step loop (`ACTGraph`) are written as loops.
 
-    StepGraph: (z_H, z_L, steps, halted, *batch) → (z_H_next, z_L_next, steps_next, halted_next, *outputs)
-               Loop(H_cycles) ⊃ Loop(L_cycles)
     ACTGraph:  (*batch) → (*outputs [budget, B, …], halted [budget, B], steps [budget, B], steps_run)
                Loop(ACT, until every sample halted) ⊃ Loop(H_cycles) ⊃ Loop(L_cycles)
+
+The one-step model (carry in, carry out) is not traced again: the ACT Loop's body is one step, and
+`lowering/step.py` reads it out of the traced graph. So that it can, the body also carries each step's
+outputs as the step returns them, before they are frozen (`ACT_CARRIED` and the three groups after it).
 """
 
 from __future__ import annotations
@@ -50,23 +52,15 @@ class LoopedInner(HRMInner):
         return z_H, z_L
 
 
+# The ACT Loop's carried values: these, then per output of the heads its frozen value, its [budget, …] buffer and
+# its value as the step returned it (unfrozen: what the one-step model outputs).
+ACT_CARRIED = ("counter", "z_H", "z_L", "steps", "halted", "halted_per_step", "steps_per_step")
+OUTPUT_GROUPS = ("frozen", "buffer", "unfrozen")
+
+
 def looped(model: HRM) -> HRM:
     """The same model and weights with looped cycles."""
     return model.twin(inner=LoopedInner)
-
-
-class StepGraph(nn.Module):
-    """One ACT step with the carry as explicit inputs and outputs: the unit of step parity."""
-
-    def __init__(self, model: HRM, policy: str, budget: int, batch_names: list[str]) -> None:
-        super().__init__()
-        self.model = looped(model)
-        self.policy, self.budget, self.batch_names = policy, budget, batch_names
-
-    def forward(self, z_H, z_L, steps, halted, *batch_tensors):
-        batch = dict(zip(self.batch_names, batch_tensors))
-        carry, outputs = step(self.model, Carry(z_H, z_L, steps, halted), batch, self.policy, self.budget)
-        return (carry.z_H, carry.z_L, carry.steps, carry.halted, *outputs.values())
 
 
 class ACTGraph(nn.Module):
@@ -94,7 +88,7 @@ class ACTGraph(nn.Module):
         slots = torch.arange(self.budget)
 
         def act_step(s, z_H, z_L, steps, halted, halted_per_step, steps_per_step, *state):
-            last, buffers = state[:len(names)], state[len(names):]
+            last, buffers = state[:len(names)], state[len(names):2 * len(names)]  # the unfrozen group is not read
             carry, outputs = step(self.model, Carry(z_H, z_L, steps, halted), batch, self.policy, self.budget)
             frozen = [freeze(halted, old, outputs[name]) for name, old in zip(names, last)]
             here = slots == s
@@ -103,13 +97,14 @@ class ACTGraph(nn.Module):
             halted_per_step = halted_per_step | (here.unsqueeze(1) & carry.halted.unsqueeze(0))
             steps_per_step = torch.where(here.unsqueeze(1), carry.steps.unsqueeze(0), steps_per_step)
             return (s + 1, carry.z_H, carry.z_L, carry.steps, carry.halted, halted_per_step, steps_per_step,
-                    *frozen, *buffers)
+                    *frozen, *buffers, *(value.clone() for value in outputs.values()))  # a loop's outputs alias nothing
 
         def running(s, z_H, z_L, steps, halted, *rest):
             return (s < self.budget) & ~halted.all()
 
         final = while_loop(running, act_step, (_counter(), start.z_H.contiguous(), start.z_L.contiguous(),
                                                 start.steps, start.halted, halted_per_step, steps_per_step,
-                                                *last, *buffers))
+                                                *last, *buffers, *(torch.zeros_like(v) for v in first.values())))
         steps_run, halted_per_step, steps_per_step = final[0], final[5], final[6]
-        return (*final[7 + len(names):], halted_per_step, steps_per_step, steps_run)
+        buffers = final[len(ACT_CARRIED) + len(names):len(ACT_CARRIED) + 2 * len(names)]
+        return (*buffers, halted_per_step, steps_per_step, steps_run)
