@@ -293,7 +293,7 @@ def list_passes() -> None:
 @click.option("--onnx-model", type=UserPath(), help="Start from this exported file instead of exporting afresh.")
 @click.option("--seq-len", type=SEQ_LEN, help="Sequence length to export for (default: the preset's).")
 @click.option("-o", "--out", type=UserPath(), required=True,
-              help="onnx: OUT.onnx (OUT.step.onnx beside it); mlx: a folder; coreml, ane: OUT.mlpackage.")
+              help="onnx: OUT.onnx (OUT.step.onnx beside it); mlx: a folder; coreml, ane: OUT.mlpackage; coreai: OUT.aimodel.")
 @click.option("--force", is_flag=True, help="Replace an output folder that hrmc did not write.")
 @click.option("--weights", type=click.Choice(list(dict.fromkeys(w for t in targets.TARGETS.values() for w in t.weights))),
               help="ane: one float16 per weight (the default) or a float16 pair (float32-exact, twice the bytes and "
@@ -304,10 +304,10 @@ def list_passes() -> None:
               help="coreml, ane: also write OUT.check/ beside OUT.mlpackage, a stand-alone script with the torch "
                    "reference on the --seed batch, to confirm on a Mac with Core ML what the Linux replay judged "
                    "(python3 OUT.check/check.py).")
-@click.option("--author", help="coreml, ane: the package's author, as Xcode and an app show it.")
-@click.option("--license", "license_", help="coreml, ane: the package's license.")
+@click.option("--author", help="coreml, ane, coreai: the package's author, as Xcode and an app show it.")
+@click.option("--license", "license_", help="coreml, ane, coreai: the package's license.")
 @click.option("--model-version", help="coreml, ane: your model's version (hrmc's own is in its metadata).")
-@click.option("--description", help="coreml, ane: what the model does, first in the package's description.")
+@click.option("--description", help="coreml, ane, coreai: what the model does, first in the package's description.")
 def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, target, pipeline, dump_after, strip,
           chunk, onnx_model, seq_len, out, force, weights, mac_check, author, license_, model_version,
           description) -> None:
@@ -316,13 +316,19 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
 
     declared = targets.TARGETS[target]
     about = targets.About(author or "", license_ or "", model_version or "", description or "")
-    if about != targets.About() and declared.suffix != ".mlpackage":
-        raise InputError(f"--author, --license, --model-version and --description describe a Core ML package "
-                         f"(--target coreml or ane), not --target {target}")
-
-    pipeline = pipeline or declared.pipeline
-    # Checked here too, because an export of a minute may come before the pipeline runs.
-    passes.pipeline_passes(pipeline)
+    if about != targets.About() and declared.suffix not in (".mlpackage", ".aimodel"):
+        raise InputError(f"--author, --license, --model-version and --description describe a Core ML package or a "
+                         f"Core AI asset (--target coreml, ane or coreai), not --target {target}")
+    if declared.pipeline is None:
+        for flag, value in (("--pipeline", pipeline), ("--onnx-model", onnx_model), ("--dump-after", dump_after),
+                            ("--strip", strip), ("--mac-check", mac_check)):
+            if value:
+                raise InputError(f"{flag}: the {target} target converts the model itself (torch.export), "
+                                 "not an ONNX graph")
+    else:
+        pipeline = pipeline or declared.pipeline
+        # Checked here too, because an export of a minute may come before the pipeline runs.
+        passes.pipeline_passes(pipeline)
     outputs = targets.check_outputs(declared, out, chunk, force, weights, dump_after)
     model, inputs, batch = None, [checkpoint, config_path], None
     if onnx_model is not None:
@@ -352,7 +358,8 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
         return
     for path in result.written:
         click.echo(f"wrote {path} ({size_of(path):,} bytes)")
-    click.echo(f"lowered for {target} (pipeline {pipeline}) in {result.seconds:.1f} s")
+    through = f" (pipeline {pipeline})" if pipeline else " (torch.export, no pass pipeline)"
+    click.echo(f"lowered for {target}{through} in {result.seconds:.1f} s")
 
 
 @cli.command()

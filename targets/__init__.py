@@ -6,14 +6,16 @@ the weight storages it offers: each said once, here. Its package (imported only 
 MLX and coremltools load slowly) provides three functions, each handed its `Target`:
 
     check_out(target, out, chunk, force) -> list[Path]  # every output path, checked before any work
-    lower(target, graphs, out, options) -> list[Path]   # the files or folders written
+    lower(target, graphs, out, options) -> list[Path]   # the files or folders written (a target without a
+                                                        # pipeline, coreai, is handed a ModelSource, not graphs)
     executor(target, name, onnx_model, chunk, artifact) -> Executor
 
 `lower(target, out, ...)` below is `hrmc lower`: the structured export (given and checked, or exported now),
 the target's pass pipeline (stage 3), then the target's own lowering.
 
 Every backend is one folder of the same shape (`coreml/`, `mlx/`; `onnx/` runs the pass pipeline's
-graphs as they are, so it has no op table and no lowering of its own):
+graphs as they are, so it has no op table and no lowering of its own; `coreai/` converts torch programs,
+so it has no op table either):
 
     __init__.py    the three functions above, and the names other stages import
     ops.py         OPS, the op-mapping table: each ONNX op the pipeline emits, in the target's terms
@@ -52,7 +54,8 @@ FLOAT16_MAX = 65504.0  # float16's largest finite value
 @dataclass(frozen=True)
 class Target:
     name: str
-    pipeline: str  # the pass pipeline (`hrmc passes`) whose graphs it lowers
+    pipeline: str | None  # the pass pipeline (`hrmc passes`) whose graphs it lowers; None: it lowers the model
+    # itself (through torch.export), and its `lower` is handed a `ModelSource` instead of graphs
     suffix: str  # its output's ("" for a folder of any name)
     module: str  # where `check_out`, `lower` and `executor` live
     executors: tuple[str, ...]  # the executor names it provides
@@ -131,6 +134,7 @@ TARGETS: dict[str, Target] = {target.name: target for target in (
            ("float32", "int8", "lut6", "lut4"), mac_check=True),
     Target("ane", "fused", ".mlpackage", "hrmc.targets.coreml", ("ane",), "float16",
            ("float16", "float16x2", "int8", "lut6", "lut4"), mac_check=True),
+    Target("coreai", None, ".aimodel", "hrmc.targets.coreai", ("coreai",), "float32", ("float32",)),
 )}
 TARGET_OF_EXECUTOR = {executor: target for target in TARGETS.values() for executor in target.executors}
 
@@ -141,6 +145,18 @@ def artifact_record(executor: str, artifact: str | Path) -> Record:
     if not Path(artifact).exists():
         raise InputError(f"--artifact: {artifact} not found")
     return TARGET_OF_EXECUTOR[executor].backend().read_record(Path(artifact))
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a target without a pass pipeline (coreai) lowers: the model itself, with what the structured export
+    would have recorded."""
+    model: HRM
+    policy: str
+    budget: int
+    batch: Batch
+    origin: Checkpoint  # where the weights came from
+    chunk: int | None = None
 
 
 @dataclass(frozen=True)
@@ -168,9 +184,15 @@ def lower(target: Target, out: str | Path, work: Path, *, structured: Path | Non
     outputs, the companion (`options.companion`) and the --dump-after graph replace their old ones together, or
     none does."""
     from hrmc import passes
+    from hrmc.hrm_ref.act import resolve_budget
     from hrmc.targets.base import structured_source
 
     started, progress = time.perf_counter(), options.progress
+    if target.pipeline is None:
+        policy = policy or "max-steps"
+        source = ModelSource(model, policy, resolve_budget(model, policy, budget), batch, origin or Checkpoint(), chunk)
+        with together():
+            return Lowered(target.backend().lower(target, source, out, options), time.perf_counter() - started)
     structured = structured_source(structured, work, model, policy, budget, batch, origin, progress)
     options = dataclasses.replace(options, source=structured.name)
     progress(f"running pipeline {pipeline}")
@@ -185,5 +207,5 @@ def lower(target: Target, out: str | Path, work: Path, *, structured: Path | Non
     return Lowered(written, time.perf_counter() - started)
 
 
-__all__ = ["About", "Companion", "Lowered", "TARGETS", "artifact_record", "TARGET_OF_EXECUTOR", "LowerOptions",
+__all__ = ["About", "Companion", "Lowered", "ModelSource", "TARGETS", "artifact_record", "TARGET_OF_EXECUTOR", "LowerOptions",
            "Target", "check_outputs", "lower"]

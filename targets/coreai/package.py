@@ -1,0 +1,113 @@
+"""The `.aimodel` asset: writing it (`lower_coreai`), and reading its record back, verified.
+
+    NAME.aimodel/
+      main.mlirb       the program: every function (init, step, chunkK, solve), each weight stored once
+      main.hash        its sha256, as coreai-core writes it
+      metadata.json    author, license, description, and hrmc's record in the custom metadata, strings under
+                       `hrmc.` keys as a Core ML package holds them (hrmc's version, config, policy, budget,
+                       batch, weights' sha256, where they came from, outputs, functions) and hrmc.parts (the
+                       sha256 of main.mlirb: hrmc.binding)
+
+The asset is written in a temporary folder beside NAME.aimodel and renamed, so it appears whole or not at all.
+Nothing in it names this machine: the program is converted in release mode (no stack traces).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from hrmc import __version__
+from hrmc.binding import BindingError, file_sha256, make_record, parse_record, unrecorded, verify
+from hrmc.errors import InputError
+from hrmc.files import atomic_folder
+from hrmc.hrm_ref import HRM, Batch
+from hrmc.hrm_ref.act import batch_size
+from hrmc.lowering.export import check_exportable, output_names, weights_sha256
+from hrmc.names import PARTS, meta_key, unprefixed
+from hrmc.record import Checkpoint, Record
+from hrmc.targets import About
+from hrmc.targets.coreai.lowering import convert, entry_points
+
+PROGRAM, METADATA = "main.mlirb", "metadata.json"  # what coreai-core writes: the program, and its metadata
+
+
+@dataclass(frozen=True)
+class CoreAIAsset:
+    path: Path
+    functions: tuple[str, ...]
+
+
+def lower_coreai(model: HRM, batch: Batch, policy: str, budget: int, checkpoint: Checkpoint, out: str | Path,
+                 chunk: int | None = None, force: bool = False, about: About = About(),
+                 progress: Callable[[str], None] = lambda _: None) -> CoreAIAsset:
+    """Convert `model` (the ACT step, policy, budget, the batch's size and sequence length) into `out`, atomically;
+    an existing asset is replaced only if hrmc wrote it (or `force`)."""
+    from hrmc.targets.coreai._coreai import coreai
+
+    check_exportable(model)
+    outputs = tuple(output_names(model, batch))
+    program = convert(model, batch, policy, budget, outputs, chunk, progress)
+    functions = tuple(entry_points(model, batch, policy, budget, outputs, chunk))
+    record = Record(__version__, dataclasses.asdict(model.config), policy, budget, model.inner.sequence_length(batch),
+                    outputs, weights_sha256(model), checkpoint.rebased(Path.cwd(), Path(out).parent), kind="coreai",
+                    chunk=chunk if chunk and chunk > 1 else None, batch=batch_size(batch), weights="float32")
+    with atomic_folder(out, marker=METADATA, force=force) as temporary:
+        metadata = coreai.runtime.AIModelAssetMetadata()
+        metadata.author, metadata.license = about.author, about.license
+        metadata.model_description = about.description or f"HRM ({checkpoint.describe()}), by hrmc {__version__}"
+        progress("saving the asset")
+        asset = program.save_asset(temporary, metadata=metadata)
+        parts = make_record({"program": (temporary / PROGRAM, file_sha256(temporary / PROGRAM))}, stem="")
+
+        def stamp(meta) -> None:  # strings, as a Core ML package's user metadata holds them
+            for key, value in (record.metadata() | {"functions": json.dumps(functions)}).items():
+                meta.set_custom(meta_key(key), value)
+            if about.version:
+                meta.set_custom("version", about.version)
+            meta.set_custom(PARTS, json.dumps(parts, sort_keys=True))
+
+        asset.update_metadata(stamp)
+    return CoreAIAsset(Path(out), functions)
+
+
+def read_metadata(asset: str | Path) -> dict:
+    """hrmc's custom metadata of an asset, its program checked against the record it holds (hrmc.binding)."""
+    asset = Path(asset)
+    path = asset / METADATA
+    if not asset.is_dir() or not path.is_file() or not (asset / PROGRAM).is_file():
+        raise InputError(f"{asset} is not a Core AI asset (no {METADATA} or {PROGRAM})")
+    try:
+        custom = json.loads(path.read_text()).get("creatorDefinedMetadata", {})
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        raise InputError(f"{path}: not JSON (truncated or edited by hand?)") from None
+    record = parse_record(custom.get(PARTS), path)
+    if record is None:
+        unrecorded(asset)
+        return custom
+    if {role: part["suffix"] for role, part in record.items()} != {"program": PROGRAM}:
+        raise BindingError(f"{path}: its record names other files than a Core AI asset's ({PROGRAM})")
+    verify(record, {"program": file_sha256(asset / PROGRAM)}, {"program": asset / PROGRAM}, path)
+    return custom
+
+
+def read_record(asset: str | Path) -> Record:
+    """The record of an asset hrmc wrote, its program checked first."""
+    values = unprefixed(read_metadata(asset))
+    if "functions" not in values:
+        raise InputError(f"{Path(asset) / METADATA}: no hrmc record: not an asset hrmc wrote")
+    return Record.parse(values, Path(asset) / METADATA)
+
+
+def recorded_functions(asset: str | Path) -> tuple[str, ...]:
+    """The functions an asset holds, as its record says (read after `read_record` checked it)."""
+    try:
+        return tuple(json.loads(unprefixed(read_metadata(asset))["functions"]))
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{Path(asset) / METADATA}: its hrmc record's 'functions' is unreadable") from None
+
+
+__all__ = ["CoreAIAsset", "METADATA", "PROGRAM", "lower_coreai", "read_metadata", "read_record", "recorded_functions"]

@@ -1,0 +1,139 @@
+"""The Core AI target: the asset hrmc writes, its functions run in Apple's runtime (on Linux, coreai-core's
+reference interpreter), and its gate. A conversion takes 20–50 s on 2 cores (torch.export of every function,
+`solve` unrolled over the budget): the tests that convert run under `heavy` (`make test`, CI), to keep the default
+`pytest` within its time; those refusing bad options and a missing dependency run always."""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hrmc import hrm_ref
+from hrmc.cli import main
+from hrmc.errors import InputError
+from hrmc.hrm_ref.act import initial_carry, step
+from hrmc.lowering.export import weights_sha256
+from hrmc.targets import TARGETS
+from hrmc.targets.coreai.package import METADATA, PROGRAM, read_record, recorded_functions
+from tests.helpers import assert_one_line_error, hrmc
+
+GATED = ("--policy", "q-halt", "--budget", "4", "--batch", "4", "--seed", "1")  # tiny's samples halt at 4, 2, 4, 4
+
+
+@pytest.fixture(scope="session")
+def asset(tmp_path_factory, worker_id: str) -> Path:
+    """tiny lowered with every function (init, step, chunk2, solve), once per test session: the first test worker
+    to ask lowers it (50 s), the others wait on the lock and read it."""
+    root = tmp_path_factory.getbasetemp()
+    shared = (root.parent if worker_id != "master" else root) / "coreai-asset"
+    shared.mkdir(exist_ok=True)
+    out = shared / "tiny" / "tiny.aimodel"
+    with open(shared / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not out.is_dir():
+            out.parent.mkdir(exist_ok=True)
+            assert main(["lower", "--target", "coreai", *GATED, "--chunk", "2", "--author", "A. Author",
+                         "-o", str(out)]) == 0
+    return out
+
+
+@pytest.mark.heavy  # a Core AI conversion: 20–50 s
+def test_lower_writes_one_asset_with_every_function_and_its_record(tiny, asset: Path) -> None:
+    assert sorted(p.name for p in asset.iterdir()) == ["main.hash", PROGRAM, METADATA]
+    assert [p.name for p in asset.parent.iterdir()] == [asset.name]  # no temporary folder left beside it
+    assert recorded_functions(asset) == ("init", "step", "solve", "chunk2")
+    record = read_record(asset)
+    assert (record.policy, record.budget, record.batch, record.chunk, record.kind) == ("q-halt", 4, 4, 2, "coreai")
+    assert record.weights_sha256 == weights_sha256(tiny) and record.checkpoint.preset == "tiny"
+    for file in asset.iterdir():  # nothing in it names this machine: no path, no stack trace
+        data = file.read_bytes()
+        for path in (str(asset.parent), str(Path.cwd()), str(Path.home()), "site-packages", ".py\""):
+            assert path.encode() not in data, (file.name, path)
+    assert b"A. Author" in (asset / METADATA).read_bytes()
+
+
+@pytest.mark.heavy  # a Core AI conversion: 20–50 s
+def test_the_gate_passes_the_asset_and_runs_each_of_its_functions(capsys, tiny, asset: Path) -> None:
+    halting = hrm_ref.run(tiny, hrm_ref.random_batch(tiny.config, 4, seed=1), "q-halt", 4)["steps"][-1]
+    assert len(set(halting.tolist())) > 1  # the masked steps of solve and chunk2 are exercised
+    code, out, err = hrmc(capsys, "parity", "torch", "coreai", "--artifact", str(asset), *GATED)
+    assert code == 0 and out.rstrip().endswith("PASS"), out
+    assert "ODIE" not in err  # the runtime's own loading lines are not shown
+    assert "coreai-core" in out and f"{asset.name}:solve" in out and f"{asset.name}:chunk2 in a host loop" in out
+
+
+@pytest.mark.heavy  # a Core AI conversion: 20–50 s
+def test_the_step_carries_its_state_as_hrm_ref_steps(tiny, asset: Path) -> None:
+    """From a carry with halted rows: the state after the call is hrm_ref's next carry, the outputs its outputs."""
+    executor = TARGETS["coreai"].executor("coreai", artifact=asset)
+    batch = hrm_ref.random_batch(tiny.config, 4, seed=5)
+    executor.prepare(tiny, "q-halt", 4, batch)
+    with torch.no_grad():
+        carry = initial_carry(tiny, batch)
+        carry, _ = step(tiny, carry, batch, "q-halt", 4)
+        carry.halted = torch.tensor([True, False, True, False])
+        expected_carry, expected = step(tiny, carry, batch, "q-halt", 4)
+    got = executor.step(carry, batch)
+    for name, value in expected.items() | vars(expected_carry).items():
+        assert np.allclose(got[name], value.numpy(), rtol=0, atol=1e-5), name
+
+
+@pytest.mark.heavy  # a Core AI conversion: 20–50 s
+def test_a_changed_program_is_refused_before_it_runs(capsys, asset: Path, tmp_path: Path) -> None:
+    changed = tmp_path / "changed.aimodel"
+    shutil.copytree(asset, changed)
+    program = bytearray((changed / PROGRAM).read_bytes())
+    program[len(program) // 2] ^= 1
+    (changed / PROGRAM).write_bytes(bytes(program))
+    code, _, err = hrmc(capsys, "parity", "torch", "coreai", "--artifact", str(changed), *GATED)
+    assert_one_line_error(code, err, str(changed / PROGRAM), "does not match the sha256")
+
+
+@pytest.mark.heavy  # a Core AI conversion: 20–50 s
+def test_an_asset_runs_only_at_the_batch_it_was_lowered_for(capsys, tiny, asset: Path) -> None:
+    code, _, err = hrmc(capsys, "parity", "torch", "coreai", "--artifact", str(asset), *GATED[:4], "--batch", "2")
+    assert_one_line_error(code, err, "--batch 2", "was made with batch 4")
+    executor = TARGETS["coreai"].executor("coreai", artifact=asset)
+    with pytest.raises(InputError, match="lowered for batch 4, not 2"):
+        executor.prepare(tiny, "q-halt", 4, hrm_ref.random_batch(tiny.config, 2, seed=0))
+
+
+@pytest.mark.parametrize("option", [("--onnx-model", "m.onnx"), ("--pipeline", "fused"), ("--strip", "logits")])
+def test_options_of_an_onnx_lowering_are_refused(capsys, tmp_path: Path, option) -> None:
+    code, _, err = hrmc(capsys, "lower", "--target", "coreai", *option, "-o", str(tmp_path / "m.aimodel"))
+    assert_one_line_error(code, err, option[0], "converts the model itself")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_the_core_ai_tools_one_line_says_what_to_install(capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "coreai", None)  # import coreai → ImportError
+    monkeypatch.delitem(sys.modules, "hrmc.targets.coreai._coreai", raising=False)
+    code, _, err = hrmc(capsys, "lower", "--target", "coreai", "-o", str(tmp_path / "m.aimodel"))
+    assert_one_line_error(code, err, "pip install 'hrmc[coreai]'")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.heavy  # a Core AI conversion: 20–50 s
+def test_a_gate_without_an_artifact_converts_the_model_once(capsys, monkeypatch) -> None:
+    """Converted afresh into the session's cache (lowering/cache.py): a second gate converts nothing, same verdict."""
+    from hrmc.targets.coreai import executors
+
+    converted, convert = [], executors.lower_coreai
+
+    def counting(*args, **kwargs):
+        converted.append(args[3])  # the budget
+        return convert(*args, **kwargs)
+    monkeypatch.setattr(executors, "lower_coreai", counting)
+    outputs = []
+    for _ in range(2):
+        converted.clear()
+        code, out, _ = hrmc(capsys, "parity", "torch", "coreai", "--budget", "2", "--batch", "2")
+        outputs.append(out)
+        assert code == 0 and out.rstrip().endswith("PASS"), out
+    assert converted == [] and outputs[0] == outputs[1]
