@@ -31,6 +31,9 @@ from hrmc.names import CARRY_NAMES
 
 INITIAL_STATE = {"z_H": "model.inner.H_init", "z_L": "model.inner.L_init"}  # the export's names of hrm_ref's buffers
 APP_OUTPUTS = ("answer", "halt_step")  # what `with_answer` adds to the whole inference
+CARRY_MEANINGS = {"z_H": "the high-level state", "z_L": "the low-level state",
+                  "steps": "the ACT steps each sample has run",
+                  "halted": "1 where a sample has halted (its carry then stays as it is)"}
 
 
 def init_graph(static: ir.Model, step: ir.Model) -> ir.Model:
@@ -102,8 +105,7 @@ def describe(name: str, function: str, dtype: str, shape: tuple) -> str:
     """What an input or output of a package function means, its type and shape, and how an app uses it."""
     dims = "[" + ", ".join(str(d) for d in shape) + "]"
     nxt = "step" if function == "step" else "call"
-    carry = {"z_H": "the high-level state", "z_L": "the low-level state",
-             "steps": "the ACT steps each sample has run", "halted": "1 where a sample has halted (its carry then stays as it is)"}
+    carry = CARRY_MEANINGS
     if function == "solve" and name in ("halted", "steps"):
         return {"halted": f"1 from the step each sample halted, {dtype} {dims}, one row per step.",
                 "steps": f"the steps each sample has run after each step, {dtype} {dims}, one row per step."}[name]
@@ -134,4 +136,4 @@ def describe(name: str, function: str, dtype: str, shape: tuple) -> str:
     return known.get(name, f"the model's {name} output, {per_step}, {dtype} {dims}.")
 
 
-__all__ = ["APP_OUTPUTS", "INITIAL_STATE", "describe", "init_graph", "with_answer"]
+__all__ = ["APP_OUTPUTS", "CARRY_MEANINGS", "INITIAL_STATE", "describe", "init_graph", "with_answer"]

@@ -30,7 +30,6 @@ _CODE = ("targets", "hrm_ref")  # hrmc's code that converts a model to an asset
 
 class CoreAIExecutor(TargetExecutor):
     name = "coreai"
-    chunked_step = False  # `step` returns one step's outputs, not stacked [1, …]
 
     def open_shipped(self, model: HRM, batch: Batch) -> int:
         record = read_record(self.artifact)

@@ -2,7 +2,8 @@
 `torch.export` and converted by coreai-torch (no ONNX in between: Core AI reads torch programs).
 
     init   (inputs, puzzle_identifiers) → z_H, z_L, steps, halted         hrm_ref.initial_carry
-    step   (inputs, puzzle_identifiers) → outputs;   state z_H, z_L, steps, halted, updated in place
+    step   (inputs, puzzle_identifiers) → outputs [1, …], halted_per_step, steps_per_step;
+                                          state z_H, z_L, steps, halted, updated in place
     chunkK (inputs, puzzle_identifiers) → outputs [K, …], halted_per_step, steps_per_step;   the same state
     solve  (inputs, puzzle_identifiers) → outputs [budget, …], halted, steps [budget, B], steps_run, answer, halt_step
 
@@ -28,6 +29,7 @@ from torch import nn
 from hrmc.hrm_ref import HRM, Batch, Carry
 from hrmc.hrm_ref.act import freeze, initial_carry, step
 from hrmc.names import CARRY_NAMES
+from hrmc.targets.app import CARRY_MEANINGS, describe
 
 WHOLE = "solve"
 
@@ -73,15 +75,6 @@ class _Stateful(_Entry):
             getattr(self, f"carry_{name}").copy_(getattr(carry, name))
 
 
-class Step(_Stateful):
-    """One ACT step from the state; its outputs as the step returns them (computed for halted rows too)."""
-
-    def forward(self, *tensors):
-        carry, outputs = step(self.model, self.carry(), self.batch(tensors), self.policy, self.budget)
-        self.keep(carry)
-        return tuple(outputs.values())
-
-
 def _unrolled(model: HRM, carry: Carry, batch: Batch, policy: str, budget: int, steps: int):
     """`steps` ACT steps from `carry`, each output frozen once its sample halted (hrm_ref.run), stacked.
     Returns the carry after them, the stacked outputs, halted and steps after each step, and whether each step
@@ -106,7 +99,8 @@ def _zero_unrun(values: torch.Tensor, ran: torch.Tensor) -> torch.Tensor:
 
 
 class Chunk(_Stateful):
-    """K ACT steps from the state, outputs stacked [K, …]; `halted_per_step`, `steps_per_step` after each."""
+    """K ACT steps from the state, outputs stacked [K, …]; `halted_per_step`, `steps_per_step` after each. `step`
+    is the chunk of one step: the interface of the Core ML package's step and chunk functions, less the carry."""
 
     def __init__(self, model: HRM, batch: Batch, policy: str, budget: int, steps: int) -> None:
         super().__init__(model, batch, policy, budget)
@@ -130,7 +124,7 @@ class Solve(_Entry):
         halted, steps = rows.pop("halted"), rows.pop("steps")
         answer = (last["logits"].argmax(-1).to(torch.int32),) if "logits" in last else ()
         return (*(_zero_unrun(value, ran) for value in rows.values()), _zero_unrun(halted, ran),
-                _zero_unrun(steps, ran), ran.to(torch.int32).sum(), *answer, carry.steps)
+                _zero_unrun(steps, ran), ran.sum(dtype=torch.int32), *answer, carry.steps)
 
 
 def entry_points(model: HRM, batch: Batch, policy: str, budget: int, outputs: tuple[str, ...],
@@ -140,7 +134,7 @@ def entry_points(model: HRM, batch: Batch, policy: str, budget: int, outputs: tu
     per_step = ["halted_per_step", "steps_per_step"]
     entries = {
         "init": (Init(model, names, policy, budget), list(CARRY_NAMES), []),
-        "step": (Step(model, batch, policy, budget), list(outputs), list(CARRY_NAMES)),
+        "step": (Chunk(model, batch, policy, budget, 1), [*outputs, *per_step], list(CARRY_NAMES)),
         WHOLE: (Solve(model, names, policy, budget),
                 [*outputs, "halted", "steps", "steps_run", *(["answer"] if "logits" in outputs else []), "halt_step"], []),
     }
@@ -153,11 +147,11 @@ def entry_points(model: HRM, batch: Batch, policy: str, budget: int, outputs: tu
 def convert(model: HRM, batch: Batch, policy: str, budget: int, outputs: tuple[str, ...], chunk: int | None,
             progress: Callable[[str], None] = lambda _: None):
     """The Core AI program of every entry point (coreai-torch, release mode: no stack traces, so no path of
-    this machine, in what ships)."""
+    this machine, in what ships), and what each function's inputs, outputs and state mean (`descriptions`)."""
     from hrmc.targets.coreai._coreai import coreai_torch
 
     converter = coreai_torch.TorchConverter(mode=coreai_torch.TorchConverter.Mode.RELEASE)
-    args = tuple(batch.values())
+    args, meanings = tuple(batch.values()), {}
     with torch.no_grad(), warnings.catch_warnings():
         # torch's pytree warns of its own deprecated LeafSpec while coreai-torch decomposes: not the user's concern
         warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
@@ -167,10 +161,34 @@ def convert(model: HRM, batch: Batch, policy: str, budget: int, outputs: tuple[s
             program = torch.export.export(module.eval(), args).run_decompositions(coreai_torch.get_decomp_table())
             converter.add_exported_program(program, input_names=list(batch), output_names=output_names,
                                            state_names=state_names, entrypoint_name=function)
+            meanings[function] = descriptions(function, batch, dict(zip(output_names, _user_outputs(program))),
+                                              {name: getattr(module, f"carry_{name}") for name in state_names})
         progress("converting (coreai-torch)")
         # coreai-torch draws its own progress bars on stdout, which `--json` keeps for the report
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
-            return converter.to_coreai()
+            return converter.to_coreai(), meanings
 
 
-__all__ = ["Chunk", "Init", "Solve", "Step", "WHOLE", "convert", "entry_points", "function_name"]
+def _user_outputs(program: torch.export.ExportedProgram) -> list[torch.Tensor]:
+    """A traced program's outputs (fake tensors: dtype and shape), the buffers it writes left out."""
+    returned = next(node for node in program.graph.nodes if node.op == "output").args[0]
+    return [node.meta["val"] for node, spec in zip(returned, program.graph_signature.output_specs)
+            if spec.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT]
+
+
+def descriptions(function: str, batch: Batch, outputs: dict[str, torch.Tensor],
+                 state: dict[str, torch.Tensor]) -> dict[str, dict[str, str]]:
+    """What each input, output and state of `function` means, its type and shape, and how an app uses it: the
+    Core ML package's descriptions (targets/app.py), the carry as runtime state."""
+    def typed(value: torch.Tensor) -> tuple[str, list[int]]:
+        return str(value.dtype).removeprefix("torch."), list(value.shape)
+
+    app_function = "chunk" if function.startswith("chunk") else function
+    return {"inputs": {name: describe(name, app_function, *typed(value)) for name, value in batch.items()},
+            "outputs": {name: describe(name, app_function, *typed(value)) for name, value in outputs.items()},
+            "state": {name: f"{CARRY_MEANINGS[name]}, {typed(value)[0]} {typed(value)[1]}: runtime state, kept between "
+                            f"calls of step and chunk: start it from init's {name}; each call updates it in place."
+                      for name, value in state.items()}}
+
+
+__all__ = ["Chunk", "Init", "Solve", "WHOLE", "convert", "descriptions", "entry_points", "function_name"]

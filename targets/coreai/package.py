@@ -5,8 +5,9 @@
       main.hash        its sha256, as coreai-core writes it
       metadata.json    author, license, description, and hrmc's record in the custom metadata, strings under
                        `hrmc.` keys as a Core ML package holds them (hrmc's version, config, policy, budget,
-                       batch, weights' sha256, where they came from, outputs, functions) and hrmc.parts (the
-                       sha256 of main.mlirb: hrmc.binding)
+                       batch, weights' sha256, where they came from, outputs, functions), hrmc.descriptions
+                       (each function's inputs, outputs and state: meaning, type, shape, use, as the Core ML
+                       package's) and hrmc.parts (the sha256 of main.mlirb: hrmc.binding)
 
 The asset is written in a temporary folder beside NAME.aimodel and renamed, so it appears whole or not at all.
 Nothing in it names this machine: the program is converted in release mode (no stack traces).
@@ -50,7 +51,7 @@ def lower_coreai(model: HRM, batch: Batch, policy: str, budget: int, checkpoint:
 
     check_exportable(model)
     outputs = tuple(output_names(model, batch))
-    program = convert(model, batch, policy, budget, outputs, chunk, progress)
+    program, meanings = convert(model, batch, policy, budget, outputs, chunk, progress)
     functions = tuple(entry_points(model, batch, policy, budget, outputs, chunk))
     record = Record(__version__, dataclasses.asdict(model.config), policy, budget, model.inner.sequence_length(batch),
                     outputs, weights_sha256(model), checkpoint.rebased(Path.cwd(), Path(out).parent), kind="coreai",
@@ -64,7 +65,8 @@ def lower_coreai(model: HRM, batch: Batch, policy: str, budget: int, checkpoint:
         parts = make_record({"program": (temporary / PROGRAM, file_sha256(temporary / PROGRAM))}, stem="")
 
         def stamp(meta) -> None:  # strings, as a Core ML package's user metadata holds them
-            for key, value in (record.metadata() | {"functions": json.dumps(functions)}).items():
+            for key, value in (record.metadata() | {"functions": json.dumps(functions),
+                                                    "descriptions": json.dumps(meanings, sort_keys=True)}).items():
                 meta.set_custom(meta_key(key), value)
             if about.version:
                 meta.set_custom("version", about.version)

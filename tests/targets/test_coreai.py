@@ -6,6 +6,7 @@ reference interpreter), and its gate. A conversion takes 20–50 s on 2 cores (t
 from __future__ import annotations
 
 import fcntl
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -20,7 +21,8 @@ from hrmc.errors import InputError
 from hrmc.hrm_ref.act import initial_carry, step
 from hrmc.lowering.export import weights_sha256
 from hrmc.targets import TARGETS
-from hrmc.targets.coreai.package import METADATA, PROGRAM, read_record, recorded_functions
+from hrmc.targets.coreai.package import METADATA, PROGRAM, read_metadata, read_record, recorded_functions
+from hrmc.targets.coreai.runtime import LoadedAsset
 from tests.helpers import assert_one_line_error, hrmc
 
 GATED = ("--policy", "q-halt", "--budget", "4", "--batch", "4", "--seed", "1")  # tiny's samples halt at 4, 2, 4, 4
@@ -56,6 +58,23 @@ def test_lower_writes_one_asset_with_every_function_and_its_record(tiny, asset: 
         for path in (str(asset.parent), str(Path.cwd()), str(Path.home()), "site-packages", ".py\""):
             assert path.encode() not in data, (file.name, path)
     assert b"A. Author" in (asset / METADATA).read_bytes()
+
+
+@pytest.mark.heavy  # a Core AI conversion: 20–50 s
+def test_every_input_output_and_state_of_every_function_says_what_it_means(asset: Path) -> None:
+    """As the runtime lists them: each described with its meaning, its type and its shape."""
+    described = json.loads(read_metadata(asset)["hrmc.descriptions"])
+    loaded = LoadedAsset(asset)
+    for function in recorded_functions(asset):
+        desc = loaded.executable.load_function(function).desc
+        for kind, names in (("inputs", desc.input_names), ("outputs", desc.output_names), ("state", desc.state_names)):
+            assert sorted(described[function][kind]) == sorted(names), (function, kind)
+            for name in names:
+                text = described[function][kind][name]
+                runtime_type = getattr(desc, f"{kind.removesuffix('s')}_descriptor")(name).dtype
+                assert f"{runtime_type} [" in text, (function, name, text)
+    assert "runtime state" in described["step"]["state"]["z_H"] and "[4, 18, 64]" in described["step"]["state"]["z_H"]
+    assert "argmax" in described["solve"]["outputs"]["answer"]
 
 
 @pytest.mark.heavy  # a Core AI conversion: 20–50 s
