@@ -166,11 +166,13 @@ class TargetExecutor(Executor, abc.ABC):
         check_source(record, where, model, self.policy, self.budget, model.inner.sequence_length(batch))
 
     def check_stored_weights(self, stored: Iterable[tuple[str, np.ndarray]], model: HRM, batch: Batch,
-                             outputs: tuple[str, ...], storage: str | None = None) -> None:
+                             outputs: tuple[str, ...], storage: str | None = None, folded: bool = False) -> None:
         """Every weight the shipped artifact stores is the model's, as its storage keeps it (targets/weights.py),
-        before anything of it runs; `outputs`: the head outputs it records; `storage`: how it records storing them."""
+        before anything of it runs; `outputs`: the head outputs it records; `storage`: how it records storing them;
+        `folded`: its converter folds constants (`check_weights`)."""
         try:
-            self.weights_checked = check_weights(stored, model, self.artifact, outputs, batch, storage).describe()
+            self.weights_checked = check_weights(stored, model, self.artifact, outputs, batch, storage,
+                                                 folded).describe()
         except GateFailure as failure:
             if not noting_changes():  # --localize runs changed artifacts: finding the change is its job
                 raise

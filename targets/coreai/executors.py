@@ -21,7 +21,7 @@ from hrmc.record import Checkpoint, Record
 from hrmc.targets.base import TargetExecutor
 from hrmc.targets.coreai._coreai import VERSIONS
 from hrmc.targets.coreai.lowering import function_name
-from hrmc.targets.coreai.package import lower_coreai, read_record, recorded_functions
+from hrmc.targets.coreai.package import lower_coreai, read_record, recorded_functions, stored_weights
 from hrmc.targets.coreai.runtime import LoadedAsset, describe
 from hrmc.targets.executor import Arrays, Trace
 
@@ -34,6 +34,7 @@ class CoreAIExecutor(TargetExecutor):
     def open_shipped(self, model: HRM, batch: Batch) -> int:
         record = read_record(self.artifact)
         self.check(record, self.artifact, model, batch)
+        self.check_stored_weights(stored_weights(self.artifact), model, batch, record.outputs, folded=True)
         return self.open(self.artifact, record, batch)
 
     def open_fresh(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> int:

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+import numpy as np
 
 from hrmc import __version__
 from hrmc.binding import BindingError, file_sha256, make_record, parse_record, unrecorded, verify
@@ -96,6 +99,39 @@ def read_metadata(asset: str | Path) -> dict:
     return custom
 
 
+_NUMPY_TYPES = {"f32": np.float32, "f16": np.float16, "i64": np.int64, "i32": np.int32, "i16": np.int16,
+                "i8": np.int8, "i1": np.bool_}
+
+
+def stored_weights(asset: str | Path) -> Iterator[tuple[str, np.ndarray]]:
+    """Every constant the asset's program stores (its weight resources), as numpy arrays by resource name, each
+    also as the one slice it repeats along its leading axes, if it does: the converter folds a parameter read at
+    every batch row or position into a broadcast copy (H_init as [B, P, D], lm_head's weight as [B, D, V]).
+
+    Core AI has no reader of a program's constants yet (coreai-torch's own debugging prints the module, as here):
+    the program is printed with every constant as hex, each `dense_resource<NAME> : tensor<…>` gives a resource's
+    type, the module's `dialect_resources` its bytes (a 4-byte alignment, then the data); a small constant is
+    inline, `dense<"0x…"> : tensor<…>`."""
+    from hrmc.targets.coreai._coreai import coreai
+
+    module = coreai.authoring.AIModelAsset.load(Path(asset)).program._module._mlir_module
+    text = module.operation.get_asm(large_elements_limit=None)
+    types = dict(re.findall(r"dense_resource<(\w+)>\s*:\s*tensor<([^>]*)>", text))
+    resources = re.findall(r'(\w+):\s*"0x([0-9A-Fa-f]+)"', text.rpartition("dialect_resources:")[2])
+    inline = re.findall(r'dense<"0x([0-9A-Fa-f]+)">\s*:\s*tensor<([^>]*)>', text)  # small ones: no alignment
+    for name, data, tensor_type in ([(name, bytes.fromhex(payload)[4:], types[name]) for name, payload in resources]
+                                    + [(f"an inline {kind}", bytes.fromhex(payload), kind) for payload, kind in inline]):
+        *dims, element = tensor_type.split("x")
+        if element in _NUMPY_TYPES:
+            array = np.frombuffer(data, _NUMPY_TYPES[element]).reshape([int(d) for d in dims])
+            yield name, array
+            repeated = array
+            while repeated.ndim > 1 and (repeated == repeated[0]).all():
+                repeated = repeated[0]
+            if repeated is not array:  # also the slice it repeats: a parameter [1, D] is itself such an array
+                yield f"{name} (the slice it repeats)", repeated
+
+
 def read_record(asset: str | Path) -> Record:
     """The record of an asset hrmc wrote, its program checked first."""
     values = unprefixed(read_metadata(asset))
@@ -112,4 +148,5 @@ def recorded_functions(asset: str | Path) -> tuple[str, ...]:
         raise InputError(f"{Path(asset) / METADATA}: its hrmc record's 'functions' is unreadable") from None
 
 
-__all__ = ["CoreAIAsset", "METADATA", "PROGRAM", "lower_coreai", "read_metadata", "read_record", "recorded_functions"]
+__all__ = ["CoreAIAsset", "METADATA", "PROGRAM", "lower_coreai", "read_metadata", "read_record", "recorded_functions",
+           "stored_weights"]

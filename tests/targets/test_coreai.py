@@ -6,6 +6,7 @@ reference interpreter), and its gate. A conversion takes 20–50 s on 2 cores (t
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import shutil
 import sys
@@ -23,7 +24,7 @@ from hrmc.lowering.export import weights_sha256
 from hrmc.targets import TARGETS
 from hrmc.targets.coreai.package import METADATA, PROGRAM, read_metadata, read_record, recorded_functions
 from hrmc.targets.coreai.runtime import LoadedAsset
-from tests.helpers import assert_one_line_error, hrmc
+from tests.helpers import assert_one_line_error, assert_second_gate_converts_nothing, hrmc
 
 GATED = ("--policy", "q-halt", "--budget", "4", "--batch", "4", "--seed", "1")  # tiny's samples halt at 4, 2, 4, 4
 
@@ -83,6 +84,7 @@ def test_the_gate_passes_the_asset_and_runs_each_of_its_functions(capsys, tiny, 
     assert len(set(halting.tolist())) > 1  # the masked steps of solve and chunk2 are exercised
     code, out, err = hrmc(capsys, "parity", "torch", "coreai", "--artifact", str(asset), *GATED)
     assert code == 0 and out.rstrip().endswith("PASS"), out
+    assert "stored tensors compared with the model's 23 parameters (float32): every one is the model's" in out
     assert "ODIE" not in err  # the runtime's own loading lines are not shown
     assert "coreai-core" in out and f"{asset.name}:solve" in out and f"{asset.name}:chunk2 in a host loop" in out
 
@@ -115,6 +117,28 @@ def test_a_changed_program_is_refused_before_it_runs(capsys, asset: Path, tmp_pa
 
 
 @pytest.mark.heavy  # a Core AI conversion: 20–50 s
+def test_a_changed_weight_is_refused_though_its_digest_was_recorded_again(capsys, tiny, asset: Path,
+                                                                          tmp_path: Path) -> None:
+    """A puzzle-embedding row no input reads, changed, and the program's sha256 written into the record again: the
+    binding cannot tell, the numbers cannot see it, the stored weights (read back from the program) can."""
+    changed = tmp_path / "changed.aimodel"
+    shutil.copytree(asset, changed)
+    program = bytearray((changed / PROGRAM).read_bytes())
+    table = tiny.state_dict()["inner.puzzle_emb.weights"].numpy()
+    at = bytes(program).find(table.tobytes())
+    assert at > 0 and 7 not in hrm_ref.random_batch(tiny.config, 4, seed=1)["puzzle_identifiers"].tolist()
+    program[at + table[:7].nbytes] ^= 0x40  # row 7
+    (changed / PROGRAM).write_bytes(bytes(program))
+    metadata = json.loads((changed / METADATA).read_text())
+    parts = json.loads(metadata["creatorDefinedMetadata"]["hrmc.parts"])
+    parts["program"]["sha256"] = hashlib.sha256(program).hexdigest()
+    metadata["creatorDefinedMetadata"]["hrmc.parts"] = json.dumps(parts)
+    (changed / METADATA).write_text(json.dumps(metadata))
+    code, out, err = hrmc(capsys, "parity", "torch", "coreai", "--artifact", str(changed), *GATED)
+    assert code == 1 and "inner.puzzle_emb.weights is stored nowhere" in out + err, out + err
+
+
+@pytest.mark.heavy  # a Core AI conversion: 20–50 s
 def test_an_asset_runs_only_at_the_batch_it_was_lowered_for(capsys, tiny, asset: Path) -> None:
     code, _, err = hrmc(capsys, "parity", "torch", "coreai", "--artifact", str(asset), *GATED[:4], "--batch", "2")
     assert_one_line_error(code, err, "--batch 2", "was made with batch 4")
@@ -143,16 +167,5 @@ def test_a_gate_without_an_artifact_converts_the_model_once(capsys, monkeypatch)
     """Converted afresh into the session's cache (lowering/cache.py): a second gate converts nothing, same verdict."""
     from hrmc.targets.coreai import executors
 
-    converted, convert = [], executors.lower_coreai
-
-    def counting(*args, **kwargs):
-        converted.append(args[3])  # the budget
-        return convert(*args, **kwargs)
-    monkeypatch.setattr(executors, "lower_coreai", counting)
-    outputs = []
-    for _ in range(2):
-        converted.clear()
-        code, out, _ = hrmc(capsys, "parity", "torch", "coreai", "--budget", "2", "--batch", "2")
-        outputs.append(out)
-        assert code == 0 and out.rstrip().endswith("PASS"), out
-    assert converted == [] and outputs[0] == outputs[1]
+    assert_second_gate_converts_nothing(capsys, monkeypatch, executors, "lower_coreai", "torch", "coreai", "--budget",
+                                        "2", "--batch", "2")

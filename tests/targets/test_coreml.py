@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from hrmc.targets import coreml
-from tests.helpers import assert_one_line_error, hrmc
+from tests.helpers import assert_one_line_error, assert_second_gate_converts_nothing, hrmc
 
 ANE = coreml.FLAVOURS["ane"]
 
@@ -364,16 +364,5 @@ def test_a_second_gate_without_an_artifact_converts_nothing(capsys, tiny_export:
     nothing is converted, and the verdict is the same."""
     from hrmc.targets.coreml import executors
 
-    converted = []
-
-    def counting(graphs, *args, **kwargs):
-        converted.append(sorted(graphs))
-        return coreml.lower_coreml(graphs, *args, **kwargs)
-    monkeypatch.setattr(executors, "lower_coreml", counting)
-    outputs = []
-    for _ in range(2):
-        converted.clear()
-        code, out, _ = hrmc(capsys, "parity", "torch", "ane", "--policy", "q-halt", "--batch", "3")
-        outputs.append(out)
-        assert code == 0 and out.rstrip().endswith("PASS")
-    assert converted == [] and outputs[0] == outputs[1]
+    assert_second_gate_converts_nothing(capsys, monkeypatch, executors, "lower_coreml", "torch", "ane", "--policy",
+                                        "q-halt", "--batch", "3")
