@@ -7,16 +7,18 @@
 #   defaults: --policy q-halt, --batch 1, no --psnr floor, --executors onnx,static,mlx,coreml,ane, OUTDIR hrmc-artifacts
 #
 # Writes OUTDIR/model.onnx (+ .step.onnx), model.static.onnx (+ .step), model-mlx/,
-# model.mlpackage, model-ane.mlpackage (functions inference and step), and OUTDIR/reports/:
-# one `hrmc parity --json` report per executor (onnx.json, static.json, mlx.json, coreml.json,
-# ane.json), inspect-ane.json and summary.txt.
+# model.mlpackage, model-ane.mlpackage (functions inference and step), model.aimodel (with coreai), and
+# OUTDIR/reports/: one `hrmc parity --json` report per executor (onnx.json, static.json, mlx.json,
+# coreml.json, ane.json, coreai.json), inspect-ane.json and summary.txt.
 #
 # A model is required: the script never gates the built-in demo model by default (exit 2 without one).
 # --seq-len N: the sequence length to export for, where the checkpoint does not fix it (RoPE, and no
 #   dataset.json found from all_config.yaml's data_path); every artifact records it.
 # --inputs F.npz: the inputs to export for and to gate on ('labels' optional: accuracy is reported).
 # --psnr DB: an extra absolute PSNR floor for the ane (float16) gate (hrmc parity --psnr).
-# --executors LIST: comma-separated subset of onnx,static,mlx,coreml,ane to lower and gate.
+# --executors LIST: comma-separated subset of onnx,static,mlx,coreml,ane,coreai to lower and gate. coreai (a Core
+#   AI asset for macOS 27 / iOS 27) is not in the default: it needs `pip install 'hrmc[coreai]'`, and converts
+#   the model itself (a minute or more), not the ONNX export.
 # Each gate reads the model, policy, budget and sequence length from the artifact's own record.
 #
 # Exit: 0 every gate passed; 1 a gate failed (or a step failed otherwise);
@@ -59,8 +61,9 @@ fi
 
 for name in ${executors//,/ }; do
   case "$name" in
-    onnx|static|mlx|coreml|ane) ;;
-    *) echo "gate.sh: --executors: unknown executor $name (choose from onnx,static,mlx,coreml,ane)" >&2; exit 2 ;;
+    onnx|static|mlx|coreml|ane|coreai) ;;
+    *) echo "gate.sh: --executors: unknown executor $name (choose from onnx,static,mlx,coreml,ane,coreai)" >&2
+       exit 2 ;;
   esac
 done
 wanted() { case ",$executors," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
@@ -131,6 +134,14 @@ for entry in \
     record "$executor" "$code" lower ERROR  # nothing to gate
   fi
 done
+
+# Core AI converts the model itself (torch.export), not the ONNX export: the same model options.
+if wanted coreai; then
+  code=0
+  say "lower --target coreai: $out/model.aimodel"
+  "$HRMC" lower --target coreai "${opts[@]}" -o "$out/model.aimodel" || code=$?
+  if [ "$code" -eq 0 ]; then gate coreai "$out/model.aimodel"; else record coreai "$code" lower ERROR; fi
+fi
 
 # 4. The ANE package's readiness report (op counts, what keeps work off the ANE).
 if [ "$ane_lowered" -eq 1 ]; then

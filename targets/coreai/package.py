@@ -34,7 +34,7 @@ from hrmc.lowering.export import check_exportable, output_names, weights_sha256
 from hrmc.names import PARTS, meta_key, unprefixed
 from hrmc.record import Checkpoint, Record
 from hrmc.targets import About
-from hrmc.targets.coreai.lowering import convert, entry_points
+from hrmc.targets.coreai.lowering import convert
 
 PROGRAM, METADATA = "main.mlirb", "metadata.json"  # what coreai-core writes: the program, and its metadata
 
@@ -55,7 +55,7 @@ def lower_coreai(model: HRM, batch: Batch, policy: str, budget: int, checkpoint:
     check_exportable(model)
     outputs = tuple(output_names(model, batch))
     program, meanings = convert(model, batch, policy, budget, outputs, chunk, progress)
-    functions = tuple(entry_points(model, batch, policy, budget, outputs, chunk))
+    functions = tuple(meanings)  # every function converted, in order
     record = Record(__version__, dataclasses.asdict(model.config), policy, budget, model.inner.sequence_length(batch),
                     outputs, weights_sha256(model), checkpoint.rebased(Path.cwd(), Path(out).parent), kind="coreai",
                     chunk=chunk if chunk and chunk > 1 else None, batch=batch_size(batch), weights="float32")

@@ -19,7 +19,8 @@ from hrmc.cli import cli
 CI = Path(__file__).resolve().parents[2] / "examples" / "ci"
 SCRIPT = CI / "gate.sh"
 WORKFLOW = CI / "hrmc-gate.yml"
-EXECUTORS = ("onnx", "static", "mlx", "coreml", "ane")
+EXECUTORS = ("onnx", "static", "mlx", "coreml", "ane")  # the default
+CONVERTED = ("coreai",)  # asked for: lowered from the model itself, not from the export
 ARTIFACTS = ("model.onnx", "model.step.onnx", "model.static.onnx", "model.static.step.onnx", "model-mlx",
              "model.mlpackage", "model-ane.mlpackage")
 
@@ -51,7 +52,10 @@ def test_the_script_uses_only_commands_and_executors_hrmc_knows() -> None:
     entries = re.findall(r'"([a-z-]+):([a-z-]+):\$out/', text)  # target:executor:artifact
     gated = set(re.findall(r"^if wanted (\S+); then gate \1 ", text, re.M)) | {executor for _, executor in entries}
     assert gated == set(EXECUTORS) and set(EXECUTORS) <= set(parity.EXECUTORS)
-    assert {target for target, _ in entries} == set(targets.TARGETS)  # every target is lowered
+    for name in CONVERTED:  # lowered with the model's options, then gated
+        assert f'"$HRMC" lower --target {name} "${{opts[@]}}"' in text and f"gate {name} " in text
+    assert {target for target, _ in entries} | set(CONVERTED) == set(targets.TARGETS)  # every target is lowered
+    assert {name for name, target in targets.TARGETS.items() if target.pipeline is None} == set(CONVERTED)
     assert '"$HRMC" parity torch "$executor"' in text and "torch" in parity.EXECUTORS
     # every option the script passes to hrmc is one its command takes
     for option in set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", text)) - {"--executors", "--help"}:
@@ -76,3 +80,15 @@ def test_the_script_gates_every_artifact_of_tiny(tmp_path: Path) -> None:
     assert [line.split()[:2] for line in summary] == [[name, "PASS"] for name in (*EXECUTORS, "inspect")]
     for name in ARTIFACTS:
         assert (out / name).exists(), name
+
+
+@pytest.mark.heavy  # a Core AI conversion of tiny: a minute
+def test_the_script_gates_a_core_ai_asset_when_asked(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    hrmc = Path(sys.executable).parent / "hrmc"
+    result = subprocess.run(["bash", str(SCRIPT), "--preset", "tiny", "--executors", "coreai", str(out)],
+                            env=os.environ | {"HRMC": str(hrmc)}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    report = json.loads((out / "reports" / "coreai.json").read_text())
+    assert report["passed"] is True and report["policy"] == "q-halt" and "shipped artifact" in report["executors"][1]
+    assert (out / "reports" / "summary.txt").read_text().split()[:2] == ["coreai", "PASS"]
