@@ -306,7 +306,7 @@ def list_passes() -> None:
                    "(python3 OUT.check/check.py).")
 @click.option("--author", help="coreml, ane, coreai: the package's author, as Xcode and an app show it.")
 @click.option("--license", "license_", help="coreml, ane, coreai: the package's license.")
-@click.option("--model-version", help="coreml, ane: your model's version (hrmc's own is in its metadata).")
+@click.option("--model-version", help="coreml, ane, coreai: your model's version (hrmc's own is in its metadata).")
 @click.option("--description", help="coreml, ane, coreai: what the model does, first in the package's description.")
 def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_json, target, pipeline, dump_after, strip,
           chunk, onnx_model, seq_len, out, force, weights, mac_check, author, license_, model_version,

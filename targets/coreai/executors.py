@@ -21,7 +21,7 @@ from hrmc.record import Checkpoint, Record
 from hrmc.targets.base import TargetExecutor
 from hrmc.targets.coreai._coreai import VERSIONS
 from hrmc.targets.coreai.lowering import function_name
-from hrmc.targets.coreai.package import lower_coreai, read_record, recorded_functions, stored_weights
+from hrmc.targets.coreai.package import lower_coreai, read_asset, read_record, stored_weights
 from hrmc.targets.coreai.runtime import LoadedAsset, describe
 from hrmc.targets.executor import Arrays, Trace
 
@@ -32,10 +32,10 @@ class CoreAIExecutor(TargetExecutor):
     name = "coreai"
 
     def open_shipped(self, model: HRM, batch: Batch) -> int:
-        record = read_record(self.artifact)
+        record, functions = read_asset(self.artifact)
         self.check(record, self.artifact, model, batch)
         self.check_stored_weights(stored_weights(self.artifact), model, batch, record.outputs, folded=True)
-        return self.open(self.artifact, record, batch)
+        return self.open(self.artifact, record, functions, batch)
 
     def open_fresh(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> int:
         defined = {"torch": torch.__version__, **VERSIONS, "weights": weights_sha256(model), "policy": self.policy,
@@ -46,12 +46,12 @@ class CoreAIExecutor(TargetExecutor):
                                 chunk).path
 
         asset = cached("coreai", defined, _CODE, convert, read_record, work)
-        return self.open(asset, read_record(asset), batch)
+        return self.open(asset, *read_asset(asset), batch)
 
-    def open(self, asset: Path, record: Record, batch: Batch) -> int:
+    def open(self, asset: Path, record: Record, functions: tuple[str, ...], batch: Batch) -> int:
         if record.batch != batch_size(batch):
             raise InputError(f"{asset} was lowered for batch {record.batch}, not {batch_size(batch)} (see --batch)")
-        self.asset, self.functions, self.chunk_steps = asset, recorded_functions(asset), record.chunk or 1
+        self.asset, self.functions, self.chunk_steps = asset, functions, record.chunk or 1
         self.loaded = LoadedAsset(asset)
         if "init" in self.functions:
             self.check_initial_carry(self.call("init", {name: value.numpy() for name, value in batch.items()}),

@@ -132,21 +132,23 @@ def stored_weights(asset: str | Path) -> Iterator[tuple[str, np.ndarray]]:
                 yield f"{name} (the slice it repeats)", repeated
 
 
+def read_asset(asset: str | Path) -> tuple[Record, tuple[str, ...]]:
+    """The record of an asset hrmc wrote and the functions it holds, its program checked first (read once: the
+    program is hashed, 0.1 GB for sudoku)."""
+    values, where = unprefixed(read_metadata(asset)), Path(asset) / METADATA
+    if "functions" not in values:
+        raise InputError(f"{where}: no hrmc record: not an asset hrmc wrote")
+    try:
+        functions = tuple(json.loads(values["functions"]))
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: its hrmc record's 'functions' is unreadable") from None
+    return Record.parse(values, where), functions
+
+
 def read_record(asset: str | Path) -> Record:
     """The record of an asset hrmc wrote, its program checked first."""
-    values = unprefixed(read_metadata(asset))
-    if "functions" not in values:
-        raise InputError(f"{Path(asset) / METADATA}: no hrmc record: not an asset hrmc wrote")
-    return Record.parse(values, Path(asset) / METADATA)
+    return read_asset(asset)[0]
 
 
-def recorded_functions(asset: str | Path) -> tuple[str, ...]:
-    """The functions an asset holds, as its record says (read after `read_record` checked it)."""
-    try:
-        return tuple(json.loads(unprefixed(read_metadata(asset))["functions"]))
-    except (KeyError, TypeError, ValueError):
-        raise InputError(f"{Path(asset) / METADATA}: its hrmc record's 'functions' is unreadable") from None
-
-
-__all__ = ["CoreAIAsset", "METADATA", "PROGRAM", "lower_coreai", "read_metadata", "read_record", "recorded_functions",
+__all__ = ["CoreAIAsset", "METADATA", "PROGRAM", "lower_coreai", "read_asset", "read_metadata", "read_record",
            "stored_weights"]

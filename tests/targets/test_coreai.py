@@ -22,7 +22,7 @@ from hrmc.errors import InputError
 from hrmc.hrm_ref.act import initial_carry, step
 from hrmc.lowering.export import weights_sha256
 from hrmc.targets import TARGETS
-from hrmc.targets.coreai.package import METADATA, PROGRAM, read_metadata, read_record, recorded_functions
+from hrmc.targets.coreai.package import METADATA, PROGRAM, read_asset, read_metadata
 from hrmc.targets.coreai.runtime import LoadedAsset
 from tests.helpers import assert_one_line_error, assert_second_gate_converts_nothing, hrmc
 
@@ -50,8 +50,8 @@ def asset(tmp_path_factory, worker_id: str) -> Path:
 def test_lower_writes_one_asset_with_every_function_and_its_record(tiny, asset: Path) -> None:
     assert sorted(p.name for p in asset.iterdir()) == ["main.hash", PROGRAM, METADATA]
     assert [p.name for p in asset.parent.iterdir()] == [asset.name]  # no temporary folder left beside it
-    assert recorded_functions(asset) == ("init", "step", "solve", "chunk2")
-    record = read_record(asset)
+    record, functions = read_asset(asset)
+    assert functions == ("init", "step", "solve", "chunk2")
     assert (record.policy, record.budget, record.batch, record.chunk, record.kind) == ("q-halt", 4, 4, 2, "coreai")
     assert record.weights_sha256 == weights_sha256(tiny) and record.checkpoint.preset == "tiny"
     for file in asset.iterdir():  # nothing in it names this machine: no path, no stack trace
@@ -66,7 +66,7 @@ def test_every_input_output_and_state_of_every_function_says_what_it_means(asset
     """As the runtime lists them: each described with its meaning, its type and its shape."""
     described = json.loads(read_metadata(asset)["hrmc.descriptions"])
     loaded = LoadedAsset(asset)
-    for function in recorded_functions(asset):
+    for function in read_asset(asset)[1]:
         desc = loaded.executable.load_function(function).desc
         for kind, names in (("inputs", desc.input_names), ("outputs", desc.output_names), ("state", desc.state_names)):
             assert sorted(described[function][kind]) == sorted(names), (function, kind)
