@@ -65,8 +65,10 @@ def check_weights(stored: Iterable[tuple[str, np.ndarray | Compressed]], model: 
     stored; where the artifact records a compressed `storage` (int8, lut6, lut4), every compressible one stored
     so. GateFailure (exit 1) names the first that is not. `folded`: the artifact's converter folds constants
     (Core AI stores H_init + L_init, computed at conversion, in H_init's shape), so a tensor in a parameter's place
-    may be none: only that every parameter is stored is required (a changed weight leaves its parameter stored
-    nowhere), the folded constants judged by the numbers."""
+    may be none, and a parameter every input reads whole (a vector: a bias, H_init; a table of one row: the puzzle
+    embedding of one puzzle) may be folded into what reads it: those the numbers judge. Every other parameter
+    (a matrix, a table of several rows, which an input may read only part of) must still be stored: a changed
+    weight leaves its parameter stored nowhere."""
     parameters = _parameters(model, outputs, inputs)
     stored = list(stored)
     compressed = [(name, item) for name, item in stored if isinstance(item, Compressed)]
@@ -93,11 +95,17 @@ def check_weights(stored: Iterable[tuple[str, np.ndarray | Compressed]], model: 
         found.update(form.parameters)
     found |= _check_compressed(compressed, parameters, model.compressible_weights(), artifact, storage, check)
     # a parameter of one repeated value (a zero bias) may be folded away by the exporter: it need not be stored
-    missing = [name for name, weight in parameters.items() if name not in found and np.ptp(weight) > 0]
+    missing = [name for name, weight in parameters.items() if name not in found and np.ptp(weight) > 0
+               and not (folded and _read_whole(weight))]
     if missing:
         raise GateFailure(f"{artifact}: the model's {missing[0]} is stored nowhere in it (of {len(missing)} "
                           "parameters missing): not lowered from this model as it is")
     return check
+
+
+def _read_whole(weight: np.ndarray) -> bool:
+    """Whether every input reads all of a parameter: a vector, or a table of one row."""
+    return weight.ndim == 1 or weight.shape[0] == 1
 
 
 def _check_compressed(stored: list[tuple[str, Compressed]], parameters: dict[str, np.ndarray], compressible: set[str],

@@ -169,3 +169,17 @@ def test_a_gate_without_an_artifact_converts_the_model_once(capsys, monkeypatch)
 
     assert_second_gate_converts_nothing(capsys, monkeypatch, executors, "lower_coreai", "torch", "coreai", "--budget",
                                         "2", "--batch", "2")
+
+
+@pytest.mark.heavy  # a Core AI conversion of a trained fixture: about a minute
+def test_a_trained_fixture_solves_its_held_out_puzzles_as_hrm_ref_does(capsys, tmp_path: Path) -> None:
+    """sudoku4, trained: Core AI folds its one-row puzzle embedding and the q head's bias into what reads them
+    (every input reads them whole: the numbers judge them); every other weight is stored, and the asset solves
+    what hrm_ref solves."""
+    out = tmp_path / "sudoku4.aimodel"
+    assert main(["lower", "--target", "coreai", "--preset", "sudoku4", "--policy", "q-halt", "--batch", "8",
+                 "-o", str(out)]) == 0
+    code, report, _ = hrmc(capsys, "parity", "torch", "coreai", "--artifact", str(out))
+    assert code == 0 and report.rstrip().endswith("PASS"), report
+    assert "accuracy against labels, B: 100.00 % exact" in report and "answers agree on 8 of 8 samples" in report
+    assert "stored tensors compared with the model's 23 parameters (float32): every one is the model's" in report
