@@ -109,6 +109,29 @@ def _palettized(weight: np.ndarray, storage: str, bits: int, axis: int, dtype: n
     return Compressed(storage, axis % weight.ndim, np.moveaxis(indices.reshape(channels.shape), 0, axis), tables)
 
 
+def lut_shape(shape: tuple[int, ...], axis: int, bits: int) -> tuple[int, ...]:
+    """The rank-(K + 2) palette tensor of a lutB weight of `shape` (K axes), output channels along `axis`, as
+    Core ML's constexpr_lut_to_dense and Core AI's lut_to_dense take it: one palette per group of channels,
+    [.., groups at `axis`, .., 2**B, 1]."""
+    return tuple(size // group_channels(size) if a == axis else 1 for a, size in enumerate(shape)) + (2 ** bits, 1)
+
+
+def read_int8(data: np.ndarray, scale: np.ndarray) -> Compressed:
+    """An int8 weight as a dequantising op holds it (Core ML's constexpr_blockwise_shift_scale, Core AI's
+    blockwise_shift_scale, no offset): its channel axis is the one its scale is not 1 along."""
+    data = np.asarray(data, np.int8)
+    axis = next(a for a in range(data.ndim) if scale.shape == tuple(size if b == a else 1
+                                                                     for b, size in enumerate(data.shape)))
+    return Compressed("int8", axis, data, np.asarray(scale))
+
+
+def read_lut(indices: np.ndarray, lut: np.ndarray) -> Compressed:
+    """A palettized weight as a palette-lookup op holds it (`lut_shape`)."""
+    indices, bits = np.asarray(indices, np.uint8), int(np.log2(lut.shape[-2]))
+    axis = next(a for a in range(indices.ndim) if lut.shape == lut_shape(indices.shape, a, bits))
+    return Compressed(f"lut{bits}", axis, indices, np.asarray(lut).reshape(-1, 2 ** bits))
+
+
 def nearest(values: np.ndarray, table: np.ndarray) -> np.ndarray:
     """The index of the entry of a sorted `table` nearest to each value (the lower one on a tie)."""
     entries = table.astype(np.float64)
@@ -136,4 +159,4 @@ def _kmeans(ordered: np.ndarray, k: int) -> np.ndarray:
 
 
 __all__ = ["COMPRESSIONS", "Compressed", "GROUP_CHANNELS", "MIN_ELEMENTS", "compress", "compressible",
-           "group_channels", "nearest"]
+           "group_channels", "lut_shape", "nearest", "read_int8", "read_lut"]

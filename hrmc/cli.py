@@ -297,9 +297,9 @@ def list_passes() -> None:
 @click.option("--force", is_flag=True, help="Replace an output folder that hrmc did not write.")
 @click.option("--weights", type=click.Choice(list(dict.fromkeys(w for t in targets.TARGETS.values() for w in t.weights))),
               help="ane: one float16 per weight (the default) or a float16 pair (float32-exact, twice the bytes and "
-                   "matmul work); coreml: float32 (the default); ane, coreml: int8 (per output channel) or lut6, "
-                   "lut4 (a k-means palette per 16 output channels), matmul weights of 2048 elements or more, "
-                   "kept compressed in the package.")
+                   "matmul work); coreml, coreai: float32 (the default); ane, coreml, coreai: int8 (per output "
+                   "channel) or lut6, lut4 (a k-means palette per 16 output channels), matmul weights of 2048 "
+                   "elements or more, kept compressed in the package or asset.")
 @click.option("--mac-check", is_flag=True,
               help="coreml, ane: also write OUT.check/ beside OUT.mlpackage, a stand-alone script with the torch "
                    "reference on the --seed batch, to confirm on a Mac with Core ML what the Linux replay judged "

@@ -134,7 +134,7 @@ TARGETS: dict[str, Target] = {target.name: target for target in (
            ("float32", "int8", "lut6", "lut4"), mac_check=True),
     Target("ane", "fused", ".mlpackage", "hrmc.targets.coreml", ("ane",), "float16",
            ("float16", "float16x2", "int8", "lut6", "lut4"), mac_check=True),
-    Target("coreai", None, ".aimodel", "hrmc.targets.coreai", ("coreai",), "float32", ("float32",)),
+    Target("coreai", None, ".aimodel", "hrmc.targets.coreai", ("coreai",), "float32", ("float32", "int8", "lut6", "lut4")),
 )}
 TARGET_OF_EXECUTOR = {executor: target for target in TARGETS.values() for executor in target.executors}
 

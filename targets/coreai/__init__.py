@@ -7,7 +7,8 @@ budget. `lower` is therefore handed the model (`targets.ModelSource`) rather tha
 op table.
 
     _coreai.py    coreai-core and coreai-torch, or one line saying what to install (an optional dependency)
-    lowering.py   the entry points (init, step, chunkK, solve) as torch modules, converted
+    lowering.py   the entry points (init, step, chunkK, solve) as torch modules (weights compressed or not),
+                  converted
     package.py    lower_coreai: the asset, written atomically with hrmc's record, and read back, verified
     runtime.py    LoadedAsset: an asset's functions called with numpy arrays, the carry as runtime state
     executors.py  CoreAIExecutor: coreai
@@ -31,7 +32,7 @@ def executor(target: Target, name: str, onnx_model: str | Path | None, chunk: in
 
 def lower(target: Target, source: ModelSource, out: str | Path, options: LowerOptions) -> list[Path]:
     return [lower_coreai(source.model, source.batch, source.policy, source.budget, source.origin, out, source.chunk,
-                         options.force, options.about, options.progress).path]
+                         options.force, options.about, target.weight_storage(options.weights), options.progress).path]
 
 
 def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -> list[Path]:

@@ -20,6 +20,8 @@ try:
         import coreai.authoring
         import coreai.runtime
         import coreai_torch
+        # registers torch.ops.coreai's dequantising ops (blockwise_shift_scale, lut_to_dense): compressed weights
+        import coreai_torch._compression.custom_layers  # noqa: F401
     from importlib.metadata import version
 
     VERSIONS = {package: version(package) for package in ("coreai-core", "coreai-torch")}

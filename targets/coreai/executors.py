@@ -14,6 +14,7 @@ import torch
 from hrmc.errors import InputError
 from hrmc.hrm_ref import HRM, Batch
 from hrmc.hrm_ref.act import batch_size
+from hrmc.hrm_ref.compression import COMPRESSIONS
 from hrmc.lowering.cache import cached
 from hrmc.lowering.export import weights_sha256
 from hrmc.names import CARRY_NAMES
@@ -30,11 +31,14 @@ _CODE = ("targets", "hrm_ref")  # hrmc's code that converts a model to an asset
 
 class CoreAIExecutor(TargetExecutor):
     name = "coreai"
+    storage = "float32"  # how the asset stores its weights: a shipped one records it; converted afresh, float32
 
     def open_shipped(self, model: HRM, batch: Batch) -> int:
         record, functions = read_asset(self.artifact)
         self.check(record, self.artifact, model, batch)
-        self.check_stored_weights(stored_weights(self.artifact), model, batch, record.outputs, folded=True)
+        self.storage = record.weights
+        self.check_stored_weights(stored_weights(self.artifact), model, batch, record.outputs, record.weights,
+                                  folded=True)
         return self.open(self.artifact, record, functions, batch)
 
     def open_fresh(self, model: HRM, batch: Batch, work: Path, chunk: int | None) -> int:
@@ -66,11 +70,15 @@ class CoreAIExecutor(TargetExecutor):
     def trace(self, feed: dict[str, np.ndarray], batch: Batch) -> Trace:
         raise InputError("the coreai executor cannot expose its intermediate values: Core AI runs a function whole")
 
+    def compression(self) -> str | None:
+        return self.storage if self.storage in COMPRESSIONS else None
+
     def graph_name(self, role: str) -> str:
         return f"{self.asset.name}:{function_name(role, self.chunk_steps)}"
 
     def describe(self) -> str:
-        return f"{self.name} ({self.shipped()}functions {', '.join(self.functions)}; {describe()})"
+        return (f"{self.name} ({self.shipped()}functions {', '.join(self.functions)}, {self.storage} weights; "
+                f"{describe()})")
 
 
 __all__ = ["CoreAIExecutor"]

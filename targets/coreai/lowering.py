@@ -13,20 +13,27 @@ Apple's device backends run no control flow). A step once every sample halted ch
 carry is frozen), and rows past `steps_run` are zero, as the static graph's. The carry of `step` and `chunkK`
 is the runtime state an app keeps between calls (registered buffers updated with `copy_`).
 
-The programs share the model's parameters: the converter stores each weight once in the asset.
+The programs share the model's parameters: the converter stores each weight once in the asset. With compressed
+weights (`stored_as`: int8, lut6, lut4) each compressible matmul weight is hrm_ref.compression's, read through
+coreai-torch's dequantising ops, which the converter keeps: the asset stores it compressed
+(`blockwise_shift_scale`, `lut_to_dense`) and the program decompresses it where it runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import warnings
 from typing import Callable
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hrmc.hrm_ref import HRM, Batch, Carry
+from hrmc.hrm_ref.compression import COMPRESSIONS, Compressed, compress, lut_shape
 from hrmc.hrm_ref.act import freeze, initial_carry, step
 from hrmc.names import CARRY_NAMES
 from hrmc.targets.app import CARRY_MEANINGS, describe
@@ -127,6 +134,45 @@ class Solve(_Entry):
                 _zero_unrun(steps, ran), ran.sum(dtype=torch.int32), *answer, carry.steps)
 
 
+class _CompressedLinear(nn.Module):
+    """hrm_ref's CastedLinear in float32, its weight held compressed and decompressed by the program. The buffers'
+    names matter: coreai-torch finds a palette lookup's indices and palettes by the words in theirs."""
+
+    def __init__(self, weight: Compressed, bias: nn.Parameter | None) -> None:
+        super().__init__()
+        self.bits, self.bias = COMPRESSIONS[weight.storage], bias
+        if self.bits is None:
+            self.register_buffer("quantized", torch.from_numpy(weight.values))
+            self.register_buffer("scale", torch.from_numpy(weight.table))
+        else:
+            self.register_buffer("indices", torch.from_numpy(weight.values))
+            self.register_buffer("lut", torch.from_numpy(weight.table.reshape(lut_shape(weight.values.shape,
+                                                                                        weight.axis, self.bits))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ops = torch.ops.coreai
+        weight = (ops.constexpr_blockwise_shift_scale(self.quantized, self.scale) if self.bits is None
+                  else ops.lut_to_dense(self.indices, self.lut, 0))
+        return F.linear(x, weight, self.bias)
+
+
+def stored_as(model: HRM, storage: str) -> HRM:
+    """`model` as an asset storing its weights `storage` computes: float32, itself; int8, lut6, lut4, a copy whose
+    compressible matmul weights (`HRM.compressible_weights`) are hrm_ref.compression's, tables in float32, read
+    through the dequantising ops (as `HRM.with_weights_as_stored(storage, "float32")` runs them)."""
+    if storage == "float32":
+        return model
+    from hrmc.targets.coreai import _coreai  # noqa: F401 (registers torch.ops.coreai)
+
+    twin = copy.deepcopy(model)
+    for name in sorted(model.compressible_weights()):
+        owner, _, attribute = name.removesuffix(".weight").rpartition(".")
+        linear = getattr(twin.get_submodule(owner), attribute)
+        weight = compress(linear.weight.detach().numpy(), storage, 0, np.float32)
+        setattr(twin.get_submodule(owner), attribute, _CompressedLinear(weight, linear.bias))
+    return twin
+
+
 def entry_points(model: HRM, batch: Batch, policy: str, budget: int, outputs: tuple[str, ...],
                  chunk: int | None) -> dict[str, tuple[nn.Module, list[str], list[str]]]:
     """Each function of the asset: its module, its output names, its state names."""
@@ -191,4 +237,5 @@ def descriptions(function: str, batch: Batch, outputs: dict[str, torch.Tensor],
                       for name, value in state.items()}}
 
 
-__all__ = ["Chunk", "Init", "Solve", "WHOLE", "convert", "descriptions", "entry_points", "function_name"]
+__all__ = ["Chunk", "Init", "Solve", "WHOLE", "convert", "descriptions", "entry_points", "function_name",
+           "stored_as"]

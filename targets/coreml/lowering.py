@@ -15,7 +15,8 @@ from typing import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from hrmc.hrm_ref.compression import COMPRESSIONS, Compressed, compress, compressible, group_channels
+from hrmc.hrm_ref.compression import (COMPRESSIONS, Compressed, compress, compressible, lut_shape, read_int8,
+                                     read_lut)
 from hrmc.targets import FLOAT16_MAX, TARGETS, Target
 from hrmc.targets._nodes import LowerError, NodeReader, constant_array, op_key, require_static
 from hrmc.targets.coreml._coremltools import Function, Program, ct, mb, mil_types
@@ -89,27 +90,16 @@ def compressed_const(weight: Compressed):
     if bits is None:
         return mb.constexpr_blockwise_shift_scale(data=weight.values, scale=weight.table)
     indices = weight.values.astype(mil_types.nptype_from_builtin(mil_types.string_to_builtin(f"uint{bits}")))
-    return mb.constexpr_lut_to_dense(indices=indices, lut=weight.table.reshape(_lut_shape(weight.values.shape,
-                                                                                         weight.axis, bits)))
-
-
-def _lut_shape(shape: tuple[int, ...], axis: int, bits: int) -> tuple[int, ...]:
-    """The rank-(K + 2) lut of constexpr_lut_to_dense for indices of `shape`, a palette per group along `axis`."""
-    return tuple(size // group_channels(size) if a == axis else 1 for a, size in enumerate(shape)) + (2 ** bits, 1)
+    return mb.constexpr_lut_to_dense(indices=indices, lut=weight.table.reshape(lut_shape(weight.values.shape,
+                                                                                        weight.axis, bits)))
 
 
 def stored_compressed(op) -> Compressed:
     """The compressed weight a (saved, read back) constexpr dequantisation op holds, as hrm_ref.compression
     writes it: what the weight check compares with the model's."""
     if DECOMPRESSING[op.op_type] == "int8":
-        data, scale = np.asarray(op.data.val, np.int8), np.asarray(op.scale.val)
-        axis = next(a for a in range(data.ndim) if scale.shape == tuple(size if b == a else 1
-                                                                         for b, size in enumerate(data.shape)))
-        return Compressed("int8", axis, data, scale)
-    indices, lut = np.asarray(op.indices.val, np.uint8), np.asarray(op.lut.val)
-    bits = int(np.log2(lut.shape[-2]))
-    axis = next(a for a in range(indices.ndim) if lut.shape == _lut_shape(indices.shape, a, bits))
-    return Compressed(f"lut{bits}", axis, indices, lut.reshape(-1, 2 ** bits))
+        return read_int8(op.data.val, np.asarray(op.scale.val))
+    return read_lut(op.indices.val, np.asarray(op.lut.val))
 
 
 def plain_weights(flavour: str) -> str:

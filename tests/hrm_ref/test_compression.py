@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from hrmc.hrm_ref.compression import COMPRESSIONS, compress, compressible, group_channels, nearest
+from hrmc.hrm_ref.compression import (COMPRESSIONS, compress, compressible, group_channels, lut_shape, nearest,
+                                     read_int8, read_lut)
 
 FLOATS = (np.float16, np.float32)
 
@@ -83,6 +84,20 @@ def test_a_decompressed_weight_compresses_to_itself(weight, storage, axis, dtype
         np.testing.assert_allclose(twice, once, rtol=4 * np.finfo(dtype).eps, atol=0)
     else:
         np.testing.assert_array_equal(twice, once)
+
+
+@settings(max_examples=40, derandomize=True, deadline=None)
+@given(weight=weights(), storage=st.sampled_from(list(COMPRESSIONS)), axis=st.integers(0, 1),
+       dtype=st.sampled_from(FLOATS))
+def test_a_weight_read_back_from_its_dequantising_op_is_the_one_written(weight, storage, axis, dtype) -> None:
+    """What a lowering hands a dequantising op (the scale in the weight's rank; the palettes as `lut_shape`), read
+    back, is the compressed weight itself, its channel axis included: what the weight check compares."""
+    written = compress(weight, storage, axis, dtype)
+    bits = COMPRESSIONS[storage]
+    read = (read_int8(written.values, written.table) if bits is None else
+            read_lut(written.values, written.table.reshape(lut_shape(written.values.shape, written.axis, bits))))
+    one_channel = weight.shape[axis] == 1 and weight.shape[1 - axis] == 1  # a 1 × 1 weight: either axis is it
+    assert read.same(written) and (read.axis == written.axis or one_channel)
 
 
 def test_nearest_takes_the_lower_entry_on_a_tie() -> None:

@@ -15,18 +15,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from hrmc import hrm_ref
 from hrmc.cli import main
 from hrmc.errors import InputError
 from hrmc.hrm_ref.act import initial_carry, step
+from hrmc.hrm_ref.compression import compress
 from hrmc.lowering.export import weights_sha256
 from hrmc.targets import TARGETS
-from hrmc.targets.coreai.package import METADATA, PROGRAM, read_asset, read_metadata
+from hrmc.targets.coreai.package import METADATA, PROGRAM, _array, read_asset, read_metadata
 from hrmc.targets.coreai.runtime import LoadedAsset
 from tests.helpers import assert_one_line_error, assert_second_gate_converts_nothing, hrmc
 
 GATED = ("--policy", "q-halt", "--budget", "4", "--batch", "4", "--seed", "1")  # tiny's samples halt at 4, 2, 4, 4
+
+
+def rerecord(asset: Path, program: bytes) -> None:
+    """Write a changed program into the asset and its sha256 into the record, as someone hiding the change would."""
+    (asset / PROGRAM).write_bytes(bytes(program))
+    metadata = json.loads((asset / METADATA).read_text())
+    parts = json.loads(metadata["creatorDefinedMetadata"]["hrmc.parts"])
+    parts["program"]["sha256"] = hashlib.sha256(program).hexdigest()
+    metadata["creatorDefinedMetadata"]["hrmc.parts"] = json.dumps(parts)
+    (asset / METADATA).write_text(json.dumps(metadata))
 
 
 @pytest.fixture(scope="session")
@@ -128,12 +142,7 @@ def test_a_changed_weight_is_refused_though_its_digest_was_recorded_again(capsys
     at = bytes(program).find(table.tobytes())
     assert at > 0 and 7 not in hrm_ref.random_batch(tiny.config, 4, seed=1)["puzzle_identifiers"].tolist()
     program[at + table[:7].nbytes] ^= 0x40  # row 7
-    (changed / PROGRAM).write_bytes(bytes(program))
-    metadata = json.loads((changed / METADATA).read_text())
-    parts = json.loads(metadata["creatorDefinedMetadata"]["hrmc.parts"])
-    parts["program"]["sha256"] = hashlib.sha256(program).hexdigest()
-    metadata["creatorDefinedMetadata"]["hrmc.parts"] = json.dumps(parts)
-    (changed / METADATA).write_text(json.dumps(metadata))
+    rerecord(changed, program)
     code, out, err = hrmc(capsys, "parity", "torch", "coreai", "--artifact", str(changed), *GATED)
     assert code == 1 and "inner.puzzle_emb.weights is stored nowhere" in out + err, out + err
 
@@ -183,3 +192,54 @@ def test_a_trained_fixture_solves_its_held_out_puzzles_as_hrm_ref_does(capsys, t
     assert code == 0 and report.rstrip().endswith("PASS"), report
     assert "accuracy against labels, B: 100.00 % exact" in report and "answers agree on 8 of 8 samples" in report
     assert "stored tensors compared with the model's 23 parameters (float32): every one is the model's" in report
+
+
+@pytest.mark.heavy  # a Core AI conversion of a trained fixture: about a minute
+def test_int8_weights_solve_the_held_out_puzzles_and_a_changed_level_is_refused(capsys, tmp_path: Path) -> None:
+    """sudoku4 with int8 weights (hrm_ref.compression's, stored as blockwise_shift_scale): the compiler's question
+    (against hrm_ref on the weights as stored) and the compression's (puzzles solved against the model's own
+    weights) both pass; one quantised level changed, the program's sha256 recorded again, is refused."""
+    out = tmp_path / "sudoku4.aimodel"
+    assert main(["lower", "--target", "coreai", "--preset", "sudoku4", "--policy", "q-halt", "--batch", "8",
+                 "--weights", "int8", "-o", str(out)]) == 0
+    code, report, _ = hrmc(capsys, "parity", "torch", "coreai", "--artifact", str(out))
+    assert code == 0 and report.rstrip().endswith("PASS"), report
+    assert "compression (int8 weights)" in report and "exact-solved 100.00 % (uncompressed 100.00 %)" in report
+    assert "(float32, int8): every one is the model's" in report
+
+    model = hrm_ref.build_preset("sudoku4")
+    name = sorted(model.compressible_weights())[0]
+    levels = compress(model.state_dict()[name].numpy(), "int8", 0, np.float32).values
+    program = bytearray((out / PROGRAM).read_bytes())
+    at = bytes(program).find(levels.tobytes())
+    assert at > 0
+    program[at] = (program[at] + 1) % 256 if levels.flat[0] < 127 else program[at] - 1
+    changed = tmp_path / "changed.aimodel"
+    shutil.copytree(out, changed)
+    rerecord(changed, program)
+    code, report, err = hrmc(capsys, "parity", "torch", "coreai", "--artifact", str(changed))
+    assert code == 1 and "is none of the model's parameters as hrmc compresses them" in report + err, report + err
+
+
+@pytest.mark.heavy  # a Core AI conversion: 20–50 s
+def test_palettized_weights_are_stored_as_packed_indices_and_read_back(tiny, tmp_path: Path) -> None:
+    """lut4: each compressible weight's 4-bit indices (packed two to a byte) and palettes, read back out of the
+    program, are hrm_ref.compression's; no float32 copy of them is stored."""
+    out = tmp_path / "tiny.aimodel"
+    assert main(["lower", "--target", "coreai", "--budget", "2", "--batch", "2", "--weights", "lut4",
+                 "-o", str(out)]) == 0
+    executor = TARGETS["coreai"].executor("coreai", artifact=out)
+    executor.prepare(tiny, "max-steps", 2, hrm_ref.random_batch(tiny.config, 2, seed=0))
+    assert executor.compression() == "lut4" and "(float32, lut4): every one is the model's" in executor.weights_checked
+    program = (out / PROGRAM).read_bytes()
+    assert not any(tiny.state_dict()[name].numpy().tobytes() in program for name in tiny.compressible_weights())
+
+
+@settings(max_examples=40, derandomize=True, deadline=None)
+@given(bits=st.integers(1, 8), shape=st.lists(st.integers(1, 9), min_size=1, max_size=3), data=st.data())
+def test_packed_indices_are_read_low_bits_first(bits: int, shape: list[int], data) -> None:
+    """A sub-byte constant (palette indices, `ui4`) is packed low bits first, as coreai-core writes it."""
+    values = data.draw(arrays(np.uint8, shape, elements=st.integers(0, 2 ** bits - 1)))
+    packed = np.packbits(np.unpackbits(values.reshape(-1, 1), axis=1, bitorder="little")[:, :bits],
+                         bitorder="little").tobytes()
+    np.testing.assert_array_equal(_array(packed, "x".join(map(str, shape)) + f"xui{bits}"), values)
