@@ -136,10 +136,11 @@ def _check_lowering_source(onnx_model: Path, checkpoint, config_path, preset, po
 
 
 def _check_mac_check(target: str, out: str, force: bool, onnx_model: str | None, model: hrm_ref.HRM | None) -> Path:
-    """`lower --mac-check`: a Core ML package to check, a new check folder (or one hrmc wrote) and, from an
-    --onnx-model, the model named for the reference the folder saves. Returns the folder."""
+    """`lower --mac-check`: a Core ML package or Core AI asset to check, a new check folder (or one hrmc wrote)
+    and, from an --onnx-model, the model named for the reference the folder saves. Returns the folder."""
     if not targets.TARGETS[target].mac_check:
-        raise InputError(f"--mac-check: only for a Core ML package (--target coreml or ane), not --target {target}")
+        raise InputError(f"--mac-check: only for a Core ML package or a Core AI asset (--target coreml, ane or "
+                         f"coreai), not --target {target}")
     if onnx_model is not None and model is None:
         raise InputError("--mac-check with --onnx-model: name its model too (--checkpoint or --preset), whose torch "
                          "reference the check saves")
@@ -301,9 +302,9 @@ def list_passes() -> None:
                    "channel) or lut6, lut4 (a k-means palette per 16 output channels), matmul weights of 2048 "
                    "elements or more, kept compressed in the package or asset.")
 @click.option("--mac-check", is_flag=True,
-              help="coreml, ane: also write OUT.check/ beside OUT.mlpackage, a stand-alone script with the torch "
-                   "reference on the --seed batch, to confirm on a Mac with Core ML what the Linux replay judged "
-                   "(python3 OUT.check/check.py).")
+              help="coreml, ane, coreai: also write OUT.check/ beside OUT.mlpackage (OUT.aimodel), a stand-alone "
+                   "script with the torch reference on the --seed batch, to confirm on a Mac with Core ML (Core AI) "
+                   "what the Linux replay (coreai-core's interpreter) judged (python3 OUT.check/check.py).")
 @click.option("--author", help="coreml, ane, coreai: the package's author, as Xcode and an app show it.")
 @click.option("--license", "license_", help="coreml, ane, coreai: the package's license.")
 @click.option("--model-version", help="coreml, ane, coreai: your model's version (hrmc's own is in its metadata).")
@@ -321,7 +322,7 @@ def lower(checkpoint, config_path, preset, policy, budget, batch_size, seed, as_
                          f"Core AI asset (--target coreml, ane or coreai), not --target {target}")
     if declared.pipeline is None:
         for flag, value in (("--pipeline", pipeline), ("--onnx-model", onnx_model), ("--dump-after", dump_after),
-                            ("--strip", strip), ("--mac-check", mac_check)):
+                            ("--strip", strip)):
             if value:
                 raise InputError(f"{flag}: the {target} target converts the model itself (torch.export), "
                                  "not an ONNX graph")

@@ -61,7 +61,8 @@ class Target:
     executors: tuple[str, ...]  # the executor names it provides
     precision: str  # what those executors compute in: "float16" ones are judged on the float16 contract
     weights: tuple[str, ...] = ()  # how it may store weights (`lower --weights`), the default first
-    mac_check: bool = False  # `lower --mac-check` can write a Mac check beside its output (a Core ML package)
+    mac_check: bool = False  # `lower --mac-check` can write a Mac check beside its output (a Core ML package or
+    # Core AI asset)
 
     def backend(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -134,7 +135,8 @@ TARGETS: dict[str, Target] = {target.name: target for target in (
            ("float32", "int8", "lut6", "lut4"), mac_check=True),
     Target("ane", "fused", ".mlpackage", "hrmc.targets.coreml", ("ane",), "float16",
            ("float16", "float16x2", "int8", "lut6", "lut4"), mac_check=True),
-    Target("coreai", None, ".aimodel", "hrmc.targets.coreai", ("coreai",), "float32", ("float32", "int8", "lut6", "lut4")),
+    Target("coreai", None, ".aimodel", "hrmc.targets.coreai", ("coreai",), "float32", ("float32", "int8", "lut6", "lut4"),
+           mac_check=True),
 )}
 TARGET_OF_EXECUTOR = {executor: target for target in TARGETS.values() for executor in target.executors}
 

@@ -1,5 +1,5 @@
-"""`hrmc lower --mac-check`: NAME.check/ beside NAME.mlpackage, so that anyone with a Mac confirms with
-Core ML itself what the MIL replay judged here.
+"""`hrmc lower --mac-check`: NAME.check/ beside NAME.mlpackage (or NAME.aimodel), so that anyone with a Mac
+confirms with Core ML (or Core AI) itself what the MIL replay (or coreai-core's reference interpreter) judged here.
 
 The folder holds `check.py` (check.py beside this module, verbatim: stand-alone, it never imports hrmc), the inputs
 (the seeded random batch of the ane range check, at the package's batch), the torch float32 reference
@@ -26,11 +26,12 @@ from hrmc.hrm_ref.compression import COMPRESSIONS
 from hrmc.errors import InputError
 from hrmc.files import atomic_folder, check_output_folder, together
 from hrmc.lowering.export import weights_sha256
+from hrmc.record import Record
 from hrmc.parity.mac_check import check as check_py
 from hrmc.parity.gate import (BAND_FACTOR, DECISION_OUTPUTS, DECISIONS, FLOAT16_ROUNDING, FLOOR_FACTOR, HALF_FACTOR,
                               Q_ERROR_LIMIT, Reference, carry_at, float16_margins, q_margin)
 from hrmc.parity.mac_check.check import rmse
-from hrmc.targets.coreml import (FLAVOURS, LABEL, PARTS_FILE, PackageFunction, ct, read_functions, replay,
+from hrmc.targets.coreml import (FLAVOURS, LABEL, PARTS_FILE, ct, read_functions, replay,
                                  saved_program)
 from hrmc.targets.executor import Arrays, carry_arrays
 
@@ -61,43 +62,103 @@ def beside(package: Path, force: bool) -> Iterator[Path]:
 
 def write_check(folder: Path, written: Path, shown_as: Path, *, model: HRM, seed: int,
                 progress: Callable[[str], None]) -> None:
-    """Fill `folder` for the package at `written` (it will ship as `shown_as`): the reference of `model` on the
-    seeded inputs, the record check.py verifies, and the Linux replay's verdict."""
-    functions = read_functions(written)  # unverified: the package has not its final name yet
-    step = functions["step"]
-    if step.record.weights_sha256 != weights_sha256(model):
+    """Fill `folder` for the package (or Core AI asset) at `written` (it will ship as `shown_as`): the reference of
+    `model` on the seeded inputs, the record check.py verifies, and the Linux verdict (the MIL replay of a package,
+    coreai-core's reference interpreter for an asset)."""
+    shipped = (_core_ai if shown_as.suffix == ".aimodel" else _core_ml)(written)
+    if shipped.record.weights_sha256 != weights_sha256(model):
         raise InputError(f"--mac-check: {shown_as.name} was lowered from other weights than the model given "
                          "(check --checkpoint/--preset)")
-    if step.record.weights in COMPRESSIONS:  # the compiler's question: the model on its weights as the package stores them
-        model = model.with_weights_as_stored(step.record.weights, _float_type(step.flavour))
-    batch = hrm_ref.random_batch(model.config, step.batch, seed, step.record.seq_len)
-    progress(f"--mac-check: the torch float32 reference on a seeded random batch (seed {seed}, batch {step.batch})")
-    reference, gates = reference_trajectory(model, step, batch)
+    if shipped.record.weights in COMPRESSIONS:  # the compiler's question: the model on its weights as stored
+        model = model.with_weights_as_stored(shipped.record.weights, shipped.float_type)
+    batch = hrm_ref.random_batch(model.config, shipped.batch, seed, shipped.record.seq_len)
+    progress(f"--mac-check: the torch float32 reference on a seeded random batch (seed {seed}, batch {shipped.batch})")
+    reference, gates = reference_trajectory(model, shipped.record.policy, shipped.record.budget, batch,
+                                            shipped.float_type == "float16")
     inputs = {name: value.numpy() for name, value in batch.items()}
-    record = {"package": shown_as.name, "flavour": step.flavour, "float_type": _float_type(step.flavour),
-              "batch": step.batch, "policy": step.record.policy, "budget": step.record.budget, "seed": seed,
-              "hrmc": __version__, "functions": {"step": step.name, "inference": functions["static"].name},
-              "halting_margin": _halting_margin(reference, model), "gates": gates,
-              "files": json.loads((written / "Data" / PARTS_FILE).read_text())["files"]}
-    progress("--mac-check: the Linux replay of the step and inference functions on the same inputs")
-    verdict = linux_verdict(written, record, inputs, reference)
+    record = {"package": shown_as.name, "flavour": shipped.flavour, "float_type": shipped.float_type,
+              "batch": shipped.batch, "policy": shipped.record.policy, "budget": shipped.record.budget, "seed": seed,
+              "hrmc": __version__, "functions": shipped.functions,
+              "halting_margin": _halting_margin(reference, model), "gates": gates, "files": shipped.files}
+    progress(f"--mac-check: the step and inference functions on the same inputs, on Linux ({shipped.linux['runs_with']})")
+    verdict = shipped.verdict(record, inputs, reference)
     (folder / check_py.RECORD).write_text(json.dumps(record, indent=1))  # in order: the gates as judged
     np.savez(folder / check_py.INPUTS, **inputs)
     np.savez(folder / check_py.REFERENCE, **reference)
-    (folder / check_py.LINUX).write_text(json.dumps({"runs_with": LABEL, "coremltools": ct.__version__,
-                                                   "verdict": verdict}, indent=1))
+    (folder / check_py.LINUX).write_text(json.dumps({**shipped.linux, "verdict": verdict}, indent=1))
     (folder / SCRIPT).write_text(Path(check_py.__file__).read_text())
-    check = f"{check_folder(shown_as).name}/{SCRIPT}"
-    (folder / "README.txt").write_text(
-        f"On a Mac, `python3 {check}` runs {shown_as.name} with Core ML predict on each compute unit and judges it "
-        f"as hrmc judged it on Linux, where its MIL program was replayed instead ({check_py.LINUX}), then times it on "
-        "each: every function's load (compile) time, first call and warm p50/p90, the app loop at batch 1 and at the "
-        f"package's batch, and where Core ML plans to run the ops (MLComputePlan, macOS 14.4 or later), into "
-        f"{check_folder(shown_as).name}/{check_py.LATENCY} and a markdown table to publish, {check_py.LATENCY_TABLE} "
-        f"(`hrmc bench --estimate ane --artifact {shown_as.name} --measured {check_folder(shown_as).name}/"
-        f"{check_py.LATENCY}` prints the estimate beside it).\n"
-        "Needs macOS 15 or later (a multifunction package) and `pip install coremltools numpy` (coremltools 8 or "
-        "later).\n")
+    (folder / "README.txt").write_text(shipped.readme(f"{check_folder(shown_as).name}/{SCRIPT}", shown_as))
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """What a check folder needs of the artifact it checks."""
+
+    record: Record  # hrmc's record of it
+    flavour: str
+    float_type: str
+    batch: int
+    functions: dict[str, str]  # role → function name: step, inference (and for an asset init, chunk)
+    files: dict[str, str]  # sha256 of each file, by path inside it
+    linux: dict[str, str]  # what computed the Linux verdict
+    verdict: Callable[[dict[str, Any], Arrays, Arrays], dict[str, Any]]  # the Linux verdict, as check.py judges
+    readme: Callable[[str, Path], str]  # README.txt, from the script's path and the artifact's name
+
+
+def _core_ml(package: Path) -> Shipped:
+    functions = read_functions(package)  # unverified: the package has not its final name yet
+    step = functions["step"]
+    return Shipped(step.record, step.flavour, _float_type(step.flavour), step.batch,
+                   {"step": step.name, "inference": functions["static"].name},
+                   json.loads((package / "Data" / PARTS_FILE).read_text())["files"],
+                   {"runs_with": LABEL, "coremltools": ct.__version__},
+                   functools.partial(linux_verdict, package), _core_ml_readme)
+
+
+def _core_ml_readme(check: str, shown_as: Path) -> str:
+    return (f"On a Mac, `python3 {check}` runs {shown_as.name} with Core ML predict on each compute unit and judges it "
+            f"as hrmc judged it on Linux, where its MIL program was replayed instead ({check_py.LINUX}), then times it "
+            "on each: every function's load (compile) time, first call and warm p50/p90, the app loop at batch 1 and "
+            "at the package's batch, and where Core ML plans to run the ops (MLComputePlan, macOS 14.4 or later), into "
+            f"{check_folder(shown_as).name}/{check_py.LATENCY} and a markdown table to publish, "
+            f"{check_py.LATENCY_TABLE} (`hrmc bench --estimate ane --artifact {shown_as.name} --measured "
+            f"{check_folder(shown_as).name}/{check_py.LATENCY}` prints the estimate beside it).\n"
+            "Needs macOS 15 or later (a multifunction package) and `pip install coremltools numpy` (coremltools 8 or "
+            "later).\n")
+
+
+def _core_ai(asset: Path) -> Shipped:
+    from hrmc.targets.coreai._coreai import VERSIONS, coreai
+    from hrmc.targets.coreai.package import read_asset
+    from hrmc.targets.coreai.runtime import describe, quiet_native_stderr
+
+    record, names = read_asset(asset)
+    roles = {"step": "step", "inference": "solve", "init": "init"} | {
+        "chunk": name for name in names if name.startswith("chunk")}
+
+    def verdict(record: dict[str, Any], inputs: Arrays, reference: Arrays) -> dict[str, Any]:
+        """check.py's own Core AI runner, on the reference interpreter: what the Mac will run, run here."""
+        runner = check_py.CoreAIAsset(coreai, VERSIONS["coreai-core"], asset)
+        try:
+            with quiet_native_stderr():  # the runtime's "Loading function" lines
+                step, inference = (runner.predict(check_py.INTERPRETER, record["functions"][role])
+                                   for role in ("step", "inference"))
+            return check_py.judge(record, reference, check_py.run_functions(step, inference, record, inputs,
+                                                                            reference))
+        finally:
+            runner.close()
+
+    return Shipped(record, check_py.COREAI, "float32", record.batch, roles, check_py.package_files(asset),
+                   {"runs_with": describe()}, verdict, _core_ai_readme)
+
+
+def _core_ai_readme(check: str, shown_as: Path) -> str:
+    return (f"On a Mac with macOS 27, `python3 {check}` runs {shown_as.name} in the Core AI runtime on each compute "
+            "unit (CPU only; every unit; the Neural Engine or the GPU preferred) and judges it as hrmc judged it on "
+            f"Linux, in coreai-core's reference interpreter ({check_py.LINUX}), then times every function and the "
+            f"app loop on each, into {check_folder(shown_as).name}/{check_py.LATENCY} and "
+            f"{check_py.LATENCY_TABLE}. Elsewhere it runs the reference interpreter, the one unit there is.\n"
+            "Needs `pip install coreai-core numpy`.\n")
 
 
 @dataclass(frozen=True)
@@ -129,7 +190,8 @@ def _float_type(flavour: str) -> str:
     return FLAVOURS[flavour].precision
 
 
-def reference_trajectory(model: HRM, step: PackageFunction, batch: Batch) -> tuple[Arrays, dict[str, dict]]:
+def reference_trajectory(model: HRM, policy: str, budget: int, batch: Batch,
+                         half: bool) -> tuple[Arrays, dict[str, dict]]:
     """reference.npz (per step of the torch float32 trajectory: the carry fed, the outputs, the decisions'
     margins and bands, and for float16 packages the float64 outputs and torch float16's RMSE against them; the
     whole run's final answers and halting steps with theirs) and the gate of each output, as hrmc's Linux gate
@@ -141,8 +203,7 @@ def reference_trajectory(model: HRM, step: PackageFunction, batch: Batch) -> tup
     chained): BAND_FACTOR × what hrm_ref float16 changes in it (float16), FLOOR_FACTOR × what float64 changes
     in it (float32: trajectory mode's noise floor); a sample whose halting step changes with them is a close
     call."""
-    half = _float_type(step.flavour) == "float16"
-    ref = Reference.prepared(model, step.record.policy, step.record.budget, batch, float16=half)
+    ref = Reference.prepared(model, policy, budget, batch, float16=half)
     run, reference = ref.run32, ref.float32
     other = ref.float16.run(batch) if half else ref.run64
     config, start = reference.model.config, hrm_ref.initial_carry(reference.model, batch)

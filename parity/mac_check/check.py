@@ -1,4 +1,5 @@
-"""On-Mac check of one Core ML package: `hrmc lower --mac-check` copies this file to NAME.check/check.py.
+"""On-Mac check of one Core ML package or Core AI asset: `hrmc lower --mac-check` copies this file to
+NAME.check/check.py.
 
 No Apple hardware runs where hrmc is tested: on Linux hrmc judges a package by replaying its MIL
 program (coremltools' reference semantics), not with Core ML's own kernels. On a Mac this script runs
@@ -31,10 +32,17 @@ the package it was written for, and loads a copy (opening a package in Core ML m
 manifest). Stand-alone: the standard library, numpy and coremltools 8 or later; macOS 15 or later
 for a multifunction package.
 
+A Core AI asset (NAME.aimodel, `--target coreai`) is judged the same way, by the float32 rule, with Apple's Core AI
+runtime (coreai-core) in place of Core ML predict: on macOS 27 on each compute unit (CPU_ONLY: specialization
+options cpu_only; ALL: default; CPU_AND_NE, CPU_AND_GPU: the Neural Engine or GPU preferred, which Core AI may
+still fall back from); elsewhere on coreai-core's reference interpreter, the one unit there is (INTERPRETER),
+which is what hrmc's Linux gate ran. Its step function keeps the carry as runtime state. Needs `pip install
+coreai-core numpy`.
+
     python3 NAME.check/check.py [PACKAGE] [--units CPU_ONLY,ALL]
 
-Exit 0: every compute unit passes; 1: one fails; 2: not macOS, or not the package (or the files)
-this check was written for.
+Exit 0: every compute unit passes; 1: one fails; 2: not macOS (a Core ML package), or not the package (or
+the files) this check was written for.
 
 After the verdict it times the package on each compute unit (`time_package`): every function's load and
 calls, and the app's loop (`app_loop`: init, then chunk or step until every sample halted), with Core ML's
@@ -46,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -65,6 +74,9 @@ RECORD, INPUTS, REFERENCE, LINUX = "record.json", "inputs.npz", "reference.npz",
 APPLE_PSNR_DB = 60.0  # Apple's float16 bar (ml-ane-transformers): reported, not gated
 UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
 PARTS = "Data/com.hrmc/parts.json"  # the package's own record of its files: not one of them
+COREAI = "coreai"  # the flavour of a Core AI asset
+MARKERS = {COREAI: "main.mlirb"}  # a file every artifact of the kind has; a Core ML package: Manifest.json
+INTERPRETER = "INTERPRETER"  # a Core AI asset off macOS: coreai-core's reference interpreter, no compute units
 CARRY = ("z_H", "z_L", "steps", "halted")
 
 Arrays = dict[str, "np.ndarray"]
@@ -99,10 +111,11 @@ def package_files(package: Path) -> dict[str, str]:
     return files
 
 
-def verify_package(package: Path, recorded: dict[str, str]) -> None:
+def verify_package(package: Path, recorded: dict[str, str], flavour: str = "") -> None:
     """The package's files must be exactly those recorded when this check was written."""
-    if not (package / "Manifest.json").is_file():
-        raise Refused(f"{package}: not an .mlpackage (no Manifest.json)")
+    marker = MARKERS.get(flavour, "Manifest.json")
+    if not (package / marker).is_file():
+        raise Refused(f"{package}: not {'a Core AI asset' if flavour == COREAI else 'an .mlpackage'} (no {marker})")
     found = package_files(package)
     for name in sorted(set(recorded) | set(found)):
         if name not in found:
@@ -392,14 +405,15 @@ def _agreement(counts: dict[str, Any]) -> str:
     return f"{counts['agree']} of {counts['compared']}{where}"
 
 
-def format_verdict(title: str, verdict: dict[str, Any], linux: dict[str, Any] | None = None) -> list[str]:
-    """A table of one run's figures, with the Linux replay's beside them, and its PASS or FAIL."""
+def format_verdict(title: str, verdict: dict[str, Any], linux: dict[str, Any] | None = None,
+                   linux_name: str = "Linux replay") -> list[str]:
+    """A table of one run's figures, with the Linux run's (`linux_name`) beside them, and its PASS or FAIL."""
     linux = linux or {}
     theirs = {row["output"]: row for row in linux.get("outputs", [])}
     ratios = any(row.get("ratio") is not None for row in verdict["outputs"])
     lines = [title, f"  {'output':<20}{'gate':<28}{'worst PSNR':>21}{'worst max|a-b|':>24}"
                     + (f"{'worst ratio':>20}{'>=60 dB':>8}" if ratios else "")
-                    + f"  {'Linux replay: PSNR, max|a-b|' + (', ratio' if ratios else ''):<40}ok"]
+                    + f"  {linux_name + ': PSNR, max|a-b|' + (', ratio' if ratios else ''):<40}ok"]
     for row in verdict["outputs"]:
         lines.append(f"  {row['output']:<20}{row['gate']:<28}{row['psnr']:>9.1f} dB (step {row['psnr_step']:>2})"
                      f"{row['max_abs']:>14.3g} (step {row['max_abs_step']:>2})"
@@ -410,13 +424,13 @@ def format_verdict(title: str, verdict: dict[str, Any], linux: dict[str, Any] | 
                 f"{counts['ambiguous']} on a close call")
         if what in linux.get("decisions", {}):
             other = linux["decisions"][what]
-            line += f" (Linux replay: {other['mismatched']} and {other['ambiguous']})"
+            line += f" ({linux_name}: {other['mismatched']} and {other['ambiguous']})"
         lines.append(line)
     for what, counts in verdict["reference_run"].items():
         line = f"  reported, not gated: the solve function's {what} agree with the reference's whole run on " + (
             _agreement(counts))
         if what in linux.get("reference_run", {}):
-            line += f" (Linux replay: {_agreement(linux['reference_run'][what])})"
+            line += f" ({linux_name}: {_agreement(linux['reference_run'][what])})"
         lines.append(line)
     lines.append("  PASS" if verdict["passed"] else "  FAIL: " + "; ".join(verdict["failures"]))
     return lines
@@ -439,6 +453,8 @@ WARMUP, ITERATIONS = 3, 20  # per function and app loop on each compute unit: un
 PERCENTILES = "numpy.percentile, method linear, of the timed calls"
 LOAD = ("MLModel(package, compute_units, function_name): Core ML compiles the package and loads the function (a "
         "unit's first load may also compile for the Neural Engine, which later loads find cached)")
+LOAD_COREAI = ("load_function on the asset's executable, opened for the unit with its specialization options before "
+               "the first (Core AI specializes the program then)")
 PLACES = ("neural_engine", "gpu", "cpu", "unknown")  # where MLComputePlan prefers to run an op (unknown: not said)
 DEVICES = {"MLNeuralEngineComputeDevice": "neural_engine", "MLGPUComputeDevice": "gpu", "MLCPUComputeDevice": "cpu"}
 
@@ -482,8 +498,10 @@ def latency_record(about: dict[str, Any], units: dict[str, dict[str, Any]]) -> d
                           **timing_summary(loop["samples_s"])} for loop in raw["app_loop"]],
             "compute_plan": {name: plan_summary(ops) for name, ops in raw["compute_plan"].items()},
             "no_compute_plan": raw["no_compute_plan"]}
+    about = dict(about)
+    load = about.pop("load", LOAD)
     return {"kind": "latency", "format": LATENCY_FORMAT, **about, "warmup": WARMUP, "iterations": ITERATIONS,
-            "percentiles": PERCENTILES, "load": LOAD, "units": summary}
+            "percentiles": PERCENTILES, "load": load, "units": summary}
 
 
 def _cell(text: Any) -> str:
@@ -494,11 +512,13 @@ def latency_markdown(latency: dict[str, Any]) -> str:
     """latency.json as markdown, ready to publish: a table of the functions, one of the app loop and one of the
     compute plan, under what was measured on what."""
     on = latency["measured_on"]
-    lines = [f"### {latency['package']}: Core ML latency on {on['chip']}", "",
+    framework = "Core AI" if latency["flavour"] == COREAI else "Core ML"
+    tool = f"coremltools {on['coremltools']}" if "coremltools" in on else f"coreai-core {on.get('coreai-core')}"
+    system = f"macOS {on['macos']}" if on["macos"] else "a system other than macOS"
+    lines = [f"### {latency['package']}: {framework} latency on {on['chip']}", "",
              f"{latency['flavour']} package ({latency['float_type']}, batch {latency['batch']}, policy "
              f"{latency['policy']}, budget {latency['budget']}), lowered by hrmc {latency['hrmc']}, timed by its "
-             f"check.py with Core ML predict on macOS {on['macos']} ({on['machine']}), coremltools "
-             f"{on['coremltools']}. "
+             f"check.py with {on.get('runtime', 'Core ML predict')} on {system} ({on['machine']}), {tool}. "
              f"p50 and p90 of {latency['iterations']} timed calls after the first and {latency['warmup']} untimed "
              f"ones ({latency['percentiles']}); load: {latency['load']}.", "",
              "| compute unit | check | function | role | load s | first call ms | p50 ms | p90 ms |",
@@ -519,7 +539,7 @@ def latency_markdown(latency: dict[str, Any]) -> str:
         for loop in timed.get("app_loop", []):
             lines.append(f"| {unit} | {loop['loop']} | {loop['batch']} | {loop['calls']} | {loop['steps']} | "
                          f"{loop['p50_ms']:.2f} | {loop['p90_ms']:.2f} |")
-    lines += ["", "Where Core ML plans to run the ops (MLComputePlan: ops, and share of its estimated cost).", "",
+    lines += ["", f"Where {framework} plans to run the ops (MLComputePlan: ops, and share of its estimated cost).", "",
               "| compute unit | function | ops NE / GPU / CPU / unknown | estimated cost NE / GPU / CPU |",
               "|---|---|---|---|"]
     for unit, timed in units.items():
@@ -558,7 +578,7 @@ def _timed(call: Callable[[], Any], clock: Callable[[], float]) -> tuple[float, 
     return seconds[0], seconds[1 + WARMUP:]
 
 
-def _app_run(models: dict[str, Any], functions: dict[str, tuple[str, list[str]]], loop: str, init: str | None,
+def _app_run(models: dict[str, Predict], functions: dict[str, tuple[str, list[str]]], loop: str, init: str | None,
              inputs: Arrays, carry: Arrays, halted: np.ndarray, record: dict[str, Any]) -> tuple[int, int]:
     """The app's loop once (`app_loop`): the initial carry (the init function's, else `carry`), rows `halted`
     halted from the start, then the loop function until every sample halted. The calls of the loop function it
@@ -566,13 +586,13 @@ def _app_run(models: dict[str, Any], functions: dict[str, tuple[str, list[str]]]
     float_type, calls = record["float_type"], []
 
     def begin(feed: Arrays) -> Arrays:
-        start = models[init].predict(_feed(functions[init][1], feed, float_type)) if init is not None else carry
+        start = models[init](_feed(functions[init][1], feed, float_type)) if init is not None else carry
         first = {name: np.asarray(start[name]) for name in CARRY}
         return {**first, "halted": (first["halted"] != 0) | halted}
 
     def step(feed: Arrays) -> Arrays:
         calls.append(loop)
-        return models[loop].predict(_feed(functions[loop][1], feed, float_type))
+        return models[loop](_feed(functions[loop][1], feed, float_type))
 
     steps = int(np.asarray(app_loop(begin, step, inputs, record["budget"])["halt_step"]).max())
     return len(calls), steps
@@ -607,20 +627,20 @@ def _compute_plan(ct, model: Any, unit: str, names: list[str]) -> tuple[dict[str
         return {}, f"MLComputePlan failed: {type(error).__name__}: {error}".splitlines()[0]
 
 
-def _time_unit(ct, package: Path, unit: str, record: dict[str, Any], inputs: Arrays, reference: Arrays,
-               clock: Callable[[], float]) -> dict[str, Any]:
-    """The raw timings of one compute unit (what `latency_record` reads): each function loaded, called on the saved
-    inputs (and the reference's initial carry), the app loop at batch 1 and at the package's batch, the plan."""
-    functions = _package_functions(ct, package, record)
+def _time_unit(functions: dict[str, tuple[str, list[str]]], load: Callable[[str], Predict], record: dict[str, Any],
+               inputs: Arrays, reference: Arrays, clock: Callable[[], float]) -> dict[str, Any]:
+    """The raw timings of one compute unit (what `latency_record` reads, less the compute plan): each function
+    (`functions`: {name: (role, input names)}) loaded (`load`: its predict, on that unit), called on the saved inputs
+    (and the reference's initial carry), and the app loop at batch 1 and at the package's batch."""
     start = {name: reference[f"carry.{name}"][0] for name in CARRY}
     models, timed = {}, {}
     for name, (role, names) in functions.items():
         began = clock()
-        models[name] = ct.models.MLModel(str(package), compute_units=getattr(ct.ComputeUnit, unit), function_name=name)
-        load = clock() - began
+        models[name] = load(name)
+        loaded = clock() - began
         feed = _feed(names, {**start, **inputs}, record["float_type"])
-        first, samples = _timed(lambda: models[name].predict(feed), clock)
-        timed[name] = {"role": role, "load_s": load, "first_s": first, "samples_s": samples}
+        first, samples = _timed(lambda: models[name](feed), clock)
+        timed[name] = {"role": role, "load_s": loaded, "first_s": first, "samples_s": samples}
     roles = {role: name for name, (role, _) in reversed(list(functions.items()))}
     loop, init, batch = roles.get("chunk", roles.get("step")), roles.get("init"), record["batch"]
     loops, sizes = [], dict.fromkeys((1, batch)) if loop is not None else {}
@@ -630,8 +650,21 @@ def _time_unit(ct, package: Path, unit: str, record: dict[str, Any], inputs: Arr
         calls, steps = _app_run(models, functions, loop, init, one, start, halted, record)
         _, samples = _timed(lambda: _app_run(models, functions, loop, init, one, start, halted, record), clock)
         loops.append({"batch": size, "loop": loop, "calls": calls, "steps": steps, "samples_s": samples})
+    return {"functions": timed, "app_loop": loops}
+
+
+def _time_core_ml(ct, package: Path, unit: str, record: dict[str, Any], inputs: Arrays, reference: Arrays,
+                  clock: Callable[[], float]) -> dict[str, Any]:
+    """One compute unit's raw timings of a Core ML package, with where Core ML plans to run its ops."""
+    functions, models = _package_functions(ct, package, record), {}
+
+    def load(name: str) -> Predict:
+        models[name] = ct.models.MLModel(str(package), compute_units=getattr(ct.ComputeUnit, unit), function_name=name)
+        return models[name].predict
+
+    timed = _time_unit(functions, load, record, inputs, reference, clock)
     plan, why = _compute_plan(ct, next(iter(models.values())), unit, list(functions))
-    return {"functions": timed, "app_loop": loops, "compute_plan": plan, "no_compute_plan": why}
+    return {**timed, "compute_plan": plan, "no_compute_plan": why}
 
 
 def time_package(ct, package: Path, record: dict[str, Any], inputs: Arrays, reference: Arrays,
@@ -641,6 +674,32 @@ def time_package(ct, package: Path, record: dict[str, Any], inputs: Arrays, refe
     and warm p50/p90, the app loop at batch 1 and at the package's batch, and where Core ML plans to run the ops;
     write latency.json and latency.md (`latency_markdown`) to `folder`, print the table. A unit Core ML cannot
     time is recorded as such: the verdict stands."""
+    with package_copy(package) as copy:
+        return _time_units(lambda unit, time_clock: _time_core_ml(ct, copy, unit, record, inputs, reference,
+                                                                   time_clock),
+                           package, record, verdicts, folder, {"coremltools": ct.__version__}, clock)
+
+
+def time_asset(asset: "CoreAIAsset", record: dict[str, Any], inputs: Arrays, reference: Arrays,
+               verdicts: dict[str, dict[str, Any]], folder: Path,
+               clock: Callable[[], float] | None = None) -> dict[str, Any]:
+    """`time_package` for a Core AI asset: every function and the app loop on each compute unit; Core AI's Python
+    API has no compute plan (Instruments' Core AI instrument shows which units ran)."""
+    def time_unit(unit: str, time_clock: Callable[[], float]) -> dict[str, Any]:
+        timed = _time_unit(asset.functions(unit, record), lambda name: asset.predict(unit, name), record, inputs,
+                           reference, time_clock)
+        return {**timed, "compute_plan": {}, "no_compute_plan": "Core AI's Python API has no compute plan (Instruments' "
+                "Core AI instrument shows the units used)"}
+
+    return _time_units(time_unit, asset.path, record, verdicts, folder, {"coreai-core": asset.version,
+                                                                       "runtime": asset.runs_with()}, clock,
+                       load=LOAD_COREAI)
+
+
+def _time_units(time_unit: Callable[[str, Callable[[], float]], dict[str, Any]], package: Path, record: dict[str, Any],
+                verdicts: dict[str, dict[str, Any]], folder: Path, tools: dict[str, str],
+                clock: Callable[[], float] | None, load: str = LOAD) -> dict[str, Any]:
+    """Each judged unit timed by `time_unit`, then latency.json and latency.md written and the table printed."""
     import subprocess
     import time
 
@@ -649,14 +708,13 @@ def time_package(ct, package: Path, record: dict[str, Any], inputs: Arrays, refe
     print(f"timing {package.name}: every function and the app loop on each compute unit, {ITERATIONS} timed calls "
           f"after the first and {WARMUP} untimed")
     raw = {}
-    with package_copy(package) as copy:
-        for unit, verdict in verdicts.items():
-            check = "PASS" if verdict["passed"] else "FAIL"
-            try:
-                raw[unit] = {"check": check, **_time_unit(ct, copy, unit, record, inputs, reference, clock)}
-            except Exception as error:  # Core ML refusing a unit is reported in the record, beside the others
-                raw[unit] = {"check": check, "error": f"{type(error).__name__}: {error}".splitlines()[0]}
-                print(f"  not timed on {unit}: {raw[unit]['error']}")
+    for unit, verdict in verdicts.items():
+        check = "PASS" if verdict["passed"] else "FAIL"
+        try:
+            raw[unit] = {"check": check, **time_unit(unit, clock)}
+        except Exception as error:  # the runtime refusing a unit is reported in the record, beside the others
+            raw[unit] = {"check": check, "error": f"{type(error).__name__}: {error}".splitlines()[0]}
+            print(f"  not timed on {unit}: {raw[unit]['error']}")
     try:
         chip = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
                               text=True).stdout.strip()
@@ -665,8 +723,8 @@ def time_package(ct, package: Path, record: dict[str, Any], inputs: Arrays, refe
     about = {"package": package.name, "flavour": record["flavour"], "float_type": record["float_type"],
              "batch": record["batch"], "policy": record["policy"], "budget": record["budget"], "hrmc": record["hrmc"],
              "measured_on": {"chip": chip or platform.machine(), "macos": platform.mac_ver()[0],
-                             "machine": platform.machine(), "coremltools": ct.__version__,
-                             "python": platform.python_version()}}
+                             "machine": platform.machine(), **tools, "python": platform.python_version()},
+             "load": load}
     latency = latency_record(about, raw)
     table = latency_markdown(latency)
     (folder / LATENCY).write_text(json.dumps(latency, indent=1))
@@ -674,6 +732,84 @@ def time_package(ct, package: Path, record: dict[str, Any], inputs: Arrays, refe
     print(table, end="")
     print(f"wrote {folder / LATENCY} and {folder / LATENCY_TABLE}")
     return latency
+
+
+def _coreai():
+    """Apple's Core AI runtime (coreai-core): on macOS 27 the system's, elsewhere its reference interpreter."""
+    try:
+        import coreai.authoring
+        import coreai.runtime
+        from importlib.metadata import version
+    except ImportError:
+        raise Refused("needs coreai-core: pip install coreai-core numpy") from None
+    return coreai, version("coreai-core")
+
+
+class CoreAIAsset:
+    """An .aimodel's functions in the Core AI runtime, one executable per compute unit, on an event loop of its own
+    (the runtime is asynchronous). A function with state (step, chunkK) takes the carry in the feed as its state and
+    gives the carry after the call back as NAME_next, as a Core ML package's step function does."""
+
+    def __init__(self, coreai, version: str, path: Path) -> None:
+        import asyncio
+
+        self.coreai, self.version, self.path = coreai, version, path
+        self.loop, self.opened = asyncio.new_event_loop(), {}
+
+    def units(self, asked: list[str]) -> list[str]:
+        """The units asked on macOS; elsewhere the one there is, the reference interpreter."""
+        return asked if platform.system() == "Darwin" else [INTERPRETER]
+
+    def runs_with(self) -> str:
+        if platform.system() == "Darwin":
+            return f"the Core AI runtime on this Mac (macOS {platform.mac_ver()[0]}, {platform.machine()})"
+        return f"coreai-core's reference interpreter ({platform.system()}: no compute units)"
+
+    def options(self, unit: str):
+        """Core AI's specialization options for a compute unit: CPU only, the default (every unit), or the Neural
+        Engine or GPU preferred (Core AI falls back from it where an op cannot run there)."""
+        options, kinds = self.coreai.runtime.SpecializationOptions, getattr(self.coreai.runtime, "ComputeUnitKind", None)
+        if unit == INTERPRETER:
+            return None
+        if unit == "CPU_ONLY":
+            return options.cpu_only()
+        if unit == "ALL":
+            return options.default()
+        return options.from_preferred_compute_unit_kind(kinds.neural_engine() if unit == "CPU_AND_NE" else kinds.gpu())
+
+    def executable(self, unit: str):
+        if unit not in self.opened:
+            opening = self.coreai.authoring.AIModelAsset.load(self.path).executable(self.options(unit))
+            self.opened[unit] = (opening, self.loop.run_until_complete(opening.__aenter__()))
+        return self.opened[unit][1]
+
+    def functions(self, unit: str, record: dict[str, Any]) -> dict[str, tuple[str, list[str]]]:
+        """{function: (its role, what it reads: inputs, then state)} of the functions record.json names."""
+        found = {}
+        for role, name in record["functions"].items():
+            desc = self.executable(unit).load_function(name).desc
+            found[name] = (role, list(desc.input_names) + list(desc.state_names))
+        return found
+
+    def predict(self, unit: str, name: str) -> Predict:
+        """Function `name` loaded on `unit`, called with numpy arrays."""
+        function = self.executable(unit).load_function(name)
+        inputs, state = list(function.desc.input_names), list(function.desc.state_names)
+        array = self.coreai.runtime.NDArray
+
+        def call(feed: Arrays) -> Arrays:
+            carry = {n: array(np.ascontiguousarray(np.asarray(feed[n], bool) if n == "halted" else feed[n]))
+                     for n in state}
+            given = {n: array(np.ascontiguousarray(feed[n])) for n in inputs}
+            results = self.loop.run_until_complete(function(given, state=carry))
+            return ({n: np.array(results[n].numpy()) for n in function.desc.output_names}
+                    | {f"{n}_next": np.array(value.numpy()) for n, value in carry.items()})
+        return call
+
+    def close(self) -> None:
+        for opening, _ in self.opened.values():
+            self.loop.run_until_complete(opening.__aexit__(None, None, None))
+        self.loop.close()
 
 
 def _coremltools():
@@ -701,9 +837,9 @@ def _predict(ct, package: Path, unit: str, function: str) -> Predict:
 
 def main(argv: list[str] | None = None) -> int:
     here = Path(__file__).resolve().parent
-    parser = argparse.ArgumentParser(prog="check.py", description="Run the Core ML package with Core ML predict "
-                                     "on each compute unit and judge it as hrmc's Linux gate does.")
-    parser.add_argument("package", nargs="?", help="the .mlpackage (default: the one beside this folder)")
+    parser = argparse.ArgumentParser(prog="check.py", description="Run the Core ML package (or Core AI asset) with "
+                                     "Apple's runtime on each compute unit and judge it as hrmc's Linux gate does.")
+    parser.add_argument("package", nargs="?", help="the .mlpackage or .aimodel (default: the one beside this folder)")
     parser.add_argument("--units", default=",".join(UNITS), help=f"compute units, comma-separated ({', '.join(UNITS)})")
     args = parser.parse_args(argv)
     try:
@@ -712,36 +848,50 @@ def main(argv: list[str] | None = None) -> int:
         record = json.loads((here / RECORD).read_text())
         package = Path(args.package) if args.package else here.parent / record["package"]
         units = parse_units(args.units)
-        verify_package(package, record["files"])
-        ct = _coremltools()
+        verify_package(package, record["files"], record["flavour"])
+        runtime = _coreai() if record["flavour"] == COREAI else _coremltools()
     except Refused as why:
         print(f"check.py: {why}", file=sys.stderr)
         return 2
     inputs, reference = load_arrays(here / INPUTS), load_arrays(here / REFERENCE)
     linux = json.loads((here / LINUX).read_text())
+    linux_name = "Linux replay" if "coremltools" in linux else "Linux"
+    linux_said = f"{linux_name} said: {'PASS' if linux['verdict']['passed'] else 'FAIL'}"
     print(f"{package.name}: {record['flavour']} package ({record['float_type']}, batch {record['batch']}, policy "
           f"{record['policy']}, budget {record['budget']}), seeded inputs (seed {record['seed']}); every file "
           "matches the record")
-    print(f"runs with: Core ML predict on this Mac (macOS {platform.mac_ver()[0]}, {platform.machine()}, "
-          f"coremltools {ct.__version__}); the reference is torch float32 (hrm_ref), saved by hrmc {record['hrmc']}")
-    print(f"Linux replay said: {'PASS' if linux['verdict']['passed'] else 'FAIL'}; it computed "
-          f"{linux['runs_with']}, with coremltools {linux['coremltools']}")
-    verdicts = {}
     with package_copy(package) as copy:
+        if record["flavour"] == COREAI:
+            asset = CoreAIAsset(*runtime, copy)
+            units, runs_with, predict = asset.units(units), asset.runs_with(), asset.predict
+        else:
+            ct = runtime
+            runs_with = (f"Core ML predict on this Mac (macOS {platform.mac_ver()[0]}, {platform.machine()}, "
+                         f"coremltools {ct.__version__})")
+            predict = functools.partial(_predict, ct, copy)
+        print(f"runs with: {runs_with}; the reference is torch float32 (hrm_ref), saved by hrmc {record['hrmc']}")
+        print(f"{linux_said}; it computed {linux['runs_with']}"
+              + (f", with coremltools {linux['coremltools']}" if "coremltools" in linux else ""))
+        verdicts = {}
         for unit in units:
-            step, inference = (_predict(ct, copy, unit, record["functions"][role]) for role in ("step", "inference"))
+            step, inference = (predict(unit, record["functions"][role]) for role in ("step", "inference"))
             verdicts[unit] = judge(record, reference, run_functions(step, inference, record, inputs, reference))
             print()
-            print("\n".join(format_verdict(f"{unit}: Core ML predict, the step function teacher-forced over "
-                                           f"{len(reference['carry.steps'])} steps and chained, the inference "
-                                           "function once", verdicts[unit], linux["verdict"])))
-    print()
-    for unit, verdict in verdicts.items():
-        print(f"{unit:<12}{'PASS' if verdict['passed'] else 'FAIL'}")
-    passed = all(verdict["passed"] for verdict in verdicts.values())
-    print(f"overall: {'PASS' if passed else 'FAIL'} (Core ML predict on this Mac; Linux replay said "
-          f"{'PASS' if linux['verdict']['passed'] else 'FAIL'})")
-    time_package(ct, package, record, inputs, reference, verdicts, here)
+            print("\n".join(format_verdict(f"{unit}: {runs_with.split(' (')[0]}, the step function teacher-forced "
+                                           f"over {len(reference['carry.steps'])} steps and chained, the inference "
+                                           "function once", verdicts[unit], linux["verdict"], linux_name)))
+        print()
+        for unit, verdict in verdicts.items():
+            print(f"{unit:<12}{'PASS' if verdict['passed'] else 'FAIL'}")
+        passed = all(verdict["passed"] for verdict in verdicts.values())
+        print(f"overall: {'PASS' if passed else 'FAIL'} ({runs_with.split(' (')[0]}; {linux_said})")
+        if record["flavour"] == COREAI:
+            asset.close()
+            timed = CoreAIAsset(*runtime, copy)  # opened afresh: each unit's first load is timed
+            time_asset(timed, record, inputs, reference, verdicts, here)
+            timed.close()
+    if record["flavour"] != COREAI:
+        time_package(ct, package, record, inputs, reference, verdicts, here)
     return 0 if passed else 1
 
 

@@ -31,8 +31,16 @@ def executor(target: Target, name: str, onnx_model: str | Path | None, chunk: in
 
 
 def lower(target: Target, source: ModelSource, out: str | Path, options: LowerOptions) -> list[Path]:
-    return [lower_coreai(source.model, source.batch, source.policy, source.budget, source.origin, out, source.chunk,
-                         options.force, options.about, target.weight_storage(options.weights), options.progress).path]
+    """The asset; with `options.companion` (lower --mac-check), that beside it too: both or neither."""
+    def write(check=None) -> Path:
+        return lower_coreai(source.model, source.batch, source.policy, source.budget, source.origin, out, source.chunk,
+                            options.force, options.about, target.weight_storage(options.weights), options.progress,
+                            check).path
+
+    if options.companion is None:
+        return [write()]
+    with options.companion.writing(Path(out), options.force) as fill:
+        return [write(fill), options.companion.path(Path(out))]
 
 
 def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -> list[Path]:

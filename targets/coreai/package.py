@@ -48,10 +48,12 @@ class CoreAIAsset:
 
 def lower_coreai(model: HRM, batch: Batch, policy: str, budget: int, checkpoint: Checkpoint, out: str | Path,
                  chunk: int | None = None, force: bool = False, about: About = About(), weights: str = "float32",
-                 progress: Callable[[str], None] = lambda _: None) -> CoreAIAsset:
+                 progress: Callable[[str], None] = lambda _: None,
+                 check: Callable[[Path, Path], None] | None = None) -> CoreAIAsset:
     """Convert `model` (the ACT step, policy, budget, the batch's size and sequence length) into `out`, its weights
     stored `weights` (float32, int8, lut6, lut4: `lowering.stored_as`), atomically; an existing asset is replaced
-    only if hrmc wrote it (or `force`)."""
+    only if hrmc wrote it (or `force`). `check(written, out)` runs on the asset as written, before it appears (a
+    Mac check filled from it: `lower --mac-check`); if it raises, nothing appears."""
     from hrmc.targets.coreai._coreai import coreai
 
     check_exportable(model)
@@ -78,6 +80,8 @@ def lower_coreai(model: HRM, batch: Batch, policy: str, budget: int, checkpoint:
             meta.set_custom(PARTS, json.dumps(parts, sort_keys=True))
 
         asset.update_metadata(stamp)
+        if check is not None:
+            check(temporary, Path(out))
     return CoreAIAsset(Path(out), functions)
 
 

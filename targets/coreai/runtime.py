@@ -39,7 +39,7 @@ class LoadedAsset:
     def call(self, function: str, inputs: dict[str, np.ndarray], state: dict[str, np.ndarray] | None = None
              ) -> dict[str, np.ndarray]:
         if function not in self.functions:
-            with _native_stderr_quiet():  # the runtime prints "ODIE [default]: Loading function …" on loading
+            with quiet_native_stderr():  # the runtime prints "ODIE [default]: Loading function …" on loading
                 self.functions[function] = self.executable.load_function(function)
         arrays = {name: coreai.runtime.NDArray(np.ascontiguousarray(value)) for name, value in (state or {}).items()}
         given = {name: coreai.runtime.NDArray(np.ascontiguousarray(value)) for name, value in inputs.items()}
@@ -50,7 +50,7 @@ class LoadedAsset:
 
 
 @contextlib.contextmanager
-def _native_stderr_quiet():
+def quiet_native_stderr():
     """The process's stderr (file descriptor 2, which native code writes to) sent to /dev/null meanwhile."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -72,4 +72,4 @@ def describe() -> str:
     return f"coreai-core {VERSIONS['coreai-core']}, {RUNS_ON}"
 
 
-__all__ = ["LoadedAsset", "RUNS_ON", "describe"]
+__all__ = ["LoadedAsset", "RUNS_ON", "describe", "quiet_native_stderr"]

@@ -4,7 +4,6 @@ reproducing the Linux gate's (Core ML itself is stood in for by the MIL replay: 
 from __future__ import annotations
 
 import ast
-import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -23,8 +22,6 @@ from hrmc.cli import main
 from hrmc.parity.gate import FLOAT16_ROUNDING, HALF_FACTOR, Q_ERROR_LIMIT
 from hrmc.parity.mac_check import bundle as mac_check
 from hrmc.parity.mac_check import check as check_py
-from hrmc.record import Record
-from hrmc.targets.coreml import PackageFunction
 from hrmc.targets.coreml.runtime import replay
 from tests.helpers import assert_one_line_error, hrmc
 
@@ -112,13 +109,14 @@ def test_the_folder_holds_the_script_the_inputs_and_the_reference(checked, tiny)
     assert len(readme) == 2 and "python3 t.check/check.py" in readme[0] and "pip install coremltools numpy" in readme[1]
 
 
-def test_check_py_needs_nothing_but_numpy_and_coremltools() -> None:
+def test_check_py_needs_nothing_but_numpy_and_apples_runtime() -> None:
+    """numpy, and coremltools for a Core ML package or coreai-core for a Core AI asset."""
     source = Path(check_py.__file__).read_text()
     tree = ast.parse(source, feature_version=(3, 9))  # macOS's own python3 is 3.9
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported - set(sys.stdlib_module_names) == {"numpy", "coremltools"}, imported
+    assert imported - set(sys.stdlib_module_names) == {"numpy", "coremltools", "coreai"}, imported
 
 
 def test_on_linux_check_py_says_it_needs_macos(checked) -> None:
@@ -202,7 +200,7 @@ def test_on_a_mac_each_compute_unit_is_judged(capsys, checked, monkeypatch) -> N
 def test_mac_check_is_refused_off_core_ml_and_without_the_model(capsys, tiny_export: Path, tmp_path: Path) -> None:
     code, _, err = hrmc(capsys, "lower", "--target", "onnx", "--preset", "tiny", "-o", str(tmp_path / "t.onnx"),
                         "--mac-check")
-    assert_one_line_error(code, err, "--mac-check: only for a Core ML package")
+    assert_one_line_error(code, err, "--mac-check: only for a Core ML package or a Core AI asset")
     code, _, err = hrmc(capsys, "lower", "--target", "ane", "--onnx-model", str(tiny_export), "--policy", "q-halt",
                         "-o", str(tmp_path / "t.mlpackage"), "--mac-check")
     assert_one_line_error(code, err, "--mac-check with --onnx-model: name its model too")
@@ -223,11 +221,8 @@ def test_a_failing_check_leaves_neither_the_package_nor_its_folder(tiny_export: 
 
 def test_float32_packages_are_held_to_the_mac_tolerance(tiny) -> None:
     """coreml: every output within 1e-4 + 1e-4·|b|, decisions close within twice that of a tie."""
-    record = Record(version="0", config=dataclasses.asdict(tiny.config), policy="q-halt", budget=8, seq_len=16,
-                    outputs=("logits", "q_halt_logits", "q_continue_logits"), weights_sha256="", flavour="coreml",
-                    batch=2)
-    step = PackageFunction("step", Path("c.mlpackage"), "step", (), record.metadata())
-    reference, gates = mac_check.reference_trajectory(tiny, step, hrm_ref.random_batch(tiny.config, 2, 0, 16))
+    reference, gates = mac_check.reference_trajectory(tiny, "q-halt", 8, hrm_ref.random_batch(tiny.config, 2, 0, 16),
+                                                      half=False)
     assert set(gates) == {"logits", "q_halt_logits", "q_continue_logits", "z_H", "z_L"}
     assert all(gate == {"gate": "tolerance", "atol": 1e-4, "rtol": 1e-4} for gate in gates.values())
     top = np.sort(reference["step.logits"], axis=-1)[..., -1]

@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,8 +46,8 @@ def rerecord(asset: Path, program: bytes) -> None:
 
 @pytest.fixture(scope="session")
 def asset(tmp_path_factory, worker_id: str) -> Path:
-    """tiny lowered with every function (init, step, chunk2, solve), once per test session: the first test worker
-    to ask lowers it (50 s), the others wait on the lock and read it."""
+    """tiny lowered with every function (init, step, chunk2, solve) and its Mac check (tiny.check/), once per test
+    session: the first test worker to ask lowers it (50 s), the others wait on the lock and read it."""
     root = tmp_path_factory.getbasetemp()
     shared = (root.parent if worker_id != "master" else root) / "coreai-asset"
     shared.mkdir(exist_ok=True)
@@ -56,14 +57,15 @@ def asset(tmp_path_factory, worker_id: str) -> Path:
         if not out.is_dir():
             out.parent.mkdir(exist_ok=True)
             assert main(["lower", "--target", "coreai", *GATED, "--chunk", "2", "--author", "A. Author",
-                         "-o", str(out)]) == 0
+                         "--mac-check", "-o", str(out)]) == 0
     return out
 
 
 @pytest.mark.heavy  # a Core AI conversion: 20–50 s
 def test_lower_writes_one_asset_with_every_function_and_its_record(tiny, asset: Path) -> None:
     assert sorted(p.name for p in asset.iterdir()) == ["main.hash", PROGRAM, METADATA]
-    assert [p.name for p in asset.parent.iterdir()] == [asset.name]  # no temporary folder left beside it
+    # no temporary folder left beside it: the asset and its Mac check (--mac-check)
+    assert sorted(p.name for p in asset.parent.iterdir()) == sorted([asset.name, asset.with_suffix(".check").name])
     record, functions = read_asset(asset)
     assert functions == ("init", "step", "solve", "chunk2")
     assert (record.policy, record.budget, record.batch, record.chunk, record.kind) == ("q-halt", 4, 4, 2, "coreai")
@@ -145,6 +147,28 @@ def test_a_changed_weight_is_refused_though_its_digest_was_recorded_again(capsys
     rerecord(changed, program)
     code, out, err = hrmc(capsys, "parity", "torch", "coreai", "--artifact", str(changed), *GATED)
     assert code == 1 and "inner.puzzle_emb.weights is stored nowhere" in out + err, out + err
+
+
+@pytest.mark.heavy  # a Core AI conversion: 20–50 s
+def test_the_mac_check_judges_the_asset_as_the_gate_does_and_times_it(asset: Path, tmp_path: Path) -> None:
+    """check.py beside the asset, run here as on a Mac but on coreai-core's reference interpreter (the one unit off
+    macOS): its verdict is the one hrmc recorded (linux.json), every function and the app loop are timed; a copy of
+    the asset with a changed program is not the asset it was written for (exit 2)."""
+    check = shutil.copytree(asset.with_suffix(".check"), tmp_path / "tiny.check")
+    copy = shutil.copytree(asset, tmp_path / "tiny.aimodel")
+    result = subprocess.run([sys.executable, str(check / "check.py")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "INTERPRETER PASS" in result.stdout and "overall: PASS (coreai-core's reference interpreter; Linux said: PASS)" \
+        in result.stdout
+    latency = json.loads((check / "latency.json").read_text())
+    timed = latency["units"]["INTERPRETER"]
+    assert set(timed["functions"]) == {"init", "step", "chunk2", "solve"} and timed["check"] == "PASS"
+    assert [loop["batch"] for loop in timed["app_loop"]] == [1, 4] and latency["flavour"] == "coreai"
+    program = bytearray((copy / PROGRAM).read_bytes())
+    program[len(program) // 2] ^= 1
+    (copy / PROGRAM).write_bytes(bytes(program))
+    result = subprocess.run([sys.executable, str(check / "check.py")], capture_output=True, text=True)
+    assert result.returncode == 2 and "main.mlirb does not match its recorded sha256" in result.stderr, result.stderr
 
 
 @pytest.mark.heavy  # a Core AI conversion: 20–50 s
