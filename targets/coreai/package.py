@@ -1,7 +1,9 @@
-"""The `.aimodel` asset: writing it (`lower_coreai`), and reading its record back, verified.
+"""The `.aimodel` asset: writing it (`lower_coreai`), and reading its record and stored weights back, verified.
 
     NAME.aimodel/
-      main.mlirb       the program: every function (init, step, chunkK, solve), each weight stored once
+      main.mlirb       the program: every function (init, step, chunkK, solve), each weight stored once (float32,
+                       or compressed: the data and scales of blockwise_shift_scale, the packed indices and palettes
+                       of lut_to_dense)
       main.hash        its sha256, as coreai-core writes it
       metadata.json    author, license, description, and hrmc's record in the custom metadata, strings under
                        `hrmc.` keys as a Core ML package holds them (hrmc's version, config, policy, budget,
@@ -9,8 +11,9 @@
                        (each function's inputs, outputs and state: meaning, type, shape, use, as the Core ML
                        package's) and hrmc.parts (the sha256 of main.mlirb: hrmc.binding)
 
-The asset is written in a temporary folder beside NAME.aimodel and renamed, so it appears whole or not at all.
-Nothing in it names this machine: the program is converted in release mode (no stack traces).
+The asset is written in a temporary folder beside NAME.aimodel and renamed, so it appears whole or not at all
+(with its Mac check beside it, `lower --mac-check`, filled before it appears). Nothing in it names this machine:
+the program is converted in release mode (no stack traces).
 """
 
 from __future__ import annotations
