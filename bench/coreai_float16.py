@@ -1,6 +1,6 @@
 """Why the `coreai` target offers no float16 weights: what Apple's Linux interpreter does with a float16 matmul.
 
-    python -m bench.coreai_float16
+    python -m hrmc.bench.coreai_float16
 
 1. One float16 matmul, [8, 1024] × [1024, 64], converted and run in coreai-core's reference interpreter, beside
    the same products summed in float16 one at a time (rounded after every product and every addition) and summed
