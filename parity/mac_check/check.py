@@ -453,8 +453,8 @@ WARMUP, ITERATIONS = 3, 20  # per function and app loop on each compute unit: un
 PERCENTILES = "numpy.percentile, method linear, of the timed calls"
 LOAD = ("MLModel(package, compute_units, function_name): Core ML compiles the package and loads the function (a "
         "unit's first load may also compile for the Neural Engine, which later loads find cached)")
-LOAD_COREAI = ("load_function on the asset's executable, opened for the unit with its specialization options before "
-               "the first (Core AI specializes the program then)")
+LOAD_COREAI = ("load_function on the asset's executable for the unit, which the first function's load opens with the "
+               "unit's specialization options (Core AI specializes the program then)")
 PLACES = ("neural_engine", "gpu", "cpu", "unknown")  # where MLComputePlan prefers to run an op (unknown: not said)
 DEVICES = {"MLNeuralEngineComputeDevice": "neural_engine", "MLGPUComputeDevice": "gpu", "MLCPUComputeDevice": "cpu"}
 
@@ -686,7 +686,7 @@ def time_asset(asset: "CoreAIAsset", record: dict[str, Any], inputs: Arrays, ref
     """`time_package` for a Core AI asset: every function and the app loop on each compute unit; Core AI's Python
     API has no compute plan (Instruments' Core AI instrument shows which units ran)."""
     def time_unit(unit: str, time_clock: Callable[[], float]) -> dict[str, Any]:
-        timed = _time_unit(asset.functions(unit, record), lambda name: asset.predict(unit, name), record, inputs,
+        timed = _time_unit(asset.functions(record, inputs), lambda name: asset.predict(unit, name), record, inputs,
                            reference, time_clock)
         return {**timed, "compute_plan": {}, "no_compute_plan": "Core AI's Python API has no compute plan (Instruments' "
                 "Core AI instrument shows the units used)"}
@@ -783,13 +783,12 @@ class CoreAIAsset:
             self.opened[unit] = (opening, self.loop.run_until_complete(opening.__aenter__()))
         return self.opened[unit][1]
 
-    def functions(self, unit: str, record: dict[str, Any]) -> dict[str, tuple[str, list[str]]]:
-        """{function: (its role, what it reads: inputs, then state)} of the functions record.json names."""
-        found = {}
-        for role, name in record["functions"].items():
-            desc = self.executable(unit).load_function(name).desc
-            found[name] = (role, list(desc.input_names) + list(desc.state_names))
-        return found
+    @staticmethod
+    def functions(record: dict[str, Any], inputs: Arrays) -> dict[str, tuple[str, list[str]]]:
+        """{function: (its role, what it reads)} of the functions record.json names: the inputs, and the carry as
+        state for step and chunk (read from the record, so that a function's first load is the one timed)."""
+        return {name: (role, list(inputs) + (list(CARRY) if role in ("step", "chunk") else []))
+                for role, name in record["functions"].items()}
 
     def predict(self, unit: str, name: str) -> Predict:
         """Function `name` loaded on `unit`, called with numpy arrays."""

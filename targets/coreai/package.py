@@ -130,12 +130,11 @@ def stored_weights(asset: str | Path) -> Iterator[tuple[str, np.ndarray | Compre
     module = coreai.authoring.AIModelAsset.load(Path(asset)).program._module._mlir_module
     text = module.operation.get_asm(large_elements_limit=None)
     types = dict(re.findall(r"dense_resource<(\w+)>\s*:\s*tensor<([^>]*)>", text))
-    resources = {name: bytes.fromhex(payload)[4:]
+    resources = {name: _array(bytes.fromhex(payload)[4:], types[name])
                  for name, payload in re.findall(r'(\w+):\s*"0x([0-9A-Fa-f]+)"', text.rpartition("dialect_resources:")[2])}
     inline = re.findall(r'dense<"0x([0-9A-Fa-f]+)">\s*:\s*tensor<([^>]*)>', text)  # small ones: no alignment
-    for name, data, tensor_type in ([(name, data, types[name]) for name, data in resources.items()]
-                                    + [(f"an inline {kind}", bytes.fromhex(payload), kind) for payload, kind in inline]):
-        array = _array(data, tensor_type)
+    for name, array in [*resources.items(), *((f"an inline {kind}", _array(bytes.fromhex(payload), kind))
+                                              for payload, kind in inline)]:
         if array is None or array.dtype.kind != "f":
             continue
         yield name, array
@@ -144,7 +143,7 @@ def stored_weights(asset: str | Path) -> Iterator[tuple[str, np.ndarray | Compre
             repeated = repeated[0]
         if repeated is not array:  # also the slice it repeats: a parameter [1, D] is itself such an array
             yield f"{name} (the slice it repeats)", repeated
-    yield from _compressed(text, {name: _array(data, types[name]) for name, data in resources.items()})
+    yield from _compressed(text, resources)
 
 
 def _array(data: bytes, tensor_type: str) -> np.ndarray | None:
