@@ -213,6 +213,17 @@ def together() -> Iterator[None]:
 
 
 @contextmanager
+def on_their_own() -> Iterator[None]:
+    """Outputs written in the block are no part of an enclosing `together` group: what they are (a cache entry) stays
+    whether or not the outputs around it do."""
+    token = _GROUP.set(None)
+    try:
+        yield
+    finally:
+        _GROUP.reset(token)
+
+
+@contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds (and, within
     `together`, stays only if the whole group does)."""

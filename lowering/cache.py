@@ -11,8 +11,9 @@ code that traces it (hrmc's export and hrm_ref, torch, onnx): those, hashed, nam
 
     CACHE/exports/KEY/model.onnx, model.step.onnx      (the pair `trace_onnx` writes, bound by their record)
 
-The same machinery (`cached`) keeps what else a gate without `--artifact` makes again and again: a Core ML
-executor's packages (targets/coreml/executors.py), keyed by the graph they are lowered from.
+The same machinery (`cached`) keeps what else a gate without `--artifact` makes again and again: the graphs of a
+pass pipeline (passes.cached_lowering), keyed by the structured graphs they are lowered from, and a Core ML
+executor's packages (targets/coreml/executors.py), keyed by the graph they are converted from.
 
 CACHE is $HRMC_CACHE, else $XDG_CACHE_HOME/hrmc, else ~/.cache/hrmc; HRMC_CACHE=off turns the cache off. An
 entry appears whole (written in a temporary folder, renamed) or not at all; one whose files no longer match their
@@ -41,7 +42,7 @@ import torch
 from hrmc import __version__
 from hrmc.hrm_ref import HRM, Batch
 from hrmc.hrm_ref.act import resolve_budget
-from hrmc.files import together, work_folder
+from hrmc.files import on_their_own, together, work_folder
 from hrmc.lowering.artifact import bound_parts, load_proto, save_bound
 from hrmc.lowering.export import (ExportedModel, check_exportable, example_batch, export_paths, exported_model,
                                   trace_onnx, weights_sha256)
@@ -148,7 +149,8 @@ def _read_or_make(entry: Path, make: Callable[[Path], Path], read_back: Callable
     except OSError:
         return make(work)
     try:
-        made = make(staging).relative_to(staging)
+        with on_their_own():  # an entry is renamed into place: a failure after it must not undo its files
+            made = make(staging).relative_to(staging)
         (staging / _MADE).write_text(str(made))
         try:
             staging.rename(entry)

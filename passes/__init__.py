@@ -3,11 +3,13 @@
 Passes are registered by name (`PASSES`) and composed into named pipelines (`PIPELINES`).
 Entry point: `lower_onnx(structured, out, pipeline)` lowers the whole-inference graph and its
 one-step sibling. The step graph also gets `chunk-budget 1` (and, on request, a k-step chunk).
+`cached_lowering` is the same for what a gate makes afresh: once per source, pipeline and chunk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from typing import Callable
 
 import onnx
 import onnx_ir as ir
+import onnxscript
 from onnx_ir.passes.common import NameFixPass
 
 from hrmc.errors import HrmcError, InputError
@@ -23,7 +26,8 @@ from hrmc.files import atomic_output, check_output, together
 from hrmc.lowering import read_record, step_path_for
 from hrmc.record import rebase
 from hrmc.timing import phase
-from hrmc.lowering.artifact import load_proto, save_bound, source_parts
+from hrmc.lowering.artifact import bound_parts, load_proto, save_bound, source_parts
+from hrmc.lowering.cache import cached
 from hrmc import names
 from hrmc.passes._loops import COPY, PassInputError, restore_loop_labels
 from hrmc.passes.act_to_masked_budget import ActToMaskedBudgetPass
@@ -228,5 +232,30 @@ def lower_onnx(structured: str | Path, out: str | Path, pipeline: str = "static"
     return LoweredModel(paths["static"], paths["step"], paths.get("chunk"), time.perf_counter() - started)
 
 
-__all__ = ["PASSES", "PIPELINES", "PIPELINE_ALIASES", "LoweredModel", "describe", "dump_path", "lower_onnx",
-           "output_paths", "pipeline_passes", "run_pipeline"]
+def cached_lowering(structured: str | Path, work: Path, name: str, pipeline: str = "static", chunk: int | None = None,
+                    strip: tuple[str, ...] = (), progress: Callable[[str], None] = lambda _: None) -> dict[str, Path]:
+    """The graphs `lower_onnx(structured, work / name, pipeline, …)` writes, by role, where they are an
+    intermediate (a gate's executor, a package's source): from the cache (lowering/cache.py) where the same
+    source went through the same passes before (tiny's `fused` pipeline is 2 s, most of a gate's own work;
+    sudoku's about a minute). The key is the source pair's bytes and where its recorded checkpoint lies (the
+    graphs record it relative to their folder). Entries are shared: read them, never change them."""
+    structured = Path(structured)
+    digest = hashlib.sha256()
+    for role, path in sorted(_source_parts(structured, progress)[0].items()):
+        digest.update(role.encode())
+        digest.update(path.read_bytes())
+    checkpoint = read_record(structured).checkpoint.path
+    defined = {"source": digest.hexdigest(), "name": name, "passes": pipeline_passes(pipeline), "chunk": chunk,
+               "strip": strip, "checkpoint": checkpoint and str((structured.parent / checkpoint).resolve()),
+               "onnx": onnx.__version__, "onnx_ir": ir.__version__, "onnxscript": onnxscript.__version__}
+    with phase(f"pass pipeline {PIPELINE_ALIASES.get(pipeline, pipeline)} (or the cache)"):
+        made = cached("lowered", defined, _CODE, lambda folder: lower_onnx(structured, folder / name, pipeline,
+                                                                            strip=strip, chunk=chunk).static_path,
+                      bound_parts, work)
+        return bound_parts(made)
+
+
+_CODE = ("passes", "lowering")  # hrmc's packages whose code defines a lowering (`cached` hashes their source)
+
+__all__ = ["PASSES", "PIPELINES", "PIPELINE_ALIASES", "LoweredModel", "cached_lowering", "describe", "dump_path",
+           "lower_onnx", "output_paths", "pipeline_passes", "run_pipeline"]

@@ -198,11 +198,13 @@ def lower(target: Target, out: str | Path, work: Path, *, structured: Path | Non
     structured = structured_source(structured, work, model, policy, budget, batch, origin, progress)
     options = dataclasses.replace(options, source=structured.name)
     progress(f"running pipeline {pipeline}")
-    # graphs are the onnx target's output; other targets lower them from a work folder
-    graphs_out = out if target.suffix == ".onnx" else work / "static.onnx"
     with together():
-        graphs = passes.lower_onnx(structured, graphs_out, pipeline, strip=strip, chunk=chunk, dump_after=dump_after,
-                                   dump_beside=out, progress=progress).graphs
+        if target.suffix == ".onnx" or dump_after:  # the graphs are the output, or one of them is written beside it
+            graphs = passes.lower_onnx(structured, out if target.suffix == ".onnx" else work / "static.onnx", pipeline,
+                                       strip=strip, chunk=chunk, dump_after=dump_after, dump_beside=out,
+                                       progress=progress).graphs
+        else:  # what the target lowers from: made once per source and pipeline
+            graphs = passes.cached_lowering(structured, work, "static.onnx", pipeline, chunk, strip, progress)
         if target.suffix != ".onnx":
             progress(f"lowering to {target.name}")
         written = target.backend().lower(target, graphs, out, options)

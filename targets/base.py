@@ -28,7 +28,7 @@ from hrmc.files import work_folder
 from hrmc.lowering.cache import cached_export, export_onnx
 from hrmc.lowering.export import read_record, weights_sha256
 from hrmc.record import Checkpoint, Record
-from hrmc.passes import lower_onnx, structured_parts
+from hrmc.passes import cached_lowering, structured_parts
 from hrmc.targets import Target
 from hrmc.targets.app import APP_OUTPUTS
 from hrmc.targets.executor import DEFAULT_CHUNK, Arrays, Executor, Trace, carry_arrays
@@ -73,9 +73,10 @@ def structured_source(onnx_model: Path | None, work: Path, model: HRM | None, po
 
 def lowered_source(onnx_model: Path | None, work: Path, model: HRM, policy: str, budget: int, batch: Batch,
                    pipeline: str, chunk: int | None = None) -> tuple[Path, dict[str, Path]]:
-    """The structured source (given or exported into `work`) and its graphs after `pipeline`, for a target."""
+    """The structured source (given or exported into `work`) and its graphs after `pipeline`, for a target: made
+    once per source, pipeline and chunk (`cached_lowering`), so read them, never change them."""
     structured = structured_source(onnx_model, work, model, policy, budget, batch)
-    return structured, lower_onnx(structured, work / "static.onnx", pipeline, chunk=chunk).graphs
+    return structured, cached_lowering(structured, work, "static.onnx", pipeline, chunk)
 
 
 class TargetExecutor(Executor, abc.ABC):

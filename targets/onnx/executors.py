@@ -12,7 +12,7 @@ import onnxruntime as ort
 
 from hrmc.hrm_ref import HRM, Batch
 from hrmc.lowering.export import read_record
-from hrmc.passes import lower_onnx, structured_parts
+from hrmc.passes import cached_lowering, lower_onnx, structured_parts
 from hrmc.targets.base import TargetExecutor
 from hrmc.targets.executor import Arrays, Trace
 from hrmc.targets.onnx.package import chunk_steps, shipped_graphs, stored_weights
@@ -73,7 +73,7 @@ class StaticExecutor(OnnxExecutor):
     whole_role = "static"
 
     def fresh_graphs(self, structured: Path, work: Path, chunk: int | None) -> dict[str, Path]:
-        return lower_onnx(structured, work / "model.static.onnx", chunk=chunk).graphs
+        return cached_lowering(structured, work, "model.static.onnx", chunk=chunk)
 
     def traced_graph(self) -> Path:
         return self.graphs["step"]

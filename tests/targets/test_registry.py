@@ -33,16 +33,17 @@ def _ops(graph: ir.Graph) -> set[str]:
 
 
 @pytest.mark.parametrize("name", sorted({target.module for target in targets.TARGETS.values()}))
-@pytest.mark.parametrize("preset", ["tiny", "trm-tiny", "trm-tiny-mlp-t"])  # HRM, TRM with attention, TRM with mlp_t
+# HRM, TRM with attention, TRM with mlp_t (heavy: its trace is the default run's only use of it)
+@pytest.mark.parametrize("preset", ["tiny", "trm-tiny", pytest.param("trm-tiny-mlp-t", marks=pytest.mark.heavy)])
 def test_every_op_the_pipeline_emits_has_a_mapping(name: str, preset: str, exported, tmp_path: Path) -> None:
     """The ops of each family's lowered graphs (whole, step and chunk) against each op-table target's `OPS`."""
-    from hrmc.passes import lower_onnx
+    from hrmc.passes import cached_lowering
 
     module = importlib.import_module(name)
     if not hasattr(module, "OPS"):
         pytest.skip(f"{name} runs ONNX graphs as they are (onnxruntime): no op table")
     pipelines = {t.pipeline for t in targets.TARGETS.values() if t.module == name}
     for pipeline in pipelines:
-        lowered = lower_onnx(exported(preset), tmp_path / f"{pipeline}.onnx", pipeline, chunk=2)
-        emitted = set().union(*(_ops(ir.load(str(path)).graph) for path in lowered.graphs.values()))
+        lowered = cached_lowering(exported(preset), tmp_path, "static.onnx", pipeline, chunk=2)
+        emitted = set().union(*(_ops(ir.load(str(path)).graph) for path in lowered.values()))
         assert emitted <= set(module.OPS), f"{name} has no mapping for {sorted(emitted - set(module.OPS))}"
