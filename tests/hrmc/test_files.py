@@ -214,3 +214,17 @@ def test_a_later_run_removes_the_work_folders_of_killed_runs(tmp_path: Path, mon
         assert Path(folder).parent == tmp_path and Path(folder).name.startswith(f"hrmc-{files.HOST}-{os.getpid()}-")
         assert sorted(os.listdir(tmp_path)) == sorted(kept + [Path(folder).name])
     assert sorted(os.listdir(tmp_path)) == sorted(kept)
+
+
+def test_outputs_written_on_their_own_stay_when_the_group_around_them_fails(tmp_path: Path) -> None:
+    """A cache entry made while a command's outputs are written together is no part of their group."""
+    with pytest.raises(RuntimeError):
+        with files.together():
+            with files.atomic_output(tmp_path / "output.txt") as temporary:
+                temporary.write_text("undone with the group")
+            with files.on_their_own(), files.together():
+                with files.atomic_output(tmp_path / "entry.txt") as temporary:
+                    temporary.write_text("kept")
+            raise RuntimeError("a later step of the command fails")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry.txt"]
+    assert (tmp_path / "entry.txt").read_text() == "kept"
