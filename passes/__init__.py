@@ -187,6 +187,24 @@ def output_paths(out: str | Path, chunk: int | None = None) -> dict[str, Path]:
     return {"static": out, "step": step_path_for(out)} | chunked
 
 
+def copy_lowered(graphs: dict[str, Path], out: str | Path) -> dict[str, Path]:
+    """The lowered set `graphs` written as `out` and its siblings (named after `out` as `lower_onnx` names them), its
+    record's checkpoint seen from `out`'s folder: the bytes `lower_onnx` would have written there."""
+    out = Path(out)
+    stem = graphs["static"].name.removesuffix(".onnx")
+    paths = {role: check_output(out.with_name(out.name.removesuffix(".onnx") + path.name.removeprefix(stem)), ".onnx")
+             for role, path in graphs.items()}
+    protos = {role: load_proto(path) for role, path in graphs.items()}
+    for role, proto in protos.items():
+        for prop in proto.metadata_props:
+            if prop.key == names.meta_key("checkpoint"):
+                seen = {prop.key: prop.value}
+                rebase(seen, prop.key, graphs[role].parent, out.parent)
+                prop.value = seen[prop.key]
+    save_bound({role: (paths[role], proto) for role, proto in protos.items()})
+    return paths
+
+
 def dump_path(out: str | Path, name: str) -> Path:
     """Where `--dump-after NAME` writes the graph: OUT.after-NAME.onnx, beside the output `out`."""
     out = Path(out)
@@ -238,10 +256,14 @@ def cached_lowering(structured: str | Path, work: Path, name: str, pipeline: str
     intermediate (a gate's executor, a package's source): from the cache (lowering/cache.py) where the same
     source went through the same passes before (tiny's `fused` pipeline is 2 s, most of a gate's own work;
     sudoku's about a minute). The key is the source pair's bytes and where its recorded checkpoint lies (the
-    graphs record it relative to their folder). Entries are shared: read them, never change them."""
+    graphs record it relative to their folder). A source rewritten after export is lowered into `work`, not kept.
+    Entries are shared: read them, never change them."""
     structured = Path(structured)
+    parts, edited = _source_parts(structured, progress)
+    if edited:
+        return lower_onnx(structured, work / name, pipeline, strip=strip, chunk=chunk).graphs
     digest = hashlib.sha256()
-    for role, path in sorted(_source_parts(structured, progress)[0].items()):
+    for role, path in sorted(parts.items()):
         digest.update(role.encode())
         digest.update(path.read_bytes())
     checkpoint = read_record(structured).checkpoint.path
@@ -257,5 +279,6 @@ def cached_lowering(structured: str | Path, work: Path, name: str, pipeline: str
 
 _CODE = ("passes", "lowering")  # hrmc's packages whose code defines a lowering (`cached` hashes their source)
 
-__all__ = ["PASSES", "PIPELINES", "PIPELINE_ALIASES", "LoweredModel", "cached_lowering", "describe", "dump_path",
+__all__ = ["PASSES", "PIPELINES", "PIPELINE_ALIASES", "LoweredModel", "cached_lowering", "copy_lowered", "describe",
+           "dump_path",
            "lower_onnx", "output_paths", "pipeline_passes", "run_pipeline"]

@@ -199,10 +199,9 @@ def lower(target: Target, out: str | Path, work: Path, *, structured: Path | Non
     options = dataclasses.replace(options, source=structured.name)
     progress(f"running pipeline {pipeline}")
     with together():
-        if target.suffix == ".onnx" or dump_after:  # the graphs are the output, or one of them is written beside it
-            graphs = passes.lower_onnx(structured, out if target.suffix == ".onnx" else work / "static.onnx", pipeline,
-                                       strip=strip, chunk=chunk, dump_after=dump_after, dump_beside=out,
-                                       progress=progress).graphs
+        if dump_after:  # a graph between two passes is written beside the output: the pipeline runs here
+            graphs = passes.lower_onnx(structured, work / "static.onnx", pipeline, strip=strip, chunk=chunk,
+                                       dump_after=dump_after, dump_beside=out, progress=progress).graphs
         else:  # what the target lowers from: made once per source and pipeline
             graphs = passes.cached_lowering(structured, work, "static.onnx", pipeline, chunk, strip, progress)
         if target.suffix != ".onnx":

@@ -9,8 +9,8 @@ Executors:
 
 Each runs either a shipped artifact (`--artifact`: exactly those files, checked against their
 recorded parts and the model given) or graphs made afresh from `--onnx-model` or a fresh export.
-The pass pipeline's graphs are this target's output as they are: it has no op table and no
-lowering of its own.
+The pass pipeline's graphs are this target's output as they are, copied out of the cache
+(passes.cached_lowering): it has no op table and no lowering of its own.
 
     package.py    a shipped ONNX artifact's graphs by role, verified
     runtime.py    onnxruntime sessions
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from hrmc.files import check_output
 from hrmc.lowering.export import read_record
-from hrmc.passes import output_paths
+from hrmc.passes import copy_lowered, output_paths
 from hrmc.targets import LowerOptions, Target
 from hrmc.targets.executor import Executor
 from hrmc.targets.onnx.executors import ChunkedExecutor, OnnxExecutor, StaticExecutor
@@ -37,8 +37,8 @@ def executor(target: Target, name: str, onnx_model: str | Path | None, chunk: in
 
 
 def lower(target: Target, graphs: dict[str, Path], out: str | Path, options: LowerOptions) -> list[Path]:
-    """The pass pipeline's graphs are this target's output: already written to `out`."""
-    return list(graphs.values())
+    """The pass pipeline's graphs are this target's output, written as `out` and its siblings."""
+    return list(copy_lowered(graphs, out).values())
 
 
 def check_out(target: Target, out: str | Path, chunk: int | None, force: bool) -> list[Path]:

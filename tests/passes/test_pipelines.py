@@ -82,23 +82,17 @@ def test_a_graph_a_pass_refuses_is_named_once_by_that_pass(options: dict, messag
 
 
 def test_a_gates_graphs_are_lowered_once_and_a_damaged_entry_is_made_again(tiny_export, monkeypatch, tmp_path) -> None:
-    """`cached_lowering`: what `lower_onnx` writes, the same bytes; lowered once per source, pipeline and chunk; an
-    entry whose files changed lowered again, never used; with the cache off, lowered into the work folder."""
-    monkeypatch.setenv("HRMC_CACHE", str(tmp_path / "cache"))
+    """`cached_lowering`: what `lower_onnx` writes (with the cache off, into the work folder), the same bytes; lowered
+    once per source, pipeline and chunk; an entry whose files changed lowered again, never used."""
     calls, real = [], passes.lower_onnx
     monkeypatch.setattr(passes, "lower_onnx", lambda *args, **kwargs: calls.append(args) or real(*args, **kwargs))
-    (tmp_path / "direct").mkdir()
-    direct = real(tiny_export, tmp_path / "direct" / "g.onnx", chunk=2).graphs
-    first = passes.cached_lowering(tiny_export, tmp_path / "work", "g.onnx", chunk=2)
-    assert passes.cached_lowering(tiny_export, tmp_path / "work", "g.onnx", chunk=2) == first and len(calls) == 1
-    assert set(first) == {"static", "step", "chunk"}
-    assert all(first[role].read_bytes() == direct[role].read_bytes() for role in direct)
-    passes.cached_lowering(tiny_export, tmp_path / "work", "g.onnx", chunk=3)
-    assert len(calls) == 2
-    first["step"].write_bytes(first["step"].read_bytes()[:1000])
-    again = passes.cached_lowering(tiny_export, tmp_path / "work", "g.onnx", chunk=2)
-    assert len(calls) == 3 and again["step"].read_bytes() == direct["step"].read_bytes()
     monkeypatch.setenv("HRMC_CACHE", "off")
-    work = tmp_path / "off"
-    work.mkdir()
-    assert passes.cached_lowering(tiny_export, work, "g.onnx", chunk=2)["static"].parent == work and len(calls) == 4
+    direct = passes.cached_lowering(tiny_export, tmp_path, "g.onnx")
+    assert direct["static"].parent == tmp_path and len(calls) == 1
+    monkeypatch.setenv("HRMC_CACHE", str(tmp_path / "cache"))
+    first = passes.cached_lowering(tiny_export, tmp_path / "work", "g.onnx")
+    assert passes.cached_lowering(tiny_export, tmp_path / "work", "g.onnx") == first and len(calls) == 2
+    assert set(first) == {"static", "step"} and all(first[r].read_bytes() == direct[r].read_bytes() for r in direct)
+    first["step"].write_bytes(first["step"].read_bytes()[:1000])
+    again = passes.cached_lowering(tiny_export, tmp_path / "work", "g.onnx")
+    assert len(calls) == 3 and again["step"].read_bytes() == direct["step"].read_bytes()
