@@ -90,8 +90,11 @@ def test_a_gates_graphs_are_lowered_once_and_a_damaged_entry_is_made_again(tiny_
     direct = passes.cached_lowering(tiny_export, tmp_path, "g.onnx")
     assert direct["static"].parent == tmp_path and len(calls) == 1
     monkeypatch.setenv("HRMC_CACHE", str(tmp_path / "cache"))
-    first = passes.cached_lowering(tiny_export, tmp_path / "work", "g.onnx")
-    assert passes.cached_lowering(tiny_export, tmp_path / "work", "g.onnx") == first and len(calls) == 2
+    lines: list[str] = []
+    first = passes.cached_lowering(tiny_export, tmp_path / "work", "g.onnx", progress=lines.append)
+    assert passes.cached_lowering(tiny_export, tmp_path / "work", "g.onnx", progress=lines.append) == first
+    assert len(calls) == 2 and lines == [f"the cache ({tmp_path / 'cache'}) holds these graphs: the passes did not "
+                                         "run again"]
     assert set(first) == {"static", "step"} and all(first[r].read_bytes() == direct[r].read_bytes() for r in direct)
     first["step"].write_bytes(first["step"].read_bytes()[:1000])
     again = passes.cached_lowering(tiny_export, tmp_path / "work", "g.onnx")
