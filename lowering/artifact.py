@@ -21,8 +21,9 @@ import onnx
 from hrmc.binding import (BindingError, Record, make_record, members, parse_record, role_of, tolerating, unrecorded,
                            verify)
 from hrmc.errors import InputError
-from hrmc.files import atomic_output
-from hrmc.names import PARTS
+from hrmc.files import atomic_output, together
+from hrmc.names import PARTS, meta_key
+from hrmc.record import Checkpoint
 
 
 def load_proto(path: Path) -> onnx.ModelProto:
@@ -64,6 +65,18 @@ def save_bound(parts: Mapping[str, tuple[Path, onnx.ModelProto]]) -> None:
         for path, proto in parts.values():
             proto.metadata_props.add(key=PARTS, value=json.dumps(record, sort_keys=True))
             onnx.save(proto, stack.enter_context(atomic_output(path)))
+
+
+def copy_bound(parts: Mapping[str, Path], to: Mapping[str, Path], checkpoint: Checkpoint) -> None:
+    """The set `parts` written as `to` (all or none), with `checkpoint` in their records: a copy that records where
+    its own weights came from, seen from where it is written."""
+    protos = {role: load_proto(path) for role, path in parts.items()}
+    for proto in protos.values():
+        for prop in proto.metadata_props:
+            if prop.key == meta_key("checkpoint"):
+                prop.value = json.dumps(checkpoint.to_json(), sort_keys=True)  # as Record.metadata() writes it
+    with together():
+        save_bound({role: (to[role], proto) for role, proto in protos.items()})
 
 
 def bound_parts(path: str | Path, fallback: Mapping[str, Path] | None = None) -> dict[str, Path]:

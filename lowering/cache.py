@@ -42,11 +42,10 @@ import torch
 from hrmc import __version__
 from hrmc.hrm_ref import HRM, Batch
 from hrmc.hrm_ref.act import resolve_budget
-from hrmc.files import on_their_own, together, work_folder
-from hrmc.lowering.artifact import bound_parts, load_proto, save_bound
+from hrmc.files import on_their_own, work_folder
+from hrmc.lowering.artifact import bound_parts, copy_bound
 from hrmc.lowering.export import (ExportedModel, check_exportable, example_batch, export_paths, exported_model,
                                   trace_onnx, weights_sha256)
-from hrmc.names import meta_key
 from hrmc.record import Checkpoint
 
 ENTRIES = 8  # exports kept: sudoku's pair is 0.2 GB
@@ -100,19 +99,8 @@ def export_onnx(model: HRM, out: str | Path, policy: str = "max-steps", budget: 
         source = cached_export(model, policy, budget, example_batch(model, batch), Path(work), tracing)
         if not traced:
             progress(f"the export cache ({cache_folder()}) holds this model's trace: not traced again")
-        _copy_recording(bound_parts(source), {"act": out, "step": step_out}, checkpoint.rebased(Path.cwd(), out.parent))
+        copy_bound(bound_parts(source), {"act": out, "step": step_out}, checkpoint.rebased(Path.cwd(), out.parent))
     return exported_model(model, out, step_out, started, traced=bool(traced))
-
-
-def _copy_recording(parts: dict[str, Path], to: dict[str, Path], checkpoint: Checkpoint) -> None:
-    """The export pair `parts`, written as `to` (both or neither) with `checkpoint` in their records."""
-    protos = {role: load_proto(path) for role, path in parts.items()}
-    for proto in protos.values():
-        for prop in proto.metadata_props:
-            if prop.key == meta_key("checkpoint"):
-                prop.value = json.dumps(checkpoint.to_json(), sort_keys=True)  # as Record.metadata() writes it
-    with together():
-        save_bound({role: (to[role], proto) for role, proto in protos.items()})
 
 
 def cached(kind: str, defined: dict, code: tuple[str, ...], make: Callable[[Path], Path],

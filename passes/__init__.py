@@ -26,7 +26,7 @@ from hrmc.files import atomic_output, check_output, together
 from hrmc.lowering import read_record, step_path_for
 from hrmc.record import rebase
 from hrmc.timing import phase
-from hrmc.lowering.artifact import bound_parts, load_proto, save_bound, source_parts
+from hrmc.lowering.artifact import bound_parts, copy_bound, load_proto, save_bound, source_parts
 from hrmc.lowering.cache import cache_folder, cached
 from hrmc import names
 from hrmc.passes._loops import COPY, PassInputError, restore_loop_labels
@@ -37,6 +37,8 @@ from hrmc.passes.fp16 import Float16Pass
 from hrmc.passes.fuse import FusePass
 from hrmc.passes.strip_heads import StripHeadsPass
 from hrmc.passes.unroll_cycles import UnrollCyclesPass
+
+_CODE = ("passes", "lowering")  # hrmc's packages whose code defines a lowering (`cached_lowering` hashes their source)
 
 PASSES: dict[str, type[ir.passes.PassBase]] = {
     "unroll-cycles": UnrollCyclesPass,
@@ -194,14 +196,7 @@ def copy_lowered(graphs: dict[str, Path], out: str | Path) -> dict[str, Path]:
     stem = graphs["static"].name.removesuffix(".onnx")
     paths = {role: check_output(out.with_name(out.name.removesuffix(".onnx") + path.name.removeprefix(stem)), ".onnx")
              for role, path in graphs.items()}
-    protos = {role: load_proto(path) for role, path in graphs.items()}
-    for role, proto in protos.items():
-        for prop in proto.metadata_props:
-            if prop.key == names.meta_key("checkpoint"):
-                seen = {prop.key: prop.value}
-                rebase(seen, prop.key, graphs[role].parent, out.parent)
-                prop.value = seen[prop.key]
-    save_bound({role: (paths[role], proto) for role, proto in protos.items()})
+    copy_bound(graphs, paths, read_record(graphs["static"]).checkpoint.rebased(graphs["static"].parent, out.parent))
     return paths
 
 
@@ -281,9 +276,5 @@ def cached_lowering(structured: str | Path, work: Path, name: str, pipeline: str
         progress(f"the cache ({cache_folder()}) holds these graphs: the passes did not run again")
     return graphs
 
-
-_CODE = ("passes", "lowering")  # hrmc's packages whose code defines a lowering (`cached` hashes their source)
-
 __all__ = ["PASSES", "PIPELINES", "PIPELINE_ALIASES", "LoweredModel", "cached_lowering", "copy_lowered", "describe",
-           "dump_path",
-           "lower_onnx", "output_paths", "pipeline_passes", "run_pipeline"]
+           "dump_path", "lower_onnx", "output_paths", "pipeline_passes", "run_pipeline"]
