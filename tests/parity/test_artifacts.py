@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from hrmc.binding import BindingError
 from hrmc.cli import main
+from hrmc.hrm_ref.checkpoint import save_checkpoint
 from hrmc.lowering.artifact import bound_parts, load_proto, save_bound
 from hrmc.lowering.export import step_path_for
 from tests.helpers import assert_one_line_error
@@ -111,8 +112,14 @@ def test_a_tampered_whole_inference_graph_fails_the_default_mode(capsys, shipped
     assert code == 1 and f"FAIL: {executor} whole vs its steps: logits from step 1" in out, out
 
 
-def test_a_step_graph_from_another_export_is_refused(capsys, shipped: Path, tmp_path: Path, exported) -> None:
-    other = exported("trm-tiny")  # another export (one the session traces anyway)
+def test_a_step_graph_from_another_export_is_refused(capsys, tiny, shipped: Path, tmp_path: Path) -> None:
+    # another export: the same weights from a checkpoint file, whose record names it (the trace, from the cache)
+    save_checkpoint(tiny, tmp_path / "tiny.safetensors")
+    other = tmp_path / "other" / "tiny.onnx"
+    other.parent.mkdir()
+    assert hrmc(capsys, "export", "--checkpoint", str(tmp_path / "tiny.safetensors"), "--policy", "q-halt",
+                "-o", str(other))[0] == 0
+    assert step_path_for(other).read_bytes() != (shipped / "tiny.step.onnx").read_bytes()
     mixed = copy_of(shipped / "tiny.onnx", tmp_path / "mixed")
     shutil.copy(step_path_for(other), step_path_for(mixed))  # killed between two renames, say
     code, _, err = gate(capsys, "onnx", mixed)
