@@ -12,8 +12,10 @@ code that traces it (hrmc's export and hrm_ref, torch, onnx): those, hashed, nam
     CACHE/exports/KEY/model.onnx, model.step.onnx      (the pair `trace_onnx` writes, bound by their record)
 
 The same machinery (`cached`) keeps what else a gate without `--artifact` makes again and again: the graphs of a
-pass pipeline (passes.cached_lowering), keyed by the structured graphs they are lowered from, and a Core ML
-executor's packages (targets/coreml/executors.py), keyed by the graph they are converted from.
+pass pipeline (passes.cached_lowering), keyed by the structured graphs they are lowered from, a Core ML
+executor's packages (targets/coreml/executors.py), keyed by the graph they are converted from, and, as named numpy
+arrays (`cached_arrays`), the reference's runs and steps every gate of a model on the same inputs reads
+(parity/gate.py `Reference`): a gate (or the other executors' gates that follow it) runs B, not hrm_ref again.
 
 CACHE is $HRMC_CACHE, else $XDG_CACHE_HOME/hrmc, else ~/.cache/hrmc; HRMC_CACHE=off turns the cache off. An
 entry appears whole (written in a temporary folder, renamed) or not at all; one whose files no longer match their
@@ -36,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import onnx
 import torch
 
@@ -150,6 +153,37 @@ def _read_or_make(entry: Path, make: Callable[[Path], Path], read_back: Callable
     return entry / made if entry.is_dir() else make(work)
 
 
+def cached_arrays(kind: str, defined: dict, code: tuple[str, ...], compute: Callable[[], dict[str, dict]],
+                  progress: Callable[[str], None] = lambda _: None, what: str = "these arrays") -> dict[str, dict]:
+    """Groups of named numpy arrays (`compute()`: {group: {name: array}}), cached as one .npz like any entry
+    (`cached`); every array is read back whole, so a damaged file (its zip checksums) is made again, never used.
+    `progress` says when the cache held them (`what` they are)."""
+    if cache_folder() is None:
+        return compute()
+    computed, read = [], []
+
+    def make(folder: Path) -> Path:
+        computed.append(compute())
+        arrays = {f"{group}/{name}": value for group, named in computed[0].items() for name, value in named.items()}
+        np.savez(folder / "arrays.npz", **arrays)
+        return folder / "arrays.npz"
+
+    def read_back(path: Path) -> None:
+        groups: dict[str, dict] = {}
+        with np.load(path) as data:
+            for key in data.files:
+                group, name = key.split("/", 1)
+                groups.setdefault(group, {})[name] = data[key]
+        read.append(groups)
+
+    with work_folder(kind) as work:
+        cached(kind, defined, code, make, read_back, Path(work))
+    if computed:
+        return computed[0]
+    progress(f"the cache ({cache_folder()}) holds {what}: not computed again")
+    return read[-1]
+
+
 def _lock_path(entry: Path) -> Path:
     return entry.with_name(f".{entry.name}.lock")
 
@@ -180,4 +214,4 @@ def _prune(exports: Path) -> None:
             _lock_path(old).unlink(missing_ok=True)
 
 
-__all__ = ["cache_folder", "cached", "cached_export", "export_onnx"]
+__all__ = ["cache_folder", "cached", "cached_arrays", "cached_export", "export_onnx"]

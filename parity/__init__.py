@@ -80,7 +80,7 @@ def check_modes(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget
     weights (parity.compression): exact-solved puzzles on labelled inputs, gated at `max_accuracy_drop`
     percentage points.
 
-    `reference`: hrm_ref prepared once for several gates of `model` on `batch` (`Reference.shared`).
+    `reference`: hrm_ref prepared once for several gates of `model` on `batch` (`Reference.prepared`).
     """
     budget = resolve_budget(model, policy, budget)
     executors, reference = prepared_pair(a, b, model, batch, policy, budget, onnx_model=onnx_model, chunk=chunk,
@@ -114,7 +114,10 @@ def check_modes(a: str, b: str, model: HRM, batch: Batch, *, policy: str, budget
 
 def _step_mode(executors: list[Executor], runs: list[Arrays], reference: Reference, batch: Batch, report: Report,
                progress: Callable[[str], None]) -> Report:
-    with phase("step graphs from the reference's carry (A, B, reference)"):
+    half = any(executor.precision == "float16" for executor in executors)
+    with phase("the reference's steps from its carry (hrm_ref float64" + (", float16)" if half else ")")):
+        reference.teacher_forced(batch, ("float64",) + (("float16",) if half else ()), progress)
+    with phase("step graphs from the reference's carry (A, B)"):
         step_parity(*executors, reference, batch, report)
     with phase("whole graphs against their steps chained"):
         return whole_graphs_parity(executors, runs, reference, batch, report, progress)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -23,6 +24,8 @@ from hrmc.errors import InputError
 from hrmc.hrm_ref import HRM, Batch, Carry
 from hrmc.hrm_ref.act import halt_margin, initial_carry
 from hrmc.hrm_ref.config import HRMConfig
+from hrmc.lowering.cache import cached_arrays
+from hrmc.lowering.export import weights_sha256
 from hrmc.names import CARRY_NAMES, STATE_NAMES
 from hrmc.timing import phase
 from hrmc.parity.executors import TorchExecutor, make_executor
@@ -46,6 +49,8 @@ BAND_FACTOR = 4
 DECISION_OUTPUTS = ("q_halt_logits", "q_continue_logits")  # one number per sample: judged by decisions, not PSNR
 FLOOR_FACTOR = 10  # trajectory gate: drift ≤ max(ATOL, FLOOR_FACTOR × noise floor)
 DECISIONS = ("halted", "steps")
+REFERENCE_KIND = "reference"  # the cache's folder for hrm_ref's runs and steps (Reference)
+_CODE = ("hrm_ref", "parity")  # hrmc's code whose change makes a cached reference stale
 
 
 @dataclass
@@ -161,18 +166,24 @@ class Reference:
     every check reads and which run once; with `float16`, hrm_ref in float16 too (the float16 rule's
     yardstick). The one place the reference model is chosen: every one of them runs `model`.
 
-    `kept`: the teacher-forced steps by (dtype, step), where one reference serves several gates (`shared`)."""
+    What it computes depends only on the model, the policy, the budget and the inputs, so it is cached like an
+    export (lowering/cache.py `cached_arrays`): the whole runs, and each dtype's teacher-forced steps
+    (`teacher_forced`). A second gate of the same model on the same inputs (another executor, another artifact
+    of it: examples/ci/gate.sh gates five) reads them instead of running hrm_ref again.
+
+    `kept`: the teacher-forced steps by (dtype, step), for every gate this reference serves."""
 
     float32: TorchExecutor
     float64: TorchExecutor
     run32: Arrays
     run64: Arrays
     float16: TorchExecutor | None = None
-    kept: dict[tuple[str, int], Arrays] | None = None
+    kept: dict[tuple[str, int], Arrays] = field(default_factory=dict)
 
     @classmethod
     def prepared(cls, model: HRM, policy: str, budget: int, batch: Batch, float16: bool = False,
-                 float32: TorchExecutor | None = None) -> "Reference":
+                 float32: TorchExecutor | None = None,
+                 progress: Callable[[str], None] = lambda _: None) -> "Reference":
         """`float32`: a float32 TorchExecutor already prepared on `model` (the gate's A), which serves as the
         reference too: the gate computes each of its steps and runs once."""
         executors = {"float32": float32} if float32 is not None else {}
@@ -180,25 +191,31 @@ class Reference:
             if dtype not in executors:
                 executors[dtype] = TorchExecutor(dtype)
                 executors[dtype].prepare(model, policy, budget, batch)
-        return cls(executors["float32"], executors["float64"], executors["float32"].run(batch),
-                   executors["float64"].run(batch), executors.get("float16"))
+        runs = cached_arrays(REFERENCE_KIND, _defined(executors["float32"], batch, "runs"), _CODE,
+                             lambda: {"run32": executors["float32"].run(batch), "run64": executors["float64"].run(batch)},
+                             progress, "hrm_ref's float32 and float64 runs on these inputs")
+        return cls(executors["float32"], executors["float64"], runs["run32"], runs["run64"], executors.get("float16"))
 
-    @classmethod
-    def shared(cls, model: HRM, policy: str, budget: int, batch: Batch, float16: bool = False) -> "Reference":
-        """One reference for several gates of `model` on `batch` (`check_modes(reference=…)`): its runs, and each
-        teacher-forced step once it is computed, serve them all (a sudoku step in float64 is seconds)."""
-        reference = cls.prepared(model, policy, budget, batch, float16)
-        reference.kept = {}
-        return reference
+    def teacher_forced(self, batch: Batch, dtypes: tuple[str, ...],
+                       progress: Callable[[str], None] = lambda _: None) -> None:
+        """Keep every teacher-forced step of the float32 trajectory in each of `dtypes` (float64, float16), from
+        the cache or computed (and cached): what a whole gate reads. Without it, `step` computes each as asked
+        (`parity --localize` stops at the first failing step)."""
+        start, steps = initial_carry(self.float32.model, batch), range(self.run32["steps"].shape[0])
+        for dtype in [dtype for dtype in dtypes if any((dtype, s) not in self.kept for s in steps)]:
+            def compute(dtype: str = dtype) -> dict[str, Arrays]:
+                return {str(s): self.step(dtype, s, carry_at(self.run32, start, s), batch) for s in steps}
+
+            kept = cached_arrays(REFERENCE_KIND, _defined(self.float32, batch, f"{dtype} steps"), _CODE, compute,
+                                 progress, f"hrm_ref's {dtype} steps from the reference's carry")
+            self.kept |= {(dtype, int(s)): outputs for s, outputs in kept.items()}
 
     def step(self, dtype: str, s: int, carry: Carry, batch: Batch) -> Arrays:
-        """hrm_ref in `dtype` on step `s` from `carry`, the float32 trajectory's carry before it; computed once where
+        """hrm_ref in `dtype` on step `s` from `carry`, the float32 trajectory's carry before it; computed once and
         kept. In float32 while no row has halted, that step is the one the trajectory ran: read from it, the same
         bits (hrm_ref.run is hrm_ref.step on the same carry; a halted row's outputs are frozen in the run)."""
         if dtype == "float32" and not bool(carry.halted.any()):
             return {name: values[s] for name, values in self.run32.items()}
-        if self.kept is None:
-            return getattr(self, dtype).step(carry, batch)
         if (dtype, s) not in self.kept:
             self.kept[dtype, s] = getattr(self, dtype).step(carry, batch)
         return self.kept[dtype, s]
@@ -207,11 +224,22 @@ class Reference:
         return self.float32.model is model.with_dtype("float32") and (self.float16 is not None or not float16)
 
 
+def _defined(reference: TorchExecutor, batch: Batch, what: str) -> dict:
+    """What a cached reference computation (`what`) depends on: the model's weights and config, the policy and
+    budget, the inputs' bytes, torch and its thread count (a sum's order, so its float32 bits, can follow it)."""
+    model = reference.model
+    return {"what": what, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "weights": weights_sha256(model), "config": asdict(model.config), "policy": reference.policy,
+            "budget": reference.budget,
+            "inputs": {name: [str(value.dtype), list(value.shape), hashlib.sha256(value.numpy().tobytes()).hexdigest()]
+                       for name, value in batch.items()}}
+
+
 def prepared_pair(a: str, b: str, model: HRM, batch: Batch, policy: str, budget: int, *, onnx_model: str | None,
                   chunk: int | None, artifact: str | None, progress,
                   reference: Reference | None = None) -> tuple[list[Executor], Reference]:
     """Executors A and B (B running its shipped `artifact` where one is named) prepared on `batch`, and the
-    reference every comparison reads (`reference`: one already prepared for these gates, `Reference.shared`)."""
+    reference every comparison reads (`reference`: one already prepared for these gates)."""
     executors = [make_executor(a, onnx_model=onnx_model, chunk=chunk),
                  make_executor(b, onnx_model=onnx_model, chunk=chunk, artifact=artifact)]
     progress(f"preparing executor {executors[1].name}")  # B first: how it stores its weights says what A runs
@@ -232,7 +260,8 @@ def prepared_pair(a: str, b: str, model: HRM, batch: Batch, policy: str, budget:
     with phase("reference runs (hrm_ref float32, float64" + (", float16)" if half else ")")):
         a = executors[0]
         reusable = torch_float32 and a.model is model.with_dtype("float32")
-        return executors, Reference.prepared(model, policy, budget, batch, float16=half, float32=a if reusable else None)
+        return executors, Reference.prepared(model, policy, budget, batch, float16=half, float32=a if reusable else None,
+                                             progress=progress)
 
 
 def as_stored(model: HRM, a: Executor, b: Executor) -> HRM:

@@ -92,11 +92,12 @@ def test_a_drift_within_tolerance_passes(tiny: HRM, batch: Batch, nudged) -> Non
     assert check_parity("torch", "nudged", tiny, batch, policy="max-steps", budget=None, mode="step").passed
 
 
-def test_gates_sharing_one_reference_judge_as_alone_and_compute_its_steps_once(tiny: HRM, batch: Batch,
-                                                                                nudged) -> None:
+def test_gates_sharing_one_reference_judge_as_alone_and_compute_its_steps_once(tiny: HRM, batch: Batch, nudged,
+                                                                                monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HRMC_CACHE", str(tmp_path / "cache"))  # nothing computed before
     nudged("logits", 1e-3, after=3)
     budget = resolve_budget(tiny, "max-steps", None)
-    reference = Reference.shared(tiny, "max-steps", budget, batch)
+    reference = Reference.prepared(tiny, "max-steps", budget, batch)
     calls = []
     for executor in (reference.float32, reference.float64):
         executor.step = lambda carry, rows, step=executor.step: calls.append(step) or step(carry, rows)
@@ -106,6 +107,34 @@ def test_gates_sharing_one_reference_judge_as_alone_and_compute_its_steps_once(t
     assert [[r.to_dict() for r in reports] for reports in shared[:2]] == [[r.to_dict() for r in reports] for reports in alone]
     assert [[r.passed for r in reports] for reports in shared] == [[True, True], [False, False], [True, True]]
     assert len(calls) == budget  # each float64 step once for three gates (float32's are the run's: max-steps)
+
+
+def test_a_second_gate_reads_the_reference_from_the_cache_and_a_damaged_entry_is_computed_again(
+        tiny: HRM, batch: Batch, nudged, monkeypatch, tmp_path: Path) -> None:
+    """hrm_ref's float32 and float64 runs and its teacher-forced float64 steps depend only on the model, policy,
+    budget and inputs: a later gate of them (another executor, another artifact) reads them from the cache."""
+    monkeypatch.setenv("HRMC_CACHE", str(tmp_path / "cache"))
+    nudged("logits", 1e-3, after=3)
+    float64 = []
+    for method in ("run", "step"):
+        original = getattr(TorchExecutor, method)
+        monkeypatch.setattr(TorchExecutor, method, lambda self, *args, original=original:
+                            (float64.append(original) if self.dtype == "float64" else None) or original(self, *args))
+
+    def gate(b: str) -> tuple[list[dict], list[str]]:
+        lines: list[str] = []
+        reports = check_modes("torch", b, tiny, batch, policy="max-steps", budget=None, progress=lines.append)
+        return [report.to_dict() for report in reports], lines
+
+    first, made = gate("torch")
+    assert len(float64) == 1 + 8 and not any("holds hrm_ref" in line for line in made)  # its run, then 8 steps
+    assert gate("torch")[0] == first and gate("nudged")[0] != first and len(float64) == 9  # read, not computed
+    assert any("the cache" in line and "holds hrm_ref's float64 steps" in line for line in gate("torch")[1])
+    entries = list((tmp_path / "cache" / "reference").glob("*/arrays.npz"))
+    assert len(entries) == 2  # the runs, the float64 steps
+    for entry in entries:
+        entry.write_bytes(entry.read_bytes()[:-100])
+    assert gate("torch")[0] == first and len(float64) == 18  # damaged: computed again, never read
 
 
 @pytest.mark.parametrize("preset, policy", [("tiny", "max-steps"), ("sudoku4", "q-halt")])
