@@ -249,7 +249,8 @@ def prepared_pair(a: str, b: str, model: HRM, batch: Batch, policy: str, budget:
     half = any(executor.precision == "float16" for executor in executors)
     if reference is not None and not reference.serves(model, half):
         raise ValueError(f"the shared reference was prepared for another model than {executors[1].name}'s gate")
-    torch_float32 = isinstance(executors[0], TorchExecutor) and executors[0].dtype == "float32"
+    # A is the reference only when it is hrm_ref float32 itself: its runs and steps may come from the cache
+    torch_float32 = type(executors[0]) is TorchExecutor and executors[0].dtype == "float32"
     if reference is not None and torch_float32:
         return [reference.float32, executors[1]], reference  # A is the reference: prepared, its steps kept
     progress(f"preparing executor {executors[0].name}")
