@@ -1,4 +1,5 @@
-"""examples/ci: the shell script's commands run on the built-in tiny model, so the example cannot rot."""
+"""examples/ci: the shell script's commands run on tiny (built in, or as upstream's checkpoint), so the example
+cannot rot."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hrmc import parity
+from hrmc import hrm_ref, parity
 from hrmc import targets
 from hrmc.cli import cli
+from tests.conftest import write_dataset_metadata, write_upstream_checkpoint
 
 CI = Path(__file__).resolve().parents[2] / "examples" / "ci"
 SCRIPT = CI / "gate.sh"
@@ -64,16 +66,22 @@ def test_the_script_uses_only_commands_and_executors_hrmc_knows() -> None:
 
 
 @pytest.mark.heavy  # export, four lowerings and five gates on tiny: a few minutes on 2 cores
-def test_the_script_gates_every_artifact_of_tiny(tmp_path: Path) -> None:
+def test_the_script_gates_every_artifact_of_an_upstream_checkpoint(tmp_path: Path) -> None:
+    """tiny as upstream's training writes it (RoPE, no seq_len), the length read from the dataset.json its
+    all_config.yaml's data_path names, and recorded by every artifact the script gates."""
+    model = hrm_ref.build_preset("tiny")
+    write_dataset_metadata(model, tmp_path, seq_len=16)
+    checkpoint = write_upstream_checkpoint(model, tmp_path / "checkpoints" / "run")
     out = tmp_path / "out"
     hrmc = Path(sys.executable).parent / "hrmc"
-    result = subprocess.run(["bash", str(SCRIPT), "--preset", "tiny", "--policy", "q-halt", "--batch", "1", str(out)],
-                            env=os.environ | {"HRMC": str(hrmc)}, capture_output=True, text=True)
+    result = subprocess.run(["bash", str(SCRIPT), "--checkpoint", str(checkpoint), "--policy", "q-halt", "--batch", "1",
+                             str(out)], env=os.environ | {"HRMC": str(hrmc)}, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     reports = out / "reports"
     for executor in EXECUTORS:
         report = json.loads((reports / f"{executor}.json").read_text())
         assert report["passed"] is True and report["policy"] == "q-halt" and report["batch"] == 1, executor
+        assert Path(report["model"]).resolve() == checkpoint.resolve(), (executor, report["model"])  # from the record
         assert "shipped artifact" in report["executors"][1], report["executors"][1]
     assert json.loads((reports / "inspect-ane.json").read_text())["flavour"] == "ane"
     summary = (reports / "summary.txt").read_text().splitlines()
