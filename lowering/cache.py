@@ -107,10 +107,12 @@ def export_onnx(model: HRM, out: str | Path, policy: str = "max-steps", budget: 
 
 
 def cached(kind: str, defined: dict, code: tuple[str, ...], make: Callable[[Path], Path],
-           read_back: Callable[[Path], object], work: Path) -> Path:
+           read_back: Callable[[Path], object], work: Path, progress: Callable[[str], None] = lambda _: None,
+           held: str | None = None) -> Path:
     """What `make(folder)` writes into a folder (the path it returns), cached as CACHE/KIND/KEY, KEY the hash of
     `defined`, hrmc's version and the source of hrmc's packages `code`. An entry is used when `read_back(path)`
-    accepts it, made again when it raises; made in `work` when the cache is off or cannot be written."""
+    accepts it, made again when it raises; made in `work` when the cache is off or cannot be written. `held`: what
+    the entry is, for the progress line that says an intact one was used (`the cache (CACHE) holds HELD`)."""
     root = cache_folder()
     if root is None:
         return make(work)
@@ -123,15 +125,19 @@ def cached(kind: str, defined: dict, code: tuple[str, ...], make: Callable[[Path
     with lock:
         # one maker per entry: a second run (or test worker) asking for it meanwhile waits, then reads it
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _read_or_make(entry, make, read_back, work)
+        said = (lambda: progress(f"the cache ({root}) holds {held}")) if held is not None else (lambda: None)
+        return _read_or_make(entry, make, read_back, work, said)
 
 
-def _read_or_make(entry: Path, make: Callable[[Path], Path], read_back: Callable[[Path], object], work: Path) -> Path:
+def _read_or_make(entry: Path, make: Callable[[Path], Path], read_back: Callable[[Path], object], work: Path,
+                  said: Callable[[], None]) -> Path:
+    """The entry read back (`said` then says so), or made."""
     if entry.is_dir():
         try:
             path = entry / (entry / _MADE).read_text()
             read_back(path)
             os.utime(entry)  # recently used
+            said()
             return path
         except Exception:  # noqa: BLE001 (any failure to read it back is damage: made again below, never used)
             shutil.rmtree(entry, ignore_errors=True)
@@ -177,11 +183,8 @@ def cached_arrays(kind: str, defined: dict, code: tuple[str, ...], compute: Call
         read.append(groups)
 
     with work_folder(kind) as work:
-        cached(kind, defined, code, make, read_back, Path(work))
-    if computed:
-        return computed[0]
-    progress(f"the cache ({cache_folder()}) holds {what}: not computed again")
-    return read[-1]
+        cached(kind, defined, code, make, read_back, Path(work), progress, f"{what}: not computed again")
+    return computed[0] if computed else read[-1]
 
 
 def _lock_path(entry: Path) -> Path:

@@ -27,7 +27,7 @@ from hrmc.lowering import read_record, step_path_for
 from hrmc.record import rebase
 from hrmc.timing import phase
 from hrmc.lowering.artifact import bound_parts, copy_bound, load_proto, save_bound, source_parts
-from hrmc.lowering.cache import cache_folder, cached
+from hrmc.lowering.cache import cached
 from hrmc import names
 from hrmc.passes._loops import COPY, PassInputError, restore_loop_labels
 from hrmc.passes.act_to_masked_budget import ActToMaskedBudgetPass
@@ -265,16 +265,11 @@ def cached_lowering(structured: str | Path, work: Path, name: str, pipeline: str
     defined = {"source": digest.hexdigest(), "name": name, "passes": pipeline_passes(pipeline), "chunk": chunk,
                "strip": strip, "checkpoint": checkpoint and str((structured.parent / checkpoint).resolve()),
                "onnx": onnx.__version__, "onnx_ir": ir.__version__, "onnxscript": onnxscript.__version__}
-    ran: list[Path] = []
-
-    def lowered(folder: Path) -> Path:
-        ran.append(folder)
-        return lower_onnx(structured, folder / name, pipeline, strip=strip, chunk=chunk).static_path
     with phase(f"pass pipeline {PIPELINE_ALIASES.get(pipeline, pipeline)} (or the cache)"):
-        graphs = bound_parts(cached("lowered", defined, _CODE, lowered, bound_parts, work))
-    if not ran:
-        progress(f"the cache ({cache_folder()}) holds these graphs: the passes did not run again")
-    return graphs
+        return bound_parts(cached("lowered", defined, _CODE, lambda folder: lower_onnx(
+            structured, folder / name, pipeline, strip=strip, chunk=chunk).static_path, bound_parts, work, progress,
+            "these graphs: the passes did not run again"))
+
 
 __all__ = ["PASSES", "PIPELINES", "PIPELINE_ALIASES", "LoweredModel", "cached_lowering", "copy_lowered", "describe",
            "dump_path", "lower_onnx", "output_paths", "pipeline_passes", "run_pipeline"]
