@@ -110,18 +110,29 @@ def test_the_kernels_run_with_torch_on_one_thread_and_leave_its_setting_as_it_wa
 
 
 @pytest.mark.parametrize("name", ["exp", "sqrt", "tanh", "sigmoid", "silu", "sin", "cos", "sign", "floor", "abs"])
-def test_a_float16_function_looked_up_is_numpy_computing_it_element_by_element(name: str) -> None:
-    """Every float16 bit pattern, NaNs included, through the op's kernel (a table): numpy's bits on each element
-    alone and on a strided array, whatever loop numpy takes."""
+def test_a_float16_function_looked_up_is_numpy_computing_it(name: str) -> None:
+    """Every float16 bit pattern, NaNs included, through the op's kernel (a table): numpy's bits on a contiguous
+    array in any order (the loop coremltools' value_inference takes on the arrays it makes). numpy's other loop
+    (one element, a strided array) is not always the same function: on AVX-512 machines its scalar exp differs
+    from its SIMD exp by one float16 ulp on 4 patterns (sin and cos on 2), and only there may the table differ
+    (sigmoid and silu carry exp's ulp through their float16 arithmetic: two at most)."""
     kernel, patterns = KERNELS[name], FLOAT16_PATTERNS
     function = {"sigmoid": _sigmoid, "silu": _silu}.get(name) or getattr(np, name)
+    order = np.random.default_rng(0).permutation(patterns.size)
     with np.errstate(all="ignore"):
+        contiguous = np.asarray(function(np.ascontiguousarray(patterns[order])), np.float16)
         each = np.array([function(value) for value in patterns], np.float16)
-        strided = function(np.repeat(patterns, 2)[::2])
+        strided = np.asarray(function(np.repeat(patterns, 2)[::2]), np.float16)
     looked_up = kernel(patterns.reshape(256, 256)).reshape(-1)
     assert looked_up.dtype == np.float16
-    assert np.array_equal(looked_up.view(np.uint16), each.view(np.uint16))
-    assert np.array_equal(looked_up.view(np.uint16), strided.view(np.uint16))
+    assert np.array_equal(looked_up[order].view(np.uint16), contiguous.view(np.uint16))
+    for other in (each, strided):
+        differs = looked_up.view(np.uint16) != other.view(np.uint16)
+        assert not (np.isnan(looked_up) != np.isnan(other)).any()
+        differs &= ~np.isnan(other)
+        assert differs.mean() < 1e-3  # a few patterns, where numpy's own loops disagree
+        assert (np.abs(looked_up[differs].view(np.uint16).astype(int) - other[differs].view(np.uint16).astype(int))
+                <= 2).all()  # one ulp of exp, sin or cos; two once sigmoid's and silu's float16 steps carry it
 
 
 @settings(max_examples=200, deadline=None)
