@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 from hrmc.files import atomic_output, size_of
 
 POLICY = "q-halt"
-ENTRY = "import sys; from hrmc.cli import main; sys.exit(main())"  # what the `hrmc` console script runs
+ENTRY = "from hrmc.cli import run; run()"  # what the `hrmc` console script runs
 MADE, PASSED = "OK", "PASS"  # verdicts that keep exit 0: made (and not gated), gated and passed
 
 

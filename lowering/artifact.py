@@ -102,13 +102,23 @@ def source_parts(path: str | Path, role: str, fallback: Mapping[str, Path]) -> t
     for by its content among the folder's graphs of its kind.
     """
     path = Path(path)
+    fallback_parts = tuple(sorted(fallback.items()))
+    if tolerating():  # as `bound_parts`: not a result to cache
+        parts, edited = _source.__wrapped__(path, role, _stamp(path), fallback_parts)
+    else:  # a command checks its source where it starts and where it lowers: read and hashed once
+        parts, edited = _source(path, role, _stamp(path), fallback_parts)
+    return dict(parts), edited
+
+
+@functools.lru_cache(maxsize=16)
+def _source(path: Path, role: str, stamp: tuple, fallback: tuple) -> tuple[tuple[tuple[str, Path], ...], bool]:
     proto = load_proto(path)
     record = parse_record(_record_text(proto), path)
     if record is None:
         unrecorded(path)
-        return dict(fallback), False
+        return fallback, False
     if role not in record:
-        return bound_parts(path, fallback), False  # not a source of this kind: its own record says what it is
+        return tuple(bound_parts(path, dict(fallback)).items()), False  # its own record says what it is
     edited = content_sha256(proto) != record[role]["sha256"]
     where = members(record, path, role)
     others = [other for other in record if other != role]
@@ -117,7 +127,7 @@ def source_parts(path: str | Path, role: str, fallback: Mapping[str, Path]) -> t
             where[other] = _found_by_content(path.parent, record[other]) or _missing(where[other], path, other,
                                                                                    record[other]["suffix"])
     _check_parts(record, where, others, path)
-    return where, edited
+    return tuple(where.items()), edited
 
 
 def _found_by_content(folder: Path, part: dict[str, str]) -> Path | None:
@@ -135,10 +145,11 @@ def _missing(expected: Path, reader: Path, role: str, suffix: str) -> Path:
 
 
 def _stamp(path: Path) -> tuple:
-    """What changes when any ONNX file beside `path` (so any part of its set) does: names, sizes, mtimes."""
+    """What changes when `path` or any ONNX file beside it (so any part of its set) does: names, sizes, mtimes."""
     if not path.parent.is_dir():
         return ()
-    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.parent.glob("*.onnx")))
+    files = sorted(set(path.parent.glob("*.onnx")) | ({path} if path.is_file() else set()))
+    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
 
 
 @functools.lru_cache(maxsize=16)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import onnx
 import pytest
 import torch
 
-from hrmc import lowering
+from hrmc import cli, lowering
 from hrmc import hrm_ref
 from hrmc import files
 from tests.conftest import write_upstream_checkpoint
@@ -157,6 +158,30 @@ def test_console_script_prints_no_traceback(tmp_path: Path) -> None:
     result = subprocess.run([str(script), "run", "--checkpoint", str(tmp_path / "missing")],
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr == f"hrmc: error: checkpoint not found: {tmp_path / 'missing'}\n"
+
+
+def test_console_script_ends_with_its_output_whole_and_its_exit_functions_run(capsys, tmp_path: Path) -> None:
+    """`hrmc.cli.run` ends the process without the interpreter's teardown: the output through a pipe still arrives
+    whole, the exit code is the command's, and a temporary folder still open at the end is removed."""
+    program = ("import sys, tempfile; from hrmc.cli import run; "
+               f"kept = tempfile.TemporaryDirectory(dir={str(tmp_path)!r}); print(kept.name, flush=True); "
+               "sys.argv = ['hrmc', 'passes']; run()")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    folder, listing = result.stdout.split("\n", 1)
+    assert cli.main(["passes"]) == 0 and result.returncode == 0 and Path(folder).parent == tmp_path
+    assert listing == capsys.readouterr().out
+    assert not Path(folder).exists()
+    failed = subprocess.run([sys.executable, "-c", "from hrmc.cli import run; import sys; "
+                             "sys.argv = ['hrmc', 'run', '--preset', 'no-such']; run()"], capture_output=True, text=True)
+    assert failed.returncode == 2 and failed.stderr.startswith("hrmc: error:")
+
+
+def test_main_collects_less_often_and_leaves_the_collector_as_it_was(monkeypatch) -> None:
+    seen = []
+    monkeypatch.setattr(cli, "_main", lambda argv: seen.append(gc.get_threshold()) or 0)
+    before = gc.get_threshold()
+    assert cli.main(["passes"]) == 0
+    assert seen == [cli.COLLECTOR_THRESHOLDS] and gc.get_threshold() == before != cli.COLLECTOR_THRESHOLDS
 
 
 @pytest.mark.heavy
