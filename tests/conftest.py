@@ -75,6 +75,15 @@ def write_dataset_metadata(model: HRM, root: Path, seq_len: int, data_path: str 
     return folder / "dataset.json"
 
 
+def upstream_run(preset: str, root: Path, dataset: bool) -> Path:
+    """`root/checkpoints/run/step_N` + all_config.yaml (RoPE, no seq_len: upstream's default) and, with
+    `dataset`, the dataset.json its data_path names, where upstream's checkpoints find their data/."""
+    model = hrm_ref.build_preset(preset)
+    if dataset:
+        write_dataset_metadata(model, root, seq_len=16)
+    return write_upstream_checkpoint(model, root / "checkpoints" / "run")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def export_cache(tmp_path_factory, worker_id: str) -> Iterator[Path]:
     """The export cache (lowering/cache.py) of this test session, shared by its xdist workers (entries appear by

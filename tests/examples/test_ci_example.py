@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hrmc import hrm_ref, parity
+from hrmc import parity
 from hrmc import targets
 from hrmc.cli import cli
-from tests.conftest import write_dataset_metadata, write_upstream_checkpoint
+from tests.conftest import upstream_run
 
 CI = Path(__file__).resolve().parents[2] / "examples" / "ci"
 SCRIPT = CI / "gate.sh"
@@ -69,9 +69,7 @@ def test_the_script_uses_only_commands_and_executors_hrmc_knows() -> None:
 def test_the_script_gates_every_artifact_of_an_upstream_checkpoint(tmp_path: Path) -> None:
     """tiny as upstream's training writes it (RoPE, no seq_len), the length read from the dataset.json its
     all_config.yaml's data_path names, and recorded by every artifact the script gates."""
-    model = hrm_ref.build_preset("tiny")
-    write_dataset_metadata(model, tmp_path, seq_len=16)
-    checkpoint = write_upstream_checkpoint(model, tmp_path / "checkpoints" / "run")
+    checkpoint = upstream_run("tiny", tmp_path, dataset=True)
     out = tmp_path / "out"
     hrmc = Path(sys.executable).parent / "hrmc"
     result = subprocess.run(["bash", str(SCRIPT), "--checkpoint", str(checkpoint), "--policy", "q-halt", "--batch", "1",

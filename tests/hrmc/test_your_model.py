@@ -12,19 +12,10 @@ from pathlib import Path
 import pytest
 
 from hrmc import hrm_ref
-from tests.conftest import write_dataset_metadata, write_upstream_checkpoint
+from tests.conftest import upstream_run, write_dataset_metadata
 from tests.helpers import assert_one_line_error, hrmc
 
 GATE = Path(__file__).resolve().parents[2] / "examples" / "ci" / "gate.sh"
-
-
-def upstream_run(preset: str, root: Path, dataset: bool) -> Path:
-    """`root/checkpoints/run/step_N` + all_config.yaml (RoPE, no seq_len: upstream's default) and, with
-    `dataset`, the dataset.json its data_path names, where upstream's checkpoints find their data/."""
-    model = hrm_ref.build_preset(preset)
-    if dataset:
-        write_dataset_metadata(model, root, seq_len=16)
-    return write_upstream_checkpoint(model, root / "checkpoints" / "run")
 
 
 def test_the_sequence_length_comes_from_the_dataset(capsys, tmp_path: Path) -> None:
